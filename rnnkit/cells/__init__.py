@@ -1,0 +1,40 @@
+"""Recurrent cells: one time step each, ``forward(x, state) -> (output, new_state)``.
+
+Where each one's equations live:
+
+==================  =========================================================
+``ElmanCell``       :mod:`rnnkit.cells.elman` — tanh/ReLU, default/orthogonal/identity init
+``LSTMCell``        :mod:`rnnkit.cells.lstm` — forget gate, 1997 form, peepholes, blocks, clipping
+``GRUCell``         :mod:`rnnkit.cells.gru`
+``LeakyCell``       :mod:`rnnkit.cells.leaky` — leaky integration around any cell
+``SkipCell``        :mod:`rnnkit.cells.skip` — reads h(t − d) too
+``ClockworkCell``   :mod:`rnnkit.cells.clockwork` — groups at several time scales
+==================  =========================================================
+"""
+
+from .base import RecurrentCell
+from .clockwork import ClockworkCell, ClockworkState
+from .elman import ElmanCell
+from .gru import GRUCell
+from .leaky import LeakyCell, alphas_from_time_constants
+from .lstm import LSTMCell
+from .skip import SkipCell, SkipState
+from .state import LSTMState, RNNState, detach_state, map_state, where_state
+
+__all__ = [
+    "RecurrentCell",
+    "ElmanCell",
+    "LSTMCell",
+    "GRUCell",
+    "LeakyCell",
+    "SkipCell",
+    "ClockworkCell",
+    "RNNState",
+    "LSTMState",
+    "SkipState",
+    "ClockworkState",
+    "alphas_from_time_constants",
+    "map_state",
+    "where_state",
+    "detach_state",
+]

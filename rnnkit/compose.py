@@ -1,0 +1,190 @@
+"""Layers composed from ``Recurrent``: both directions over one input, and stacks of layers.
+
+Symbols used in shapes: T time steps, B batch, I input size, H hidden size, D directions.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cells.base import RecurrentCell, check_choice, check_size
+from .recurrent import Recurrent
+
+
+class BidirectionalState(NamedTuple):
+    """Final states of a bidirectional layer: the forward run's and the backward run's."""
+
+    forward: Any
+    backward: Any
+
+
+class Bidirectional(nn.Module):
+    r"""Two recurrent layers over the same input, one forward in time and one backward
+    (Schuster & Paliwal 1997; Goodfellow et al., *Deep Learning*, §10.3).
+
+    .. math::
+        h(t) = \mathrm{cell}_f(x(t), h(t-1)), \qquad g(t) = \mathrm{cell}_b(x(t), g(t+1)), \qquad
+        y(t) = [h(t); g(t)] \ \text{(concat)} \ \text{or} \ h(t) + g(t) \ \text{(sum)}
+
+    so y(t) summarises the whole input around t. With ``lengths``, g starts at each sequence's
+    own last step. With ``merge="concat"`` and cells torch has, this is torch.nn's
+    ``bidirectional=True`` layer.
+
+    Args:
+        cell: the forward direction's cell.
+        backward_cell: the backward direction's; by default a copy of ``cell`` with fresh
+            parameters.
+        merge: ``"concat"`` (output 2H) or ``"sum"`` (output H; both cells need the same H).
+        batch_first: inputs and outputs are (B, T, ·).
+
+    Shapes: x (T, B, I); outputs (T, B, D·H) for concat, (T, B, H) for sum;
+    state ``BidirectionalState(forward, backward)`` of the two cells' states.
+    """
+
+    def __init__(
+        self,
+        cell: RecurrentCell,
+        backward_cell: RecurrentCell | None = None,
+        merge: str = "concat",
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        self.merge = check_choice(merge, "merge", "Bidirectional", ("concat", "sum"))
+        if backward_cell is None:
+            backward_cell = copy.deepcopy(cell)
+            reset = getattr(backward_cell, "reset_parameters", None)
+            if reset is not None:
+                reset()
+        if backward_cell.input_size != cell.input_size:
+            raise ValueError(
+                f"Bidirectional: both cells must read the same input, got input_size {cell.input_size} and {backward_cell.input_size}"
+            )
+        if merge == "sum" and backward_cell.hidden_size != cell.hidden_size:
+            raise ValueError(
+                f"Bidirectional: merge='sum' needs equal hidden sizes, got {cell.hidden_size} and {backward_cell.hidden_size}"
+            )
+        self.forward_layer = Recurrent(cell)
+        self.backward_layer = Recurrent(backward_cell, reverse=True)
+        self.batch_first = bool(batch_first)
+        self.input_size = cell.input_size
+        self.hidden_size = cell.hidden_size
+        self.output_size = cell.hidden_size + backward_cell.hidden_size if merge == "concat" else cell.hidden_size
+
+    def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:
+        if isinstance(x, Tensor) and x.dim() == 3 and self.batch_first:
+            x = x.transpose(0, 1)  # (T, B, I)
+        if state is None:
+            state = (None, None)
+        elif not (isinstance(state, tuple) and len(state) == 2):
+            raise TypeError(f"Bidirectional: state must be BidirectionalState(forward, backward), got {type(state).__name__}")
+        h, h_final = self.forward_layer(x, state[0], lengths)  # (T, B, H)
+        g, g_final = self.backward_layer(x, state[1], lengths)  # (T, B, H)
+        y = torch.cat([h, g], dim=-1) if self.merge == "concat" else h + g  # (T, B, D·H) or (T, B, H)
+        if self.batch_first:
+            y = y.transpose(0, 1)  # (B, T, ·)
+        return y, BidirectionalState(h_final, g_final)
+
+    def extra_repr(self) -> str:
+        return f"merge={self.merge!r}, batch_first={self.batch_first}"
+
+
+class Stack(nn.Module):
+    r"""Recurrent layers stacked in depth: layer l reads layer l−1's outputs (Graves et al.
+    2013; Goodfellow et al., *Deep Learning*, §10.5, figure 10.13a).
+
+    .. math::
+        h^{l}(t) = f_l\big(h^{l}(t-1),\ \mathrm{dropout}(h^{l-1}(t))\big), \qquad h^{0}(t) = x(t)
+
+    Dropout (probability ``dropout``, training mode only) sits between layers, not after the
+    last one, as in torch.nn.LSTM. A stack of plain Elman, LSTM or GRU layers converts to the
+    equal torch.nn module with :meth:`to_torch`.
+
+    Args:
+        layers: ``Recurrent`` or ``Bidirectional`` layers (any module with
+            ``forward(x, state, lengths)``, ``input_size``, ``output_size``), all with the same
+            ``batch_first``; each layer's input size must be the previous one's output size.
+        dropout: between layers, in [0, 1).
+
+    Shapes: x (T, B, I) (or (B, T, I) if the layers are batch_first); outputs those of the last
+    layer; state a tuple with one state per layer.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], dropout: float = 0.0) -> None:
+        super().__init__()
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Stack: needs at least one layer")
+        for k in range(1, len(layers)):
+            if layers[k].input_size != layers[k - 1].output_size:
+                raise ValueError(
+                    f"Stack: layer {k} has input_size {layers[k].input_size}, expected layer {k - 1}'s output size {layers[k - 1].output_size}"
+                )
+        flags = {bool(layer.batch_first) for layer in layers}
+        if len(flags) != 1:
+            raise ValueError("Stack: all layers must have the same batch_first")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"Stack: dropout must be in [0, 1), got {dropout!r}")
+        self.layers = nn.ModuleList(layers)
+        self.dropout = float(dropout)
+        self.batch_first = flags.pop()
+        self.input_size = layers[0].input_size
+        self.output_size = layers[-1].output_size
+        self.hidden_size = layers[-1].hidden_size
+
+    @classmethod
+    def build(
+        cls,
+        make_cell: Callable[[int, int], RecurrentCell],
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+    ) -> "Stack":
+        """A stack of ``num_layers`` layers of ``make_cell(input_size, hidden_size)`` cells.
+
+        Example: ``Stack.build(LSTMCell, 32, 64, num_layers=2, bidirectional=True)``.
+        """
+        num_layers = check_size(num_layers, "num_layers", "Stack")
+        layers: list[nn.Module] = []
+        size = input_size
+        for _ in range(num_layers):
+            if bidirectional:
+                layer = Bidirectional(make_cell(size, hidden_size), make_cell(size, hidden_size), batch_first=batch_first)
+            else:
+                layer = Recurrent(make_cell(size, hidden_size), batch_first=batch_first)
+            layers.append(layer)
+            size = layer.output_size
+        return cls(layers, dropout=dropout)
+
+    def forward(self, x: Tensor, state: Sequence[Any] | None = None, lengths: Any = None) -> tuple[Tensor, tuple]:
+        L = len(self.layers)
+        if state is None:
+            state = [None] * L
+        elif not isinstance(state, (tuple, list)) or len(state) != L:
+            got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+            raise TypeError(f"Stack: state must be a tuple of {L} layer states, got {got}")
+        finals = []
+        y = x
+        for k, layer in enumerate(self.layers):
+            y, s = layer(y, state[k], lengths)
+            finals.append(s)
+            if k < L - 1 and self.dropout > 0:
+                y = F.dropout(y, self.dropout, self.training)
+        return y, tuple(finals)
+
+    def to_torch(self) -> nn.Module:
+        """The equal ``torch.nn.RNN``/``LSTM``/``GRU`` (weights copied); see :func:`rnnkit.to_torch`."""
+        from .interop import to_torch
+
+        return to_torch(self)
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}" if self.dropout else ""

@@ -1,0 +1,136 @@
+"""``Recurrent``: the one time loop that runs any cell over a sequence.
+
+Symbols used in shapes: T time steps, B batch, I input size, H hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cells.base import RecurrentCell
+from .cells.state import where_state
+
+
+def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.device, owner: str) -> Tensor | None:
+    """Validate per-sequence lengths: B integers in [1, T], in any order. Returns int64 (B,) or None."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{owner}: lengths must hold integers, got dtype {lengths.dtype}")
+        lengths = lengths.to(device=device, dtype=torch.long)
+    else:
+        try:
+            values = list(lengths)
+        except TypeError:
+            raise TypeError(f"{owner}: lengths must be a 1-D tensor or sequence of ints, got {type(lengths).__name__}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise TypeError(f"{owner}: lengths must hold integers, got {values!r}")
+        lengths = torch.tensor(values, dtype=torch.long, device=device)
+    if lengths.dim() != 1 or lengths.shape[0] != batch_size:
+        raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got {tuple(lengths.shape)}")
+    if batch_size and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
+        bad = lengths[(lengths < 1) | (lengths > steps)][0].item()
+        raise ValueError(f"{owner}: every length must be in [1, T={steps}], got {bad}")
+    return lengths
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of a time-major batch within its own length.
+
+    x (T, B, ...); row b's first ``lengths[b]`` steps are reversed, the padding stays in place.
+    The map is its own inverse, so the same call un-reverses outputs.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    idx = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
+    idx = idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x)  # (T, B, ...)
+    return x.gather(0, idx)
+
+
+class Recurrent(nn.Module):
+    r"""Runs a cell over time: ``forward(x, state=None, lengths=None) -> (outputs, final_state)``.
+
+    For t = 1 … T (or T … 1 with ``reverse=True``):
+
+    .. math::
+        (y(t), s(t)) = \mathrm{cell}(x(t), s(t-1)), \qquad s(0) = \texttt{state} \text{ or } 0
+
+    The input projections ``U x(t) + b`` of all steps are computed as one matrix product before
+    the loop; the loop runs the cell's recurrence.
+
+    Variable lengths: with ``lengths`` (B,), sequence b has ``lengths[b]`` valid steps (any
+    order, no sorting needed). Its state stops changing after its last step, so the final state
+    is taken there; outputs past its end are zero; with ``reverse=True`` it is read backward
+    from its own last step. A padded batch gives exactly what running each sequence alone does.
+
+    Args:
+        cell: any rnnkit cell.
+        batch_first: inputs and outputs are (B, T, ·) instead of (T, B, ·).
+        reverse: run from the last step to the first.
+
+    Shapes:
+        x: (T, B, I), or (B, T, I) if batch_first.
+        state: the cell's state (e.g. ``LSTMState(h, c)``, tensors (B, H)), or None for zeros.
+        lengths: (B,) integers in [1, T], or None for all T.
+        outputs: (T, B, H), or (B, T, H) if batch_first.
+        final_state: the cell's state after each sequence's last step.
+    """
+
+    def __init__(self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False) -> None:
+        super().__init__()
+        if not isinstance(cell, RecurrentCell):
+            raise TypeError(f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}")
+        self.cell = cell
+        self.batch_first = bool(batch_first)
+        self.reverse = bool(reverse)
+        self.input_size = cell.input_size
+        self.hidden_size = cell.hidden_size
+        self.output_size = cell.hidden_size
+
+    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Any]:
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        self.cell.check_input(x, expected_dim=3, layout=layout)
+        if self.batch_first:
+            x = x.transpose(0, 1)  # (T, B, I)
+        T, B = x.shape[0], x.shape[1]
+        lengths = check_lengths(lengths, B, T, x.device, "Recurrent")
+        state = self.cell.prepare_state(state, B, x.dtype, x.device)
+        if T == 0:
+            raise ValueError(f"Recurrent: x has no time steps (shape {tuple(x.shape)})")
+        outputs, state = self.reference(x, state, lengths)
+        if self.batch_first:
+            outputs = outputs.transpose(0, 1)  # (B, T, H)
+        return outputs, state
+
+    def reference(self, x: Tensor, state: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
+        """The plain PyTorch step loop: the definition of correct for every faster path.
+
+        x (T, B, I) time-major, already checked; returns outputs (T, B, H) and the final state.
+        """
+        cell = self.cell
+        if self.reverse:
+            x = reverse_padded(x, lengths)
+        gi = cell.input_projection(x)  # (T, B, G·H): U x(t) + b for every step at once
+        outputs = []
+        for t in range(x.shape[0]):
+            out, new = cell.recurrence(gi[t], state)
+            if lengths is not None:
+                valid = t < lengths  # (B,): which sequences are still running
+                state = where_state(valid, new, state)
+                out = torch.where(valid.unsqueeze(1), out, torch.zeros_like(out))
+            else:
+                state = new
+            outputs.append(out)
+        y = torch.stack(outputs)  # (T, B, H)
+        if self.reverse:
+            y = reverse_padded(y, lengths)
+        return y, state
+
+    def extra_repr(self) -> str:
+        return f"batch_first={self.batch_first}, reverse={self.reverse}"
