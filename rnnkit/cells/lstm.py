@@ -10,6 +10,9 @@ from .base import RecurrentCell, check_size, uniform_
 from .state import LSTMState
 
 
+DEFAULT_FORGET_BIAS = 1.0
+
+
 def set_gate_bias(cell: nn.Module, start: int, stop: int, value: float) -> None:
     """Make the effective bias of pre-activation rows [start, stop) equal ``value``.
 
@@ -85,7 +88,7 @@ class LSTMCell(RecurrentCell):
         peephole: bool = False,
         block_size: int = 1,
         cell_clip: float | None = None,
-        forget_bias: float | None = 1.0,
+        forget_bias: float | None = DEFAULT_FORGET_BIAS,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -96,7 +99,11 @@ class LSTMCell(RecurrentCell):
             raise ValueError(f"{owner}: block_size={k} must divide hidden_size={H}")
         if cell_clip is not None and not (isinstance(cell_clip, (int, float)) and cell_clip > 0):
             raise ValueError(f"{owner}: cell_clip must be a number > 0 or None, got {cell_clip!r}")
-        if forget_bias is not None and not forget_gate:
+        if forget_bias is not None and not bias:
+            if forget_bias != DEFAULT_FORGET_BIAS:
+                raise ValueError(f"{owner}: forget_bias={forget_bias} needs bias=True")
+            forget_bias = None  # the default has nothing to set
+        if not forget_gate:
             forget_bias = None  # there is no forget gate to bias
         self.forget_gate = bool(forget_gate)
         self.peephole = bool(peephole)

@@ -90,11 +90,15 @@ def coerce_state(state: Any, template: Any, owner: str, path: str = "state") -> 
         return state
     name = type(template).__name__
     fields = template._fields
-    if not isinstance(state, (tuple, list)) or len(state) != len(fields):
-        got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+    wrong_named = is_state(state) and type(state) is not type(template) and state._fields != fields
+    if not isinstance(state, (tuple, list)) or len(state) != len(fields) or wrong_named:
+        if is_state(state):
+            got = f"{type(state).__name__}{tuple(state._fields)}"
+        elif isinstance(state, (tuple, list)):
+            got = f"{type(state).__name__} of length {len(state)}"
+        else:
+            got = type(state).__name__
         raise TypeError(f"{owner}: {path} must be a {name}{tuple(fields)}, got {got}")
-    if is_state(state) and type(state) is not type(template) and state._fields != fields:
-        raise TypeError(f"{owner}: {path} must be a {name}{tuple(fields)}, got {type(state).__name__}{tuple(state._fields)}")
     return type(template)(
         *(coerce_state(s, t, owner, f"{path}.{f}") for s, t, f in zip(state, template, fields))
     )
