@@ -293,7 +293,9 @@ def lstm(cell: Any, V: Any, c: Tensor | None, x: Tensor, y: Tensor, state0: Any 
     elif isinstance(state0, (tuple, list)) and len(state0) == 2:
         h0, s0 = state0
     else:
-        got = f"{type(state0).__name__} of length {len(state0)}" if isinstance(state0, (tuple, list)) else type(state0).__name__
+        got = type(state0).__name__
+        if isinstance(state0, (tuple, list)):
+            got += f" of length {len(state0)}"
         raise TypeError(f"{fn}: state0 must be a pair (h0, c0) of (B, H) tensors or None, got {got}")
     h0 = _check_state(fn, "state0[0] (h0)", h0, B, H, W_hh)
     s0 = _check_state(fn, "state0[1] (c0)", s0, B, H, W_hh)
