@@ -12,6 +12,9 @@ from torch import Tensor, nn
 
 from .cells.base import RecurrentCell
 from .cells.state import where_state
+from .engine.native import native_kind, run_native
+
+ENGINES = ("auto", "native", "reference")
 
 
 def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.device, owner: str) -> Tensor | None:
@@ -69,10 +72,17 @@ class Recurrent(nn.Module):
     is taken there; outputs past its end are zero; with ``reverse=True`` it is read backward
     from its own last step. A padded batch gives exactly what running each sequence alone does.
 
+    Engines: ``"reference"`` is the plain PyTorch step loop below, the definition of correct.
+    ``"native"`` runs cells that torch's fused kernels compute exactly (plain Elman, LSTM with
+    forget gate, GRU) through those kernels (oneDNN on CPU, cuDNN on GPU), lengths included.
+    ``"auto"`` (the default) takes the fastest path the cell allows. ``last_engine`` says which
+    path the last call ran.
+
     Args:
         cell: any rnnkit cell.
         batch_first: inputs and outputs are (B, T, ·) instead of (T, B, ·).
         reverse: run from the last step to the first.
+        engine: ``"auto"``, ``"native"`` or ``"reference"``.
 
     Shapes:
         x: (T, B, I), or (B, T, I) if batch_first.
@@ -82,10 +92,16 @@ class Recurrent(nn.Module):
         final_state: the cell's state after each sequence's last step.
     """
 
-    def __init__(self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False) -> None:
+    def __init__(self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False, engine: str = "auto") -> None:
         super().__init__()
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}")
+        if engine not in ENGINES:
+            raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+        if engine == "native" and native_kind(cell) is None:
+            raise ValueError(f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}")
+        self.engine = engine
+        self.last_engine: str | None = None
         self.cell = cell
         self.batch_first = bool(batch_first)
         self.reverse = bool(reverse)
@@ -103,7 +119,12 @@ class Recurrent(nn.Module):
         state = self.cell.prepare_state(state, B, x.dtype, x.device)
         if T == 0:
             raise ValueError(f"Recurrent: x has no time steps (shape {tuple(x.shape)})")
-        outputs, state = self.reference(x, state, lengths)
+        if self.engine != "reference" and native_kind(self.cell) is not None:
+            outputs, state = run_native(self.cell, x, state, lengths, self.reverse, self.training)
+            self.last_engine = "native"
+        else:
+            outputs, state = self.reference(x, state, lengths)
+            self.last_engine = "reference"
         if self.batch_first:
             outputs = outputs.transpose(0, 1)  # (B, T, H)
         return outputs, state
@@ -133,4 +154,4 @@ class Recurrent(nn.Module):
         return y, state
 
     def extra_repr(self) -> str:
-        return f"batch_first={self.batch_first}, reverse={self.reverse}"
+        return f"batch_first={self.batch_first}, reverse={self.reverse}, engine={self.engine!r}"

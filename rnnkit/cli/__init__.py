@@ -1,0 +1,55 @@
+"""The ``rnnkit`` command: one entry point, one module per subcommand.
+
+Exit codes: 0 success, 2 usage error (bad flag, unknown name, unreadable data or checkpoint),
+1 runtime failure. User errors print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data.corpus import DataError
+from . import sample, train
+
+SUBCOMMANDS = {"train": train, "sample": sample}
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; exits 2 with the message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as argparse does, minus the usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rnnkit", description="Recurrent neural networks on PyTorch.")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return SUBCOMMANDS[args.command].run(args)
+    except (UsageError, DataError, FileNotFoundError) as e:
+        print(f"rnnkit: error: {e}" if not str(e).startswith("rnnkit") else f"{e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # bad values caught by the library's own checks
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

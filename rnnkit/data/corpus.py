@@ -1,0 +1,110 @@
+"""Text corpora and the character vocabulary of a character-level language model.
+
+The built-in corpus is the source code of the running Python's standard library: it is on
+every machine that runs rnnkit, so nothing is downloaded. Only the stdlib's own ``.py`` files
+are read (no site-packages, no test folders), in a fixed sorted order, up to a size cap, so
+the same Python gives the same corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+# Folders left out of the built-in corpus: installed packages and the stdlib's test suites.
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+class DataError(ValueError):
+    """A corpus or data file that cannot be used; the message says which and why."""
+
+
+def stdlib_files(root: str | Path | None = None) -> list[Path]:
+    """The standard library's ``.py`` files, sorted by path relative to the stdlib folder."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if not any(part in _SKIP_DIRS or part.startswith("test_") for part in p.relative_to(root).parts)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def stdlib_corpus(max_chars: int = 4_000_000, root: str | Path | None = None) -> str:
+    """The built-in corpus: stdlib source files concatenated in sorted order, capped at ``max_chars``."""
+    parts, total = [], 0
+    for path in stdlib_files(root):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return "".join(parts)[:max_chars]
+
+
+def read_text(path: str | Path, max_chars: int | None = None) -> str:
+    """A text file, or every ``.txt``/``.py``/``.md`` file of a folder in sorted order, as UTF-8.
+
+    Raises DataError for a missing path, a folder with no text files, bytes that are not UTF-8
+    (with the byte offset), or an empty result.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".txt", ".py", ".md"})
+        if not files:
+            raise DataError(f"data folder {str(path)!r} has no .txt, .py or .md files")
+    else:
+        files = [path]
+    parts = []
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            parts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{str(f)!r} is not UTF-8 text: undecodable byte at offset {e.start}") from None
+    text = "".join(parts)
+    if max_chars is not None:
+        text = text[:max_chars]
+    if not text:
+        raise DataError(f"data path {str(path)!r} holds no text")
+    return text
+
+
+class CharVocab:
+    """The characters of a corpus, each mapped to an index (sorted, so the map is reproducible)."""
+
+    def __init__(self, chars: list[str]) -> None:
+        if len(set(chars)) != len(chars):
+            raise DataError("CharVocab: characters must be unique")
+        self.chars = list(chars)
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharVocab":
+        return cls(sorted(set(text)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> Tensor:
+        """int64 indices (N,); characters not in the vocabulary raise DataError."""
+        try:
+            return torch.tensor([self.index[ch] for ch in text], dtype=torch.long)
+        except KeyError as e:
+            raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary") from None
+
+    def decode(self, indices) -> str:
+        return "".join(self.chars[int(i)] for i in indices)
+
+    def to_json(self) -> str:
+        return json.dumps(self.chars, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CharVocab":
+        return cls(json.loads(text))
