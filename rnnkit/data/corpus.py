@@ -34,16 +34,32 @@ def stdlib_files(root: str | Path | None = None) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def stdlib_corpus(max_chars: int = 4_000_000, root: str | Path | None = None) -> str:
-    """The built-in corpus: stdlib source files concatenated in sorted order, capped at ``max_chars``."""
-    parts, total = [], 0
+def stdlib_documents(max_chars: int = 4_000_000, root: str | Path | None = None) -> list[str]:
+    """The built-in corpus: stdlib source files in sorted order, one string each, ``max_chars`` in all."""
+    docs, total = [], 0
     for path in stdlib_files(root):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
+        text = path.read_text(encoding="utf-8", errors="replace")[: max_chars - total]
+        docs.append(text)
         total += len(text)
         if total >= max_chars:
             break
-    return "".join(parts)[:max_chars]
+    return docs
+
+
+def stdlib_corpus(max_chars: int = 4_000_000, root: str | Path | None = None) -> str:
+    """The built-in corpus as one string: :func:`stdlib_documents` concatenated."""
+    return "".join(stdlib_documents(max_chars, root))
+
+
+def split_documents(docs: list[str], every: int = 20) -> tuple[str, str]:
+    """Train and validation text: every ``every``-th document is held out whole.
+
+    Holding out whole files spread over the corpus keeps validation representative (the
+    stdlib's files are sorted by name, so a tail split would validate on one package only).
+    """
+    train = "".join(d for k, d in enumerate(docs) if k % every != every - 1)
+    val = "".join(d for k, d in enumerate(docs) if k % every == every - 1)
+    return train, val
 
 
 def read_text(path: str | Path, max_chars: int | None = None) -> str:

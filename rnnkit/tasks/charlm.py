@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..cells.registry import make_cell
 from ..cells.state import detach_state
 from ..compose import Stack
-from ..data.corpus import CharVocab, DataError, read_text, stdlib_corpus
+from ..data.corpus import CharVocab, DataError, read_text, split_documents, stdlib_documents
 
 
 @dataclass
@@ -39,7 +39,7 @@ class CharLMConfig:
     max_time: float = 120.0  # seconds of training
     max_steps: int | None = None  # or a number of updates
     eval_every: int = 100  # updates between validation + sample
-    val_fraction: float = 0.05  # tail of the corpus held out
+    val_fraction: float = 0.05  # share held out: every 20th stdlib file, or a --data file's tail
     sample_length: int = 300
     temperature: float = 0.8
     seed: int = 0
@@ -112,15 +112,19 @@ def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
 def train(cfg: CharLMConfig, log: Callable[[str], None] = print) -> dict:
     """Train a char-level LM by truncated BPTT; write checkpoint, config and metrics under ``cfg.out``."""
     torch.manual_seed(cfg.seed)
-    text = read_text(cfg.data, cfg.max_chars) if cfg.data else stdlib_corpus(cfg.max_chars)
+    if cfg.data:
+        text = read_text(cfg.data, cfg.max_chars)
+        n_val = max(int(len(text) * cfg.val_fraction), cfg.seq_length + 1)
+        train_text, val_text = text[:-n_val], text[-n_val:]  # a file's tail is held out
+    else:
+        train_text, val_text = split_documents(stdlib_documents(cfg.max_chars), every=round(1 / cfg.val_fraction))
+        text = train_text + val_text
     vocab = CharVocab.from_text(text)
-    data = vocab.encode(text)
-    n_val = max(int(len(data) * cfg.val_fraction), cfg.seq_length + 1)
-    train_data, val_data = data[:-n_val], data[-n_val:]
-    if train_data.numel() < cfg.batch_size * (cfg.seq_length + 1):
+    train_data, val_data = vocab.encode(train_text), vocab.encode(val_text)
+    if train_data.numel() < cfg.batch_size * (cfg.seq_length + 1) or val_data.numel() < cfg.seq_length + 1:
         raise DataError(
-            f"corpus too short: {len(text)} characters leave {train_data.numel()} for training, "
-            f"fewer than batch_size × (seq_length + 1) = {cfg.batch_size * (cfg.seq_length + 1)}"
+            f"corpus too short: {len(text)} characters leave {train_data.numel()} for training and {val_data.numel()} "
+            f"for validation; training needs batch_size × (seq_length + 1) = {cfg.batch_size * (cfg.seq_length + 1)}"
         )
     baseline = unigram_bpc(train_data, val_data, len(vocab))
     source = cfg.data or "the Python standard library's source"
