@@ -127,6 +127,19 @@ class RecurrentCell(nn.Module):
             return template
         return coerce_state(state, template, type(self).__name__)
 
+    def _make_parameters(self, rows: int, bias: bool) -> None:
+        """Create torch's four recurrent parameters: ``weight_ih`` (rows, I), ``weight_hh``
+        (rows, H) and, with ``bias``, ``bias_ih`` and ``bias_hh`` (rows,). Values come from
+        ``reset_parameters``."""
+        self.weight_ih = nn.Parameter(torch.empty(rows, self.input_size))
+        self.weight_hh = nn.Parameter(torch.empty(rows, self.hidden_size))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(rows))
+            self.bias_hh = nn.Parameter(torch.empty(rows))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+
     def _dtype_device(self, dtype, device):
         ref_dtype, ref_device = self.reference_dtype_device()
         return dtype or ref_dtype, device or ref_device

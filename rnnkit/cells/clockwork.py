@@ -78,14 +78,7 @@ class ClockworkCell(RecurrentCell):
         self.register_buffer("unit_period", unit_period, persistent=False)
         mask = (unit_period.unsqueeze(0) >= unit_period.unsqueeze(1)).to(torch.get_default_dtype())  # (H, H): row reads column
         self.register_buffer("connection_mask", mask, persistent=False)
-        self.weight_ih = nn.Parameter(torch.empty(H, self.input_size))
-        self.weight_hh = nn.Parameter(torch.empty(H, H))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(H))
-            self.bias_hh = nn.Parameter(torch.empty(H))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_parameters(H, bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

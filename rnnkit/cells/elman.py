@@ -58,15 +58,7 @@ class ElmanCell(RecurrentCell):
         self.init = check_choice(init, "init", type(self).__name__, ("default", "orthogonal", "identity"))
         self.gain = float(gain)
         self.bias = bool(bias)
-        H, I = hidden_size, input_size
-        self.weight_ih = nn.Parameter(torch.empty(H, I))  # U
-        self.weight_hh = nn.Parameter(torch.empty(H, H))  # W
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(H))
-            self.bias_hh = nn.Parameter(torch.empty(H))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_parameters(self.hidden_size, bias)  # U = weight_ih, W = weight_hh
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -40,14 +40,7 @@ class GRUCell(RecurrentCell):
         self.projection_size = 3 * H
         self.bias = bool(bias)
         self.forget_bias = forget_bias
-        self.weight_ih = nn.Parameter(torch.empty(3 * H, self.input_size))
-        self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * H))
-            self.bias_hh = nn.Parameter(torch.empty(3 * H))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_parameters(3 * H, bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

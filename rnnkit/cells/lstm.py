@@ -119,14 +119,7 @@ class LSTMCell(RecurrentCell):
             self.gate_slices[name] = slice(start, start + size)
             start += size
         self.projection_size = rows = start
-        self.weight_ih = nn.Parameter(torch.empty(rows, self.input_size))
-        self.weight_hh = nn.Parameter(torch.empty(rows, H))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows))
-            self.bias_hh = nn.Parameter(torch.empty(rows))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        self._make_parameters(rows, bias)
         if peephole:
             self.weight_ci = nn.Parameter(torch.empty(H))
             if forget_gate:
