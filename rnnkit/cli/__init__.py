@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from ..data.corpus import DataError
-from . import sample, train
+from . import bench, sample, train
 
-SUBCOMMANDS = {"train": train, "sample": sample}
+SUBCOMMANDS = {"train": train, "sample": sample, "bench": bench}
 
 
 class UsageError(Exception):

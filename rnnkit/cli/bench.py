@@ -1,0 +1,49 @@
+"""``rnnkit bench``: forward + backward time and memory of every cell, as ratios to
+torch.nn.LSTM and to the cell's naive autograd loop, all measured in this run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cells.registry import CELLS
+
+
+def _size(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected B,T,I,H as four positive integers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_parser(subs) -> None:
+    p = subs.add_parser("bench", help="time every cell against torch.nn.LSTM", description=__doc__,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cells", nargs="+", choices=list(CELLS), default=None, help="cells to measure (default: all)")
+    p.add_argument("--size", type=_size, action="append", default=None, metavar="B,T,I,H",
+                   help="a size to measure (repeatable; default: 16,100,64,128 32,100,256,256 64,100,512,512)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", dest="json_path", default=None, help="also write the rows to this JSON file")
+
+
+def run(args) -> int:
+    from ..bench import HEADER, as_dicts, bench
+    from . import UsageError
+
+    if args.repeats < 1:
+        raise UsageError(f"rnnkit bench: --repeats must be ≥ 1, got {args.repeats}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("rnnkit bench: --device cuda asked for, but no CUDA device is available")
+    print(HEADER)
+    rows = bench(args.cells, args.size, args.repeats, args.device)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(as_dicts(rows), indent=1))
+    return 0
