@@ -139,8 +139,10 @@ class Recurrent(nn.Module):
             x = reverse_padded(x, lengths)
         gi = cell.input_projection(x)  # (T, B, G·H): U x(t) + b for every step at once
         outputs = []
-        for t in range(x.shape[0]):
-            out, new = cell.recurrence(gi[t], state)
+        # unbind, not gi[t]: indexing would make backward add each step's gradient into a
+        # fresh (T, B, G·H) zero tensor, T² work; unbind's backward stacks them once.
+        for t, gi_t in enumerate(gi.unbind(0)):
+            out, new = cell.recurrence(gi_t, state)
             if lengths is not None:
                 valid = t < lengths  # (B,): which sequences are still running
                 state = where_state(valid, new, state)
