@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rnnkit.cells.state import state_tensors
+from rnnkit.cells.state import map_state, state_tensors
 
 # Tolerances of the foundation issue: float64 within 1e-10, float32 within 1e-5.
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -79,31 +79,24 @@ def gradcheck_cell(cell: torch.nn.Module, batch: int = 3, steps: int = 4, seed: 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, batch, cell.input_size, generator=gen, dtype=torch.float64, requires_grad=True)
     state0 = cell.init_state(batch, dtype=torch.float64)
-    state0 = type(state0)(*[s for s in state0])  # same structure
-    init = [t for t in state_tensors(state0)]
-    init = [torch.randn(t.shape, generator=gen, dtype=torch.float64).requires_grad_() if t.is_floating_point() else t for t in init]
+    # a random initial state, so the gradient w.r.t. it is checked too (integer counters stay)
+    init = [torch.randn(t.shape, generator=gen, dtype=torch.float64).requires_grad_() if t.is_floating_point() else t for t in state_tensors(state0)]
     names, params = zip(*cell.named_parameters())
 
     def rebuild(template, flat):
         it = iter(flat)
-        from rnnkit.cells.state import map_state
-
         return map_state(lambda _: next(it), template)
 
     def fn(x, *rest):
-        flat_state = rest[: len(init)]
-        ps = rest[len(init) :]
-        state = rebuild(state0, list(flat_state))
-        out = torch.func.functional_call(cell, dict(zip(names, ps)), (x[0], state))
-        outs = [out[0]]
-        state = out[1]
-        for t in range(1, x.shape[0]):
-            o, state = torch.func.functional_call(cell, dict(zip(names, ps)), (x[t], state))
+        state = rebuild(state0, rest[: len(init)])
+        weights = dict(zip(names, rest[len(init) :]))
+        outs = []
+        for t in range(x.shape[0]):
+            o, state = torch.func.functional_call(cell, weights, (x[t], state))
             outs.append(o)
         return (torch.stack(outs), *leaves(state))
 
-    float_init = [t if t.is_floating_point() else t for t in init]
-    args = (x, *float_init, *[p.detach().clone().requires_grad_() for p in params])
+    args = (x, *init, *[p.detach().clone().requires_grad_() for p in params])
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
