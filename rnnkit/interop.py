@@ -13,6 +13,7 @@ from torch import nn
 
 from .cells import ElmanCell, GRUCell, LSTMCell, RecurrentCell
 from .compose import Bidirectional, Stack
+from .engine.native import lstm_extras, native_kind
 from .recurrent import Recurrent
 
 _PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -82,24 +83,13 @@ def from_torch(module: nn.Module) -> Stack | RecurrentCell:
 
 def _torch_mode(cell: RecurrentCell, where: str) -> str:
     """torch.nn's mode for a cell that torch's kernel computes exactly, else a clear error."""
-    if type(cell) is ElmanCell:
-        return "RNN_TANH" if cell.nonlinearity == "tanh" else "RNN_RELU"
-    if type(cell) is GRUCell:
-        return "GRU"
+    kind = native_kind(cell)
+    if kind is not None:
+        return kind.upper()  # "rnn_tanh" -> torch's mode "RNN_TANH"
     if type(cell) is LSTMCell:
-        extras = [
-            name
-            for name, on in (
-                ("forget_gate=False", not cell.forget_gate),
-                ("peephole=True", cell.peephole),
-                (f"block_size={cell.block_size}", cell.block_size != 1),
-                (f"cell_clip={cell.cell_clip}", cell.cell_clip is not None),
-            )
-            if on
-        ]
-        if not extras:
-            return "LSTM"
-        raise ValueError(f"to_torch: {where} is an LSTMCell with {', '.join(extras)}, which torch.nn.LSTM does not compute")
+        raise ValueError(
+            f"to_torch: {where} is an LSTMCell with {', '.join(lstm_extras(cell))}, which torch.nn.LSTM does not compute"
+        )
     raise ValueError(f"to_torch: {where} is a {type(cell).__name__}, which torch.nn has no module for")
 
 

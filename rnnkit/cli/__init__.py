@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.corpus import DataError
 from . import bench, sample, train
 
 SUBCOMMANDS = {"train": train, "sample": sample, "bench": bench}
@@ -40,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return SUBCOMMANDS[args.command].run(args)
-    except (UsageError, DataError, FileNotFoundError) as e:
-        print(f"rnnkit: error: {e}" if not str(e).startswith("rnnkit") else f"{e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # bad values caught by the library's own checks
-        print(f"rnnkit: error: {e}", file=sys.stderr)
+    except (UsageError, ValueError, FileNotFoundError) as e:  # ValueError: DataError and the library's own checks
+        print(f"{e}" if str(e).startswith("rnnkit") else f"rnnkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

@@ -22,13 +22,24 @@ from ..cells.base import RecurrentCell
 _KERNELS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu}
 
 
+def lstm_extras(cell: LSTMCell) -> list[str]:
+    """The options of an LSTMCell that torch's LSTM kernel does not compute, as written in code."""
+    options = (
+        ("forget_gate=False", not cell.forget_gate),
+        ("peephole=True", cell.peephole),
+        (f"block_size={cell.block_size}", cell.block_size != 1),
+        (f"cell_clip={cell.cell_clip}", cell.cell_clip is not None),
+    )
+    return [name for name, on in options if on]
+
+
 def native_kind(cell: RecurrentCell) -> str | None:
     """Which torch kernel computes ``cell`` exactly (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``), or None."""
     if type(cell) is ElmanCell:
         return "rnn_" + cell.nonlinearity
     if type(cell) is GRUCell:
         return "gru"
-    if type(cell) is LSTMCell and cell.forget_gate and not cell.peephole and cell.block_size == 1 and cell.cell_clip is None:
+    if type(cell) is LSTMCell and not lstm_extras(cell):
         return "lstm"
     return None
 
