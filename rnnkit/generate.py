@@ -1,0 +1,338 @@
+r"""Generation: greedy, sampling (temperature, top-k, top-p) and beam search, for any model that
+decodes one step at a time.
+
+The decoding protocol (implemented by rnnkit's decoders, :mod:`rnnkit.models`, and the char-LM):
+
+* ``model.start(batch_size, context=None) -> state`` — the state before the first step. Every
+  tensor in it has the batch on dimension 0, so beams are reordered with ``index_select``.
+* ``model.step(y_prev, state) -> (out, state)`` — one step from the previous output ((B,) token
+  ids); ``out.logits`` is (B, V) and ``out.halt`` (optional) the (B,) halt logit,
+  :math:`P(\text{end after this step}) = \sigma(\text{halt})`.
+* optional ``model.bos`` / ``model.eos`` token ids, ``model.predict_length(state) -> (B,)`` for a
+  model with a length head (its ``step`` reads the remaining steps τ − t from its own state).
+
+How a sequence ends (``end``): ``"eos"`` — when the model emits ``eos`` (kept in the output);
+``"halt"`` — when the halt probability crosses 0.5 (or, with ``halt_sample=True``, a Bernoulli
+draw says so), the token of that step included; ``"length"`` — after the model's predicted τ
+steps; ``None`` — never early. ``max_length`` always bounds it.
+
+Symbols: B batch, W beam width, V vocabulary, L generated length, P prime length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cells.state import map_state
+
+METHODS = ("greedy", "sample", "beam")
+ENDS = ("eos", "halt", "length", None)
+
+
+class Generated(NamedTuple):
+    """What :func:`generate` returns.
+
+    tokens (B, L) int64, padded with ``pad`` after each sequence's end; lengths (B,) the number of
+    generated tokens of each (EOS included); scores (B,) the total log-probability of each
+    sequence under the model (for beam search, the score it was ranked by, length-normalised).
+    """
+
+    tokens: Tensor
+    lengths: Tensor
+    scores: Tensor
+
+
+# -- choosing the next token --------------------------------------------------------------------
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of each row; the rest become −∞. logits (B, V)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be an int ≥ 1, got {k!r}")
+    if k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probability sums to at least p; the rest become −∞. logits (B, V)."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    if p == 1:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    # drop a token when the tokens before it already reach p (the first token always stays)
+    drop_sorted = (cum - sorted_logits.softmax(-1)) >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def next_tokens(
+    logits: Tensor,
+    method: str = "sample",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token per row of ``logits`` (B, V): argmax (``"greedy"``) or a draw from
+    softmax(logits / temperature) after the top-k and top-p filters (``"sample"``). Returns (B,)."""
+    if method == "greedy":
+        return logits.argmax(-1)
+    if method != "sample":
+        raise ValueError(f"method must be 'greedy' or 'sample', got {method!r}")
+    logits = logits / check_temperature(temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.float().softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# -- the decoding loop ----------------------------------------------------------------------------
+def reorder_state(state: Any, index: Tensor) -> Any:
+    """Pick batch rows ``index`` of every tensor of a decoding state (beam reordering)."""
+    return map_state(lambda t: t.index_select(0, index), state)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _start(model: nn.Module, batch_size: int | None, context: Any, prime: Tensor | None):
+    """Start state and the first input of each row; with ``prime`` (B, P), the prefix is fed first.
+
+    Returns (state, first_out, batch_size) where first_out is the model's output after the prefix
+    (None without a prime: the first input is then ``model.bos``).
+    """
+    if prime is not None:
+        if not isinstance(prime, Tensor) or prime.dim() != 2 or prime.dtype != torch.long or prime.shape[1] < 1:
+            got = f"{tuple(prime.shape)} {prime.dtype}" if isinstance(prime, Tensor) else type(prime).__name__
+            raise ValueError(f"prime must be an int64 tensor of shape (B, P) with P ≥ 1, got {got}")
+        if batch_size is not None and batch_size != prime.shape[0]:
+            raise ValueError(f"batch_size={batch_size} but prime has {prime.shape[0]} rows")
+        batch_size = prime.shape[0]
+    state = model.start(batch_size, context=context) if context is not None else model.start(batch_size)
+    if prime is None:
+        if getattr(model, "bos", None) is None:
+            raise ValueError(f"{type(model).__name__} has no bos token: give a prime (B, P) to start from")
+        return state, None, batch_size
+    out = None
+    for y in prime.unbind(1):  # the model's own stepping, so priming is exactly generation's state
+        out, state = model.step(y, state)
+    return state, out, batch_size
+
+
+def _ends(model: nn.Module, end: str | None, eos: int | None):
+    if end not in ENDS:
+        raise ValueError(f"end must be one of 'eos', 'halt', 'length' or None, got {end!r}")
+    if end == "eos":
+        eos = eos if eos is not None else getattr(model, "eos", None)
+        if eos is None:
+            raise ValueError(f"end='eos' needs an eos token: {type(model).__name__} has none and none was given")
+    if end == "length" and not hasattr(model, "predict_length"):
+        raise ValueError(f"end='length' needs a model with a length head (predict_length); {type(model).__name__} has none")
+    return eos
+
+
+def _halt_logit(out: Any, model: nn.Module) -> Tensor:
+    halt = getattr(out, "halt", None)
+    if halt is None:
+        raise ValueError(f"end='halt' needs a model with a halt output; {type(model).__name__}'s step returned none")
+    return halt
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    batch_size: int | None = None,
+    *,
+    max_length: int,
+    method: str = "sample",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    beam_width: int = 4,
+    length_penalty: float = 0.0,
+    end: str | None = "eos",
+    eos: int | None = None,
+    halt_sample: bool = False,
+    context: Any = None,
+    prime: Tensor | None = None,
+    pad: int = 0,
+    generator: torch.Generator | None = None,
+) -> Generated:
+    r"""Generate up to ``max_length`` tokens per sequence from a model that decodes step by step.
+
+    Args:
+        model: follows the decoding protocol (see the module docstring).
+        batch_size: number of sequences (B); taken from ``prime`` or ``context`` when given.
+        max_length: the bound on generated tokens (L ≤ max_length).
+        method: ``"greedy"`` (argmax), ``"sample"`` (temperature, top-k, top-p) or ``"beam"``.
+        beam_width, length_penalty: beam search keeps W hypotheses per sequence and ranks
+            finished ones by :math:`\log p(y) / L^{\alpha}` with α = ``length_penalty`` (0: raw
+            log-probability; 1: per-token average).
+        end: ``"eos"``, ``"halt"``, ``"length"`` or None (see the module docstring).
+        eos: the end token (default ``model.eos``).
+        halt_sample: with ``end="halt"``, draw the halt decision from Bernoulli(σ(halt)) instead
+            of thresholding at 0.5.
+        context: conditioning passed to ``model.start`` (a vector (B, C) or an encoder's output).
+        prime: (B, P) token ids fed first; generation continues after them (not returned).
+        pad: the id written after a sequence's end in ``tokens``.
+        generator: the random source for sampling.
+
+    Returns:
+        :class:`Generated` (tokens (B, L), lengths (B,), scores (B,)).
+    """
+    _check_int(max_length, "max_length", 1)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method == "sample":
+        check_temperature(temperature)
+        if top_k is not None:
+            _check_int(top_k, "top_k", 1)
+        if top_p is not None:
+            top_p_filter(torch.zeros(1, 1), top_p)  # validates p
+    eos = _ends(model, end, eos)
+    if batch_size is None and prime is None and isinstance(context, Tensor):
+        batch_size = context.shape[0]
+    if batch_size is None and prime is None:
+        raise ValueError("give batch_size, a prime (B, P) or a context tensor (B, C)")
+    was_training = model.training
+    model.eval()
+    try:
+        if method == "beam":
+            _check_int(beam_width, "beam_width", 1)
+            return _beam(model, batch_size, max_length, beam_width, length_penalty, end, eos, context, prime, pad)
+        return _step_decode(model, batch_size, max_length, method, temperature, top_k, top_p, end, eos, halt_sample,
+                            context, prime, pad, generator)
+    finally:
+        model.train(was_training)
+
+
+def _limits(model: nn.Module, end: str | None, state: Any, batch_size: int, max_length: int, device) -> Tensor:
+    """Each sequence's length bound: max_length, or the model's predicted τ when end='length'."""
+    limit = torch.full((batch_size,), max_length, dtype=torch.long, device=device)
+    if end == "length":
+        tau = model.predict_length(state).to(device=device, dtype=torch.long)
+        limit = torch.minimum(limit, tau.clamp(min=1))
+    return limit
+
+
+def _first_input(model, batch_size, device):
+    return torch.full((batch_size,), int(model.bos), dtype=torch.long, device=device)
+
+
+def _step_decode(model, batch_size, max_length, method, temperature, top_k, top_p, end, eos, halt_sample,
+                 context, prime, pad, generator) -> Generated:
+    device = next(model.parameters()).device
+    state, out, batch_size = _start(model, batch_size, context, prime)
+    limit = _limits(model, end, state, batch_size, max_length, device)
+    if out is None:
+        out, state = model.step(_first_input(model, batch_size, device), state)
+    tokens = torch.full((batch_size, max_length), pad, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, dtype=torch.float64, device=device)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for t in range(max_length):
+        y = next_tokens(out.logits, method, temperature, top_k, top_p, generator)  # (B,)
+        logp = out.logits.double().log_softmax(-1).gather(1, y.unsqueeze(1)).squeeze(1)
+        live = ~done
+        tokens[live, t] = y[live]
+        lengths += live.long()
+        scores += torch.where(live, logp, torch.zeros_like(logp))
+        stop = lengths >= limit
+        if end == "eos":
+            stop |= y == eos
+        elif end == "halt":
+            p_halt = torch.sigmoid(_halt_logit(out, model).double())
+            halts = torch.bernoulli(p_halt, generator=generator).bool() if halt_sample else p_halt > 0.5
+            stop |= halts
+            scores += torch.where(live, torch.where(halts, p_halt.log(), (-p_halt).log1p()), torch.zeros_like(p_halt))
+        done |= live & stop
+        if bool(done.all()):
+            break
+        out, state = model.step(y, state)
+    L = int(lengths.max())
+    return Generated(tokens[:, :L], lengths, scores)
+
+
+def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad) -> Generated:
+    """Batched beam search (W hypotheses per sequence).
+
+    Each step scores every extension of every live hypothesis two ways — "emit k and go on" and
+    "emit k and end here" (k = EOS; or the halt event, log σ(halt) vs log(1 − σ(halt)); or the
+    length bound) — and keeps the W best of them all. Those that end leave the beam and compete,
+    ranked by log p / L^α, for the answer; the beam shrinks as they do, so width 1 is exactly
+    greedy decoding. With α = 0 a search stops once no live hypothesis can beat the best ended one.
+    """
+    device = next(model.parameters()).device
+    state, out, B = _start(model, batch_size, context, prime)
+    limit = _limits(model, end, state, B, max_length, device)  # (B,)
+    if out is None:
+        out, state = model.step(_first_input(model, B, device), state)
+    if end == "halt":
+        _halt_logit(out, model)
+    V = out.logits.shape[-1]
+    # W copies of each row; only copy 0 is live at first so the first step does not pick W equal beams
+    expand = torch.arange(B, device=device).repeat_interleave(W)  # (B·W,)
+    state = reorder_state(state, expand)
+    out = type(out)(*[None if f is None else f.index_select(0, expand) for f in out])
+    score = torch.full((B, W), float("-inf"), dtype=torch.float64, device=device)
+    score[:, 0] = 0.0
+    history = torch.zeros(B, W, 0, dtype=torch.long, device=device)  # (B, W, t)
+    best_tokens: list[list[int]] = [[] for _ in range(B)]
+    best_score = torch.full((B,), float("-inf"), dtype=torch.float64, device=device)
+    rows = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
+    for t in range(max_length):
+        length = t + 1
+        go_on = score.unsqueeze(-1) + out.logits.double().log_softmax(-1).view(B, W, V)  # (B, W, V)
+        stop = torch.full_like(go_on, float("-inf"))
+        if end == "eos":
+            stop[..., eos] = go_on[..., eos]
+            go_on[..., eos] = float("-inf")
+        elif end == "halt":
+            h = out.halt.double().view(B, W, 1)
+            stop, go_on = go_on + F.logsigmoid(h), go_on + F.logsigmoid(-h)
+        at_limit = (length >= limit).view(B, 1, 1)  # the bound ends every extension
+        stop = torch.where(at_limit, torch.maximum(stop, go_on), stop)
+        go_on = torch.where(at_limit, torch.full_like(go_on, float("-inf")), go_on)
+        top, idx = torch.cat([go_on.view(B, -1), stop.view(B, -1)], 1).topk(W, dim=-1)  # (B, W)
+        ended = idx >= W * V
+        idx = idx % (W * V)
+        beam, tok = idx // V, idx % V  # (B, W)
+        ranked = torch.where(ended & (top > float("-inf")), top / (length ** alpha), torch.full_like(top, float("-inf")))
+        fin, which = ranked.max(-1)  # the best hypothesis that ended at this step, per sequence
+        for b in (fin > best_score).nonzero().flatten().tolist():
+            w = int(which[b])
+            best_tokens[b] = history[b, beam[b, w]].tolist() + [int(tok[b, w])]
+            best_score[b] = fin[b]
+        score = torch.where(ended, torch.full_like(top, float("-inf")), top)
+        history = torch.cat([history[rows, beam], tok.unsqueeze(-1)], -1)  # (B, W, t+1)
+        live_best = score.max(-1).values  # (B,)
+        finished = (live_best == float("-inf")) | ((alpha == 0) & (live_best <= best_score))
+        if bool(finished.all()):
+            break
+        state = reorder_state(state, (rows * W + beam).flatten())  # (B·W,)
+        out, state = model.step(tok.flatten(), state)
+    L = max(len(s) for s in best_tokens)
+    tokens = torch.full((B, L), pad, dtype=torch.long, device=device)
+    for b, seq in enumerate(best_tokens):
+        tokens[b, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+    lengths = torch.tensor([len(s) for s in best_tokens], dtype=torch.long, device=device)
+    return Generated(tokens, lengths, best_score)

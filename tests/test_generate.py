@@ -1,0 +1,254 @@
+"""Decoding: greedy, sampling filters, beam search and the three ways a sequence ends."""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rnnkit.cells import GRUCell
+from rnnkit.generate import generate, next_tokens, top_k_filter, top_p_filter
+
+
+class Out(NamedTuple):
+    logits: Tensor
+    halt: Tensor | None = None
+
+
+class TinyDecoder(nn.Module):
+    """Embedding → GRU cell → linear, one step at a time: a real recurrent decoder with random weights."""
+
+    def __init__(self, vocab: int = 5, hidden: int = 8, bos: int = 0, eos: int = 1, halt: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.bos, self.eos = bos, eos
+        self.embed = nn.Embedding(vocab, hidden)
+        self.cell = GRUCell(hidden, hidden)
+        self.head = nn.Linear(hidden, vocab)
+        with torch.no_grad():
+            self.head.weight.mul_(6)  # peaked distributions, so decoding choices matter
+        self.halt_head = nn.Linear(hidden, 1) if halt else None
+        self.steps = 0
+
+    def start(self, batch_size, context=None):
+        h = torch.zeros(batch_size, self.cell.hidden_size) if context is None else torch.tanh(context)
+        return (h,)
+
+    def step(self, y_prev, state):
+        self.steps += 1
+        h, _ = self.cell(self.embed(y_prev), state)  # (B, H)
+        halt = self.halt_head(h).squeeze(-1) if self.halt_head is not None else None
+        return Out(self.head(h), halt), (h,)
+
+
+class Scripted(nn.Module):
+    """Emits token script[t] at step t (logit 10 vs 0), halt logit halts[t], predicted length tau."""
+
+    def __init__(self, script, halts=None, tau=None, vocab=6):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.script, self.halts, self.tau, self.vocab = script, halts, tau, vocab
+        self.bos, self.eos = 0, 5
+
+    def start(self, batch_size, context=None):
+        # (step t, which scripted row): beam search copies and reorders rows, the row id follows
+        return (torch.zeros(batch_size, dtype=torch.long), torch.arange(batch_size))
+
+    def predict_length(self, state):
+        return torch.tensor(self.tau)
+
+    def step(self, y_prev, state):
+        t, rows = state
+        i = int(t[0])
+        logits = torch.zeros(t.shape[0], self.vocab)
+        logits[torch.arange(t.shape[0]), torch.tensor([self.script[r][i] for r in rows])] = 10.0
+        halt = torch.tensor([float(self.halts[r][i]) for r in rows]) if self.halts else None
+        return Out(logits, halt), (t + 1, rows)
+
+
+def seq_logprob(model, seq, bos=0):
+    """log p(seq) by stepping the model on one sequence (the independent scorer)."""
+    state, y, total = model.start(1), torch.tensor([bos]), 0.0
+    for k in seq:
+        out, state = model.step(y, state)
+        total += float(out.logits.detach().double().log_softmax(-1)[0, k])
+        y = torch.tensor([k])
+    return total
+
+
+def test_greedy_equals_beam_of_width_one():
+    for seed in range(4):
+        model = TinyDecoder(seed=seed)
+        g = generate(model, 3, max_length=12, method="greedy")
+        b = generate(model, 3, max_length=12, method="beam", beam_width=1)
+        torch.testing.assert_close(b.tokens, g.tokens)
+        torch.testing.assert_close(b.lengths, g.lengths)
+        torch.testing.assert_close(b.scores, g.scores, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_finds_the_best_sequence_among_all(alpha):
+    V, L = 4, 4  # tokens 0..3, eos = 1: every sequence of ≤ 4 tokens can be enumerated
+    model = TinyDecoder(vocab=V, seed=3)
+    candidates = []
+    for n in range(1, L + 1):
+        for seq in itertools.product(range(V), repeat=n):
+            ends_by_eos = seq[-1] == 1
+            if 1 in seq[:-1] or (n < L and not ends_by_eos):
+                continue  # EOS only last; shorter than L only if it ends with EOS
+            candidates.append(seq)
+    scored = [(seq_logprob(model, s) / len(s) ** alpha, s) for s in candidates]
+    best_score, best = max(scored)
+    result = generate(model, 1, max_length=L, method="beam", beam_width=V**L, length_penalty=alpha)
+    assert tuple(result.tokens[0, : result.lengths[0]].tolist()) == best
+    assert result.scores[0].item() == pytest.approx(best_score, abs=1e-9)
+    narrow = generate(model, 1, max_length=L, method="beam", beam_width=2, length_penalty=alpha)
+    assert narrow.scores[0].item() <= best_score + 1e-9
+
+
+def test_beam_is_batched_like_one_by_one():
+    model = TinyDecoder(seed=5)
+    ctx = torch.randn(3, 8)
+    both = generate(model, max_length=8, method="beam", beam_width=3, context=ctx)
+    for b in range(3):
+        one = generate(model, max_length=8, method="beam", beam_width=3, context=ctx[b : b + 1])
+        n = int(one.lengths[0])
+        assert both.lengths[b] == n
+        torch.testing.assert_close(both.tokens[b, :n], one.tokens[0, :n])
+
+
+def test_top_k_one_and_near_zero_temperature_equal_greedy():
+    model = TinyDecoder(seed=1)
+    g = generate(model, 4, max_length=10, method="greedy")
+    gen = torch.Generator().manual_seed(0)
+    k1 = generate(model, 4, max_length=10, method="sample", top_k=1, generator=gen)
+    cold = generate(model, 4, max_length=10, method="sample", temperature=1e-4, generator=gen)
+    tiny_p = generate(model, 4, max_length=10, method="sample", top_p=1e-6, generator=gen)
+    for r in (k1, cold, tiny_p):
+        torch.testing.assert_close(r.tokens, g.tokens)
+
+
+def test_top_k_and_top_p_filters_match_their_definitions():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 9)
+    kept = top_k_filter(logits, 3) > float("-inf")
+    for row, keep in zip(logits, kept):
+        assert set(keep.nonzero().flatten().tolist()) == set(row.topk(3).indices.tolist())
+    p = 0.7
+    kept = top_p_filter(logits, p) > float("-inf")
+    for row, keep in zip(logits, kept):
+        probs = row.softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        need, mass = [], 0.0
+        for i in order:  # the smallest prefix of the sorted tokens with mass ≥ p
+            need.append(i)
+            mass += float(probs[i])
+            if mass >= p:
+                break
+        assert set(keep.nonzero().flatten().tolist()) == set(need)
+
+
+def test_sampling_draws_from_the_tempered_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, 4)
+    gen = torch.Generator().manual_seed(0)
+    draws = next_tokens(logits, "sample", temperature=2.0, generator=gen)
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    torch.testing.assert_close(freq, (logits[0] / 2.0).double().softmax(-1), atol=0.015, rtol=0)
+
+
+def test_same_generator_seed_same_samples():
+    model = TinyDecoder(seed=2)
+    a = generate(model, 3, max_length=9, generator=torch.Generator().manual_seed(7))
+    b = generate(model, 3, max_length=9, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_eos_stops_each_sequence_where_it_is_emitted(method):
+    model = Scripted([[2, 3, 5, 4, 4, 4], [4, 5, 2, 2, 2, 2]])
+    r = generate(model, 2, max_length=6, method=method, beam_width=2)
+    assert r.lengths.tolist() == [3, 2]
+    assert r.tokens.tolist() == [[2, 3, 5], [4, 5, 0]]  # EOS kept, padding after
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_halt_output_stops_after_the_step_it_crosses_one_half(method):
+    model = Scripted([[2, 3, 4, 2, 3]] * 2, halts=[[-3, -2, 4, -1, 5], [-5, 6, -2, 2, -1]])
+    r = generate(model, 2, max_length=5, method=method, end="halt", beam_width=2)
+    assert r.lengths.tolist() == [3, 2]
+    assert r.tokens.tolist() == [[2, 3, 4], [2, 3, 0]]
+
+
+def test_halt_can_be_sampled():
+    model = Scripted([[2] * 8] * 4000, halts=[[0.0] * 8] * 4000)  # P(halt) = 1/2 at every step
+    r = generate(model, 4000, max_length=8, method="greedy", end="halt", halt_sample=True,
+                 generator=torch.Generator().manual_seed(0))
+    # lengths are geometric(1/2), truncated at 8: P(L = 1) = 1/2, P(L = 2) = 1/4
+    assert abs((r.lengths == 1).double().mean().item() - 0.5) < 0.03
+    assert abs((r.lengths == 2).double().mean().item() - 0.25) < 0.03
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_predicted_length_stops_after_tau_steps(method):
+    model = Scripted([[2, 3, 4, 2, 3, 4]] * 3, tau=[2, 5, 9])
+    r = generate(model, 3, max_length=6, method=method, end="length", beam_width=2)
+    assert r.lengths.tolist() == [2, 5, 6]  # max_length bounds τ = 9
+
+
+def test_max_length_always_bounds():
+    r = generate(TinyDecoder(seed=4), 2, max_length=3, method="sample", end=None)
+    assert r.tokens.shape == (2, 3) and r.lengths.tolist() == [3, 3]
+
+
+def test_priming_continues_from_the_primed_state():
+    model = TinyDecoder(seed=6)
+    prime = torch.tensor([[0, 2, 3], [0, 4, 4]])
+    primed = generate(model, max_length=5, method="greedy", prime=prime, end=None)
+    # the same by hand: step through the prefix, then argmax onward
+    state, y = model.start(2), None
+    for y in prime.unbind(1):
+        out, state = model.step(y, state)
+    expect = []
+    for _ in range(5):
+        y = out.logits.argmax(-1)
+        expect.append(y)
+        out, state = model.step(y, state)
+    torch.testing.assert_close(primed.tokens, torch.stack(expect, 1))
+
+
+def test_context_conditions_generation():
+    model = TinyDecoder(seed=8)
+    a = generate(model, max_length=6, method="greedy", context=torch.randn(2, 8), end=None)
+    b = generate(model, max_length=6, method="greedy", context=torch.randn(2, 8) * 3, end=None)
+    assert a.tokens.shape == (2, 6) and not torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(top_k=0), "top_k must be an int ≥ 1, got 0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+        (dict(temperature=0), "temperature must be a number > 0, got 0"),
+        (dict(max_length=0), "max_length must be an int ≥ 1, got 0"),
+        (dict(method="nucleus"), "method must be one of 'greedy', 'sample', 'beam', got 'nucleus'"),
+        (dict(method="beam", beam_width=0), "beam_width must be an int ≥ 1, got 0"),
+        (dict(end="stop"), "end must be one of"),
+        (dict(end="halt"), "needs a model with a halt output"),
+        (dict(end="length"), "needs a model with a length head"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    kwargs = {"max_length": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(TinyDecoder(), 2, **kwargs)
+
+
+def test_eos_end_without_an_eos_token_is_refused():
+    model = TinyDecoder()
+    model.eos = None
+    with pytest.raises(ValueError, match="end='eos' needs an eos token"):
+        generate(model, 1, max_length=3)
