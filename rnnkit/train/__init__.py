@@ -1,0 +1,21 @@
+"""Training: the model-agnostic loop and what it is built from.
+
+* :mod:`~rnnkit.train.trainer` — :class:`Trainer`, :class:`TrainConfig`, callbacks;
+* :mod:`~rnnkit.train.tbptt` — truncated BPTT over lanes of documents;
+* :mod:`~rnnkit.train.feedback` — teacher forcing, free running, scheduled sampling, k-steps-ahead;
+* :mod:`~rnnkit.train.schedules` — scheduled-sampling curricula;
+* :mod:`~rnnkit.train.clipping` — gradient clipping by value and by norm;
+* :mod:`~rnnkit.train.logs`, :mod:`~rnnkit.train.plots` — the run log and its curves.
+"""
+
+from .clipping import clip_gradients
+from .feedback import Rollout, k_step_ahead_loss, rollout
+from .schedules import SCHEDULES, Constant, Exponential, InverseSigmoid, Linear
+from .tbptt import Chunk, LaneStream
+from .trainer import Callback, StepResult, TrainConfig, Trainer, TrainingDiverged, TrainResult, seed_everything
+
+__all__ = [
+    "Trainer", "TrainConfig", "StepResult", "TrainResult", "Callback", "TrainingDiverged", "seed_everything",
+    "LaneStream", "Chunk", "rollout", "Rollout", "k_step_ahead_loss",
+    "SCHEDULES", "Constant", "Linear", "Exponential", "InverseSigmoid", "clip_gradients",
+]

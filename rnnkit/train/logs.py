@@ -1,0 +1,67 @@
+"""The run log: every logged step as one JSON object per line (``metrics.jsonl``), or as CSV
+(``metrics.csv``).
+
+JSON lines are appended and flushed as they come, so a killed run keeps its log up to the last
+step. Records have ``"kind": "train"`` (step, loss, pre-clip ``grad_norm``, ``clip``, lr,
+throughput, the task's metrics) or ``"kind": "val"`` (``val_<metric>``). The CSV file has one row
+per record and the union of their keys as columns, rewritten whole at each flush (new metrics
+can appear when validation first runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` or ``metrics.csv`` file."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class RunLog:
+    """Writes records to ``folder/metrics.jsonl`` or ``folder/metrics.csv``."""
+
+    def __init__(self, folder: Path, fmt: str = "jsonl") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fmt = fmt
+        self.path = folder / f"metrics.{fmt}"
+        self.rows: list[dict] = []
+        self.file = self.path.open("w") if fmt == "jsonl" else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+        else:
+            self.rows.append(record)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            return
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        self.flush()
+        if self.file is not None:
+            self.file.close()

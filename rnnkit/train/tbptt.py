@@ -1,0 +1,155 @@
+r"""Truncated back-propagation through time over long streams (Williams & Peng 1990; char-rnn).
+
+The documents are dealt into B parallel *lanes* (contiguous runs of documents, about equal in
+tokens); each lane is read in chunks of k steps. Between chunks the state is carried forward and
+detached, so the gradient reaches back at most k steps while the forward pass sees the whole
+history. Where a lane's document ends inside a chunk, that lane's chunk is shorter (``lengths``)
+and the next chunk starts the next document from a zero state (``reset``). When a lane runs out
+of documents it leaves the batch: later chunks are smaller and the carried state is sliced to the
+lanes still running.
+
+Within a document the pairs are (input, target) = (d[t], d[t + 1]), so a document of n tokens
+gives n − 1 steps.
+
+Symbols: k chunk length (T of a chunk), B lanes, N documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from ..cells.state import detach_state, map_state
+
+
+class Chunk(NamedTuple):
+    """One truncated-BPTT step's data.
+
+    inputs, targets (k, B) int64, time-major, zero-padded past each lane's length;
+    lengths (B,) valid steps of each lane (≥ 1); reset (B,) True where the lane starts a new
+    document (its carried state must be zeroed); lanes (B,) which lanes these rows are.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    lengths: Tensor
+    reset: Tensor
+    lanes: Tensor
+
+
+def deal_lanes(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Split documents 0..N−1 (of ``sizes`` steps) into ≤ B contiguous runs of about equal steps.
+
+    With N ≤ B every document gets its own lane; otherwise a document goes to the lane its
+    midpoint falls in when the whole stream is cut into B equal parts.
+    """
+    if len(sizes) <= batch_size:
+        return [[i] for i in range(len(sizes))]
+    total = sum(sizes)
+    lanes: dict[int, list[int]] = {}
+    before = 0
+    for i, n in enumerate(sizes):
+        lane = min(batch_size - 1, int(batch_size * (before + n / 2) / total))
+        lanes.setdefault(lane, []).append(i)
+        before += n
+    return [lanes[k] for k in sorted(lanes)]
+
+
+class LaneStream:
+    """Chunks of k steps over B lanes of documents, for truncated BPTT.
+
+    Args:
+        documents: 1-D int64 tensors (token ids); documents shorter than 2 tokens are skipped.
+        batch_size: B, the number of lanes.
+        chunk_length: k, steps per chunk.
+
+    Iterating gives :class:`Chunk` s in order; :meth:`carry` turns the state after one chunk
+    into the initial state of the next.
+    """
+
+    def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int) -> None:
+        for name, v in (("batch_size", batch_size), ("chunk_length", chunk_length)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LaneStream: {name} must be an int ≥ 1, got {v!r}")
+        docs = []
+        for i, d in enumerate(documents):
+            if not isinstance(d, Tensor) or d.dim() != 1 or d.dtype != torch.long:
+                got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, Tensor) else type(d).__name__
+                raise ValueError(f"LaneStream: document {i} must be a 1-D int64 tensor, got {got}")
+            if d.numel() >= 2:
+                docs.append(d)
+        if not docs:
+            raise ValueError("LaneStream: no data — every document is shorter than 2 tokens (one input and its target)")
+        self.documents = docs
+        self.batch_size = batch_size
+        self.chunk_length = chunk_length
+        self.lanes = deal_lanes([d.numel() - 1 for d in docs], batch_size)
+
+    @property
+    def steps(self) -> int:
+        """Total (input, target) pairs: Σ (n_d − 1)."""
+        return sum(d.numel() - 1 for d in self.documents)
+
+    def __len__(self) -> int:
+        """Chunks per pass over the data."""
+        return sum(1 for _ in self._schedule())
+
+    def _schedule(self) -> Iterator[list[tuple[int, int, int, int, bool]]]:
+        """Per chunk, for each active lane: (lane, doc, start, stop, reset)."""
+        k = self.chunk_length
+        pos = [[0, 0] for _ in self.lanes]  # per lane: index into its documents, offset in that document
+        reset = [True] * len(self.lanes)
+        while True:
+            rows = []
+            for lane, docs in enumerate(self.lanes):
+                j, off = pos[lane]
+                if j >= len(docs):
+                    continue
+                n = self.documents[docs[j]].numel() - 1  # steps of this document
+                stop = min(off + k, n)
+                rows.append((lane, docs[j], off, stop, reset[lane]))
+                reset[lane] = stop == n
+                pos[lane] = [j + 1, 0] if stop == n else [j, stop]
+            if not rows:
+                return
+            yield rows
+
+    def __iter__(self) -> Iterator[Chunk]:
+        k = self.chunk_length
+        for rows in self._schedule():
+            B = len(rows)
+            inputs = torch.zeros(k, B, dtype=torch.long)
+            targets = torch.zeros(k, B, dtype=torch.long)
+            for b, (_, doc, start, stop, _) in enumerate(rows):
+                d = self.documents[doc]
+                inputs[: stop - start, b] = d[start:stop]
+                targets[: stop - start, b] = d[start + 1 : stop + 1]
+            lengths = torch.tensor([stop - start for _, _, start, stop, _ in rows])
+            width = int(lengths.max())
+            yield Chunk(
+                inputs[:width],  # (k', B): no all-padding steps at the end
+                targets[:width],
+                lengths,
+                torch.tensor([r[4] for r in rows]),
+                torch.tensor([r[0] for r in rows]),
+            )
+
+    @staticmethod
+    def carry(state: Any, previous: Chunk | None, chunk: Chunk) -> Any:
+        """The state to start ``chunk`` from, given the state after ``previous``.
+
+        Detached (the truncation), sliced to the lanes still running, zeroed where a lane starts
+        a new document. None (zeros) for the first chunk.
+        """
+        if state is None or previous is None:
+            return None
+        state = detach_state(state)
+        if previous.lanes.shape != chunk.lanes.shape or not torch.equal(previous.lanes, chunk.lanes):
+            rows = torch.searchsorted(previous.lanes, chunk.lanes)  # lanes are kept in order
+            state = map_state(lambda t: t.index_select(0, rows.to(t.device)), state)
+        if bool(chunk.reset.any()):
+            keep = (~chunk.reset).view(-1, 1)
+            state = map_state(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.device, t.dtype), state)
+        return state

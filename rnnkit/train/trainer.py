@@ -1,0 +1,326 @@
+"""The model-agnostic training loop.
+
+The trainer knows nothing of the model or the data: a task gives it a ``step_fn(model, batch)``
+that returns the loss to back-propagate, an iterable of batches, and optionally an
+``evaluate(model)`` returning validation metrics. The trainer owns what every task shares:
+the update (backward, clipping, optimizer and schedule), the log, validation, early stopping,
+checkpoints, the progress bar, plots and callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .clipping import check_clip, clip_gradients
+from .logs import RunLog
+from .plots import plot_curves
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train; every task's config embeds one."""
+
+    max_steps: int | None = 1000  # updates; None: until max_time runs out
+    max_time: float | None = None  # seconds of training; None: until max_steps
+    clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it
+    clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm)
+    eval_every: int = 100  # updates between validations (and checkpoints)
+    patience: int | None = None  # early stopping: validations without improvement; None: never
+    monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
+    mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
+    out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
+    log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
+    progress: bool = True  # a progress bar on stderr
+    seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
+
+    def validate(self) -> "TrainConfig":
+        owner = "TrainConfig"
+        for name in ("max_steps", "eval_every", "patience"):
+            v = getattr(self, name)
+            if v is None and name != "eval_every":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{owner}: {name} must be an int ≥ 1{' or None' if name != 'eval_every' else ''}, got {v!r}")
+        if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(self.max_time, (int, float)) or not self.max_time > 0):
+            raise ValueError(f"{owner}: max_time must be a number of seconds > 0 or None, got {self.max_time!r}")
+        if self.max_steps is None and self.max_time is None:
+            raise ValueError(f"{owner}: give max_steps or max_time (or both), got neither")
+        check_clip(self.clip_norm, "clip_norm")
+        check_clip(self.clip_value, "clip_value")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"{owner}: mode must be 'min' or 'max', got {self.mode!r}")
+        if self.log_format not in ("jsonl", "csv"):
+            raise ValueError(f"{owner}: log_format must be 'jsonl' or 'csv', got {self.log_format!r}")
+        return self
+
+
+@dataclass
+class StepResult:
+    """What a task's ``step_fn`` returns for one batch.
+
+    loss: the scalar to back-propagate; items: how many training items the batch held (for
+    throughput: characters, sequences…); metrics: extra numbers to log (floats).
+    """
+
+    loss: Tensor
+    items: int = 1
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    steps: int
+    items: int
+    seconds: float
+    stop_reason: str  # "max_steps", "max_time", "early_stopping", "callback"
+    train_loss: float
+    val: dict[str, float]  # the last validation's metrics
+    best: float | None  # the best value of ``monitor`` seen
+    history: list[dict]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+class Callback:
+    """Hooks into the loop; override what you need. Set ``trainer.should_stop = True`` to stop."""
+
+    def on_step(self, trainer: "Trainer", record: dict) -> None:
+        """After every update, with its log record."""
+
+    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+        """After every validation."""
+
+    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+        """After a checkpoint was written to ``path``."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random``: the same seed gives the same run."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _cycle(data: Iterable) -> Iterator[tuple[int, Any]]:
+    """Batches forever, pass after pass, with the pass (epoch) number."""
+    epoch = 0
+    while True:
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)  # lets a data source reshuffle per pass, reproducibly
+        empty = True
+        for batch in data:
+            empty = False
+            yield epoch, batch
+        if empty:
+            raise ValueError("training data is empty: the batch source gave no batches")
+        epoch += 1
+
+
+class Trainer:
+    """Trains ``model`` by repeating: batch → ``step_fn`` → backward → clip → optimizer step.
+
+    Args:
+        model: any ``nn.Module``.
+        optimizer: a torch optimizer over the model's parameters.
+        step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss.
+        data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
+            before each pass when the source has it.
+        config: :class:`TrainConfig`.
+        evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
+            updates and at the end (in ``eval()`` mode, without gradients).
+        scheduler: a torch LR scheduler, stepped after every update.
+        callbacks: :class:`Callback` objects.
+        meta: JSON-able facts saved in every checkpoint (the task's config, vocabulary…).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step_fn: Callable[[nn.Module, Any], StepResult],
+        data: Iterable,
+        config: TrainConfig | None = None,
+        *,
+        evaluate: Callable[[nn.Module], dict] | None = None,
+        scheduler: Any = None,
+        callbacks: Sequence[Callback] = (),
+        meta: dict | None = None,
+    ) -> None:
+        self.config = (config or TrainConfig()).validate()
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.step_fn, self.data, self.evaluate_fn = step_fn, data, evaluate
+        self.callbacks = list(callbacks)
+        self.meta = dict(meta or {})
+        self.out = Path(self.config.out) if self.config.out else None
+        self.step = 0
+        self.items = 0
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self.bad_validations = 0
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.last_val: dict[str, float] = {}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        if cfg.seed is not None:
+            seed_everything(cfg.seed)
+        log = RunLog(self.out, cfg.log_format) if self.out else None
+        bar = _progress(cfg)
+        batches = _cycle(self.data)
+        start = time.monotonic()
+        stop_reason, loss_value = "max_steps", float("nan")
+        try:
+            while True:
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    stop_reason = "max_steps"
+                    break
+                if cfg.max_time is not None and time.monotonic() - start >= cfg.max_time:
+                    stop_reason = "max_time"
+                    break
+                epoch, batch = next(batches)
+                tick = time.monotonic()
+                self.model.train()
+                result = self.step_fn(self.model, batch)
+                loss_value = float(result.loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(self._diverged("loss", loss_value))
+                self.optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                # clip before the update; the norm logged is the one before clipping
+                grad_norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
+                if not math.isfinite(grad_norm):
+                    raise TrainingDiverged(self._diverged("gradient norm", grad_norm))
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                self.items += int(result.items)
+                now = time.monotonic()
+                record = {
+                    "kind": "train",
+                    "step": self.step,
+                    "epoch": epoch,
+                    "time": round(now - start, 4),
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                    "clip": cfg.clip_norm,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "items_per_s": result.items / max(now - tick, 1e-9),
+                    **{k: float(v) for k, v in result.metrics.items()},
+                }
+                self.history.append(record)
+                if log:
+                    log.write(record)
+                bar.advance(self.step, now - start, loss_value, record["items_per_s"])
+                for cb in self.callbacks:
+                    cb.on_step(self, record)
+                last = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
+                    cfg.max_time is not None and time.monotonic() - start >= cfg.max_time)
+                if self.step % cfg.eval_every == 0 and not last:
+                    self._validate_and_checkpoint(log, now - start)
+                if self.should_stop:
+                    stop_reason = self.stop_reason or "callback"
+                    break
+            if self.step and not (self.history and self.history[-1].get("kind") == "val" and self.history[-1]["step"] == self.step):
+                self._validate_and_checkpoint(log, time.monotonic() - start)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        if self.out and self.history:
+            plot_curves(self.history, self.out / "curves.png", monitor=cfg.monitor)
+        return TrainResult(self.step, self.items, time.monotonic() - start, stop_reason, loss_value,
+                           dict(self.last_val), self.best, self.history)
+
+    # -- validation, early stopping, checkpoints -------------------------------------------------
+    def _validate_and_checkpoint(self, log: RunLog | None, elapsed: float) -> None:
+        cfg = self.config
+        improved = False
+        if self.evaluate_fn is not None:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
+            self.model.train()
+            if cfg.monitor not in metrics:
+                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}")
+            self.last_val = metrics
+            value = metrics[cfg.monitor]
+            improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
+            if improved:
+                self.best, self.bad_validations = value, 0
+            else:
+                self.bad_validations += 1
+                if cfg.patience is not None and self.bad_validations >= cfg.patience:
+                    self.should_stop, self.stop_reason = True, "early_stopping"
+            record = {"kind": "val", "step": self.step, "time": round(elapsed, 4), **{f"val_{k}": v for k, v in metrics.items()}}
+            self.history.append(record)
+            if log:
+                log.write(record)
+            for cb in self.callbacks:
+                cb.on_validation(self, metrics)
+        if self.out:
+            paths = [self.save(self.out / "latest.safetensors")]
+            if improved or self.evaluate_fn is None:
+                paths.append(self.save(self.out / "best.safetensors"))
+            if log:
+                log.flush()
+            plot_curves(self.history, self.out / "curves.png", monitor=cfg.monitor)
+            for path in paths:
+                for cb in self.callbacks:
+                    cb.on_checkpoint(self, path)
+
+    def save(self, path: Path) -> Path:
+        """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta."""
+        from ..checkpoint import save_checkpoint
+
+        meta = {
+            **self.meta,
+            "trainer": {"step": self.step, "items": self.items, "best": self.best,
+                        "bad_validations": self.bad_validations, "config": asdict(self.config)},
+            "val": self.last_val,
+        }
+        return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta)
+
+    def _diverged(self, what: str, value: float) -> str:
+        kept = f"; the last good checkpoint is kept in {self.out}" if self.out and (self.out / "latest.safetensors").exists() else ""
+        return (f"training diverged at step {self.step + 1}: the {what} is {value}{kept}. "
+                f"Try a lower learning rate or gradient clipping (clip_norm, now {self.config.clip_norm}).")
+
+
+class _progress:
+    """tqdm bar over updates (with max_steps) or seconds (with only max_time)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from tqdm.auto import tqdm
+
+        self.by_steps = cfg.max_steps is not None
+        total = cfg.max_steps if self.by_steps else cfg.max_time
+        self.bar = tqdm(total=total, disable=not cfg.progress, unit="step" if self.by_steps else "s",
+                        dynamic_ncols=True, leave=False)
+        self.done = 0.0
+
+    def advance(self, step: int, elapsed: float, loss: float, rate: float) -> None:
+        if self.bar.disable:
+            return
+        now = step if self.by_steps else min(elapsed, self.bar.total)
+        self.bar.update(now - self.done)
+        self.done = now
+        self.bar.set_postfix(loss=f"{loss:.4f}", items_s=f"{rate:,.0f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
