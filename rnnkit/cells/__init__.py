@@ -2,18 +2,22 @@
 
 Where each one's equations live:
 
-==================  =========================================================
-``ElmanCell``       :mod:`rnnkit.cells.elman` — tanh/ReLU, default/orthogonal/identity init
-``LSTMCell``        :mod:`rnnkit.cells.lstm` — forget gate, 1997 form, peepholes, blocks, clipping
-``GRUCell``         :mod:`rnnkit.cells.gru`
-``LeakyCell``       :mod:`rnnkit.cells.leaky` — leaky integration around any cell
-``SkipCell``        :mod:`rnnkit.cells.skip` — reads h(t − d) too
-``ClockworkCell``   :mod:`rnnkit.cells.clockwork` — groups at several time scales
-==================  =========================================================
+======================  =========================================================
+``ElmanCell``           :mod:`rnnkit.cells.elman` — tanh/ReLU, default/orthogonal/identity init
+``LSTMCell``            :mod:`rnnkit.cells.lstm` — forget gate, 1997 form, peepholes, blocks, clipping
+``GRUCell``             :mod:`rnnkit.cells.gru`
+``LeakyCell``           :mod:`rnnkit.cells.leaky` — leaky integration around any cell
+``SkipCell``            :mod:`rnnkit.cells.skip` — reads h(t − d) too
+``ClockworkCell``       :mod:`rnnkit.cells.clockwork` — groups at several time scales
+``DeepTransitionCell``  :mod:`rnnkit.cells.deep` — MLPs inside input-to-hidden and hidden-to-hidden
+``AttentionCell``       :mod:`rnnkit.cells.attention` — additive attention over a memory
+======================  =========================================================
 """
 
+from .attention import AttentionCell, AttentionState
 from .base import RecurrentCell
 from .clockwork import ClockworkCell, ClockworkState
+from .deep import MLP, DeepTransitionCell
 from .elman import ElmanCell
 from .gru import GRUCell
 from .leaky import LeakyCell, alphas_from_time_constants
@@ -29,6 +33,10 @@ __all__ = [
     "LeakyCell",
     "SkipCell",
     "ClockworkCell",
+    "DeepTransitionCell",
+    "AttentionCell",
+    "AttentionState",
+    "MLP",
     "RNNState",
     "LSTMState",
     "SkipState",

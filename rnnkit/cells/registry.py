@@ -6,6 +6,7 @@ from typing import Callable
 
 from .base import RecurrentCell
 from .clockwork import ClockworkCell
+from .deep import DeepTransitionCell
 from .elman import ElmanCell
 from .gru import GRUCell
 from .leaky import LeakyCell
@@ -24,6 +25,10 @@ CELLS: dict[str, tuple[str, Callable[[int, int], RecurrentCell]]] = {
     "leaky": ("leaky tanh units, time constants 1.5…100 steps", lambda i, h: LeakyCell(ElmanCell(i, h), tau=(1.5, 100.0))),
     "skip": ("tanh RNN that also reads h(t-4)", lambda i, h: SkipCell(ElmanCell(i, h), delay=4)),
     "clockwork": ("clockwork RNN, periods 1, 2, 4, 8", lambda i, h: ClockworkCell(i, h, periods=(1, 2, 4, 8))),
+    "deep-transition": (
+        "tanh RNN whose input and hidden-to-hidden maps are one-layer tanh MLPs (Pascanu et al. 2014)",
+        lambda i, h: DeepTransitionCell(ElmanCell(h, h), i, input_layers=(h,), transition_layers=(h,)),
+    ),
 }
 
 
