@@ -1,5 +1,30 @@
-"""Datasets read from this machine: text corpora (the Python standard library's own source by default)."""
+"""Datasets made or read on this machine, nothing downloaded.
+
+* :mod:`.corpus` — text corpora (the Python standard library's own source by default);
+* :mod:`.synthetic` — the adding, temporal order and copy memory problems, as their papers define them;
+* :mod:`.datasets` — digits (scikit-learn), sunspots (statsmodels), numbers → words (generated),
+  and per-character token tags of Python source (tokenize).
+"""
 
 from .corpus import CharVocab, DataError, read_text, split_documents, stdlib_corpus, stdlib_documents
+from .datasets import digits, numbers_to_words, sunspots, tag_source, tagging
+from .synthetic import SequenceBatch, adding, copy_memory, heldout_generator, temporal_order
 
-__all__ = ["CharVocab", "DataError", "read_text", "split_documents", "stdlib_corpus", "stdlib_documents"]
+__all__ = [
+    "CharVocab",
+    "DataError",
+    "read_text",
+    "split_documents",
+    "stdlib_corpus",
+    "stdlib_documents",
+    "SequenceBatch",
+    "adding",
+    "temporal_order",
+    "copy_memory",
+    "heldout_generator",
+    "digits",
+    "sunspots",
+    "numbers_to_words",
+    "tagging",
+    "tag_source",
+]
