@@ -150,11 +150,13 @@ class ResidualStack(nn.Module):
             h, s = run_layer(layer, inp, state[k])
             finals.append(s)
             outs.append(h)
-            u = h if u is None else h + u  # u^l = h^l + u^{l-1}
+            if self.connections == "residual":
+                u = h if u is None else h + u  # u^l = h^l + u^{l-1}
         y = u if self.connections == "residual" else torch.cat(outs, dim=-1)
         return y, tuple(finals)
 
     def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, tuple]:
+        """Whole sequences: x (T, B, I), lengths (B,) → y (T, B, ·) and each layer's final state."""
         return self._run(x, state, lambda layer, inp, s: layer(inp, s, lengths))
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, tuple]:
@@ -162,6 +164,7 @@ class ResidualStack(nn.Module):
         return self._run(x, state, layer_step)
 
     def init_state(self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None) -> tuple:
+        """Each layer's zero state, for a decoder that steps this stack."""
         ref = next(self.parameters())
         return tuple(layer_init_state(layer, batch_size, dtype or ref.dtype, device or ref.device) for layer in self.layers)
 

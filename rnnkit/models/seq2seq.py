@@ -29,6 +29,13 @@ from .conditioning import FeedbackDecoder
 from .patterns import Encoder
 
 
+class Seq2SeqDecoder(FeedbackDecoder):
+    """The decoder half of :class:`Seq2Seq`: a :class:`FeedbackDecoder` whose context is the
+    encoder's summary C (and whose layer may attend over the encoder's outputs)."""
+
+    owner = "Seq2Seq decoder"
+
+
 class EncoderMemory(NamedTuple):
     """What :meth:`Seq2Seq.encode` returns, batch first (so a beam search can reorder it):
     ``memory`` (B, S, D) the encoder outputs, ``mask`` (B, S) bool valid positions,
@@ -87,7 +94,7 @@ class Seq2Seq(nn.Module):
                 raise TypeError(f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}")
             decoder = Recurrent(AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")))
         self.encoder = encoder
-        self.decoder = FeedbackDecoder(
+        self.decoder = Seq2SeqDecoder(
             decoder,
             vocab_size=vocab_size,
             embedding_size=embedding_size,
@@ -98,7 +105,6 @@ class Seq2Seq(nn.Module):
             eos=eos,
             head_hidden=head_hidden,
         )
-        self.decoder.owner = "Seq2Seq decoder"
         self.bos, self.eos = self.decoder.bos, self.decoder.eos
         self.attention = attention_size is not None
 

@@ -121,6 +121,17 @@ def test_jordan_teacher_forcing_is_one_batched_pass_equal_to_stepping():
         model.step(prev, state)
 
 
+def test_jordan_padded_batch_equals_each_sequence_alone():
+    model = make_jordan()
+    y, x, lengths = torch.randint(0, 6, (6, 3), generator=torch.Generator().manual_seed(4)), rand(6, 3, 3), [6, 1, 3]
+    y[1:, 1] = -1
+    out = model(y, x, lengths)
+    for b, n in enumerate(lengths):
+        alone = model(y[:n, b : b + 1], x[:n, b : b + 1])
+        torch.testing.assert_close(out.logits[:n, b : b + 1], alone.logits, **tol)
+        torch.testing.assert_close(out.halt[:n, b : b + 1], alone.halt, **tol)
+
+
 def test_real_valued_jordan_without_inputs_feeds_back_its_outputs():
     torch.manual_seed(0)
     model = randomize_(JordanNetwork(0, 4, output_size=2).double())
