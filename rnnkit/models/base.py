@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..cells.base import RecurrentCell, check_size
 from ..cells.state import map_state, state_tensors
 from ..compose import Bidirectional, Stack
-from ..recurrent import Recurrent, check_lengths
+from ..recurrent import Recurrent
 
 
 class StepOutput(NamedTuple):
@@ -107,6 +107,9 @@ def check_steppable(layer: nn.Module, owner: str) -> None:
             check_steppable(sub, owner)
     elif not hasattr(layer, "step"):
         raise TypeError(f"{owner}: cannot step a {type(layer).__name__} one time step at a time (it has no .step)")
+    else:
+        for sub in getattr(layer, "layers", ()):  # a deep stack steps its layers in turn
+            check_steppable(sub, owner)
 
 
 def layer_init_state(layer: nn.Module, batch_size: int, dtype: torch.dtype, device: torch.device) -> Any:
@@ -211,20 +214,16 @@ def check_tokens(
     return y
 
 
-def check_batch(batch_size: Any, context: Tensor | None, owner: str) -> int:
-    """The batch size from ``batch_size`` and/or a context's first dim; they must agree."""
-    if context is not None:
-        if batch_size is not None and batch_size != context.shape[0]:
-            raise ValueError(f"{owner}: batch_size={batch_size} but the context has batch {context.shape[0]}")
-        return context.shape[0]
+def check_batch(batch_size: Any, found: int | None, owner: str, source: str = "the context") -> int:
+    """The batch size of a decoding start: ``batch_size`` and/or ``found`` (read from
+    ``source``), which must agree."""
+    if found is not None:
+        if batch_size is not None and batch_size != found:
+            raise ValueError(f"{owner}: batch_size={batch_size} but {source} has batch {found}")
+        return found
     if batch_size is None:
         raise ValueError(f"{owner}: start needs batch_size (or a context to read it from)")
     return check_size(batch_size, "batch_size", owner)
-
-
-def lengths_for(lengths: Any, batch_size: int, steps: int, device: torch.device, owner: str) -> Tensor | None:
-    """``check_lengths`` with this model's name in the message."""
-    return check_lengths(lengths, batch_size, steps, device, owner)
 
 
 def param_like(module: nn.Module) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..cells.attention import AttentionCell
 from ..cells.base import check_choice, check_size
-from ..recurrent import Recurrent
+from ..recurrent import Recurrent, check_lengths
 from .base import (
     DecoderState,
     OutputFeedback,
@@ -42,7 +42,6 @@ from .base import (
     empty,
     layer_init_state,
     layer_step,
-    lengths_for,
     param_like,
     sequence_mask,
     step_halt,
@@ -182,7 +181,7 @@ class FeedbackDecoder(nn.Module):
         """Teacher-forced pass over all T steps, given the true outputs y (see the class docstring)."""
         like = param_like(self)
         T, B = _time_batch(y, self.feedback, self.owner)
-        lengths = lengths_for(lengths, B, T, like.device, self.owner)
+        lengths = check_lengths(lengths, B, T, like.device, self.owner)
         y = self.feedback.check_targets(y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None)
         x = self._check_inputs(x, T, B, like)
         v = self._check_context(context, B, like)
@@ -208,7 +207,10 @@ class FeedbackDecoder(nn.Module):
         """The decoding state before step 1, from the context v (B, C) and/or inputs x (T, B, I)."""
         like = param_like(self)
         x = self._check_inputs(x, None, None, like)
-        B = check_batch(batch_size, x.transpose(0, 1) if x is not None else context if isinstance(context, Tensor) else None, self.owner)
+        if x is not None:
+            B = check_batch(batch_size, x.shape[1], self.owner, "the input sequence x")
+        else:
+            B = check_batch(batch_size, context.shape[0] if isinstance(context, Tensor) else None, self.owner)
         v = self._check_context(context, B, like)
         inputs = x.transpose(0, 1) if x is not None else empty(B, 0, 0, like=like)  # (B, T, I)
         step = torch.zeros(B, dtype=torch.long, device=like.device)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..cells.base import check_choice, check_size
 from ..cells.deep import ACTIVATIONS
+from ..recurrent import check_lengths
 from .base import (
     DecoderState,
     OutputFeedback,
@@ -33,7 +34,6 @@ from .base import (
     check_tokens,
     empty,
     final_output,
-    lengths_for,
     param_like,
     sequence_mask,
 )
@@ -61,7 +61,7 @@ class InputEmbedding(nn.Module):
 
     def forward(self, x: Any, lengths: Tensor | None, like: Tensor) -> Tensor:
         if self.vocab_size is not None:
-            T, B = (x.shape[0], x.shape[1]) if isinstance(x, Tensor) and x.dim() == 2 else (0, 0)
+            T, B = self.time_batch(x)
             mask = sequence_mask(lengths, T, B, like.device) if lengths is not None else None
             return self.embedding(check_tokens(x, "x", self.owner, "(T, B)", 2, self.vocab_size, mask))  # (T, B, E)
         return check_float(x, "x", self.owner, "(T, B, I)", 3, self.input_size, like)
@@ -113,7 +113,7 @@ class Tagger(nn.Module):
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Tensor:
         T, B = self.inputs.time_batch(x)
-        lengths = lengths_for(lengths, B, T, x.device, "Tagger")
+        lengths = check_lengths(lengths, B, T, x.device, "Tagger")
         h, _ = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
         return self.head(h)  # (T, B, V)
 
@@ -156,7 +156,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Encoded:
         T, B = self.inputs.time_batch(x)
-        lengths = lengths_for(lengths, B, T, x.device, "Encoder")
+        lengths = check_lengths(lengths, B, T, x.device, "Encoder")
         outputs, final = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
         return Encoded(outputs, final_output(self.layer, final), final)
 
@@ -262,7 +262,7 @@ class JordanNetwork(nn.Module):
         """All T steps at once from the true previous outputs (teacher forcing): no time loop."""
         like = param_like(self)
         T, B = _time_batch(y, self.feedback, "JordanNetwork")
-        lengths = lengths_for(lengths, B, T, like.device, "JordanNetwork")
+        lengths = check_lengths(lengths, B, T, like.device, "JordanNetwork")
         y = self.feedback.check_targets(y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None)
         x = self._check_x(x, T, B, like)
         h = self._h(x, self.feedback(self.feedback.shift(y, self.bos, like)))  # (T, B, H)
@@ -287,7 +287,7 @@ class JordanNetwork(nn.Module):
             if context is None:
                 raise ValueError("JordanNetwork: start needs context = x (T, B, I), the inputs to read")
             x = check_float(context, "context", "JordanNetwork", "(T, B, I)", 3, self.input_size, like)
-            B = check_batch(batch_size, x.transpose(0, 1), "JordanNetwork")
+            B = check_batch(batch_size, x.shape[1], "JordanNetwork", "the input sequence x")
             inputs = x.transpose(0, 1)  # (B, T, I)
         else:
             if context is not None:

@@ -4,7 +4,7 @@ stepping against teacher forcing, padded batches against per-sequence runs."""
 import pytest
 import torch
 
-from rnnkit import Recurrent, Stack
+from rnnkit import Bidirectional, Recurrent, Stack
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, SkipCell
 from rnnkit.cells.state import map_state
 from rnnkit.models import OutputRecurrentRNN, ResidualStack, VectorToSequence, sequence_loss
@@ -204,6 +204,8 @@ def test_conditioning_bad_arguments():
         VectorToSequence(ElmanCell(4, 5), C, vocab_size=V, embedding_size=E, bos=0, halt=True, max_length=5)
     with pytest.raises(ValueError, match="a decoder's layer must run forward in time"):
         VectorToSequence(Recurrent(ElmanCell(4, 5), reverse=True), C, vocab_size=V, embedding_size=E, bos=0)
+    with pytest.raises(ValueError, match="a decoder's layer must run forward in time, got a Bidirectional layer"):
+        OutputRecurrentRNN(ResidualStack([Bidirectional(GRUCell(7, 2), merge="sum")]), 3, vocab_size=V, embedding_size=E, bos=0)
     model = v2s(0, "init")
     with pytest.raises(ValueError, match=r"context has width 4 \(shape \(2, 4\)\), expected 3"):
         model(tokens(3, 2), rand(2, 4))
