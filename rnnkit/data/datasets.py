@@ -226,6 +226,10 @@ def sunspots(
     train_values = values[:train_end].double()
     mean, std = float(train_values.mean()), float(train_values.std())
     first = max(window, period) - 1
+
+    def norm(x: Tensor) -> Tensor:
+        return ((x.double() - mean) / std).float()
+
     splits = []
     for name, start, end in (("train", 0, train_end), ("val", train_end, val_end), ("test", val_end, n)):
         lo, hi = max(first, start - 1), end - horizon  # origins t in [lo, hi): targets t+1 … t+K in [start, end)
@@ -237,7 +241,6 @@ def sunspots(
         origins = torch.arange(lo, hi)  # (N,)
         steps = origins.unsqueeze(0) + torch.arange(-window + 1, 1).unsqueeze(1)  # (W, N) series indices
         ahead = origins.unsqueeze(1) + torch.arange(1, horizon + 1)  # (N, K)
-        norm = lambda x: ((x.double() - mean) / std).float()  # noqa: E731
         splits.append(Windows(norm(values[steps]).unsqueeze(-1), norm(values[ahead]), origins))  # (W, N, 1), (N, K)
     return Sunspots(years, values, mean, std, window, horizon, (train_end, val_end), *splits)
 

@@ -63,7 +63,7 @@ def test_digits_rows_and_pixels_read_the_shipped_images(sk_digits):
     labels = torch.tensor(sk_digits.target)
     index = collections.defaultdict(set)
     for k in range(images.shape[0]):
-        index[images[k].flatten().tolist().__repr__()].add(int(labels[k]))
+        index[tuple(images[k].flatten().tolist())].add(int(labels[k]))
     rows, pixels = digits("rows", seed=3), digits("pixels", seed=3)
     total = 0
     for split_r, split_p in zip(rows[:3], pixels[:3]):
@@ -72,7 +72,7 @@ def test_digits_rows_and_pixels_read_the_shipped_images(sk_digits):
         total += split_r.targets.numel()
         for n in range(0, split_r.targets.numel(), 13):
             image = split_r.inputs[:, n, :] * 16  # step t is row t
-            assert int(split_r.targets[n]) in index[image.flatten().tolist().__repr__()]
+            assert int(split_r.targets[n]) in index[tuple(image.flatten().tolist())]
             # The same split order: the pixel sequence is the row-major image.
             torch.testing.assert_close(split_p.inputs[:, n, 0], split_r.inputs[:, n, :].flatten(), rtol=0, atol=0)
         assert float(split_r.inputs.min()) == 0.0 and float(split_r.inputs.max()) == 1.0
