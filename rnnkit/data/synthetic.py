@@ -14,7 +14,7 @@ every sequence has the same length), and ``targets``. A sequence's answer is rea
 step, which is where ``Recurrent``'s final state is taken.
 
 Every generator draws from a ``torch.Generator`` (or an int seed), so the same seed gives the same
-data. :func:`test_generator` seeds :data:`TEST_SEED`, a fixed seed used for test sets only: train
+data. :func:`heldout_generator` seeds :data:`TEST_SEED`, a fixed seed used for test sets only: train
 on generators seeded otherwise and the test set is never trained on.
 
 Symbols: N sequences, T time steps (the longest sequence of the batch), I input size, K classes.
