@@ -408,7 +408,9 @@ def save_checkpoint(
 
     doc["checksum"] = {"header": hashlib.sha256(_canonical(doc)).hexdigest(), "tensors": _tensor_digest(store.tensors)}
     try:
-        blob = safetensors.torch.save(store.tensors, metadata={_META_KEY: _canonical(doc).decode()})
+        # stored in the caller's key order (config files read naturally); hashed in canonical order
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+        blob = safetensors.torch.save(store.tensors, metadata={_META_KEY: text})
     except Exception as e:  # e.g. a dtype safetensors cannot store
         raise CheckpointError(f"{path}: safetensors cannot store this checkpoint: {e}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -502,17 +504,20 @@ def _read(path: str | os.PathLike, whole: bool) -> tuple[Path, dict, dict, bytes
             raise ValueError(f"it is {_describe_type(doc)}, not a JSON object")
     except (TypeError, ValueError) as e:
         raise _refuse(path, f"corrupted: the {_META_KEY!r} metadata is not a JSON document: {e}") from None
+    checksum = doc.pop("checksum", None)
+    intact = (isinstance(checksum, dict) and isinstance(checksum.get("header"), str)
+              and isinstance(checksum.get("tensors"), str)
+              and hashlib.sha256(_canonical(doc)).hexdigest() == checksum["header"])
+    # with a damaged header, "format"/"version" may be damaged too: say so rather than blame them
     if doc.get("format") != FORMAT:
-        raise _refuse(path, f"not an rnnkit checkpoint: metadata format {_short(doc.get('format'))}, expected {FORMAT!r}")
+        raise _refuse(path, f"not an rnnkit checkpoint{'' if intact else ', or a corrupted one'}: "
+                            f"metadata format {_short(doc.get('format'))}, expected {FORMAT!r}")
     version = doc.get("version")
     if type(version) is not int or version != VERSION:
-        newer = type(version) is int and version > VERSION
-        raise _refuse(path, f"format version {_short(version)}, but this rnnkit reads version {VERSION}"
-                            + (" (written by a newer rnnkit: upgrade rnnkit)" if newer else ""))
-    checksum = doc.pop("checksum", None)
-    if not (isinstance(checksum, dict) and isinstance(checksum.get("header"), str) and isinstance(checksum.get("tensors"), str)):
-        raise _refuse(path, "corrupted: the header has no checksum")
-    if hashlib.sha256(_canonical(doc)).hexdigest() != checksum["header"]:
+        newer = " (written by a newer rnnkit? upgrade rnnkit)" if type(version) is int and version > VERSION else ""
+        raise _refuse(path, ("" if intact else "corrupted, or ")
+                      + f"format version {_short(version)}, but this rnnkit reads version {VERSION}{newer}")
+    if not intact:
         raise _refuse(path, "corrupted: header checksum mismatch (the metadata was changed or damaged)")
     doc["checksum"] = checksum
     return path, header, doc, data
