@@ -21,7 +21,8 @@ Tensor keys (every tensor is stored contiguous, on the CPU, in its own dtype):
 ``generators.<name>``     the state of each ``torch.Generator`` passed as ``generators=``
 ========================  ===================================================================
 
-The safetensors header metadata holds a single key, ``"rnnkit"``, whose value is a JSON document:
+The safetensors header metadata holds a single key, ``"rnnkit"``, whose value is a JSON document
+(keys in the writer's order; a reader refuses any ``format``/``version`` but its own):
 
 .. code-block:: text
 
@@ -66,9 +67,10 @@ leave its temporary file behind, which nothing here ever reads (it is hidden and
 ``.safetensors``); :func:`leftover_temp_files` lists such files for whoever cleans up. One writer
 per target path per process at a time.
 
-Loading is all-or-nothing: :func:`load_checkpoint` reads and verifies the whole file, checks it
-against every object it is asked to fill and against ``expect``, collects every mismatch into
-one :class:`CheckpointError`, and only then loads anything.
+Loading is all-or-nothing: :func:`load_checkpoint` reads the whole file into memory once (what
+is verified is what is loaded), verifies it, checks it against every object it is asked to fill
+and against ``expect``, collects every mismatch into one :class:`CheckpointError`, and only then
+loads anything. :func:`read_meta` reads the header alone.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ class CheckpointError(ValueError):
 def checkpoint_paths(folder: str | os.PathLike) -> dict[str, Path]:
     """The conventional checkpoint files of a run folder: ``{"latest": …, "best": …}``.
 
-    ``latest.safetensors`` is overwritten at every save (resume from it); ``best.safetensors`` holds
-    the best validation score so far (sample and evaluate from it).
+    By convention ``latest.safetensors`` is the most recent save (resume from it) and
+    ``best.safetensors`` the one with the best validation score so far (sample and evaluate from it).
     """
     folder = Path(folder)
     return {"latest": folder / LATEST, "best": folder / BEST}
@@ -192,7 +194,8 @@ def set_rng_state(state: Mapping) -> None:
     """Restore what :func:`rng_state` returned; every part is checked before any is set.
 
     CUDA states are restored for the devices both sides have; a different device count is
-    warned about, since an exact resume then cannot be promised.
+    warned about, since an exact resume then cannot be promised. Raises ValueError naming the
+    part (``'torch'``, ``'cuda'``, ``'numpy'``, ``'python'``) that is malformed.
     """
     cpu, cuda, legacy, py_state = _prepare_rng_state(state)
     torch.set_rng_state(cpu)
@@ -214,7 +217,8 @@ def set_rng_state(state: Mapping) -> None:
 def _describe_type(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("a builtins.", "a ")
+    name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -664,6 +668,11 @@ def load_checkpoint(
             not matching ``model``/``optimizer``/``scheduler``/``expect``/``generators``. The message names the
             file and every mismatch; nothing has been loaded.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"load_checkpoint: model must be a torch.nn.Module, got {_describe_type(model)}")
+    for name, gen in (generators or {}).items():
+        if not isinstance(gen, torch.Generator):
+            raise TypeError(f"load_checkpoint: generators[{name!r}] must be a torch.Generator, got {_describe_type(gen)}")
     path, header, doc, data = _read(path, whole=True)
     tensors = _read_tensors(path, header, doc, data)
     if torch.device(map_location).type != "cpu":

@@ -518,7 +518,7 @@ def test_values_that_are_not_json_are_refused_before_anything_is_written(tmp_pat
     cases = [
         (dict(meta={"config": {"lr": torch.tensor(0.1)}}), r"meta\['config'\]\['lr'\] is a torch.float32 tensor of shape \(\), which is not JSON \(store tensors"),
         (dict(meta={"loss": np.float32(1.5)}), r"meta\['loss'\] is a numpy.float32, which is not JSON \(convert it"),
-        (dict(meta={"vocab": {1: "a"}}), r"meta\['vocab'\]: key 1 is a int; JSON objects need string keys"),
+        (dict(meta={"vocab": {1: "a"}}), r"meta\['vocab'\]: key 1 is an int; JSON objects need string keys"),
         (dict(meta={"seen": {"a", "b"}}), r"meta\['seen'\] is a set, which is not JSON"),
         (dict(meta={"out": tmp_path}), r"meta\['out'\] is a pathlib\..*Path, which is not JSON"),
         (dict(meta=[1, 2]), "meta must be a dict, got a list"),
@@ -660,14 +660,28 @@ def test_cuda_model_optimizer_and_rng_round_trip(tmp_path):
     data = torch.Generator().manual_seed(0)
     for tokens in batches(data, 2):
         loss = F.cross_entropy(model(tokens[:-1].cuda()).reshape(-1, V), tokens[1:].reshape(-1).cuda())
-        opt.zero_grad(), loss.backward(), opt.step(), sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     path = save_checkpoint(tmp_path / "gpu.safetensors", model=model, optimizer=opt, scheduler=sched)
     cuda_draw = torch.rand(3, device="cuda")
     cpu_model = TinyLM(seed=2)
     load_checkpoint(path, model=cpu_model)
-    assert_identical(cpu_model.state_dict(), {k: v.cpu() for k, v in model.state_dict().items()})
+    assert_identical(dict(cpu_model.state_dict()), {k: v.cpu() for k, v in model.state_dict().items()})
     gpu_model = TinyLM(seed=2).cuda()
     gpu_opt = torch.optim.Adam(gpu_model.parameters(), lr=1e-2)
     load_checkpoint(path, model=gpu_model, optimizer=gpu_opt, restore_rng=True, map_location="cuda")
     assert torch.equal(torch.rand(3, device="cuda"), cuda_draw)
     assert gpu_opt.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
+
+
+def test_arguments_of_the_wrong_kind_are_named(saved):
+    path, model = saved
+    with pytest.raises(TypeError, match="load_checkpoint: model must be a torch.nn.Module, got a collections.OrderedDict"):
+        load_checkpoint(path, model=model.state_dict())
+    with pytest.raises(TypeError, match=r"load_checkpoint: generators\['data'\] must be a torch.Generator, got an int"):
+        load_checkpoint(path, generators={"data": 7})
+    with pytest.raises(CheckpointError, match="save_checkpoint: generators must map names to torch.Generator, got 'data': an int"):
+        save_checkpoint(path.with_name("other.safetensors"), model=model, generators={"data": 7})
+    assert not path.with_name("other.safetensors").exists()
