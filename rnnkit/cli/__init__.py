@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, sample, train
+from . import bench, diagnose, eval, sample, tasks, train
 
-SUBCOMMANDS = {"train": train, "sample": sample, "bench": bench}
+SUBCOMMANDS = {"train": train, "sample": sample, "eval": eval, "tasks": tasks, "bench": bench, "diagnose": diagnose}
 
 
 class UsageError(Exception):
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in ("-h", "--help"))):
+        argv.insert(1, "charlm")  # `rnnkit train [flags]` trains the default task
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as e:  # ValueError: DataError and the library's own checks
         print(f"{e}" if str(e).startswith("rnnkit") else f"rnnkit: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. training diverged: a runtime failure, not a usage error
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)
         return 130

@@ -1,36 +1,39 @@
-"""``rnnkit sample``: generate text from a trained character-level model."""
+"""``rnnkit sample CHECKPOINT``: generate from a trained model (a checkpoint file or run folder)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from ..tasks.charlm import load, sample
+from ..tasks import load_run
 
 
 def add_parser(subs) -> None:
-    p = subs.add_parser("sample", help="generate text from a checkpoint folder", description=__doc__,
+    p = subs.add_parser("sample", help="generate from a checkpoint", description=__doc__,
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="the folder `rnnkit train` wrote (holds model.safetensors, config.json)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, or the run folder `rnnkit train` wrote (its best one)")
+    p.add_argument("--prime", default="\n", help="text fed to the model first (char-rnn's primetext)")
+    p.add_argument("--length", type=int, default=500, help="tokens to generate")
+    p.add_argument("--method", choices=["sample", "greedy", "beam"], default="sample", help="how to pick each token")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
-    p.add_argument("--prime", default="\n", help="text fed to the model first")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability ≥ p")
+    p.add_argument("--beam-width", type=int, default=4, help="hypotheses kept by --method beam")
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def run(args) -> int:
     from . import UsageError
 
-    folder = Path(args.checkpoint)
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise UsageError(f"rnnkit sample: {str(folder)!r} is not a checkpoint folder (no config.json and model.safetensors)")
     if args.length < 1:
         raise UsageError(f"rnnkit sample: --length must be ≥ 1, got {args.length}")
-    if not args.temperature > 0:
-        raise UsageError(f"rnnkit sample: --temperature must be > 0, got {args.temperature}")
-    model, vocab, _ = load(folder)
+    task, model, _ = load_run(args.checkpoint)
+    if not hasattr(task, "sample_text"):
+        raise UsageError(f"rnnkit sample: the {task.name!r} task does not generate text")
     gen = torch.Generator().manual_seed(args.seed)
-    print(args.prime + sample(model, vocab, args.length, prime=args.prime, temperature=args.temperature, generator=gen))
+    text = task.sample_text(model, prime=args.prime, length=args.length, method=args.method,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            beam_width=args.beam_width, generator=gen)
+    print(text)
     return 0

@@ -1,5 +1,11 @@
-"""``rnnkit train``: train a model. With no arguments, the default character-level LSTM
-language model on the Python standard library's source."""
+"""``rnnkit train [TASK] [options]``: train a built-in task. With no arguments, the default
+character-level LSTM language model on the Python standard library's source.
+
+Every setting of the task's config is a flag (``--hidden-size 256``); ``--config FILE`` (TOML,
+JSON or YAML) sets many at once, and flags given beside it override it. The resolved config is
+saved as ``config.json`` beside the checkpoints. ``--resume`` continues the run in ``--out``
+from its latest checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +13,91 @@ import argparse
 import dataclasses
 import json
 import shlex
+import sys
+from pathlib import Path
 
-from ..cells.registry import CELLS
-from ..tasks.charlm import CharLMConfig, train
+from ..tasks import TASKS, run_task
+from ..tasks.config import check_config, field_help, field_types, read_config_file, type_name
+
+
+def _none_or(kind):
+    def parse(text: str):
+        if text.lower() in ("none", "null"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} or none, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_task_options(p: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per config field, typed, with the comment beside its default as help."""
+    helps = field_help(config_cls)
+    defaults = config_cls()
+    for f, tp in field_types(config_cls).items():
+        flag = "--" + f.replace("_", "-")
+        default = getattr(defaults, f)
+        shown = f"(default: {default!r})" if default not in ("", None) else "(default: none)"
+        text = f"{helps.get(f, '')} {shown}".strip()
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            continue
+        kinds = type_name(tp)
+        base = int if kinds.startswith("int") else float if kinds.startswith("float") else str
+        kind = _none_or(base) if "null" in kinds else base
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=text)
 
 
 def add_parser(subs) -> None:
-    d = CharLMConfig()
-    p = subs.add_parser(
-        "train",
-        help="train a model (default: char-level LSTM on the stdlib's source)",
-        description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("task", nargs="?", default="charlm", choices=["charlm"], help="what to train")
-    p.add_argument("--data", default=d.data, help="a text file or folder (default: the Python standard library's source)")
-    p.add_argument("--cell", default=d.cell, choices=list(CELLS), help="recurrent cell")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="hidden units per layer")
-    p.add_argument("--num-layers", type=int, default=d.num_layers, help="stacked recurrent layers")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout between layers")
-    p.add_argument("--seq-length", type=int, default=d.seq_length, help="truncated-BPTT chunk length")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="parallel lanes")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm to this")
-    p.add_argument("--max-time", type=float, default=d.max_time, help="seconds of training")
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help="updates of training (overrides --max-time)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="updates between validation and a sample")
-    p.add_argument("--max-chars", type=int, default=d.max_chars, help="cap on the corpus size")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    p.add_argument("--out", default=d.out, help="output folder for checkpoint, config and metrics")
-    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
+    p = subs.add_parser("train", help="train a task (default: char-level LSTM on the stdlib's source)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = p.add_subparsers(dest="task", metavar="TASK", parser_class=type(p))
+    for name, task in TASKS.items():
+        t = tasks.add_parser(name, help=task.summary, description=f"rnnkit train {name}: {task.summary}")
+        t.add_argument("--config", metavar="FILE", help="a TOML, JSON or YAML file of settings (flags override it)")
+        t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+        t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on the last line")
+        add_task_options(t, task.Config)
 
 
-def _config(args) -> CharLMConfig:
-    from . import UsageError
-
-    for name in ("hidden_size", "num_layers", "seq_length", "batch_size", "eval_every", "max_chars"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"rnnkit train: --{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UsageError(f"rnnkit train: --max-steps must be ≥ 1, got {args.max_steps}")
-    for name in ("lr", "grad_clip", "max_time"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"rnnkit train: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        raise UsageError(f"rnnkit train: --dropout must be in [0, 1), got {args.dropout}")
-    fields = {f.name for f in dataclasses.fields(CharLMConfig)}
-    return CharLMConfig(**{k: v for k, v in vars(args).items() if k in fields})
+def resolve_config(task_cls, args) -> object:
+    """Defaults ← the resumed run's config ← --config file ← flags, each checked."""
+    cls = task_cls.Config
+    flags = {f: getattr(args, f) for f in field_types(cls) if hasattr(args, f)}
+    cfg = cls()
+    if args.resume:
+        out = Path(flags.get("out") or cfg.out or Path("runs") / task_cls.name)
+        saved = out / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {str(out)!r} holds no run to resume (no config.json)")
+        meta = json.loads(saved.read_text())
+        if meta.get("task") != task_cls.name:
+            raise ValueError(f"--resume: {out} holds a {meta.get('task')!r} run, not {task_cls.name!r}")
+        cfg = check_config(cls, meta["config"], source=str(saved))
+    if args.config:
+        cfg = check_config(cls, read_config_file(args.config), source=args.config, base=cfg)
+    cfg = check_config(cls, flags, source="flags", base=cfg)
+    cfg.check()
+    return cfg
 
 
 def run(args) -> int:
-    cfg = _config(args)
-    result = train(cfg, log=(lambda s: None) if args.json else print)
+    task_cls = TASKS[args.task]
+    cfg = resolve_config(task_cls, args)
+    task = task_cls(cfg)
+    result = run_task(task, log=print, resume=args.resume)
+    sample_text = task.final_sample(result) if hasattr(task, "final_sample") else None
+    metric = result["metric"]
+    base = result["baseline"]
+    print(f"\nfinished: {result['steps']} updates in {result['wall_time']:.0f}s ({result['stop_reason']}); "
+          f"validation {metric} {result[metric]:.4g}" + (f" (baseline {base:.4g})" if base is not None else ""))
+    print(f"checkpoints: {result['out']}/best.safetensors, latest.safetensors; log: metrics.{cfg.log_format}; plot: curves.png")
+    if sample_text is not None:
+        print(f"\nsample:\n{sample_text}\n")
+        print(f"sample more with: rnnkit sample {shlex.quote(result['out'])} --length 1000 --temperature 0.8")
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "sample"}))
-        return 0
-    print(f"\nfinished: {result['steps']} updates in {result['wall_time']:.0f}s; "
-          f"validation {result['val_bpc']:.3f} bits/char (unigram baseline {result['baseline_bpc']:.3f})")
-    print(f"checkpoint: {result['out']}/model.safetensors\n\nsample:\n{result['sample']}\n")
-    print(f"sample more with: rnnkit sample {shlex.quote(result['out'])} --length 1000 --temperature 0.8")
+        sys.stdout.flush()
+        print(json.dumps(result))
     return 0

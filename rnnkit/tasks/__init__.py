@@ -1,1 +1,12 @@
-"""Built-in tasks: data, model and metric for each job the command line can train."""
+"""Built-in tasks: data, model, loss and metric for each job ``rnnkit train TASK`` can run.
+
+Each task module defines a :class:`~rnnkit.tasks.base.Task` subclass and its config dataclass;
+``TASKS`` maps the command-line names to them.
+"""
+
+from .base import Task, TaskConfig, load_run, run_task
+from .charlm import CharLMTask
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (CharLMTask,)}
+
+__all__ = ["TASKS", "Task", "TaskConfig", "run_task", "load_run", "CharLMTask"]

@@ -1,56 +1,73 @@
-"""Character-level language model (Karpathy's char-rnn, on the Python standard library's source).
+r"""Character-level language model (Karpathy's char-rnn), by default on the Python standard
+library's own source.
 
-Symbols: T chunk length, B parallel lanes (batch), E embedding size, H hidden size, V vocabulary.
+.. math::
+    e(t) = E[x(t)], \quad h(t) = \mathrm{stack}(e(t), h(t-1)), \quad o(t) = c + V h(t), \quad
+    \hat y(t) = \mathrm{softmax}(o(t)), \quad L = -\textstyle\sum_t \log \hat y(t)_{x(t+1)}
+
+trained by truncated BPTT over lanes of whole files (a lane's state is reset where a file
+ends). The metric is bits per character on held-out files; the baseline the unigram entropy.
+
+Symbols: T chunk length, B lanes (batch), E embedding size, H hidden size, V vocabulary.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..cells.registry import make_cell
-from ..cells.state import detach_state
 from ..compose import Stack
-from ..data.corpus import CharVocab, DataError, read_text, split_documents, stdlib_documents
+from ..data.corpus import CharVocab, DataError, read_text, stdlib_documents
+from ..generate import generate
+from ..models.base import StepOutput
+from ..train import Callback, LaneStream, StepResult
+from .base import Task, TaskConfig
+
+VAL_CHARS = 100_000  # validation is capped so it stays a small share of training time
 
 
 @dataclass
-class CharLMConfig:
-    data: str | None = None  # a text file or folder; None: the stdlib's source
+class CharLMConfig(TaskConfig):
+    data: str | None = None  # a text file or folder; None: the Python standard library's source
     max_chars: int = 4_000_000  # cap on the corpus size, in characters
-    cell: str = "lstm"  # any name of rnnkit.cells.registry.CELLS
-    hidden_size: int = 256  # char-rnn's rnn_size
-    num_layers: int = 2
-    embedding_size: int = 64
-    dropout: float = 0.0  # between layers
+    embedding_size: int = 64  # character embedding width
     seq_length: int = 100  # truncated BPTT: steps per chunk
+    val_every: int = 20  # hold out every n-th file of a folder or the stdlib (else a file's tail)
+    sample_length: int = 200  # characters printed at each validation
+    temperature: float = 0.8  # sampling temperature of the printed samples
+    hidden_size: int = 256  # units per recurrent layer (char-rnn's rnn_size)
+    num_layers: int = 2  # stacked recurrent layers
+    lr: float = 2e-3  # Adam learning rate
+    max_steps: int | None = None  # updates; None: until max_time
+    max_time: float | None = 120.0  # seconds of training
     batch_size: int = 32  # parallel lanes of the stream
-    lr: float = 2e-3  # Adam
-    grad_clip: float = 5.0  # clip the global gradient norm to this
-    max_time: float = 120.0  # seconds of training
-    max_steps: int | None = None  # or a number of updates
-    eval_every: int = 100  # updates between validation + sample
-    val_fraction: float = 0.05  # share held out: every 20th stdlib file, or a --data file's tail
-    sample_length: int = 300
-    temperature: float = 0.8
-    seed: int = 0
-    out: str = "runs/charlm"
+
+    def check(self) -> None:
+        super().check()
+        for name in ("max_chars", "embedding_size", "seq_length", "sample_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.val_every < 2:
+            raise ValueError(f"val_every must be ≥ 2, got {self.val_every}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class CharLM(nn.Module):
-    r"""Embedding → recurrent stack → linear head: :math:`o(t) = c + V h(t)`, ŷ(t) = softmax(o(t)).
+    r"""Embedding → recurrent stack → linear head: :math:`o(t) = c + V h(t)`.
 
-    Shapes: tokens (T, B) int64 → logits (T, B, V); the state is the stack's.
+    ``forward(tokens (T, B), state=None, lengths=None) -> (logits (T, B, V), state)``; it also
+    keeps the decoding protocol (:mod:`rnnkit.generate`): ``start(B)``, ``step(y_prev, state)``.
     """
+
+    bos = None  # generation starts from a prime text
+    eos = None
 
     def __init__(self, vocab_size: int, cfg: CharLMConfig) -> None:
         super().__init__()
@@ -60,46 +77,17 @@ class CharLM(nn.Module):
         )
         self.head = nn.Linear(self.rnn.output_size, vocab_size)
 
-    def forward(self, tokens: Tensor, state=None):
-        y, state = self.rnn(self.embed(tokens), state)  # (T, B, H)
+    def forward(self, tokens: Tensor, state=None, lengths=None):
+        y, state = self.rnn(self.embed(tokens), state, lengths)  # (T, B, H)
         return self.head(y), state  # (T, B, V)
 
+    def start(self, batch_size: int, context=None):
+        p = self.head.weight
+        return tuple(layer.cell.init_state(batch_size, dtype=p.dtype, device=p.device) for layer in self.rnn.layers)
 
-def lanes(data: Tensor, batch_size: int) -> Tensor:
-    """Split a token stream into B parallel lanes, time-major: (N // B, B)."""
-    n = data.numel() // batch_size
-    return data[: n * batch_size].view(batch_size, n).t().contiguous()  # (N/B, B)
-
-
-@torch.no_grad()
-def evaluate_bpc(model: CharLM, data: Tensor, batch_size: int, seq_length: int) -> float:
-    """Bits per character of ``data`` with the state carried across chunks."""
-    model.eval()
-    stream = lanes(data, batch_size)
-    state, total, count = None, 0.0, 0
-    for i in range(0, stream.shape[0] - 1, seq_length):
-        x, y = stream[i : i + seq_length], stream[i + 1 : i + 1 + seq_length]
-        x = x[: y.shape[0]]
-        logits, state = model(x, state)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
-        count += y.numel()
-    model.train()
-    return total / count / math.log(2)
-
-
-@torch.no_grad()
-def sample(model: CharLM, vocab: CharVocab, length: int, prime: str = "\n", temperature: float = 0.8, generator=None) -> str:
-    """Feed ``prime`` through the model, then draw ``length`` characters at ``temperature``."""
-    model.eval()
-    logits, state = model(vocab.encode(prime).view(-1, 1))  # (T, 1, V)
-    out = []
-    for _ in range(length):
-        probs = torch.softmax(logits[-1, 0] / temperature, dim=-1)
-        nxt = torch.multinomial(probs, 1, generator=generator)
-        out.append(int(nxt))
-        logits, state = model(nxt.view(1, 1), state)
-    model.train()
-    return vocab.decode(out)
+    def step(self, y_prev: Tensor, state):
+        logits, state = self(y_prev.view(1, -1), state)  # (1, B, V)
+        return StepOutput(logits[0]), state
 
 
 def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
@@ -109,91 +97,183 @@ def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
     return float(-logp[val].mean())
 
 
-def train(cfg: CharLMConfig, log: Callable[[str], None] = print) -> dict:
-    """Train a char-level LM by truncated BPTT; write checkpoint, config and metrics under ``cfg.out``."""
-    torch.manual_seed(cfg.seed)
-    if cfg.data:
-        text = read_text(cfg.data, cfg.max_chars)
-        n_val = max(int(len(text) * cfg.val_fraction), cfg.seq_length + 1)
-        train_text, val_text = text[:-n_val], text[-n_val:]  # a file's tail is held out
-    else:
-        train_text, val_text = split_documents(stdlib_documents(cfg.max_chars), every=round(1 / cfg.val_fraction))
-        text = train_text + val_text
-    vocab = CharVocab.from_text(text)
-    train_data, val_data = vocab.encode(train_text), vocab.encode(val_text)
-    if train_data.numel() < cfg.batch_size * (cfg.seq_length + 1) or val_data.numel() < cfg.seq_length + 1:
-        raise DataError(
-            f"corpus too short: {len(text)} characters leave {train_data.numel()} for training and {val_data.numel()} "
-            f"for validation; training needs batch_size × (seq_length + 1) = {cfg.batch_size * (cfg.seq_length + 1)}"
-        )
-    baseline = unigram_bpc(train_data, val_data, len(vocab))
-    source = cfg.data or "the Python standard library's source"
-    log(f"corpus: {source}, {len(text):,} characters, vocabulary {len(vocab)}; unigram baseline {baseline:.3f} bits/char")
-
-    model = CharLM(len(vocab), cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    stream = lanes(train_data, cfg.batch_size)  # (N/B, B)
-    val_eval = val_data[: 100_000]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_log = (out / "metrics.jsonl").open("w")
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    state, pos, step, seen = None, 0, 0, 0
-    start = time.monotonic()
-    history = []
-    val_bpc = float("nan")
-    while True:
-        elapsed = time.monotonic() - start
-        if (cfg.max_steps is not None and step >= cfg.max_steps) or (cfg.max_steps is None and elapsed >= cfg.max_time):
-            break
-        if pos + cfg.seq_length + 1 > stream.shape[0]:
-            pos, state = 0, None  # an epoch ends: start the lanes again from fresh states
-        x = stream[pos : pos + cfg.seq_length]  # (T, B)
-        y = stream[pos + 1 : pos + 1 + cfg.seq_length]  # targets: the next characters
-        pos += cfg.seq_length
-        state = detach_state(state) if state is not None else None  # truncated BPTT: cut the graph
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
-        step += 1
-        seen += cfg.batch_size
-        record = {"step": step, "time": round(time.monotonic() - start, 3), "loss": loss.item(), "bpc": loss.item() / math.log(2), "grad_norm": grad_norm}
-        if step % cfg.eval_every == 0:
-            val_bpc = evaluate_bpc(model, val_eval, cfg.batch_size, cfg.seq_length)
-            record["val_bpc"] = val_bpc
-            log(f"step {step:5d}  {record['time']:6.1f}s  train {record['bpc']:.3f} bits/char  val {val_bpc:.3f} bits/char")
-            log("  sample: " + sample(model, vocab, 120, temperature=cfg.temperature, generator=gen).replace("\n", "\n          "))
-        metrics_log.write(json.dumps(record) + "\n")
-        history.append(record)
-    metrics_log.close()
-    val_bpc = evaluate_bpc(model, val_eval, cfg.batch_size, cfg.seq_length)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({"task": "charlm", "config": asdict(cfg), "vocab": vocab.chars}, ensure_ascii=False, indent=1))
-    final = sample(model, vocab, cfg.sample_length, temperature=cfg.temperature, generator=gen)
-    return {
-        "task": "charlm",
-        "cell": cfg.cell,
-        "steps": step,
-        "sequences_seen": seen,
-        "train_loss": history[-1]["loss"] if history else float("nan"),
-        "val_bpc": val_bpc,
-        "baseline_bpc": baseline,
-        "wall_time": time.monotonic() - start,
-        "sample": final,
-        "out": str(out),
-    }
+def masked_nll(logits: Tensor, targets: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
+    """Summed NLL over the valid steps of a chunk, and their number. logits (T, B, V)."""
+    mask = torch.arange(targets.shape[0]).unsqueeze(1) < lengths  # (T, B)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (nll.view_as(targets) * mask).sum(), int(mask.sum())
 
 
-def load(out: str | Path) -> tuple[CharLM, CharVocab, CharLMConfig]:
-    """The model, vocabulary and config saved by :func:`train` in folder ``out``."""
-    out = Path(out)
-    meta = json.loads((out / "config.json").read_text())
-    cfg = CharLMConfig(**meta["config"])
-    vocab = CharVocab(meta["vocab"])
-    model = CharLM(len(vocab), cfg)
-    model.load_state_dict(load_file(str(out / "model.safetensors")))
-    return model, vocab, cfg
+class TBPTTStep:
+    """One truncated-BPTT update: carry the state from the previous chunk (detached), run the
+    chunk, average the NLL over its valid characters."""
+
+    def __init__(self) -> None:
+        self.state, self.previous = None, None
+
+    def __call__(self, model: CharLM, chunk) -> StepResult:
+        state = LaneStream.carry(self.state, self.previous, chunk)
+        logits, self.state = model(chunk.inputs, state, chunk.lengths)
+        total, n = masked_nll(logits, chunk.targets, chunk.lengths)
+        self.previous = chunk
+        # items: characters (throughput in chars/s); sequences: the lanes' chunks
+        return StepResult(total / n, items=n, metrics={"bpc": float(total.detach()) / n / math.log(2)}, sequences=len(chunk.lanes))
+
+
+@torch.no_grad()
+def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
+    """Loss (nats/char) and bits per character over a stream, the state carried across chunks."""
+    state, previous, total, count = None, None, 0.0, 0
+    for chunk in stream:
+        state = LaneStream.carry(state, previous, chunk)
+        logits, state = model(chunk.inputs, state, chunk.lengths)
+        nll, n = masked_nll(logits, chunk.targets, chunk.lengths)
+        total, count, previous = total + float(nll), count + n, chunk
+    return {"loss": total / count, "bpc": total / count / math.log(2)}
+
+
+def sample(model: CharLM, vocab: CharVocab, length: int, prime: str = "\n", *, method: str = "sample",
+           temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None, beam_width: int = 4,
+           generator: torch.Generator | None = None) -> str:
+    """Feed ``prime`` through the model, then generate ``length`` characters."""
+    tokens = vocab.encode(prime).view(1, -1)  # (1, P)
+    out = generate(model, max_length=length, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
+                   beam_width=beam_width, end=None, prime=tokens, generator=generator)
+    return vocab.decode(out.tokens[0, : out.lengths[0]].tolist())
+
+
+class _PrintSamples(Callback):
+    """char-rnn's habit: a sample at every validation, so the user watches the text improve."""
+
+    def __init__(self, task: "CharLMTask", log: Callable[[str], None]) -> None:
+        self.task, self.log = task, log
+        self.generator = torch.Generator().manual_seed(task.cfg.seed)
+
+    def on_validation(self, trainer, metrics) -> None:
+        text = sample(trainer.model, self.task.vocab, self.task.cfg.sample_length,
+                      temperature=self.task.cfg.temperature, generator=self.generator)
+        self.log("  sample: " + text.replace("\n", "\n          "))
+
+
+class CharLMTask(Task):
+    name = "charlm"
+    summary = "character-level language model on the stdlib's Python source or --data (bits/char vs unigram)"
+    Config = CharLMConfig
+    metric = "bpc"
+
+    def __init__(self, cfg: CharLMConfig, vocab: CharVocab | None = None) -> None:
+        super().__init__(cfg)
+        self.vocab = vocab
+
+    def prepare(self, log) -> None:
+        cfg = self.cfg
+        if cfg.data:
+            docs = _documents(cfg.data, cfg.max_chars)
+        else:
+            docs = stdlib_documents(cfg.max_chars)
+        if len(docs) >= cfg.val_every:
+            train_docs = [d for k, d in enumerate(docs) if k % cfg.val_every != cfg.val_every - 1]
+            val_docs = [d for k, d in enumerate(docs) if k % cfg.val_every == cfg.val_every - 1]
+        else:  # one or a few files: hold out each one's tail
+            cut = [len(d) - max(len(d) // cfg.val_every, 2) for d in docs]
+            train_docs, val_docs = [d[:c] for d, c in zip(docs, cut)], [d[c:] for d, c in zip(docs, cut)]
+        text = "".join(docs)
+        if self.vocab is None:
+            self.vocab = CharVocab.from_text(text)
+        else:
+            _check_covered(self.vocab, text, source=cfg.data or "the stdlib corpus")
+        train = [self.vocab.encode(d) for d in train_docs if len(d) >= 2]
+        val = [self.vocab.encode(d) for d in val_docs if len(d) >= 2]
+        steps = sum(len(d) - 1 for d in train)
+        if steps < cfg.seq_length or not val:
+            raise DataError(
+                f"corpus too short: {len(text):,} characters leave {steps:,} training steps and "
+                f"{sum(len(d) for d in val):,} validation characters; training needs at least seq_length = {cfg.seq_length}"
+            )
+        self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length)
+        val_cut, total = [], 0
+        for d in val:  # whole held-out files up to VAL_CHARS
+            val_cut.append(d[: VAL_CHARS - total])
+            total += len(val_cut[-1])
+            if total >= VAL_CHARS:
+                break
+        self.val_stream = LaneStream([d for d in val_cut if len(d) >= 2], cfg.batch_size, cfg.seq_length)
+        all_train = torch.cat(train)
+        self.baseline = {"bpc": unigram_bpc(all_train, torch.cat(val_cut), len(self.vocab))}
+        source = cfg.data or "the Python standard library's source"
+        log(f"corpus: {source}, {len(docs):,} files, {len(text):,} characters, vocabulary {len(self.vocab)}; "
+            f"unigram baseline {self.baseline['bpc']:.3f} bits/char")
+
+    def build_model(self) -> CharLM:
+        self.model = CharLM(len(self.vocab), self.cfg)
+        return self.model
+
+    def prepare_eval(self, data: str | None, log) -> None:
+        """For ``rnnkit eval``: the held-out files, or all of ``data`` (in the model's vocabulary)."""
+        if data is None:
+            return self.prepare(log)
+        docs = _documents(data, self.cfg.max_chars)
+        _check_covered(self.vocab, "".join(docs), source=data)
+        encoded = [self.vocab.encode(d) for d in docs if len(d) >= 2]
+        if not encoded:
+            raise DataError(f"{data}: nothing to evaluate (needs at least 2 characters)")
+        self.val_stream = LaneStream(encoded, self.cfg.batch_size, self.cfg.seq_length)
+        self.baseline = {}
+
+    def sample_text(self, model, prime: str = "\n", length: int = 500, **opts) -> str:
+        """``prime`` followed by ``length`` generated characters."""
+        _check_covered(self.vocab, prime, source="the prime text")
+        return prime + sample(model, self.vocab, length, prime, **opts)
+
+    def final_sample(self, result: dict) -> str:
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return sample(self.model, self.vocab, 300, temperature=self.cfg.temperature, generator=gen)
+
+    def batches(self):
+        self._step = TBPTTStep()
+        return self.train_stream
+
+    def step(self, model, chunk) -> StepResult:
+        return self._step(model, chunk)
+
+    def evaluate(self, model, split: str = "val") -> dict[str, float]:
+        return evaluate_stream(model, self.val_stream)
+
+    def callbacks(self, log):
+        return [_PrintSamples(self, log)]
+
+    def meta(self) -> dict:
+        return {**super().meta(), "vocab": self.vocab.chars}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "CharLMTask":
+        task = super().from_meta(meta)
+        task.vocab = CharVocab(meta["vocab"])
+        return task
+
+
+def _check_covered(vocab: CharVocab, text: str, source: str) -> None:
+    unknown = sorted(set(text) - set(vocab.chars))
+    if unknown:
+        shown = "".join(unknown[:20])
+        raise DataError(f"{source} has {len(unknown)} character(s) the model's vocabulary lacks: {shown!r}")
+
+
+def _documents(path: str, max_chars: int) -> list[str]:
+    """A file as one document, or a folder's text files each as one (read by read_text)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.suffix in (".txt", ".py", ".md") and q.is_file())
+        docs, total = [], 0
+        for f in files:
+            text = read_text(f, max_chars - total)
+            docs.append(text)
+            total += len(text)
+            if total >= max_chars:
+                break
+        if not docs:
+            raise DataError(f"{path}: the folder holds no .txt, .py or .md files")
+        return docs
+    return [read_text(p, max_chars)]

@@ -36,12 +36,16 @@ def _number(text: str):
 class RunLog:
     """Writes records to ``folder/metrics.jsonl`` or ``folder/metrics.csv``."""
 
-    def __init__(self, folder: Path, fmt: str = "jsonl") -> None:
+    def __init__(self, folder: Path, fmt: str = "jsonl", keep: list[dict] = ()) -> None:
+        """A new log, starting with the records ``keep`` (a resumed run's log up to its checkpoint)."""
         folder.mkdir(parents=True, exist_ok=True)
         self.fmt = fmt
         self.path = folder / f"metrics.{fmt}"
-        self.rows: list[dict] = []
+        self.rows: list[dict] = list(keep)
         self.file = self.path.open("w") if fmt == "jsonl" else None
+        if self.file is not None:
+            for record in keep:
+                self.write(record)
 
     def write(self, record: dict) -> None:
         if self.file is not None:

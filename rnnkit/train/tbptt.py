@@ -143,8 +143,8 @@ class LaneStream:
         Detached (the truncation), sliced to the lanes still running, zeroed where a lane starts
         a new document. None (zeros) for the first chunk.
         """
-        if state is None or previous is None:
-            return None
+        if state is None or previous is None or bool(chunk.reset.all()):
+            return None  # a fresh start (a new pass over the data begins with every lane reset)
         state = detach_state(state)
         if previous.lanes.shape != chunk.lanes.shape or not torch.equal(previous.lanes, chunk.lanes):
             rows = torch.searchsorted(previous.lanes, chunk.lanes)  # lanes are kept in order

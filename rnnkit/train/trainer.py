@@ -68,12 +68,14 @@ class StepResult:
     """What a task's ``step_fn`` returns for one batch.
 
     loss: the scalar to back-propagate; items: how many training items the batch held (for
-    throughput: characters, sequences…); metrics: extra numbers to log (floats).
+    throughput: characters, tokens…); sequences: how many sequences (default: items);
+    metrics: extra numbers to log (floats).
     """
 
     loss: Tensor
     items: int = 1
     metrics: dict[str, float] = field(default_factory=dict)
+    sequences: int | None = None
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TrainResult:
 
     steps: int
     items: int
+    sequences: int
     seconds: float
     stop_reason: str  # "max_steps", "max_time", "early_stopping", "callback"
     train_loss: float
@@ -167,6 +170,7 @@ class Trainer:
         self.out = Path(self.config.out) if self.config.out else None
         self.step = 0
         self.items = 0
+        self.sequences = 0
         self.history: list[dict] = []
         self.best: float | None = None
         self.bad_validations = 0
@@ -175,14 +179,24 @@ class Trainer:
         self.last_val: dict[str, float] = {}
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
+    def fit(self, resume_from: str | Path | None = None) -> TrainResult:
+        """Train until max_steps, max_time, early stopping or a callback says stop.
+
+        ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
+        states and progress are restored, the batches already seen are skipped, and the log is
+        continued from that step.
+        """
         cfg = self.config
         if cfg.seed is not None:
             seed_everything(cfg.seed)
-        log = RunLog(self.out, cfg.log_format) if self.out else None
-        bar = _progress(cfg)
         batches = _cycle(self.data)
-        start = time.monotonic()
+        if resume_from is not None:
+            self._resume(Path(resume_from))
+            for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
+                next(batches)
+        log = RunLog(self.out, cfg.log_format, keep=self.history) if self.out else None
+        bar = _progress(cfg)
+        start = time.monotonic() - (self.history[-1]["time"] if self.history else 0.0)
         stop_reason, loss_value = "max_steps", float("nan")
         try:
             while True:
@@ -210,6 +224,7 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 self.items += int(result.items)
+                self.sequences += int(result.items if result.sequences is None else result.sequences)
                 now = time.monotonic()
                 record = {
                     "kind": "train",
@@ -244,7 +259,7 @@ class Trainer:
                 log.close()
         if self.out and self.history:
             plot_curves(self.history, self.out / "curves.png", monitor=cfg.monitor)
-        return TrainResult(self.step, self.items, time.monotonic() - start, stop_reason, loss_value,
+        return TrainResult(self.step, self.items, self.sequences, time.monotonic() - start, stop_reason, loss_value,
                            dict(self.last_val), self.best, self.history)
 
     # -- validation, early stopping, checkpoints -------------------------------------------------
@@ -284,13 +299,28 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_checkpoint(self, path)
 
+    def _resume(self, path: Path) -> None:
+        from ..checkpoint import load_checkpoint
+
+        meta = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               restore_rng=True)
+        state = meta["trainer"]
+        self.step, self.items, self.best = state["step"], state["items"], state["best"]
+        self.sequences = state["sequences"]
+        self.bad_validations, self.last_val = state["bad_validations"], meta.get("val", {})
+        log_path = path.parent / f"metrics.{self.config.log_format}"
+        if log_path.is_file():
+            from .logs import read_log
+
+            self.history = [r for r in read_log(log_path) if r["step"] <= self.step]
+
     def save(self, path: Path) -> Path:
         """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta."""
         from ..checkpoint import save_checkpoint
 
         meta = {
             **self.meta,
-            "trainer": {"step": self.step, "items": self.items, "best": self.best,
+            "trainer": {"step": self.step, "items": self.items, "sequences": self.sequences, "best": self.best,
                         "bad_validations": self.bad_validations, "config": asdict(self.config)},
             "val": self.last_val,
         }

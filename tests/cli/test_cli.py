@@ -4,58 +4,113 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from rnnkit.checkpoint import read_meta
 from rnnkit.cli import main
 
-TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-length", "20", "--batch-size", "4", "--max-steps", "6", "--eval-every", "3"]
+TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-length", "20", "--batch-size", "4", "--max-steps", "6",
+        "--eval-every", "3", "--no-progress"]
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("def add(a, b):\n    return a + b\n\n" * 60)
-    return path
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"f{k}.py").write_text(f"def add{k}(a, b):\n    return a + b * {k}\n\n" * 40)
+    return folder
 
 
-def test_train_then_sample_through_the_console_entry_point(tmp_path, corpus):
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_checkpoint_sample_eval_resume_through_the_console_entry_point(tmp_path, corpus, capsys):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(out), "--json", *TINY]
+    cmd = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(out), "--json", "--val-every", "3", *TINY]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = last_json(done.stdout)
     assert result["task"] == "charlm" and result["cell"] == "lstm" and result["steps"] == 6
-    assert result["sequences_seen"] == 24
-    assert result["val_bpc"] > 0 and result["baseline_bpc"] > 0
-    for name in ("model.safetensors", "config.json", "metrics.jsonl"):
+    assert result["sequences_seen"] == 6 * 2  # two training files, one lane each
+    assert result["metric"] == "bpc" and result["bpc"] > 0 and result["baseline"] > 0 and result["val_loss"] > 0
+    for name in ("best.safetensors", "latest.safetensors", "config.json", "metrics.jsonl", "curves.png"):
         assert (out / name).is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6] and "val_bpc" in records[2]
-    done = subprocess.run([sys.executable, "-m", "rnnkit", "sample", str(out), "--length", "50"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert len(done.stdout) >= 50
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [3, 6]
+    assert json.loads((out / "config.json").read_text())["config"]["hidden_size"] == 16
+
+    assert main(["sample", str(out), "--length", "50", "--prime", "def "]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("def ") and len(text) >= 54
+    assert main(["sample", str(out / "latest.safetensors"), "--length", "20", "--method", "beam", "--beam-width", "2"]) == 0
+    capsys.readouterr()
+
+    assert main(["eval", str(out / "latest.safetensors"), "--json"]) == 0
+    evaluated = last_json(capsys.readouterr().out)
+    assert evaluated["val_bpc"] == pytest.approx(result["bpc"], rel=1e-6)
+    assert main(["eval", str(out), "--data", str(corpus / "f0.py"), "--json"]) == 0
+    assert last_json(capsys.readouterr().out)["val_bpc"] > 0
+
+    assert main(["train", "--data", str(corpus), "--out", str(out), "--resume", "--max-steps", "9", "--json"]) == 0
+    resumed = last_json(capsys.readouterr().out)
+    assert resumed["steps"] == 9 and read_meta(out / "latest.safetensors")["trainer"]["step"] == 9
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 10))
 
 
 def test_train_prints_progress_samples_and_the_command_to_sample_more(tmp_path, corpus, capsys):
-    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), "--cell", "gru", *TINY]) == 0
+    assert main(["train", "charlm", "--data", str(corpus), "--out", str(tmp_path / "r"), "--cell", "gru", *TINY]) == 0
     text = capsys.readouterr().out
-    assert "unigram baseline" in text and "val" in text and "sample:" in text
+    assert "unigram baseline" in text and "val loss" in text and "sample:" in text
     assert f"rnnkit sample {tmp_path / 'r'}" in text
+
+
+def test_config_file_with_flags_overriding_it(tmp_path, corpus, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'data = "{corpus}"\nhidden-size = 12\ncell = "gru"\nmax_steps = 4\nprogress = false\n'
+                   f'eval_every = 2\nseq_length = 10\nbatch_size = 2\n')
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(cfg), "--hidden-size", "10", "--out", str(out), "--json"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["hidden_size"], saved["cell"], saved["max_steps"]) == (10, "gru", 4)
+    (tmp_path / "run.json").write_text(json.dumps({"hidden_size": 8, "max_steps": 2, "progress": False, "data": str(corpus)}))
+    assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out)]) == 0
+
+
+def test_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "charlm", "--help"])
+    text = capsys.readouterr().out
+    for flag, default in [("--hidden-size", "256"), ("--seq-length", "100"), ("--clip-norm", "5.0"), ("--cell", "'lstm'"),
+                          ("--max-time", "120.0"), ("--seed", "0"), ("--lr-decay", "1.0"), ("--temperature", "0.8")]:
+        assert re.search(re.escape(flag) + r".*?\(default:\s+" + re.escape(default) + r"\)", text, re.S), flag
+
+
+def test_tasks_lists_every_task(capsys):
+    assert main(["tasks"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^charlm\s+character-level language model", text, re.M)
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--cell", "transformer"], "invalid choice: 'transformer'"),
+        (["train", "--cell", "transformer"], "unknown cell 'transformer'; choose from elman"),
         (["train", "nosuchtask"], "invalid choice: 'nosuchtask'"),
-        (["train", "--hidden-size", "-4"], "--hidden-size must be ≥ 1, got -4"),
-        (["train", "--lr", "0"], "--lr must be > 0, got 0.0"),
-        (["train", "--dropout", "1"], r"--dropout must be in \[0, 1\), got 1.0"),
+        (["train", "--hidden-size", "-4"], "hidden_size must be ≥ 1, got -4"),
+        (["train", "--lr", "0"], "lr must be > 0, got 0.0"),
+        (["train", "--dropout", "1"], r"dropout must be in \[0, 1\), got 1.0"),
+        (["train", "--clip-norm", "-1"], r"clip_norm must be a number > 0"),
         (["train", "--batch-size", "many"], "invalid int value: 'many'"),
+        (["train", "--max-steps", "none", "--max-time", "none"], "give max_steps or max_time"),
         (["train", "--data", "/no/such/file.txt"], "data path '/no/such/file.txt' does not exist"),
-        (["sample", "/no/such/run"], "is not a checkpoint folder"),
+        (["train", "--config", "/no/such.toml"], "config file not found"),
+        (["sample", "/no/such/run"], "no such checkpoint: '/no/such/run'"),
+        (["eval", "/no/such/run.safetensors"], "no such checkpoint"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -64,6 +119,21 @@ def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("hiden_size = 3\n", r"unknown setting\(s\) 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+        ('hidden_size = "big"\n', r"hidden_size must be int, got 'big' \(str\)"),
+        ("hidden_size = [\n", r"not valid TOML"),
+    ],
+)
+def test_bad_config_files_exit_2(tmp_path, content, message, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(content)
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_unreadable_data_exits_2(tmp_path, capsys):

@@ -1,16 +1,13 @@
+"""The char-LM task: baseline, evaluation, the decoding protocol, seeded sampling, the data split."""
+
 import math
 
+import pytest
 import torch
 
-from rnnkit.data.corpus import CharVocab
-from rnnkit.tasks.charlm import CharLM, CharLMConfig, evaluate_bpc, lanes, sample, unigram_bpc
-
-
-def test_lanes_split_the_stream_into_parallel_time_major_rows():
-    data = torch.arange(23)
-    out = lanes(data, 4)  # 5 steps per lane, the tail of 3 dropped
-    assert out.shape == (5, 4)
-    assert out[:, 1].tolist() == [5, 6, 7, 8, 9]  # lane 1 continues where lane 0 stopped
+from rnnkit.data.corpus import CharVocab, DataError
+from rnnkit.tasks.charlm import CharLM, CharLMConfig, CharLMTask, evaluate_stream, sample, unigram_bpc
+from rnnkit.train import LaneStream
 
 
 def test_unigram_baseline_is_the_entropy_of_the_character_frequencies():
@@ -20,13 +17,45 @@ def test_unigram_baseline_is_the_entropy_of_the_character_frequencies():
     assert abs(unigram_bpc(train, val, 2) - expected) < 1e-3
 
 
-def test_untrained_model_bpc_is_near_log2_vocab_and_sampling_is_seeded():
+def tiny_model(vocab_size=8, cell="lstm"):
     torch.manual_seed(0)
+    return CharLM(vocab_size, CharLMConfig(cell=cell, hidden_size=16, num_layers=2, embedding_size=8))
+
+
+def test_untrained_model_bpc_is_near_log2_vocab_and_sampling_is_seeded():
     vocab = CharVocab.from_text("abcdefgh")
-    cfg = CharLMConfig(hidden_size=16, num_layers=2, embedding_size=8)
-    model = CharLM(len(vocab), cfg)
-    data = torch.randint(0, 8, (2000,))
-    assert abs(evaluate_bpc(model, data, batch_size=4, seq_length=25) - 3.0) < 0.2
+    model = tiny_model()
+    docs = [torch.randint(0, 8, (n,)) for n in (700, 500, 900)]
+    bpc = evaluate_stream(model.eval(), LaneStream(docs, 2, 25))["bpc"]
+    assert abs(bpc - 3.0) < 0.2
     a = sample(model, vocab, 40, prime="ab", generator=torch.Generator().manual_seed(1))
     b = sample(model, vocab, 40, prime="ab", generator=torch.Generator().manual_seed(1))
     assert a == b and len(a) == 40 and set(a) <= set("abcdefgh")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+def test_stepping_equals_the_forward_pass(cell):
+    model = tiny_model(cell=cell).eval()
+    tokens = torch.randint(0, 8, (9, 3))
+    logits, _ = model(tokens)
+    state = model.start(3)
+    for t in range(9):
+        out, state = model.step(tokens[t], state)
+        torch.testing.assert_close(out.logits, logits[t], rtol=1e-5, atol=1e-6)
+
+
+def test_every_nth_file_is_held_out_whole(tmp_path):
+    for k in range(6):
+        (tmp_path / f"m{k}.py").write_text(f"x{k} = {k}\n" * 50)
+    task = CharLMTask(CharLMConfig(data=str(tmp_path), val_every=3, seq_length=10, batch_size=2))
+    task.prepare(lambda s: None)
+    held = {tuple(d.tolist()) for d in task.val_stream.documents}
+    for k in range(6):
+        doc = tuple(task.vocab.encode(f"x{k} = {k}\n" * 50).tolist())
+        assert (doc in held) == (k % 3 == 2)
+
+
+def test_prime_outside_the_vocabulary_is_refused():
+    task = CharLMTask(CharLMConfig(), vocab=CharVocab.from_text("abc"))
+    with pytest.raises(DataError, match="the prime text has 1 character"):
+        task.sample_text(tiny_model(3), prime="abz", length=3)

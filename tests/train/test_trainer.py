@@ -202,3 +202,14 @@ def test_empty_data_is_refused():
     trainer.data = []
     with pytest.raises(ValueError, match="training data is empty"):
         trainer.fit()
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    whole = trainer_for(tmp_path / "a", max_steps=30).fit()
+    trainer_for(tmp_path / "b", max_steps=20).fit()
+    resumed = trainer_for(tmp_path / "b", max_steps=30, seed=0)
+    result = resumed.fit(resume_from=tmp_path / "b" / "latest.safetensors")
+    curve = lambda r: [(x["step"], x["loss"]) for x in r.history if x["kind"] == "train"]
+    assert curve(result) == curve(whole)  # bit for bit, including the dropout masks
+    logged = [r["step"] for r in read_log(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
+    assert logged == list(range(1, 31))
