@@ -1,0 +1,124 @@
+"""``rnnkit diagnose``: see how far back the gradient reaches — gradient norm against time lag,
+Jacobian products, the recurrent matrices' spectra, saturation, time scales and clipping.
+
+With no checkpoint: freshly initialised cells side by side on the same random input (by
+default the tanh RNN, the IRNN, the GRU and the LSTM). With a checkpoint folder: every
+recurrent layer of the trained model, next to a freshly initialised copy, on random tokens or
+on the text of --data (for a model that does not read text, each layer reads random input). Writes PNG plots and diagnose.json into --out and prints one line per
+cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cells.registry import CELLS
+
+DEFAULTS = {"hidden_size": 64, "input_size": 16}  # for the --cell comparison only
+
+
+def add_parser(subs) -> None:
+    p = subs.add_parser("diagnose", help="gradient-flow diagnostics and plots of cells or a checkpoint", description=__doc__,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .safetensors checkpoint or the run folder `rnnkit train` wrote; omit to compare fresh cells")
+    p.add_argument("--cell", action="append", choices=list(CELLS), default=None, metavar="NAME",
+                   help="a cell to compare (repeatable; default: elman irnn gru lstm)")
+    p.add_argument("--hidden-size", type=int, default=None, help=f"hidden units of the compared cells (default {DEFAULTS['hidden_size']})")
+    p.add_argument("--input-size", type=int, default=None, help=f"input width of the compared cells (default {DEFAULTS['input_size']})")
+    p.add_argument("--steps", type=int, default=100, help="time steps T of the input; lags run 0 … T")
+    p.add_argument("--batch", type=int, default=8, help="sequences averaged over")
+    p.add_argument("--loss", choices=["last", "every"], default="last", help="a loss on the last step or on every step")
+    p.add_argument("--data", default=None, help="with a checkpoint: a text file to feed instead of random tokens")
+    p.add_argument("--log", default=None, help="a training metrics.jsonl for the clipping plot (default: the checkpoint's own, if any)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the cells, input and loss direction")
+    p.add_argument("--out", default="runs/diagnose", help="folder for the plots and diagnose.json")
+
+
+def load_checkpoint(path: Path):
+    """The model of a checkpoint file or run folder, and its vocabulary (None for tasks that do
+    not read text).
+
+    The one place that knows how checkpoints load; today through :func:`rnnkit.tasks.load_run`.
+    """
+    from ..tasks import load_run
+
+    task, model, _ = load_run(path)
+    return model, getattr(task, "vocab", None)
+
+
+def _tokens(args, vocab):
+    """The (T, B) token ids fed to a text model: --data's text in B lanes, or random tokens."""
+    import torch
+
+    if args.data is None:
+        gen = torch.Generator().manual_seed(args.seed)
+        return torch.randint(len(vocab), (args.steps, args.batch), generator=gen)
+    path = Path(args.data)
+    if not path.is_file():
+        raise FileNotFoundError(f"rnnkit diagnose: --data file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"rnnkit diagnose: --data {str(path)!r} is not UTF-8 text: {e.reason} at offset {e.start}") from None
+    need = args.steps * args.batch
+    if len(text) < need:
+        raise ValueError(f"rnnkit diagnose: --data has {len(text)} characters; --steps {args.steps} × --batch {args.batch} needs {need}")
+    ids = vocab.encode(text[:need])  # (T·B,)
+    return ids.view(args.batch, args.steps).t()  # (T, B): each lane a contiguous stretch
+
+
+def _check(args) -> None:
+    from . import UsageError
+
+    for flag in ("steps", "batch", "hidden_size", "input_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"rnnkit diagnose: --{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    if args.checkpoint is not None:
+        given = [f"--{f.replace('_', '-')}" for f in ("cell", "hidden_size", "input_size") if getattr(args, f) is not None]
+        if given:
+            raise UsageError(f"rnnkit diagnose: {', '.join(given)} describe fresh cells; give them or a checkpoint, not both")
+    elif args.data is not None:
+        raise UsageError("rnnkit diagnose: --data needs a checkpoint (fresh cells read random input)")
+    if args.cell and len(set(args.cell)) != len(args.cell):
+        raise UsageError(f"rnnkit diagnose: each --cell once, got {' '.join(args.cell)}")
+
+
+def run(args) -> int:
+    from . import UsageError
+    from ..diagnose import DEFAULT_CELLS, compare_cells, diagnose_model, read_training_log, summary_lines, write_report
+
+    _check(args)
+    log_path = Path(args.log) if args.log else None
+    settings = {"steps": args.steps, "batch": args.batch, "loss": args.loss, "seed": args.seed}
+    if args.checkpoint is None:
+        names = args.cell or list(DEFAULT_CELLS)
+        hidden = args.hidden_size or DEFAULTS["hidden_size"]
+        width = args.input_size or DEFAULTS["input_size"]
+        settings.update(cells=names, hidden_size=hidden, input_size=width)
+        reports = compare_cells(names, input_size=width, hidden_size=hidden, steps=args.steps, batch=args.batch, seed=args.seed, loss=args.loss)
+    else:
+        path = Path(args.checkpoint)
+        model, vocab = load_checkpoint(path)
+        if vocab is not None:
+            tokens = _tokens(args, vocab)
+            run_model = lambda m: m(tokens)  # noqa: E731
+        elif args.data is not None:
+            raise UsageError("rnnkit diagnose: --data applies to checkpoints of text tasks; this one's layers read random input")
+        else:
+            run_model = None  # each layer reads N(0, 1) input of its own width
+        settings.update(checkpoint=str(path), data=args.data)
+        reports = diagnose_model(model, run_model, steps=args.steps, batch=args.batch, loss=args.loss, seed=args.seed)
+        folder = path if path.is_dir() else path.parent
+        if log_path is None and (folder / "metrics.jsonl").is_file():
+            log_path = folder / "metrics.jsonl"
+    log = read_training_log(log_path) if log_path is not None else None
+    if log is not None:
+        settings["log"] = str(log_path)
+    written = write_report(reports, args.out, log=log, settings=settings)
+    for line in summary_lines(reports, log):
+        print(line)
+    print(f"{len(written) - 1} plots and diagnose.json in {args.out}; start with {Path(args.out) / 'gradient_vs_lag.png'}")
+    return 0
