@@ -12,9 +12,10 @@ from torch import Tensor, nn
 
 from .cells.base import RecurrentCell
 from .cells.state import where_state
+from .engine import fused
 from .engine.native import native_kind, run_native
 
-ENGINES = ("auto", "native", "reference")
+ENGINES = ("auto", "native", "fused", "reference")
 
 
 def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.device, owner: str) -> Tensor | None:
@@ -72,17 +73,27 @@ class Recurrent(nn.Module):
     is taken there; outputs past its end are zero; with ``reverse=True`` it is read backward
     from its own last step. A padded batch gives exactly what running each sequence alone does.
 
-    Engines: ``"reference"`` is the plain PyTorch step loop below, the definition of correct.
-    ``"native"`` runs cells that torch's fused kernels compute exactly (plain Elman, LSTM with
-    forget gate, GRU) through those kernels (oneDNN on CPU, cuDNN on GPU), lengths included.
-    ``"auto"`` (the default) takes the fastest path the cell allows. ``last_engine`` says which
-    path the last call ran.
+    Engines — three paths compute the same thing; ``last_engine`` says which one the last call ran:
+
+    * ``"reference"``: the plain PyTorch step loop of :meth:`reference`, the definition of correct
+      that the other two are tested against.
+    * ``"native"``: cells that torch's fused kernels compute exactly (plain Elman, LSTM with
+      forget gate, GRU) run through those kernels (oneDNN on CPU, cuDNN on GPU), lengths included.
+    * ``"fused"``: :mod:`rnnkit.engine.fused`, a compiled C++ time loop with hand-written BPTT for
+      every other Elman/clockwork/LSTM/GRU cell, alone or in a ``LeakyCell`` and/or ``SkipCell``;
+      CPU, float32/float64; built on first use (~40 s, then cached). No double backward.
+
+    ``"auto"`` (the default) takes native where the cell allows, else fused where it covers the
+    cell and the input, else the reference loop. If the fused engine cannot be built, ``"auto"``
+    falls back to the reference loop with one warning per process; an explicit ``"fused"`` raises.
+    The environment variable ``RNNKIT_ENGINE=reference`` (or ``native``: no fused engine)
+    restricts every ``"auto"`` layer, e.g. to rule out a fast path while debugging.
 
     Args:
         cell: any rnnkit cell.
         batch_first: inputs and outputs are (B, T, ·) instead of (T, B, ·).
         reverse: run from the last step to the first.
-        engine: ``"auto"``, ``"native"`` or ``"reference"``.
+        engine: ``"auto"``, ``"native"``, ``"fused"`` or ``"reference"``.
 
     Shapes:
         x: (T, B, I), or (B, T, I) if batch_first.
@@ -100,6 +111,8 @@ class Recurrent(nn.Module):
             raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if engine == "native" and native_kind(cell) is None:
             raise ValueError(f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}")
+        if engine == "fused" and fused.fused_spec(cell) is None:
+            raise ValueError(f"Recurrent: engine='fused' cannot run this cell: {fused.why_not_fused(cell)}")
         self.engine = engine
         self.last_engine: str | None = None
         self.cell = cell
@@ -119,15 +132,39 @@ class Recurrent(nn.Module):
         state = self.cell.prepare_state(state, B, x.dtype, x.device)
         if T == 0:
             raise ValueError(f"Recurrent: x has no time steps (shape {tuple(x.shape)})")
-        if self.engine != "reference" and native_kind(self.cell) is not None:
+        path = self._choose_path(x)
+        if path == "native":
             outputs, state = run_native(self.cell, x, state, lengths, self.reverse, self.training)
-            self.last_engine = "native"
+        elif path == "fused":
+            outputs, state = fused.run_fused(self.cell, x, state, lengths, self.reverse)
         else:
             outputs, state = self.reference(x, state, lengths)
-            self.last_engine = "reference"
+        self.last_engine = path
         if self.batch_first:
             outputs = outputs.transpose(0, 1)  # (B, T, H)
         return outputs, state
+
+    def _choose_path(self, x: Tensor) -> str:
+        """Which engine runs this call: "native", "fused" or "reference" (see the class docstring)."""
+        if self.engine == "reference":
+            return "reference"
+        restrict = fused.engine_override() if self.engine == "auto" else None
+        if restrict == "reference":
+            return "reference"
+        if self.engine in ("auto", "native") and native_kind(self.cell) is not None:
+            return "native"
+        if restrict == "native" or fused.fused_spec(self.cell) is None:
+            return "reference"
+        if x.device.type != "cpu" or x.dtype not in fused.DTYPES:
+            if self.engine == "fused":
+                raise ValueError(f"Recurrent: engine='fused' runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}")
+            return "reference"
+        if fused.load_extension() is not None:
+            return "fused"
+        if self.engine == "fused":
+            raise RuntimeError(f"Recurrent: engine='fused' asked for, but the fused engine could not be built: {fused.build_error()}")
+        fused.warn_fallback_once()
+        return "reference"
 
     def reference(self, x: Tensor, state: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
         """The plain PyTorch step loop: the definition of correct for every faster path.

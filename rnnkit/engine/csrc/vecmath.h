@@ -1,0 +1,50 @@
+// Element-wise transcendental functions over contiguous arrays, vectorised with ATen's
+// Vectorized<T> (SLEEF underneath when the extension is built with CPU_CAPABILITY_AVX2; a plain
+// loop otherwise). Everything else in the kernels is simple arithmetic that the compiler
+// vectorises by itself at -O3.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+namespace rnnkit {
+
+using at::vec::Vectorized;
+
+// p[0:n] = sigmoid(p[0:n]) = 1 / (1 + exp(-p))
+template <typename T>
+inline void sigmoid_(T* p, int64_t n) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    V x = V::loadu(p + i);
+    (one / (one + x.neg().exp())).store(p + i);
+  }
+  if (i < n) {
+    V x = V::loadu(p + i, n - i);
+    (one / (one + x.neg().exp())).store(p + i, n - i);
+  }
+}
+
+// dst[0:n] = tanh(src[0:n]); dst may equal src.
+template <typename T>
+inline void tanh_to(const T* src, T* dst, int64_t n) {
+  using V = Vectorized<T>;
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) V::loadu(src + i).tanh().store(dst + i);
+  if (i < n) V::loadu(src + i, n - i).tanh().store(dst + i, n - i);
+}
+
+template <typename T>
+inline void tanh_(T* p, int64_t n) {
+  tanh_to(p, p, n);
+}
+
+template <typename T>
+inline void relu_(T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = p[i] > T(0) ? p[i] : T(0);
+}
+
+}  // namespace rnnkit
