@@ -30,8 +30,9 @@ core                              ``ElmanCell`` (tanh, ReLU), ``ClockworkCell``,
 Variable lengths are handled inside the loop (a row past its end computes nothing, outputs zero
 and keeps its state), ``reverse`` by reversing each sequence within its length around the call.
 Gradients flow to the inputs, the initial state (every field, including a skip cell's past) and
-every parameter. Double backward is not supported (the backward pass is not itself
-differentiable). CPU only, float32 and float64; :class:`rnnkit.Recurrent` sends anything else to
+every parameter. Double backward is not supported: the backward pass is not itself
+differentiable, and a backward with ``create_graph=True`` raises rather than return incomplete
+higher-order gradients. CPU only, float32 and float64; :class:`rnnkit.Recurrent` sends anything else to
 the reference loop.
 
 The extension is compiled on first use with torch's extension toolchain
@@ -52,7 +53,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
 from ..cells.base import RecurrentCell
@@ -236,8 +236,15 @@ class _FusedRNN(torch.autograd.Function):
         return y, h, c, past
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_h, grad_c, grad_past):
+        # The C++ backward is not itself differentiable. once_differentiable alone would only
+        # catch second derivatives through the incoming gradients and silently drop those
+        # through the saved tensors, so any create_graph=True backward is refused outright.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "rnnkit: the fused engine has no double backward (backward with create_graph=True); "
+                "run the layer with engine='reference' for higher-order gradients"
+            )
         spec = ctx.spec
         (dgi, dh0, dc0, dpast0, dw_hh, db_hh, dw_skip, dp_i, dp_f, dp_o, dalpha) = ctx.ext.backward(
             grad_y, grad_h, grad_c, grad_past, *ctx.saved_tensors,
