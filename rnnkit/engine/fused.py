@@ -140,12 +140,27 @@ _build_error: BaseException | None = None
 _warned = False
 
 
+def _torch_exports_blas() -> bool:
+    """Whether torch's CPU library exports the Fortran BLAS ``sgemm_``/``dgemm_`` (MKL in the x86
+    wheels), which the engine then calls directly instead of through ATen for its per-step GEMMs."""
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        handle = ctypes.CDLL(str(lib))
+        return all(hasattr(handle, name) for name in ("sgemm_", "dgemm_"))
+    except OSError:
+        return False
+
+
 def _build_flags() -> list[str]:
     flags = ["-O3"]
     # ATen's Vectorized<T> uses SLEEF's AVX2 exp/tanh when told the CPU has AVX2; torch itself
     # says whether it does. Elsewhere it falls back to plain loops, which are correct, slower.
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    if _torch_exports_blas():
+        flags.append("-DRNNKIT_BLAS_SYMBOLS")
     return flags
 
 

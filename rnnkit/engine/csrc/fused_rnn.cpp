@@ -29,15 +29,58 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "vecmath.h"
+
+#if defined(RNNKIT_BLAS_SYMBOLS)
+// The Fortran BLAS that torch's own CPU library exports (MKL in torch's x86 wheels; the Python
+// side defines RNNKIT_BLAS_SYMBOLS only after finding both symbols there). Calling it directly
+// saves the per-step cost of building tensor views and going through the dispatcher.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+#endif
 
 namespace rnnkit {
 
 using at::Tensor;
 using OptT = std::optional<Tensor>;
+
+// C (M×N) = A (M×K) · op(B) + beta · C, all row-major and contiguous: op(B) = Bᵀ of B (N×K) when
+// trans_b, else B (K×N). beta is 0 (overwrite) or 1 (accumulate).
+template <typename T>
+static void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, const T* B, T beta, T* C) {
+  if (M == 0 || N == 0) return;
+#if defined(RNNKIT_BLAS_SYMBOLS)
+  // row-major C = A·op(B) is column-major Cᵀ = op(B)ᵀ·Aᵀ, and a row-major matrix read
+  // column-major is its transpose
+  const char ta = trans_b ? 'T' : 'N', tb = 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int lda = static_cast<int>(trans_b ? K : N), ldb = static_cast<int>(K), ldc = static_cast<int>(N);
+  const T one = T(1);
+  if constexpr (std::is_same_v<T, float>)
+    sgemm_(&ta, &tb, &m, &n, &k, &one, B, &lda, A, &ldb, &beta, C, &ldc);
+  else
+    dgemm_(&ta, &tb, &m, &n, &k, &one, B, &lda, A, &ldb, &beta, C, &ldc);
+#else
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, opts);
+  Tensor b = trans_b ? at::from_blob(const_cast<T*>(B), {N, K}, opts).t() : at::from_blob(const_cast<T*>(B), {K, N}, opts);
+  Tensor c = at::from_blob(C, {M, N}, opts);
+  if (beta == T(0))
+    at::mm_out(c, a, b);
+  else
+    c.addmm_(a, b);
+#endif
+}
 
 enum Core : int64_t { ELMAN = 0, LSTM = 1, GRU = 2 };
 
@@ -149,11 +192,13 @@ static inline void clock_mask(const int64_t* period, int64_t tick, int64_t H, T*
 
 // --- per-row forward kernels ----------------------------------------------------------------------
 
-// Elman / clockwork. a: the pre-activation b + W h(t-1) + U x(t) in, the inner new state out
-// (φ(a), or h(t-1) where the clock does not tick). hb: the state h(t) (== a unless leaky).
+// Elman / clockwork. a: the recurrent product W h(t-1) (+ W_s h(t-d)) in, the inner new state
+// out (φ(a) with a = gi + that, or h(t-1) where the clock does not tick). hb: the state h(t)
+// (the same memory as a unless leaky).
 template <typename T>
-static void elman_forward_row(const Layout& L, T* a, const T* hp, T* hb, const T* alpha, const T* mask) {
+static void elman_forward_row(const Layout& L, const T* gi, T* a, const T* hp, T* hb, const T* alpha, const T* mask) {
   const int64_t H = L.H;
+  for (int64_t u = 0; u < H; ++u) a[u] += gi[u];
   if (L.relu)
     relu_(a, H);
   else
@@ -164,12 +209,13 @@ static void elman_forward_row(const Layout& L, T* a, const T* hp, T* hb, const T
     for (int64_t u = 0; u < H; ++u) hb[u] = alpha[u] * hp[u] + (T(1) - alpha[u]) * a[u];
 }
 
-// LSTM. g: pre-activations in, activations (i, f, g, o) out. c: where the inner new cell c' goes
-// (the state row cs, or ci when leaky). scratch: 4H.
+// LSTM. g: the recurrent product in, activations (i, f, g, o) out. c: where the inner new cell c'
+// goes (the state row cs, or ci when leaky). scratch: 4H.
 template <typename T>
-static void lstm_forward_row(const Layout& L, T* g, const T* hp, const T* cp, T* hb, T* cs, T* ci, const T* p_i,
-                             const T* p_f, const T* p_o, const T* alpha, T* scratch) {
+static void lstm_forward_row(const Layout& L, const T* gi, T* g, const T* hp, const T* cp, T* hb, T* cs, T* ci,
+                             const T* p_i, const T* p_f, const T* p_o, const T* alpha, T* scratch) {
   const int64_t H = L.H, n = L.n, k = L.k;
+  for (int64_t u = 0; u < L.G; ++u) g[u] += gi[u];  // the pre-activations
   T *I = g + L.oi, *F = g + L.of, *Gg = g + L.og, *O = g + L.oo;
   if (L.peephole) {
     add_peep(I, p_i, cp, n, k);  // i reads c(t-1)
@@ -206,24 +252,21 @@ static void lstm_forward_row(const Layout& L, T* g, const T* hp, const T* cp, T*
   }
 }
 
-// GRU. gi: U x + b_ih (+ W_s h(t-d) in sk); gh: W_hh h(t-1) + b_hh. Writes r, z, n (rzn, 3H),
-// the W_hn h + b_hn part (ghn, H) that backward needs, and h(t).
+// GRU. gi: U x + b_ih (+ W_s h(t-d) in sk); gh: W_hh h(t-1), plus b_hh (or none). Writes r, z, n
+// (rzn, 3H), the W_hn h + b_hn part (ghn, H) that backward needs, and h(t).
 template <typename T>
-static void gru_forward_row(const Layout& L, const T* gi, const T* gh, const T* sk, const T* hp, T* rzn, T* ghn, T* hb,
-                            const T* alpha) {
+static void gru_forward_row(const Layout& L, const T* gi, const T* gh, const T* b_hh, const T* sk, const T* hp, T* rzn,
+                            T* ghn, T* hb, const T* alpha) {
   const int64_t H = L.H;
   T *R = rzn, *Z = rzn + H, *N = rzn + 2 * H;
-  if (sk) {
-    for (int64_t u = 0; u < 2 * H; ++u) R[u] = gi[u] + sk[u] + gh[u];
-  } else {
-    for (int64_t u = 0; u < 2 * H; ++u) R[u] = gi[u] + gh[u];
-  }
+  for (int64_t u = 0; u < 2 * H; ++u) R[u] = gi[u] + gh[u];
+  if (sk)
+    for (int64_t u = 0; u < 2 * H; ++u) R[u] += sk[u];
+  if (b_hh)
+    for (int64_t u = 0; u < 2 * H; ++u) R[u] += b_hh[u];
   sigmoid_(R, 2 * H);  // r and z are adjacent
-  const T* ghn_in = gh + 2 * H;
-  for (int64_t u = 0; u < H; ++u) {
-    ghn[u] = ghn_in[u];
-    N[u] = gi[2 * H + u] + (sk ? sk[2 * H + u] : T(0)) + R[u] * ghn_in[u];
-  }
+  for (int64_t u = 0; u < H; ++u) ghn[u] = gh[2 * H + u] + (b_hh ? b_hh[2 * H + u] : T(0));
+  for (int64_t u = 0; u < H; ++u) N[u] = gi[2 * H + u] + (sk ? sk[2 * H + u] : T(0)) + R[u] * ghn[u];
   tanh_(N, H);
   if (L.leaky) {
     for (int64_t u = 0; u < H; ++u) {
@@ -421,8 +464,6 @@ std::vector<Tensor> fused_forward(const Tensor& gi_, const Tensor& h0_, const Op
   } else if (L.leaky) {
     acts = at::empty({T, B, H}, opts);
   }
-  const Tensor w_t = w_hh.t();                           // (H, G)
-  const Tensor ws_t = d ? w_skip->t() : Tensor();        // (H, G)
   const int64_t grain = grain_rows(L);
 
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnnkit_fused_forward", [&] {
@@ -433,37 +474,28 @@ std::vector<Tensor> fused_forward(const Tensor& gi_, const Tensor& h0_, const Op
     const T_ *pi = ptr_or_null<T_>(p_i), *pf = ptr_or_null<T_>(p_f), *po = ptr_or_null<T_>(p_o);
     const T_* al = ptr_or_null<T_>(alpha);
     T_* yp = y.data_ptr<T_>();
+    const T_* w_p = w_hh.data_ptr<T_>();
+    const T_* ws_p = d ? w_skip->data_ptr<T_>() : nullptr;
+    const T_* bhh_p = core == GRU ? ptr_or_null<T_>(b_hh) : nullptr;
+    const T_* past_p = d ? past0->data_ptr<T_>() : nullptr;
+    T_* gh_p = core == GRU ? gh.data_ptr<T_>() : nullptr;
+    T_* sk_p = (core == GRU && d) ? sk.data_ptr<T_>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
-      const Tensor h_prev = t == 0 ? h0 : y[t - 1];
-      Tensor hist;  // h(t-d): from the initial past for t < d
-      if (d) hist = t < d ? (*past0)[t] : y[t - d];
-      // the recurrent product: one GEMM into this step's buffer (two with a skip connection)
-      Tensor target;
-      if (core == LSTM) {
-        target = acts[t];
-      } else if (core == ELMAN) {
-        target = L.leaky ? acts[t] : y[t];
-      }
-      if (core == GRU) {
-        if (defined(b_hh))
-          at::addmm_out(gh, *b_hh, h_prev, w_t);
-        else
-          at::mm_out(gh, h_prev, w_t);
-        if (d) at::mm_out(sk, hist, ws_t);
-      } else {
-        at::addmm_out(target, gi[t], h_prev, w_t);
-        if (d) target.addmm_(hist, ws_t);
-      }
       const T_* hprev_p = t == 0 ? h0.data_ptr<T_>() : yp + (t - 1) * B * H;
       const T_* cprev_p = core == LSTM ? (t == 0 ? c0->data_ptr<T_>() : cstate.data_ptr<T_>() + (t - 1) * B * H) : nullptr;
       T_* acts_t = acts.defined() ? acts.data_ptr<T_>() + t * B * acts.size(2) : nullptr;
       T_* cs_t = core == LSTM ? cstate.data_ptr<T_>() + t * B * H : nullptr;
       T_* ci_t = cinner.defined() ? cinner.data_ptr<T_>() + t * B * H : nullptr;
       T_* ghn_t = core == GRU ? ghn.data_ptr<T_>() + t * B * H : nullptr;
-      const T_* gh_p = core == GRU ? gh.data_ptr<T_>() : nullptr;
-      const T_* sk_p = (core == GRU && d) ? sk.data_ptr<T_>() : nullptr;
       const T_* gi_t = gi.data_ptr<T_>() + t * B * G;
       T_* y_t = yp + t * B * H;
+      // h(t-d), read by a skip connection: from the initial past for t < d
+      const T_* hist_p = d ? (t < d ? past_p + t * B * H : yp + (t - d) * B * H) : nullptr;
+      // the recurrent product W h(t-1) (+ W_s h(t-d)): one GEMM (two with a skip connection)
+      // straight into this step's buffer; the element-wise pass adds gi
+      T_* target = core == GRU ? gh_p : (core == LSTM || L.leaky) ? acts_t : y_t;
+      gemm<T_>(true, B, G, H, hprev_p, w_p, T_(0), target);
+      if (d) gemm<T_>(true, B, G, H, hist_p, ws_p, core == GRU ? T_(0) : T_(1), core == GRU ? sk_p : target);
       at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
         std::vector<T_> scratch(5 * H);
         for (int64_t b = b0; b < b1; ++b) {
@@ -475,16 +507,16 @@ std::vector<Tensor> fused_forward(const Tensor& gi_, const Tensor& h0_, const Op
           }
           const T_* hp = hprev_p + b * H;
           if (core == LSTM) {
-            lstm_forward_row(L, acts_t + b * G, hp, cprev_p + b * H, hb, cs_t + b * H, ci_t ? ci_t + b * H : nullptr,
-                             pi, pf, po, al, scratch.data());
+            lstm_forward_row(L, gi_t + b * G, acts_t + b * G, hp, cprev_p + b * H, hb, cs_t + b * H,
+                             ci_t ? ci_t + b * H : nullptr, pi, pf, po, al, scratch.data());
           } else if (core == GRU) {
-            gru_forward_row(L, gi_t + b * G, gh_p + b * G, sk_p ? sk_p + b * G : nullptr, hp, acts_t + b * G,
+            gru_forward_row(L, gi_t + b * G, gh_p + b * G, bhh_p, sk_p ? sk_p + b * G : nullptr, hp, acts_t + b * G,
                             ghn_t + b * H, hb, al);
           } else {
             T_* a = L.leaky ? acts_t + b * H : hb;
             T_* mask = scratch.data();
             if (L.clockwork) clock_mask(per, tick[b] + t, H, mask);
-            elman_forward_row(L, a, hp, hb, al, mask);
+            elman_forward_row(L, gi_t + b * G, a, hp, hb, al, mask);
           }
         }
       });
@@ -499,10 +531,21 @@ std::vector<Tensor> fused_forward(const Tensor& gi_, const Tensor& h0_, const Op
   Tensor c_final = core == LSTM ? cstate.index({last, rows}) : Tensor();
   Tensor past_final;
   if (d) {
-    // the last d outputs of each row, oldest first; the initial past fills in for short rows
-    Tensor hist_all = at::cat({*past0, y}, 0);                          // (d + T, B, H)
-    Tensor j = (last + 1).unsqueeze(1) + at::arange(d, idx_opts).unsqueeze(0);  // (B, d)
-    past_final = hist_all.index({j, rows.unsqueeze(1)});                  // (B, d, H)
+    // the last d outputs of each row, oldest first: hist[len_b + j] for j < d, where
+    // hist = [past0; y]; the initial past fills in for rows shorter than d
+    past_final = at::empty({B, d, H}, opts);
+    const int64_t* lp = L.has_len ? lengths->data_ptr<int64_t>() : nullptr;
+    const int64_t row_bytes = H * gi.element_size();
+    auto* dst = static_cast<char*>(past_final.data_ptr());
+    const auto* past_b = static_cast<const char*>(past0->data_ptr());
+    const auto* y_b = static_cast<const char*>(y.data_ptr());
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < d; ++j) {
+        const int64_t pos = row_end(lp, b, T) + j;
+        const char* src = pos < d ? past_b + (pos * B + b) * row_bytes : y_b + ((pos - d) * B + b) * row_bytes;
+        std::memcpy(dst + (b * d + j) * row_bytes, src, row_bytes);
+      }
+    }
   }
   return {y, h_final, c_final, past_final, acts, cstate, cinner, ghn};
 }
@@ -580,6 +623,8 @@ std::vector<Tensor> fused_backward(const Tensor& grad_y_, const Tensor& grad_h_,
     T_* a_po = acc_po.defined() ? acc_po.data_ptr<T_>() : nullptr;
     T_* a_al = acc_alpha.defined() ? acc_alpha.data_ptr<T_>() : nullptr;
     const int64_t acts_w = defined(acts) ? acts->size(2) : 0;
+    const T_* w_p = w_hh.data_ptr<T_>();
+    const T_* ws_p = d ? ws.data_ptr<T_>() : nullptr;
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* hprev_p = t == 0 ? h0.data_ptr<T_>() : yp + (t - 1) * B * H;
       const T_* cprev_p = core == LSTM ? (t == 0 ? c0->data_ptr<T_>() : cstate->data_ptr<T_>() + (t - 1) * B * H) : nullptr;
@@ -631,8 +676,8 @@ std::vector<Tensor> fused_backward(const Tensor& grad_y_, const Tensor& grad_h_,
         }
       });
       // through W_hh to h(t-1), and through W_s to h(t-d)
-      dh_next.addmm_(drec[t], w_hh);
-      if (d) dhist[t].addmm_(dpre[t], ws);
+      gemm<T_>(false, B, H, G, (core == GRU ? dgh_t : dpre_t), w_p, T_(1), dhn_p);
+      if (d) gemm<T_>(false, B, H, G, dpre_t, ws_p, T_(1), dhist.data_ptr<T_>() + t * B * H);
       std::swap(dh, dh_next);
       if (core == LSTM) std::swap(dc, dc_next);
     }
