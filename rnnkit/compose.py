@@ -13,7 +13,65 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cells.base import RecurrentCell, check_choice, check_size
-from .recurrent import Recurrent
+from .engine import fused
+from .engine.native import native_stack_kind, run_native_layers
+from .recurrent import Recurrent, check_lengths
+
+
+def _native_eligible(layer: Recurrent) -> bool:
+    """Whether a Recurrent layer lets a stack run it on torch's kernel: engine "auto" or "native"."""
+    return type(layer) is Recurrent and layer.engine in ("auto", "native")
+
+
+def _layer_cells(layers: Sequence[nn.Module]) -> list[list[RecurrentCell]] | None:
+    """Each layer's cells, ``[cell]`` or ``[forward, backward]``, if the layers can run as one
+    native call (see :func:`rnnkit.engine.native.native_stack_kind`); else None."""
+    if fused.engine_override() == "reference":
+        return None
+    out = []
+    for layer in layers:
+        if isinstance(layer, Recurrent):
+            if layer.reverse or not _native_eligible(layer):
+                return None
+            out.append([layer.cell])
+        elif isinstance(layer, Bidirectional):
+            if not (_native_eligible(layer.forward_layer) and _native_eligible(layer.backward_layer)):
+                return None
+            out.append([layer.forward_layer.cell, layer.backward_layer.cell])
+        else:
+            return None
+    return out if native_stack_kind(out) is not None else None
+
+
+def _run_native(owner: str, layer_cells, x: Tensor, states: list, lengths: Any, batch_first: bool, dropout: float, training: bool):
+    """Check the arguments as the layers would, run the whole thing in one native call.
+
+    ``states[k]`` is layer k's state as the user gave it (None, a cell state, or a pair for a
+    bidirectional layer). Returns outputs (T, B, D·H) — (B, T, D·H) if batch_first — and the
+    final states as ``[[state] or [forward, backward]]`` per layer.
+    """
+    first = layer_cells[0][0]
+    first.check_input(x, expected_dim=3, layout="(B, T, I)" if batch_first else "(T, B, I)")
+    if batch_first:
+        x = x.transpose(0, 1)  # (T, B, I)
+    T, B = x.shape[0], x.shape[1]
+    lengths = check_lengths(lengths, B, T, x.device, owner)
+    if T == 0:
+        raise ValueError(f"{owner}: x has no time steps (shape {tuple(x.shape)})")
+    checked = []
+    for cells, state in zip(layer_cells, states):
+        if len(cells) == 2:
+            if state is None:
+                state = (None, None)
+            elif not (isinstance(state, tuple) and len(state) == 2):
+                raise TypeError(f"{owner}: a bidirectional layer's state must be BidirectionalState(forward, backward), got {type(state).__name__}")
+        else:
+            state = (state,)
+        checked.append([c.prepare_state(s, B, x.dtype, x.device) for c, s in zip(cells, state)])
+    y, finals = run_native_layers(layer_cells, x, checked, lengths, dropout, training)
+    if batch_first:
+        y = y.transpose(0, 1)  # (B, T, D·H)
+    return y, finals
 
 
 class BidirectionalState(NamedTuple):
@@ -74,8 +132,18 @@ class Bidirectional(nn.Module):
         self.input_size = cell.input_size
         self.hidden_size = cell.hidden_size
         self.output_size = cell.hidden_size + backward_cell.hidden_size if merge == "concat" else cell.hidden_size
+        self.last_engine: str | None = None
 
     def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:
+        layer_cells = _layer_cells([self])
+        if layer_cells is not None:
+            y, ((h_final, g_final),) = _run_native("Bidirectional", layer_cells, x, [state], lengths, self.batch_first, 0.0, self.training)
+            if self.merge == "sum":
+                h, g = y.chunk(2, dim=-1)
+                y = h + g  # (·, ·, H)
+            self.last_engine = "native"
+            return y, BidirectionalState(h_final, g_final)
+        self.last_engine = "layers"
         if isinstance(x, Tensor) and x.dim() == 3 and self.batch_first:
             x = x.transpose(0, 1)  # (T, B, I)
         if state is None:
@@ -103,6 +171,15 @@ class Stack(nn.Module):
     Dropout (probability ``dropout``, training mode only) sits between layers, not after the
     last one, as in torch.nn.LSTM. A stack of plain Elman, LSTM or GRU layers converts to the
     equal torch.nn module with :meth:`to_torch`.
+
+    Whole-stack dispatch: when every layer is a forward ``Recurrent`` or a concat/sum
+    ``Bidirectional`` layer of cells torch's kernel computes — one kind, one hidden size, bias
+    in all or none, every layer bidirectional or none, engines ``"auto"``/``"native"`` — the
+    stack runs as one call of that kernel with ``num_layers`` and ``bidirectional`` (oneDNN on
+    CPU, cuDNN on GPU), lengths included, and ``last_engine`` is ``"native"``. Otherwise each
+    layer runs its own path (``last_engine == "layers"``; each layer's ``last_engine`` says
+    which). The dropout masks of the two paths differ: both drop the same fraction between the
+    same layers.
 
     Args:
         layers: ``Recurrent`` or ``Bidirectional`` layers (any module with
@@ -135,6 +212,7 @@ class Stack(nn.Module):
         self.input_size = layers[0].input_size
         self.output_size = layers[-1].output_size
         self.hidden_size = layers[-1].hidden_size
+        self.last_engine: str | None = None
 
     @classmethod
     def build(
@@ -171,6 +249,13 @@ class Stack(nn.Module):
         elif not isinstance(state, (tuple, list)) or len(state) != L:
             got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise TypeError(f"Stack: state must be a tuple of {L} layer states, got {got}")
+        layer_cells = _layer_cells(self.layers)
+        sums = [isinstance(layer, Bidirectional) and layer.merge == "sum" for layer in self.layers]
+        if layer_cells is not None and not any(sums):
+            y, finals = _run_native("Stack", layer_cells, x, list(state), lengths, self.batch_first, self.dropout, self.training)
+            self.last_engine = "native"
+            return y, tuple(BidirectionalState(*f) if len(f) == 2 else f[0] for f in finals)
+        self.last_engine = "layers"
         finals = []
         y = x
         for k, layer in enumerate(self.layers):

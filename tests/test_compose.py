@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from rnnkit import Bidirectional, Recurrent, Stack
-from rnnkit.cells import ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
-from tests.helpers import TOL, randomize_, step_loop
+from rnnkit import Bidirectional, BidirectionalState, Recurrent, Stack, from_torch
+from rnnkit.cells import ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
+from tests.helpers import TOL, assert_same_computation, randomize_, step_loop
 
 
 def test_bidirectional_is_forward_and_backward_runs_merged():
@@ -65,3 +65,127 @@ def test_stack_bad_arguments():
         Bidirectional(GRUCell(3, 4), GRUCell(3, 5), merge="sum")
     with pytest.raises(ValueError, match="merge must be one of 'concat', 'sum'"):
         Bidirectional(GRUCell(3, 4), merge="max")
+
+
+# -- whole-stack native dispatch ------------------------------------------------------------------
+
+NATIVE_CELLS = {
+    "rnn_tanh": lambda i, h, bias: ElmanCell(i, h, bias=bias),
+    "rnn_relu": lambda i, h, bias: ElmanCell(i, h, bias=bias, nonlinearity="relu"),
+    "lstm": lambda i, h, bias: LSTMCell(i, h, bias=bias, forget_bias=1.0 if bias else None),
+    "gru": lambda i, h, bias: GRUCell(i, h, bias=bias),
+}
+
+
+def run_on_layers(module, monkeypatch, *args):
+    """``module(*args)`` with every layer on its own reference loop: the path whole-stack dispatch must equal."""
+    with monkeypatch.context() as m:
+        m.setenv("RNNKIT_ENGINE", "reference")
+        out = module(*args)
+    assert module.last_engine == "layers"
+    return out
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", list(NATIVE_CELLS))
+def test_native_stack_equals_its_layers(kind, bidirectional, monkeypatch):
+    """A 3-layer stack as one kernel call vs each layer on the reference loop: outputs, final
+    states and all gradients, with random lengths, an initial state and batch_first."""
+    torch.manual_seed(0)
+    make = lambda i, h: NATIVE_CELLS[kind](i, h, bias=not bidirectional)  # noqa: E731
+    stack = randomize_(Stack.build(make, 3, 4, num_layers=3, bidirectional=bidirectional, batch_first=True).double(), seed=1)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 7, 3, generator=gen, dtype=torch.float64)  # (B, T, I)
+    lengths = torch.tensor([7, 2, 5, 1, 6])
+    D = 2 if bidirectional else 1
+    h0 = torch.randn(3, D, 5, 4, generator=gen, dtype=torch.float64)  # (L, D, B, H)
+    c0 = torch.randn(3, D, 5, 4, generator=gen, dtype=torch.float64)
+
+    def state(h0, c0=None):
+        def cell_state(k, d):
+            return LSTMState(h0[k, d], c0[k, d]) if kind == "lstm" else RNNState(h0[k, d])
+
+        if bidirectional:
+            return tuple(BidirectionalState(cell_state(k, 0), cell_state(k, 1)) for k in range(3))
+        return tuple(cell_state(k, 0) for k in range(3))
+
+    def native(x, *h0_c0):
+        out = stack(x, state(*h0_c0), lengths)
+        assert stack.last_engine == "native"
+        return out
+
+    def layers(x, *h0_c0):
+        return run_on_layers(stack, monkeypatch, x, state(*h0_c0), lengths)
+
+    params = list(stack.parameters())
+    inputs = [x, h0, c0] if kind == "lstm" else [x, h0]
+    assert_same_computation(native, layers, inputs, params, params)
+
+
+@pytest.mark.parametrize("merge", ["concat", "sum"])
+def test_native_bidirectional_equals_its_two_runs(merge, monkeypatch):
+    torch.manual_seed(0)
+    layer = randomize_(Bidirectional(GRUCell(3, 4), GRUCell(3, 4), merge=merge).double(), seed=3)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, 3, generator=gen, dtype=torch.float64)
+    lengths = [3, 6, 1]
+
+    def native(x):
+        out = layer(x, None, lengths)
+        assert layer.last_engine == "native"
+        return out
+
+    params = list(layer.parameters())
+    assert_same_computation(native, lambda x: run_on_layers(layer, monkeypatch, x, None, lengths), [x], params, params)
+
+
+def test_native_stack_with_dropout_is_torch_nn_with_dropout():
+    """In training, the one-call stack drops exactly what torch.nn.LSTM(dropout=p) drops, given the same seed."""
+    theirs = randomize_(torch.nn.LSTM(3, 6, num_layers=3, dropout=0.5).double(), seed=5)
+    ours = from_torch(theirs)
+    x = torch.randn(8, 4, 3, dtype=torch.float64)
+    for training in (True, False):
+        theirs.train(training)
+        ours.train(training)
+        torch.manual_seed(11)
+        y_theirs, (h, c) = theirs(x)
+        torch.manual_seed(11)
+        y_ours, states = ours(x)
+        assert ours.last_engine == "native"
+        torch.testing.assert_close(y_ours, y_theirs, **TOL[torch.float64])
+        torch.testing.assert_close(torch.stack([s.c for s in states]), c, **TOL[torch.float64])
+    ours.train(True)
+    torch.manual_seed(11)
+    assert not torch.allclose(ours(x)[0], ours.eval()(x)[0]), "dropout must act in training"
+
+
+def test_stacks_torch_cannot_run_in_one_call_run_layer_by_layer():
+    x = torch.randn(5, 2, 3)
+    cases = [
+        Stack([Recurrent(LSTMCell(3, 4)), Recurrent(GRUCell(4, 4))]),  # two kinds
+        Stack([Recurrent(LSTMCell(3, 4)), Recurrent(LSTMCell(4, 5))]),  # two hidden sizes
+        Stack([Recurrent(LSTMCell(3, 4)), Recurrent(LSTMCell(4, 4, peephole=True))]),  # a variant cell
+        Stack([Recurrent(LSTMCell(3, 4)), Recurrent(LSTMCell(4, 4), reverse=True)]),  # a lone reversed layer
+        Stack([Recurrent(LSTMCell(3, 4)), Recurrent(LSTMCell(4, 4), engine="reference")]),  # asked for the loop
+        Stack([Bidirectional(LSTMCell(3, 4), merge="sum"), Bidirectional(LSTMCell(4, 4))]),  # sum feeds H, not 2H
+        Stack([Recurrent(ElmanCell(3, 4)), Recurrent(ElmanCell(4, 4, nonlinearity="relu"))]),  # two kernels
+    ]
+    for stack in cases:
+        stack(x)
+        assert stack.last_engine == "layers", stack
+    mixed = Bidirectional(LSTMCell(3, 4), GRUCell(3, 4))
+    mixed(x)
+    assert mixed.last_engine == "layers"
+
+
+def test_native_stack_checks_its_arguments():
+    stack = Stack.build(LSTMCell, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match="expected input_size=3"):
+        stack(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match=r"Stack: every length must be in \[1, T=5\], got 9"):
+        stack(x, lengths=[9, 1])
+    with pytest.raises(TypeError, match="a bidirectional layer's state must be BidirectionalState"):
+        stack(x, (torch.zeros(2, 4), None))
+    with pytest.raises(ValueError, match=r"state\.h has shape \(3, 4\), expected \(2, 4\)"):
+        stack(x, (None, BidirectionalState(LSTMState(torch.zeros(3, 4), torch.zeros(3, 4)), None)))
