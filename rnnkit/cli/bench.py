@@ -1,5 +1,7 @@
 """``rnnkit bench``: forward + backward time and memory of every cell, as ratios to
-torch.nn.LSTM and to the cell's naive autograd loop, all measured in this run."""
+torch.nn.LSTM, to torch.nn's module of the same cell (where torch has one) and to the cell's
+naive autograd loop, plus the cost of variable lengths and the engine that ran (native, fused,
+reference), all measured in this run."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def add_parser(subs) -> None:
 
 
 def run(args) -> int:
-    from ..bench import HEADER, as_dicts, bench
+    from ..bench import HEADER, LEGEND, as_dicts, bench
     from . import UsageError
 
     if args.repeats < 1:
@@ -42,6 +44,7 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("rnnkit bench: --device cuda asked for, but no CUDA device is available")
+    print(LEGEND)
     print(HEADER)
     rows = bench(args.cells, args.size, args.repeats, args.device)
     if args.json_path:
