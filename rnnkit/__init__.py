@@ -6,20 +6,70 @@ Where things live:
 * :class:`rnnkit.Recurrent` — the time loop that runs any cell over a sequence;
 * :class:`rnnkit.Bidirectional`, :class:`rnnkit.Stack` — layers composed from it;
 * :func:`rnnkit.from_torch`, :func:`rnnkit.to_torch` — conversions with torch.nn;
+* :mod:`rnnkit.models` — the architectures: taggers, Jordan networks, many-to-one, encoders,
+  vector → sequence, output recurrence, seq2seq with attention, deep and residual stacks; heads
+  and losses;
+* :mod:`rnnkit.train` — the model-agnostic trainer, truncated BPTT, teacher forcing and
+  scheduled sampling, clipping;
+* :mod:`rnnkit.generate` — greedy, sampling (temperature, top-k, top-p) and beam search;
+* :mod:`rnnkit.checkpoint` — safe, atomic checkpoints (safetensors + JSON);
+* :mod:`rnnkit.tasks` — the built-in tasks the command line trains;
 * :mod:`rnnkit.bptt` — back-propagation through time written out by hand;
 * :mod:`rnnkit.cli` — the ``rnnkit`` command.
 """
 
-from . import cells
-from .cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
+from . import cells, models, train
+from .cells import AttentionCell, ClockworkCell, DeepTransitionCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
 from .compose import Bidirectional, BidirectionalState, Stack
 from .interop import from_torch, to_torch
+from .generate import Generated, generate
+from .models import (
+    Encoder,
+    JordanNetwork,
+    ManyToOne,
+    OutputRecurrentRNN,
+    ResidualStack,
+    Seq2Seq,
+    SequenceOutput,
+    StepOutput,
+    Tagger,
+    VectorToSequence,
+    halt_loss,
+    length_loss,
+    sequence_loss,
+    sequence_nll,
+    squared_error,
+)
 from .recurrent import Recurrent
+from .train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "cells",
+    "models",
+    "train",
+    "AttentionCell",
+    "DeepTransitionCell",
+    "Tagger",
+    "JordanNetwork",
+    "ManyToOne",
+    "Encoder",
+    "VectorToSequence",
+    "OutputRecurrentRNN",
+    "Seq2Seq",
+    "ResidualStack",
+    "StepOutput",
+    "SequenceOutput",
+    "sequence_nll",
+    "squared_error",
+    "halt_loss",
+    "length_loss",
+    "sequence_loss",
+    "generate",
+    "Generated",
+    "Trainer",
+    "TrainConfig",
     "ElmanCell",
     "LSTMCell",
     "GRUCell",

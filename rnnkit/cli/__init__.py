@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the user's mistakes (exit 2): bad flags or settings, paths that are missing, taken or unusable
+USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+               NotADirectoryError, PermissionError)
+
+
+def _say(e: BaseException) -> None:
+    """One line on stderr, no traceback."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(text if text.startswith("rnnkit") else f"rnnkit: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return SUBCOMMANDS[args.command].run(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:  # ValueError: DataError and the library's own checks
-        print(f"{e}" if str(e).startswith("rnnkit") else f"rnnkit: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # ValueError: DataError, ConfigError, CheckpointError and the library's checks
+        _say(e)
         return 2
-    except RuntimeError as e:  # e.g. training diverged: a runtime failure, not a usage error
-        print(f"rnnkit: error: {e}", file=sys.stderr)
+    except (RuntimeError, OSError) as e:  # e.g. training diverged, disk full: a runtime failure
+        _say(e)
         return 1
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

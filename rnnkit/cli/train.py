@@ -58,6 +58,7 @@ def add_parser(subs) -> None:
         t = tasks.add_parser(name, help=task.summary, description=f"rnnkit train {name}: {task.summary}")
         t.add_argument("--config", metavar="FILE", help="a TOML, JSON or YAML file of settings (flags override it)")
         t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+        t.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
         t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on the last line")
         add_task_options(t, task.Config)
 
@@ -87,7 +88,11 @@ def run(args) -> int:
     task_cls = TASKS[args.task]
     cfg = resolve_config(task_cls, args)
     task = task_cls(cfg)
-    result = run_task(task, log=print, resume=args.resume)
+    if args.resume and args.overwrite:
+        from . import UsageError
+
+        raise UsageError("rnnkit train: --resume and --overwrite exclude each other")
+    result = run_task(task, log=print, resume=args.resume, overwrite=args.overwrite)
     sample_text = task.final_sample(result) if hasattr(task, "final_sample") else None
     metric = result["metric"]
     base = result["baseline"]

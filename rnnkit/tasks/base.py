@@ -154,20 +154,37 @@ class _Validation(Callback):
         self.log(f"step {trainer.step:6d}  train loss {trainer.history[-2]['loss']:.4f}  val {shown}")
 
 
-def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False) -> dict:
+def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<task>``, or ``runs/<task>-2``, ``-3``… — the first that holds no checkpoint."""
+    base = Path(root) / task_name
+    k, folder = 1, base
+    while (folder / "latest.safetensors").exists() or (folder / "best.safetensors").exists():
+        k += 1
+        folder = base.with_name(f"{task_name}-{k}")
+    return folder
+
+
+def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``task`` with its config; write checkpoints, log and plot; return the final metrics.
+
+    Never overwrites a run by accident: with no ``out`` the run goes to the first free
+    ``runs/<task>[-k]`` folder; an ``out`` that already holds checkpoints needs ``resume``
+    (continue it) or ``overwrite`` (start over there).
 
     The result (also what ``--json`` prints): task, cell, steps, sequences_seen, train_loss,
     val_loss, the headline metric, its baseline, wall_time, out, stop_reason.
     """
     cfg = task.cfg
     if not cfg.out:
-        cfg.out = str(Path("runs") / task.name)
+        cfg.out = str(Path("runs") / task.name if resume else free_run_folder(task.name))
     cfg.check()
     out = Path(cfg.out)
     latest = out / "latest.safetensors"
     if resume and not latest.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {latest}")
+    if not resume and not overwrite and (latest.exists() or (out / "best.safetensors").exists()):
+        raise FileExistsError(f"{out} already holds a run: add --resume to continue it, --overwrite to start over "
+                              f"there, or choose another --out")
     start = time.monotonic()
     torch.manual_seed(cfg.seed)
     task.prepare(log)

@@ -78,7 +78,8 @@ def test_config_file_with_flags_overriding_it(tmp_path, corpus, capsys):
     saved = json.loads((out / "config.json").read_text())["config"]
     assert (saved["hidden_size"], saved["cell"], saved["max_steps"]) == (10, "gru", 4)
     (tmp_path / "run.json").write_text(json.dumps({"hidden_size": 8, "max_steps": 2, "progress": False, "data": str(corpus)}))
-    assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out)]) == 0
+    assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out)]) == 2  # never over a run
+    assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out), "--overwrite"]) == 0
 
 
 def test_help_documents_every_option_with_its_default(capsys):
