@@ -29,6 +29,8 @@ def add_parser(subs) -> None:
     p.add_argument("--input-size", type=int, default=None, help=f"input width of the compared cells (default {DEFAULTS['input_size']})")
     p.add_argument("--steps", type=int, default=100, help="time steps T of the input; lags run 0 … T")
     p.add_argument("--batch", type=int, default=8, help="sequences averaged over")
+    p.add_argument("--jacobian-batch", type=int, default=2,
+                   help="sequences the Jacobian products average over (their cost grows as T·B·H³)")
     p.add_argument("--loss", choices=["last", "every"], default="last", help="a loss on the last step or on every step")
     p.add_argument("--data", default=None, help="with a checkpoint: a text file to feed instead of random tokens")
     p.add_argument("--log", default=None, help="a training metrics.jsonl for the clipping plot (default: the checkpoint's own, if any)")
@@ -72,7 +74,7 @@ def _tokens(args, vocab):
 def _check(args) -> None:
     from . import UsageError
 
-    for flag in ("steps", "batch", "hidden_size", "input_size"):
+    for flag in ("steps", "batch", "jacobian_batch", "hidden_size", "input_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"rnnkit diagnose: --{flag.replace('_', '-')} must be ≥ 1, got {value}")
@@ -92,16 +94,23 @@ def run(args) -> int:
 
     _check(args)
     log_path = Path(args.log) if args.log else None
-    settings = {"steps": args.steps, "batch": args.batch, "loss": args.loss, "seed": args.seed}
+    if args.checkpoint is not None and log_path is None:
+        path = Path(args.checkpoint)
+        folder = path if path.is_dir() else path.parent
+        if (folder / "metrics.jsonl").is_file():  # the run's own log, beside its checkpoints
+            log_path = folder / "metrics.jsonl"
+    log = read_training_log(log_path) if log_path is not None else None  # read first: a bad log fails fast
+    settings = {"steps": args.steps, "batch": args.batch, "jacobian_batch": args.jacobian_batch, "loss": args.loss,
+                "seed": args.seed, "log": None if log_path is None else str(log_path)}
     if args.checkpoint is None:
         names = args.cell or list(DEFAULT_CELLS)
         hidden = args.hidden_size or DEFAULTS["hidden_size"]
         width = args.input_size or DEFAULTS["input_size"]
         settings.update(cells=names, hidden_size=hidden, input_size=width)
-        reports = compare_cells(names, input_size=width, hidden_size=hidden, steps=args.steps, batch=args.batch, seed=args.seed, loss=args.loss)
+        reports = compare_cells(names, input_size=width, hidden_size=hidden, steps=args.steps, batch=args.batch, seed=args.seed,
+                                loss=args.loss, jacobian_sequences=args.jacobian_batch)
     else:
-        path = Path(args.checkpoint)
-        model, vocab = load_checkpoint(path)
+        model, vocab = load_checkpoint(Path(args.checkpoint))
         if vocab is not None:
             tokens = _tokens(args, vocab)
             run_model = lambda m: m(tokens)  # noqa: E731
@@ -109,14 +118,9 @@ def run(args) -> int:
             raise UsageError("rnnkit diagnose: --data applies to checkpoints of text tasks; this one's layers read random input")
         else:
             run_model = None  # each layer reads N(0, 1) input of its own width
-        settings.update(checkpoint=str(path), data=args.data)
-        reports = diagnose_model(model, run_model, steps=args.steps, batch=args.batch, loss=args.loss, seed=args.seed)
-        folder = path if path.is_dir() else path.parent
-        if log_path is None and (folder / "metrics.jsonl").is_file():
-            log_path = folder / "metrics.jsonl"
-    log = read_training_log(log_path) if log_path is not None else None
-    if log is not None:
-        settings["log"] = str(log_path)
+        settings.update(checkpoint=args.checkpoint, data=args.data)
+        reports = diagnose_model(model, run_model, steps=args.steps, batch=args.batch, loss=args.loss, seed=args.seed,
+                                 jacobian_sequences=args.jacobian_batch)
     written = write_report(reports, args.out, log=log, settings=settings)
     for line in summary_lines(reports, log):
         print(line)

@@ -79,12 +79,23 @@ def check_sequence(x: Any, cell: RecurrentCell, owner: str) -> Tensor:
 
 
 def as_float64(cell: RecurrentCell, x: Tensor, state: Any = None) -> tuple[RecurrentCell, Tensor, Any]:
-    """A float64 copy of the cell, input and state (integer fields such as a clock stay)."""
-    cell64 = copy.deepcopy(cell).double()
+    """A float64 copy of the cell, input and state (integer fields such as a clock stay).
+
+    The copy's parameters do not require gradients: the diagnostics differentiate with respect
+    to states only, and autograd then does no work for the weights.
+    """
+    cell64 = copy.deepcopy(cell).double().requires_grad_(False)
     x64 = x.detach().double()
     if state is not None:
         state = map_state(lambda t: t.detach().double() if t.is_floating_point() else t.detach(), state)
     return cell64, x64, state
+
+
+def check_size_arg(value: Any, name: str, owner: str) -> int:
+    """Return ``value`` if it is an int ≥ 1, else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an int ≥ 1, got {value!r}")
+    return value
 
 
 # -- states as flat vectors ------------------------------------------------------------------
@@ -244,17 +255,18 @@ def gradient_vs_lag(cell: RecurrentCell, x: Tensor, state: Any = None, *, loss: 
     state = cell.prepare_state(state, x.shape[1], x.dtype, x.device)
     # s(0) as leaves, so the gradient reaches lag T too
     state = map_state(lambda t: t.clone().requires_grad_() if t.is_floating_point() else t, state)
-    states = unroll(cell, x, state)
-    h_name = output_field(cell, states[0])
-    c_name = memory_field(states[0])
-    hs = [dict(state_fields(s))[h_name] for s in states]  # h(0) … h(T), each (B, H)
-    cs = [dict(state_fields(s))[c_name] for s in states] if c_name else []
-    w = loss_direction(cell.hidden_size, seed)
-    if loss == "last":
-        L = (hs[-1] @ w).sum()
-    else:
-        L = sum((h @ w).sum() for h in hs[1:])
-    grads = torch.autograd.grad(L, hs + cs, allow_unused=True)
+    with torch.enable_grad():  # also under a caller's no_grad: these gradients are the result
+        states = unroll(cell, x, state)
+        h_name = output_field(cell, states[0])
+        c_name = memory_field(states[0])
+        hs = [dict(state_fields(s))[h_name] for s in states]  # h(0) … h(T), each (B, H)
+        cs = [dict(state_fields(s))[c_name] for s in states] if c_name else []
+        w = loss_direction(cell.hidden_size, seed)
+        if loss == "last":
+            L = (hs[-1] @ w).sum()
+        else:
+            L = sum((h @ w).sum() for h in hs[1:])
+        grads = torch.autograd.grad(L, hs + cs, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, hs + cs)]
     gh = torch.stack(grads[: len(hs)][::-1])  # (K+1, B, H), index k = lag
     grad_norm = gh.norm(dim=-1).mean(dim=1)  # (K+1,)
@@ -279,10 +291,11 @@ def step_jacobian(cell: RecurrentCell, x_t: Tensor, state: Any) -> Tensor:
     B = x_t.shape[0]
     S = flatten_state(state).shape[1]
     repeated = map_state(lambda t: t.detach().repeat_interleave(S, dim=0), state)  # (B·S, ...) per field
-    flat = flatten_state(repeated).requires_grad_()  # (B·S, S)
-    _, new = layer(x_t.detach().repeat_interleave(S, dim=0).unsqueeze(0), unflatten_state(flat, repeated))
-    seeds = torch.eye(S, dtype=flat.dtype, device=flat.device).repeat(B, 1)  # (B·S, S): copy (b, i) gets e_i
-    (rows,) = torch.autograd.grad(flatten_state(new), flat, seeds, allow_unused=True)
+    with torch.enable_grad():
+        flat = flatten_state(repeated).requires_grad_()  # (B·S, S)
+        _, new = layer(x_t.detach().repeat_interleave(S, dim=0).unsqueeze(0), unflatten_state(flat, repeated))
+        seeds = torch.eye(S, dtype=flat.dtype, device=flat.device).repeat(B, 1)  # (B·S, S): copy (b, i) gets e_i
+        (rows,) = torch.autograd.grad(flatten_state(new), flat, seeds, allow_unused=True)
     if rows is None:  # the new state does not read the old one at all
         rows = torch.zeros_like(flat)
     return rows.view(B, S, S)  # (B, S_out, S_in)
@@ -317,22 +330,31 @@ class JacobianProducts:
         }
 
 
-def jacobian_products(cell: RecurrentCell, x: Tensor, state: Any = None, *, top: int = 4) -> JacobianProducts:
+def jacobian_products(cell: RecurrentCell, x: Tensor, state: Any = None, *, top: int = 4, sequences: int | None = None) -> JacobianProducts:
     r"""∂s(T)/∂s(T−k) for k = 0 … T along the run of ``cell`` over ``x``, by multiplying the
     per-step Jacobians :math:`J(T) \cdots J(T-k+1)` (:func:`step_jacobian`) in float64.
 
     Ending at T makes the products the ones a last-step loss back-propagates through:
     :math:`\nabla_{h(T-k)} L = (\partial h(T)/\partial h(T-k))^\top w` for an Elman cell.
 
+    The cost is about T · B · S³ (the products) plus T · B · S · P · H (the step Jacobians):
+    for a 256-unit LSTM over 100 steps, tens of seconds per sequence. ``sequences`` limits the
+    batch average to the first few sequences.
+
     Args:
         cell: any rnnkit cell; x (T, B, I); state s(0) or None.
         top: how many of the largest singular values to keep.
+        sequences: average over the first this many of the B sequences (None: all).
     """
     owner = "jacobian_products"
     check_cell(cell, owner)
     check_sequence(x, cell, owner)
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"{owner}: top must be an int ≥ 1, got {top!r}")
+    check_size_arg(top, "top", owner)
+    if sequences is not None:
+        check_size_arg(sequences, "sequences", owner)
+        x = x[:, :sequences]
+        if state is not None:
+            state = map_state(lambda t: t[:sequences], state)
     cell, x, state = as_float64(cell, x, state)
     with torch.no_grad():
         states = unroll(cell, x, state)
@@ -782,11 +804,15 @@ def capture_layer_inputs(model: nn.Module, run: Callable[[nn.Module], Any]) -> d
 
     A batch-first layer's input is turned time-major, and a reversed layer's is flipped in
     time, so that step t of the result is the layer's t-th step; lag k then counts steps of
-    the layer's own recurrence.
+    the layer's own recurrence. During the call every layer runs on the reference engine: a
+    stack of native layers would otherwise run as one torch kernel call, and the inputs of
+    its upper layers would never exist as tensors.
     """
     captured: dict[str, tuple[Tensor, Any]] = {}
     handles = []
-    for name, layer in recurrent_layers(model):
+    layers = recurrent_layers(model)
+    engines = [layer.engine for _, layer in layers]
+    for name, layer in layers:
 
         def hook(module, args, kwargs, name=name):
             x = args[0] if args else kwargs["x"]
@@ -802,11 +828,15 @@ def capture_layer_inputs(model: nn.Module, run: Callable[[nn.Module], Any]) -> d
     was_training = model.training
     model.eval()
     try:
+        for _, layer in layers:
+            layer.engine = "reference"  # same computation, one layer at a time
         with torch.no_grad():
             run(model)
     finally:
         for h in handles:
             h.remove()
+        for (_, layer), engine in zip(layers, engines):
+            layer.engine = engine
         model.train(was_training)
     return captured
 

@@ -104,17 +104,28 @@ class CellReport:
         }
 
 
-def diagnose_cell(cell: RecurrentCell, x: Tensor, state: Any = None, *, name: str = "cell", loss: str = "last", seed: int = 0, top: int = 4) -> CellReport:
+def diagnose_cell(
+    cell: RecurrentCell,
+    x: Tensor,
+    state: Any = None,
+    *,
+    name: str = "cell",
+    loss: str = "last",
+    seed: int = 0,
+    top: int = 4,
+    jacobian_sequences: int | None = None,
+) -> CellReport:
     """Run every diagnostic of ``cell`` on the input x (T, B, I) from ``state`` (None: zeros).
 
-    ``loss`` and ``seed`` are :func:`~rnnkit.diagnose.compute.gradient_vs_lag`'s; ``top`` the
-    number of singular values kept. ‖W^t‖ is computed up to t = T.
+    ``loss`` and ``seed`` are :func:`~rnnkit.diagnose.compute.gradient_vs_lag`'s; ``top`` and
+    ``jacobian_sequences`` (the first sequences the Jacobian products average over, None: all)
+    :func:`~rnnkit.diagnose.compute.jacobian_products`'s. ‖W^t‖ is computed up to t = T.
     """
     flow = gradient_vs_lag(cell, x, state, loss=loss, seed=seed)
     return CellReport(
         name=name,
         flow=flow,
-        jacobians=jacobian_products(cell, x, state, top=top),
+        jacobians=jacobian_products(cell, x, state, top=top, sequences=jacobian_sequences),
         spectrum=spectrum(cell, max_power=x.shape[0]),
         saturation=saturation(cell, x, state),
         time_scales=time_scales(cell, flow),
@@ -136,10 +147,12 @@ def compare_cells(
     batch: int = 8,
     seed: int = 0,
     loss: str = "last",
+    jacobian_sequences: int | None = None,
 ) -> dict[str, CellReport]:
     """Freshly initialised cells of the registry (``rnnkit.cells.registry.CELLS``) side by side
     on the same random input: each is built after ``torch.manual_seed(seed)`` and run on
-    :func:`random_input` (``steps``, ``batch``, ``input_size``, ``seed``)."""
+    :func:`random_input` (``steps``, ``batch``, ``input_size``, ``seed``); the other arguments
+    are :func:`diagnose_cell`'s."""
     owner = "compare_cells"
     names = list(names)
     if not names:
@@ -157,7 +170,8 @@ def compare_cells(
     reports = {}
     for n in names:
         torch.manual_seed(seed)
-        reports[n] = diagnose_cell(make_cell(n, input_size, hidden_size), x, name=n, loss=loss, seed=seed)
+        cell = make_cell(n, input_size, hidden_size)
+        reports[n] = diagnose_cell(cell, x, name=n, loss=loss, seed=seed, jacobian_sequences=jacobian_sequences)
     return reports
 
 
@@ -170,6 +184,7 @@ def diagnose_model(
     loss: str = "last",
     seed: int = 0,
     untrained: bool = True,
+    jacobian_sequences: int | None = None,
 ) -> dict[str, CellReport]:
     """Diagnose every :class:`rnnkit.Recurrent` layer inside ``model``.
 
@@ -178,7 +193,7 @@ def diagnose_model(
     with ``run=None`` each layer reads :func:`random_input` (``steps``, ``batch``, its own
     input size, ``seed``) instead. With ``untrained``, each layer's cell is also diagnosed
     freshly initialised on the same input, named ``"<layer> (untrained)"``, to show what
-    training changed.
+    training changed. ``loss``, ``seed`` and ``jacobian_sequences`` are :func:`diagnose_cell`'s.
     """
     layers = dict(recurrent_layers(model))
     if not layers:
@@ -194,11 +209,12 @@ def diagnose_model(
         if name not in inputs:
             raise ValueError(f"diagnose_model: layer {name!r} was not called by run(model)")
         x, state = inputs[name]
-        reports[name] = diagnose_cell(layer.cell, x, state, name=name, loss=loss, seed=seed)
+        opts = dict(loss=loss, seed=seed, jacobian_sequences=jacobian_sequences)
+        reports[name] = diagnose_cell(layer.cell, x, state, name=name, **opts)
         if untrained:
             torch.manual_seed(seed)
             fresh = f"{name} (untrained)"
-            reports[fresh] = diagnose_cell(untrained_copy(layer.cell), x, state, name=fresh, loss=loss, seed=seed)
+            reports[fresh] = diagnose_cell(untrained_copy(layer.cell), x, state, name=fresh, **opts)
     return reports
 
 
