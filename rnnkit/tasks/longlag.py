@@ -1,0 +1,433 @@
+r"""The long-time-lag tasks: ``adding``, ``temporal-order`` and ``copy``.
+
+* ``adding`` — the adding problem of Hochreiter & Schmidhuber (1997), experiment 4: read pairs
+  (value, marker) for T … 1.1 T steps, then output :math:`0.5 + (X_1 + X_2)/4` for the two
+  marked values; many-to-one regression, squared error.
+* ``temporal-order`` — the same paper's experiment 6a (or 6b): the order of X/Y at two (three)
+  marked windows of a 100–110 step sequence, 4 (8) classes; many-to-one, cross-entropy.
+* ``copy`` — the copy memory problem of Arjovsky, Shah & Bengio (2016): reproduce 10 symbols
+  after T blanks and a delimiter; synced many-to-many, cross-entropy at every step.
+
+The data is :mod:`rnnkit.data.synthetic`'s. Training draws a fresh batch for every update, as
+the paper does; batch k is a function of (seed, k) alone (:func:`batch_generator`), so a resumed
+run skips the batches it has seen without drawing them. Validation and test use two fixed
+held-out sets of ``heldout_size`` (2560) sequences drawn by
+:func:`~rnnkit.data.synthetic.heldout_generator`, never trained on. Success is the paper's:
+at most 3 wrong of 2560 (:func:`~rnnkit.data.synthetic.solved`); with ``stop_when_solved`` the
+run stops at the first validation that meets it.
+
+Symbols: T time steps (the longest sequence of a batch), B batch, I input size, H hidden size,
+O outputs (1 value or K classes), K classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from itertools import count
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cells.registry import make_cell
+from ..compose import Bidirectional, Stack
+from ..data.synthetic import (
+    MAX_WRONG,
+    TEMPORAL_ORDER_6A,
+    TEMPORAL_ORDER_6B,
+    TEMPORAL_ORDER_TOLERANCE,
+    TEST_SEED,
+    TEST_SIZE,
+    SequenceBatch,
+    adding,
+    adding_correct,
+    copy_memory,
+    copy_memory_baseline,
+    heldout_generator,
+    solved,
+    temporal_order,
+    temporal_order_correct,
+)
+from ..models.heads import OutputHead
+from ..models.losses import sequence_nll
+from ..models.patterns import Tagger
+from ..recurrent import check_lengths
+from ..train import Callback, StepResult
+from .base import Task, TaskConfig
+
+SPLITS = ("val", "test")
+EVAL_CHUNK = 512  # held-out sequences per forward pass: bounds evaluation memory
+
+
+@dataclass
+class LongLagConfig(TaskConfig):
+    """Settings the three long-lag tasks share (a task's own config sets its defaults)."""
+
+    heldout_size: int = TEST_SIZE  # sequences in each fixed held-out set, val and test (the paper's 2560)
+    stop_when_solved: bool = True  # stop at the first validation meeting the paper's criterion (≤ 3 wrong of 2560)
+    hidden_size: int = 64  # units per recurrent layer
+    batch_size: int = 64  # fresh sequences per update
+    lr: float = 3e-3  # Adam learning rate
+    clip_norm: float | None = 1.0  # clip the global gradient norm to this; None: no norm clipping
+    max_steps: int | None = None  # updates; None: until max_time
+    max_time: float | None = 600.0  # seconds of training
+    eval_every: int = 100  # updates between validations and checkpoints
+
+    def check(self) -> None:
+        super().check()
+        if self.heldout_size < 1:
+            raise ValueError(f"heldout_size must be ≥ 1, got {self.heldout_size}")
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of training batch ``index`` of a run seeded ``seed``: 64 bits of a hash of both.
+
+    Hashing keeps the batches of nearby seeds and steps unrelated, and keeps them off
+    :data:`~rnnkit.data.synthetic.TEST_SEED` (the one seed that draws the held-out sets).
+    """
+    digest = hashlib.blake2b(f"rnnkit-longlag/{seed}/{index}".encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "little")
+    return value + 1 if value == TEST_SEED else value
+
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """A fresh generator for training batch ``index``: the same batch on every run and resume."""
+    return torch.Generator().manual_seed(batch_seed(seed, index))
+
+
+class BatchIndices:
+    """The training "batches" handed to the trainer: the indices 0, 1, 2, … forever.
+
+    The task draws batch k in its ``step`` from :func:`batch_generator` (seed, k); handing out
+    indices instead of tensors makes the trainer's skipping of seen batches on resume free.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        return count()
+
+
+class FinalStepModel(nn.Module):
+    r"""Many-to-one: one output read at each sequence's own last step :math:`\tau_b`.
+
+    .. math::
+        h(t) = \mathrm{stack}(x(t), h(t-1)), \qquad o_b = c + V h(\tau_b)
+
+    The stack runs over the whole padded batch and :math:`h(\tau_b)` is read from its outputs
+    at step :math:`\tau_b`. The layers run forward in time, so :math:`h(\tau_b)` depends on
+    :math:`x(1 … \tau_b)` alone: the padding after a sequence's end enters neither its output
+    nor its gradient, exactly as with :class:`rnnkit.models.ManyToOne` and ``lengths``
+    (tested). Reading the outputs instead of passing ``lengths`` keeps torch's native kernels
+    on unpacked input, which on CPU runs about ten times faster than packed sequences.
+
+    Args:
+        stack: a :class:`rnnkit.Stack` of forward (not bidirectional), time-major layers.
+        output_size: O, values or classes.
+
+    Shapes: x (T, B, I); lengths (B,) in [1, T] or None (all T) → o (B, O).
+    """
+
+    def __init__(self, stack: Stack, output_size: int) -> None:
+        super().__init__()
+        if not isinstance(stack, Stack) or stack.batch_first or any(isinstance(l, Bidirectional) for l in stack.layers):
+            raise TypeError(f"FinalStepModel: stack must be a time-major Stack of forward layers, got {stack!r}")
+        self.rnn = stack
+        self.head = OutputHead(stack.output_size, output_size)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"FinalStepModel: x must have shape (T, B, I), got {tuple(x.shape)}")
+        T, B = x.shape[0], x.shape[1]
+        lengths = check_lengths(lengths, B, T, x.device, "FinalStepModel")
+        h, _ = self.rnn(x)  # (T, B, H)
+        last = h[-1] if lengths is None else h[lengths - 1, torch.arange(B, device=x.device)]  # (B, H)
+        return self.head(last)  # (B, O)
+
+
+def build_stack(cfg: TaskConfig, input_size: int) -> Stack:
+    """The config's recurrent stack: ``num_layers`` layers of ``cfg.cell``, H = ``hidden_size``."""
+    return Stack.build(lambda i, h: make_cell(cfg.cell, i, h), input_size, cfg.hidden_size, cfg.num_layers,
+                       dropout=cfg.dropout)
+
+
+class _StopWhenSolved(Callback):
+    """Stops the run at the first validation that meets the task's success criterion."""
+
+    def __init__(self, task: "LongLagTask", log: Callable[[str], None]) -> None:
+        self.task, self.log = task, log
+
+    def on_validation(self, trainer, metrics) -> None:
+        if self.task.solved(metrics):
+            self.log(f"solved at step {trainer.step}: {int(metrics['wrong'])} wrong of {self.task.cfg.heldout_size} "
+                     f"validation sequences (≤ {MAX_WRONG} of {TEST_SIZE} allowed)")
+            trainer.should_stop, trainer.stop_reason = True, "solved"
+
+
+class LongLagTask(Task):
+    """What the three tasks share: fresh training batches, the held-out sets, the stopping rule.
+
+    A subclass defines :meth:`draw` (n sequences from a generator), :meth:`build_model`,
+    :meth:`loss`, :meth:`metrics` (on the outputs for a whole held-out set) and
+    :meth:`baselines`.
+    """
+
+    metric = "wrong"
+    higher_is_better = False
+    many_to_many = False  # outputs (T, B, K) at every step rather than (B, O) at the end
+
+    def draw(self, n: int, generator: torch.Generator) -> SequenceBatch:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
+        """The model's outputs for a batch: (B, O) for many-to-one, (T, B, K) for copy."""
+        return model(batch.inputs, batch.lengths)
+
+    def loss(self, outputs: Tensor, batch: SequenceBatch) -> Tensor:
+        raise NotImplementedError
+
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def baselines(self, targets: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe_data(self) -> str:
+        raise NotImplementedError
+
+    # data
+    def prepare(self, log) -> None:
+        """Draw the fixed held-out sets (test first, then val, from one held-out generator)."""
+        gen = heldout_generator()
+        n = self.cfg.heldout_size
+        self.heldout = {"test": self.draw(n, gen), "val": self.draw(n, gen)}
+        self.baseline = self.baselines(self.heldout["val"].targets)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in self.baseline.items())
+        log(f"{self.name}: {self.describe_data()}; fresh training batches of {self.cfg.batch_size}; "
+            f"held out: {n} validation and {n} test sequences; baseline: {shown}")
+
+    def batch(self, index: int) -> SequenceBatch:
+        """Training batch ``index``: ``batch_size`` fresh sequences drawn from (seed, index)."""
+        return self.draw(self.cfg.batch_size, batch_generator(self.cfg.seed, index))
+
+    def batches(self) -> BatchIndices:
+        return BatchIndices()
+
+    def step(self, model, index: int) -> StepResult:
+        batch = self.batch(index)
+        outputs = self.forward(model, batch)
+        loss = self.loss(outputs, batch)
+        n = batch.targets.shape[-1]
+        return StepResult(loss, items=n, sequences=n)
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, split: str) -> tuple[Tensor, Tensor]:
+        """The model's outputs on a held-out split, in chunks, and its targets (batch on dim −2/−1)."""
+        if split not in SPLITS:
+            raise ValueError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        data = self.heldout[split]
+        n = data.targets.shape[-1]
+        outs = []
+        for lo in range(0, n, EVAL_CHUNK):
+            hi = min(lo + EVAL_CHUNK, n)
+            part = SequenceBatch(data.inputs[:, lo:hi], data.targets[..., lo:hi],
+                                 None if data.lengths is None else data.lengths[lo:hi])
+            outs.append(self.forward(model, part))
+        return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets
+
+    def evaluate(self, model, split: str = "val") -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            outputs, targets = self.outputs(model, split)
+        finally:
+            model.train(was_training)
+        return self.metrics(outputs, targets)
+
+    def solved(self, metrics: dict[str, float]) -> bool:
+        """The paper's criterion on a held-out set: at most 3 wrong of 2560 (the same rate for other sizes)."""
+        return solved(int(metrics["wrong"]), self.cfg.heldout_size)
+
+    def callbacks(self, log):
+        return [_StopWhenSolved(self, log)] if self.cfg.stop_when_solved else []
+
+
+# -------------------------------------------------------------------------------------------------
+# adding
+
+
+@dataclass
+class AddingConfig(LongLagConfig):
+    length: int = 100  # T, the shortest sequence: lengths are T … T + T/10 steps
+    hidden_size: int = 64  # units per recurrent layer
+    lr: float = 3e-3  # Adam learning rate
+
+    def check(self) -> None:
+        super().check()
+        if self.length < 20:
+            raise ValueError(f"length must be ≥ 20 (the first mark's window must lie in the first T/2 steps), got {self.length}")
+
+
+class AddingTask(LongLagTask):
+    r"""The adding problem (Hochreiter & Schmidhuber 1997, experiment 4).
+
+    .. math::
+        \hat y = c + V h(\tau), \qquad L = \frac1B \sum_b (\hat y_b - y_b)^2, \qquad
+        y = 0.5 + \frac{X_1 + X_2}{4}
+
+    A sequence is wrong when :math:`|\hat y - y| \ge 0.04`. The baseline predicts the mean
+    target 0.5 for every sequence; its MSE is :math:`\operatorname{Var} y` (≈ 0.039 for T = 100,
+    1/24 but for the paper's zeroing of a marked first pair).
+    """
+
+    name = "adding"
+    summary = "adding problem, Hochreiter & Schmidhuber 1997 exp. 4 (wrong of 2560, |error| ≥ 0.04; vs predicting 0.5)"
+    Config = AddingConfig
+
+    def draw(self, n, generator):
+        return adding(n, self.cfg.length, generator)
+
+    def describe_data(self) -> str:
+        T = self.cfg.length
+        return f"pairs (value, marker), lengths {T}…{T + T // 10}"
+
+    def build_model(self) -> FinalStepModel:
+        self.model = FinalStepModel(build_stack(self.cfg, 2), 1)
+        return self.model
+
+    def forward(self, model, batch):
+        return model(batch.inputs, batch.lengths).squeeze(-1)  # (B,)
+
+    def loss(self, outputs, batch):
+        return F.mse_loss(outputs, batch.targets)
+
+    def metrics(self, outputs, targets):
+        mse = float(F.mse_loss(outputs, targets))
+        wrong = int((~adding_correct(outputs, targets)).sum())
+        return {"loss": mse, "wrong": wrong, "mse": mse}
+
+    def baselines(self, targets):
+        """Predicting the mean target, 0.5, for every held-out sequence."""
+        metrics = self.metrics(torch.full_like(targets, 0.5), targets)
+        return {"wrong": metrics["wrong"], "mse": metrics["mse"]}
+
+
+# -------------------------------------------------------------------------------------------------
+# temporal order
+
+
+@dataclass
+class TemporalOrderConfig(LongLagConfig):
+    relevant: int = 2  # relevant symbols: 2 is experiment 6a (4 classes), 3 is 6b (8 classes)
+    hidden_size: int = 64  # units per recurrent layer
+    lr: float = 3e-3  # Adam learning rate
+
+    def check(self) -> None:
+        super().check()
+        if self.relevant not in (2, 3):
+            raise ValueError(f"relevant must be 2 (experiment 6a) or 3 (6b), got {self.relevant}")
+
+
+class TemporalOrderTask(LongLagTask):
+    r"""The temporal order problem (Hochreiter & Schmidhuber 1997, experiment 6a, or 6b).
+
+    .. math::
+        o = c + V h(\tau), \qquad \hat p = \mathrm{softmax}(o), \qquad L = -\frac1B \sum_b \log \hat p_{b, y_b}
+
+    A sequence is wrong by the paper's rule applied to the softmax: some class probability
+    is 0.3 or more away from the one-hot target (so right needs :math:`\hat p_y > 0.7`), a
+    stricter test than the argmax that ``accuracy`` counts. The baseline always predicts the
+    most frequent class of the held-out set (chance: 1/4 right).
+    """
+
+    name = "temporal-order"
+    summary = "temporal order, Hochreiter & Schmidhuber 1997 exp. 6a/6b (wrong of 2560; vs a constant class)"
+    Config = TemporalOrderConfig
+
+    @property
+    def classes(self) -> int:
+        return 2**self.cfg.relevant
+
+    def draw(self, n, generator):
+        return temporal_order(n, generator, **(TEMPORAL_ORDER_6A if self.cfg.relevant == 2 else TEMPORAL_ORDER_6B))
+
+    def describe_data(self) -> str:
+        variant = "6a" if self.cfg.relevant == 2 else "6b"
+        return f"experiment {variant}, lengths 100…110, {self.cfg.relevant} relevant symbols, {self.classes} classes"
+
+    def build_model(self) -> FinalStepModel:
+        self.model = FinalStepModel(build_stack(self.cfg, 8), self.classes)
+        return self.model
+
+    def loss(self, outputs, batch):
+        return F.cross_entropy(outputs, batch.targets)
+
+    def metrics(self, outputs, targets):
+        right = temporal_order_correct(outputs.softmax(-1), targets, TEMPORAL_ORDER_TOLERANCE)
+        accuracy = float((outputs.argmax(-1) == targets).double().mean())
+        return {"loss": float(F.cross_entropy(outputs, targets)), "wrong": int((~right).sum()), "accuracy": accuracy}
+
+    def baselines(self, targets):
+        """Always the most frequent class (with certainty): right exactly on that class."""
+        most = int(torch.bincount(targets, minlength=self.classes).max())
+        n = targets.numel()
+        return {"wrong": n - most, "accuracy": most / n, "loss": math.log(self.classes)}
+
+
+# -------------------------------------------------------------------------------------------------
+# copy memory
+
+
+@dataclass
+class CopyConfig(LongLagConfig):
+    delay: int = 100  # T: blanks between the 10 symbols and the delimiter (sequences are T + 20 long)
+    hidden_size: int = 128  # units per recurrent layer
+    lr: float = 3e-3  # Adam learning rate
+
+    def check(self) -> None:
+        super().check()
+        if self.delay < 1:
+            raise ValueError(f"delay must be ≥ 1, got {self.delay}")
+
+
+COPY_SYMBOLS, COPY_MEMORIZE = 8, 10  # the paper's alphabet a_1 … a_8 and its 10 symbols to copy
+
+
+class CopyTask(LongLagTask):
+    r"""The copy memory problem (Arjovsky, Shah & Bengio 2016): synced many-to-many.
+
+    .. math::
+        o(t) = c + V h(t), \qquad L = -\frac{1}{B (T + 20)} \sum_b \sum_t \log \mathrm{softmax}(o(t))_{y(t)}
+
+    The baseline is the memoryless strategy's :math:`10 \log 8 / (T + 20)`; ``accuracy`` counts
+    the recalled symbols predicted right (memoryless: 1/8), and a sequence is wrong when any of
+    its 10 recalled symbols is, so "solved" asks for every symbol of all but 3 of 2560.
+    """
+
+    name = "copy"
+    summary = "copy memory, Arjovsky et al. 2016 (cross-entropy per step vs the memoryless 10 log 8 / (T + 20))"
+    Config = CopyConfig
+    metric = "loss"
+    many_to_many = True
+
+    def draw(self, n, generator):
+        return copy_memory(n, self.cfg.delay, generator)
+
+    def describe_data(self) -> str:
+        return f"{COPY_MEMORIZE} symbols of {COPY_SYMBOLS}, delay {self.cfg.delay}, {self.cfg.delay + 2 * COPY_MEMORIZE} steps"
+
+    def build_model(self) -> Tagger:
+        self.model = Tagger(build_stack(self.cfg, COPY_SYMBOLS + 2), COPY_SYMBOLS + 2)
+        return self.model
+
+    def loss(self, outputs, batch):
+        return sequence_nll(outputs, batch.targets, reduction="mean")
+
+    def metrics(self, outputs, targets):
+        recalled = outputs[-COPY_MEMORIZE:].argmax(-1) == targets[-COPY_MEMORIZE:]  # (10, N)
+        return {"loss": float(sequence_nll(outputs, targets, reduction="mean")),
+                "accuracy": float(recalled.double().mean()), "wrong": int((~recalled.all(0)).sum())}
+
+    def baselines(self, targets):
+        return {"loss": copy_memory_baseline(self.cfg.delay, COPY_SYMBOLS, COPY_MEMORIZE), "accuracy": 1 / COPY_SYMBOLS}
