@@ -62,7 +62,8 @@ class Seq2SeqConfig(TaskConfig):
     hidden_size: int = 64  # units per recurrent layer (per direction in the encoder)
     batch_size: int = 64  # pairs per update
     lr: float = 3e-3  # learning rate
-    max_steps: int | None = 3000  # updates; None: until max_time
+    max_steps: int | None = None  # updates; None: until max_time
+    max_time: float | None = 300.0  # seconds of training
     eval_every: int = 250  # updates between validations (greedy and beam decoding of the val set)
 
     def check(self) -> None:
@@ -140,6 +141,7 @@ class Seq2SeqTask(Task):
         cfg = self.cfg
         self.data = numbers_to_words(cfg.n_train, cfg.n_val, cfg.n_test, cfg.max_digits, seed=cfg.seed)
         self.source_vocab, self.target_vocab = self.data.source_vocab, self.data.target_vocab
+        self.schedule = cfg.schedule()
         self.max_length = int(self.data.train.target_lengths.max()) - 1 + LENGTH_MARGIN  # BOS is not generated
         self.baselines = {}
         for s in ("val", "test"):
@@ -175,7 +177,6 @@ class Seq2SeqTask(Task):
 
     def batches(self) -> Minibatches:
         train = self.data.train
-        self.schedule = self.cfg.schedule()
         return Minibatches(len(train.source_texts), self.cfg.batch_size, self.cfg.seed, lambda idx, i: take(train, idx, i))
 
     def step(self, model: Seq2Seq, pairs: Pairs) -> StepResult:

@@ -1,0 +1,138 @@
+"""The seq2seq task: end to end through the CLI (train, eval, sample), the evaluation pipeline
+against an oracle whose answers are known, the teacher-forced pass against step-by-step decoding,
+the scheduled-sampling curriculum across a resume, and (slow) that it learns to translate."""
+
+import json
+
+import pytest
+import sacrebleu
+import torch
+from torch import nn
+
+from rnnkit.cli import main
+from rnnkit.data.corpus import DataError
+from rnnkit.data.datasets import BOS, EOS, PAD, pad_batch
+from rnnkit.models import StepOutput, sequence_nll
+from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take
+from rnnkit.train import rollout
+from tests.helpers import randomize_
+
+SMALL = ["--n-train", "64", "--n-val", "8", "--n-test", "8", "--max-digits", "3", "--hidden-size", "8",
+         "--embedding-size", "8", "--attention-size", "8", "--batch-size", "16", "--no-progress", "--json"]
+
+
+def last_json(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def small_config(**kw):
+    return Seq2SeqConfig(n_train=64, n_val=12, n_test=12, max_digits=3, hidden_size=8, embedding_size=8, attention_size=8, **kw)
+
+
+def test_trains_through_the_cli_then_eval_sample_and_resume_with_the_curriculum_on_track(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "seq2seq", "--out", str(out), "--teacher-schedule", "linear", "--teacher-param", "0.3",
+            "--eval-every", "3", *SMALL]
+    assert main([*args, "--max-steps", "3"]) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["task"] == "seq2seq" and result["metric"] == "exact_match" and result["steps"] == 3
+    for key in ("exact_match", "val_bleu", "val_beam_exact_match", "val_beam_bleu"):
+        assert key in result
+    assert main(["eval", str(out / "latest.safetensors"), "--json"]) == 0
+    val = last_json(capsys.readouterr().out)
+    assert val["val_exact_match"] == result["exact_match"] and val["val_bleu"] == pytest.approx(result["val_bleu"])
+    assert main(["sample", str(out), "--prime", "1234", "--method", "beam", "--length", "30"]) == 0
+    assert capsys.readouterr().out.startswith("1234 → ")
+    # ε_i = max(0, 1 − 0.3 i) at update i, also for the updates after a resume
+    assert main([*args, "--max-steps", "5", "--resume"]) == 0
+    capsys.readouterr()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    probs = [r["teacher_prob"] for r in logged if r["kind"] == "train"]
+    assert probs == pytest.approx([max(0.0, 1 - 0.3 * i) for i in range(5)])
+
+
+class Oracle(nn.Module):
+    """A model that knows an answer for every source: teacher forcing and stepping both emit it
+    (one-hot logits), so every metric of the evaluation is known in advance."""
+
+    bos, eos = BOS, EOS
+
+    def __init__(self, task, answers):
+        super().__init__()
+        self.task, self.answers = task, answers
+        self.anchor = nn.Parameter(torch.zeros(1))  # generate reads the device from the parameters
+
+    def encode(self, src, lengths):
+        texts = [self.task.source_vocab.decode(src[: int(n), b]) for b, n in enumerate(lengths)]
+        ids, _ = pad_batch([self.task.target_vocab.encode(self.answers[t], eos=True) for t in texts])
+        return ids.t()  # (B, U)
+
+    def _logits(self, ids):
+        return 10.0 * nn.functional.one_hot(ids, len(self.task.target_vocab)).float()
+
+    def forward(self, src, tgt, src_lengths, tgt_lengths):
+        ids = self.encode(src, src_lengths)  # (B, U)
+        T = tgt.shape[0]
+        ids = torch.cat([ids, torch.full((ids.shape[0], T), PAD)], 1)[:, :T]
+        return StepOutput(self._logits(ids.t()))  # (T, B, V)
+
+    def start(self, batch_size=None, context=None):
+        return context, torch.zeros(context.shape[0], dtype=torch.long)
+
+    def step(self, y_prev, state):
+        ids, t = state
+        now = ids[torch.arange(ids.shape[0]), t.clamp(max=ids.shape[1] - 1)]
+        return StepOutput(self._logits(now)), (ids, t + 1)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluation_scores_the_decoded_translations_by_exact_match_and_sacrebleu(split):
+    task = Seq2SeqTask(small_config())
+    task.prepare(lambda s: None)
+    data = getattr(task.data, split)
+    answers, hyps = {}, []
+    for k, (src, ref) in enumerate(zip(data.source_texts, data.target_texts)):
+        answers[src] = ref if k % 3 else ref + " one"  # every third answer is wrong
+        hyps.append(answers[src])
+    got = task.evaluate(Oracle(task, answers), split)
+    right = sum(h == r for h, r in zip(hyps, data.target_texts))
+    assert 0 < right < len(hyps)
+    expected_bleu = sacrebleu.corpus_bleu(hyps, [data.target_texts]).score
+    for prefix in ("", "beam_"):  # one-hot logits: beam search finds the greedy answer too
+        assert got[f"{prefix}exact_match"] == pytest.approx(right / len(hyps), abs=1e-12)
+        assert got[f"{prefix}bleu"] == pytest.approx(expected_bleu, rel=1e-9)
+    spelled = [" ".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(c)] for c in s)
+               for s in data.source_texts]
+    assert task.baseline["bleu"] == pytest.approx(sacrebleu.corpus_bleu(spelled, [data.target_texts]).score, rel=1e-9)
+    assert task.baseline["exact_match"] == sum(s == r for s, r in zip(spelled, data.target_texts)) / len(spelled)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_the_teacher_forced_loss_equals_stepping_the_decoder_on_the_true_characters(attention):
+    task = Seq2SeqTask(small_config(attention=attention, context="both"))
+    task.prepare(lambda s: None)
+    model = randomize_(task.build_model(), scale=0.3)
+    pairs = take(task.data.train, torch.arange(10), update=0)
+    loss = task.step(model, pairs).loss
+    y, lengths = pairs.targets[1:], pairs.target_lengths - 1
+    stepped = rollout(model, y, 1.0, context=model.encode(pairs.sources, pairs.source_lengths)).logits
+    torch.testing.assert_close(loss, sequence_nll(stepped, y, lengths, "mean"), rtol=1e-5, atol=1e-6)
+
+
+def test_config_and_prime_errors_name_what_was_wrong():
+    with pytest.raises(ValueError, match="teacher_schedule must be one of constant, linear, exponential, inverse-sigmoid, got 'cosine'"):
+        Seq2SeqConfig(teacher_schedule="cosine").check()
+    with pytest.raises(ValueError, match=r"Exponential: k must be a number in \(0, 1\), got 1.5"):
+        Seq2SeqConfig(teacher_schedule="exponential", teacher_param=1.5).check()
+    task = Seq2SeqTask(small_config())
+    task.prepare(lambda s: None)
+    with pytest.raises(DataError, match="the prime must be a number written in digits, got '12a'"):
+        task.sample_text(task.build_model(), "12a")
+
+
+@pytest.mark.slow
+def test_attention_model_learns_to_write_numbers_in_words(tmp_path, capsys):
+    assert main(["train", "seq2seq", "--out", str(tmp_path / "r"), "--max-time", "none", "--max-steps", "600",
+                 "--eval-every", "300", "--no-progress", "--json"]) == 0
+    result = last_json(capsys.readouterr().out)
+    assert result["exact_match"] > 0.5 and result["val_bleu"] > 80 and result["baseline"] < 0.05
