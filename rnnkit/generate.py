@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cells.state import map_state
+from .cells.state import map_state, state_tensors
 
 METHODS = ("greedy", "sample", "beam")
 ENDS = ("eos", "halt", "length", None)
@@ -209,8 +209,9 @@ def generate(
         if top_p is not None:
             top_p_filter(torch.zeros(1, 1), top_p)  # validates p
     eos = _ends(model, end, eos)
-    if batch_size is None and prime is None and isinstance(context, Tensor):
-        batch_size = context.shape[0]
+    if batch_size is None and prime is None and context is not None:
+        leaves = state_tensors(context) if isinstance(context, tuple) else [context]
+        batch_size = next((t.shape[0] for t in leaves if isinstance(t, Tensor)), None)
     if batch_size is None and prime is None:
         raise ValueError("give batch_size, a prime (B, P) or a context tensor (B, C)")
     was_training = model.training
