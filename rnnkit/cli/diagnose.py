@@ -39,15 +39,17 @@ def add_parser(subs) -> None:
 
 
 def load_checkpoint(path: Path):
-    """The model of a checkpoint file or run folder, and its vocabulary (None for tasks that do
-    not read text).
+    """The model of a checkpoint file or run folder, and its character vocabulary (None for
+    tasks whose model does not read characters).
 
     The one place that knows how checkpoints load; today through :func:`rnnkit.tasks.load_run`.
     """
+    from ..data.corpus import CharVocab
     from ..tasks import load_run
 
     task, model, _ = load_run(path)
-    return model, getattr(task, "vocab", None)
+    vocab = getattr(task, "vocab", None)
+    return model, vocab if isinstance(vocab, CharVocab) else None
 
 
 def _tokens(args, vocab):

@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
 from ..cells.base import RecurrentCell
-from ..cells.state import is_state, map_state, state_tensors
+from ..cells.state import is_state, map_state
 from ..recurrent import Recurrent
 
 LOSSES = ("last", "every")
@@ -216,6 +216,7 @@ class GradientFlow:
 
     @property
     def lags(self) -> list[int]:
+        """The lags k = 0 … T."""
         return list(range(self.grad_norm.shape[0]))
 
     def ratio(self, lag: int) -> float:
@@ -223,6 +224,7 @@ class GradientFlow:
         return float(self.grad_norm[lag] / self.grad_norm[0])
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "loss": self.loss,
             "lags": self.lags,
@@ -323,6 +325,7 @@ class JacobianProducts:
     output_block: str
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "output_block": self.output_block,
             "norm": {k: tolist(v) for k, v in self.blocks.items()},
@@ -436,6 +439,7 @@ class MatrixSpectrum:
     power_norms: Tensor | None  # (max_power + 1,)
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats; eigenvalues as [re, im] pairs."""
         eig = None
         if self.eigenvalues is not None:
             eig = [[float(z.real), float(z.imag)] for z in self.eigenvalues]
@@ -518,6 +522,7 @@ class Histogram:
 
     @classmethod
     def of(cls, values: Tensor, bins: int = 40, lo: float | None = None, hi: float | None = None) -> "Histogram":
+        """The histogram of ``values`` over [lo, hi] (default: their own range)."""
         values = values.flatten().double()
         lo = float(values.min()) if lo is None else lo
         hi = float(values.max()) if hi is None else hi
@@ -527,6 +532,7 @@ class Histogram:
         return cls(torch.linspace(lo, hi, bins + 1, dtype=torch.float64), counts)
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {"edges": tolist(self.edges), "counts": [int(c) for c in self.counts]}
 
 
@@ -548,6 +554,7 @@ class NonlinearityStats:
     value: Histogram
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "kind": self.kind,
             "saturated": self.saturated,
@@ -638,6 +645,7 @@ class TimeScales:
     group_scale: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "kind": self.kind,
             "per_unit": tolist(self.per_unit),
@@ -734,6 +742,7 @@ class TrainingLog:
         return [c is not None and g > c for g, c in zip(self.grad_norm, self.clip)]
 
     def summary(self) -> dict:
+        """Updates, the last clip threshold, the share of updates clipped, max and median norm."""
         norms = torch.tensor(self.grad_norm, dtype=torch.float64)
         clips = [c for c in self.clip if c is not None]
         return {
@@ -745,6 +754,7 @@ class TrainingLog:
         }
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "steps": self.steps,
             "grad_norm": [finite(g) for g in self.grad_norm],

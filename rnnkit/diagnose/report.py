@@ -55,6 +55,7 @@ class CellReport:
     time_scales: TimeScales | None
 
     def summary_lag(self, lag: int = SUMMARY_LAG) -> int:
+        """``lag``, or the longest lag measured (T) if that is shorter."""
         return min(lag, len(self.flow.lags) - 1)
 
     def numbers(self, lag: int = SUMMARY_LAG) -> dict:
@@ -94,6 +95,7 @@ class CellReport:
         return f"{text} ({'; '.join(details)})"
 
     def to_dict(self) -> dict:
+        """The numbers as JSON-ready lists and floats (inf/NaN as None)."""
         return {
             "summary": self.numbers(),
             "gradient_vs_lag": self.flow.to_dict(),

@@ -133,3 +133,17 @@ def test_usage_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(re.escape(message), err), err
     assert not (tmp_path / "d").exists()  # nothing written
+
+
+def test_a_checkpoint_of_a_task_without_text_feeds_each_layer_random_input(tmp_path, capsys):
+    run = tmp_path / "adding"
+    argv = ["train", "adding", "--hidden-size", "4", "--length", "20", "--batch-size", "4", "--max-steps", "2",
+            "--eval-every", "2", "--heldout-size", "8", "--no-progress", "--out", str(run)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    out = tmp_path / "d"
+    assert main(["diagnose", str(run), "--steps", "7", "--batch", "2", "--out", str(out)]) == 0
+    assert [(name, lag) for name, lag, *_ in summary(capsys.readouterr().out)] == [("rnn.layers.0", "7"), ("rnn.layers.0 (untrained)", "7")]
+    assert png_size(out / "clipping.png") == (800, 500)
+    assert main(["diagnose", str(run), "--data", str(tmp_path / "any.txt"), "--out", str(tmp_path / "d2")]) == 2
+    assert "--data applies to checkpoints of text tasks" in capsys.readouterr().err
