@@ -74,6 +74,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
 
 def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float if it is > 0, else a ValueError saying so."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     return float(temperature)

@@ -35,6 +35,7 @@ def check_size(value: Any, name: str, owner: str, minimum: int = 1) -> int:
 
 
 def check_choice(value: Any, name: str, owner: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise naming the argument and the choices."""
     if value not in choices:
         raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
@@ -59,6 +60,10 @@ class RecurrentCell(nn.Module):
     input_size: int
     hidden_size: int
     projection_size: int
+
+    def reset_parameters(self) -> None:
+        """Draw fresh initial values for every parameter (each cell documents its scheme)."""
+        raise NotImplementedError
 
     def init_state(self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None) -> Any:
         """The zero state for a batch of ``batch_size``; dtype and device default to the parameters'."""
@@ -96,6 +101,7 @@ class RecurrentCell(nn.Module):
         return self.recurrence(self.input_projection(x), state)
 
     def reference_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """The dtype and device inputs must have: the parameters' (or floating buffers')."""
         for p in self.parameters():
             return p.dtype, p.device
         for b in self.buffers():

@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rnnkit`` parser with one subcommand per module of this package."""
     parser = _Parser(prog="rnnkit", description="Recurrent neural networks on PyTorch.")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in SUBCOMMANDS.items():
@@ -43,6 +44,7 @@ def _say(e: BaseException) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rnnkit ARGV``; returns the exit code (0, 1, 2 or 130)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"] and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in ("-h", "--help"))):

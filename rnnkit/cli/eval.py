@@ -10,6 +10,7 @@ from ..tasks import load_run
 
 
 def add_parser(subs) -> None:
+    """Register ``rnnkit eval`` and its options."""
     p = subs.add_parser("eval", help="a checkpoint's metrics on held-out data", description=__doc__,
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .safetensors checkpoint, or a run folder (its best one)")
@@ -19,6 +20,7 @@ def add_parser(subs) -> None:
 
 
 def run(args) -> int:
+    """Run ``rnnkit eval`` with parsed ``args``; returns the exit code."""
     start = time.monotonic()
     task, model, meta = load_run(args.checkpoint)
     if args.data is not None and not hasattr(task, "prepare_eval"):

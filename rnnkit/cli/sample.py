@@ -10,6 +10,7 @@ from ..tasks import load_run
 
 
 def add_parser(subs) -> None:
+    """Register ``rnnkit sample`` and its options."""
     p = subs.add_parser("sample", help="generate from a checkpoint", description=__doc__,
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .safetensors checkpoint, or the run folder `rnnkit train` wrote (its best one)")
@@ -24,6 +25,7 @@ def add_parser(subs) -> None:
 
 
 def run(args) -> int:
+    """Run ``rnnkit sample`` with parsed ``args``; returns the exit code."""
     from . import UsageError
 
     if args.length < 1:

@@ -51,6 +51,7 @@ def add_task_options(p: argparse.ArgumentParser, config_cls) -> None:
 
 
 def add_parser(subs) -> None:
+    """Register ``rnnkit train`` and its options."""
     p = subs.add_parser("train", help="train a task (default: char-level LSTM on the stdlib's source)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="TASK", parser_class=type(p))
@@ -85,6 +86,7 @@ def resolve_config(task_cls, args) -> object:
 
 
 def run(args) -> int:
+    """Run ``rnnkit train`` with parsed ``args``; returns the exit code."""
     task_cls = TASKS[args.task]
     cfg = resolve_config(task_cls, args)
     task = task_cls(cfg)

@@ -103,6 +103,7 @@ class CharVocab:
 
     @classmethod
     def from_text(cls, text: str) -> "CharVocab":
+        """The vocabulary of ``text``: its distinct characters, sorted."""
         return cls(sorted(set(text)))
 
     def __len__(self) -> int:
@@ -116,11 +117,14 @@ class CharVocab:
             raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary") from None
 
     def decode(self, indices) -> str:
+        """The text of a sequence of indices."""
         return "".join(self.chars[int(i)] for i in indices)
 
     def to_json(self) -> str:
+        """The characters as a JSON list (for checkpoints)."""
         return json.dumps(self.chars, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> "CharVocab":
+        """The inverse of :meth:`to_json`."""
         return cls(json.loads(text))

@@ -8,7 +8,6 @@ the model for ``rnnkit sample`` and ``rnnkit eval`` without the training data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -69,6 +68,7 @@ class TaskConfig:
         self.train_config().validate()
 
     def train_config(self) -> TrainConfig:
+        """The trainer's part of these settings."""
         return TrainConfig(
             max_steps=self.max_steps, max_time=self.max_time, clip_norm=self.clip_norm, clip_value=self.clip_value,
             eval_every=self.eval_every, patience=self.patience, out=self.out, log_format=self.log_format,
@@ -108,13 +108,16 @@ class Task:
         """Make or read the data; set ``self.baseline`` ({name: value} of the headline metric)."""
 
     def build_model(self) -> nn.Module:
+        """A fresh model for this config (and the data's vocabulary, once prepared)."""
         raise NotImplementedError
 
     # training
     def batches(self) -> Iterable:
+        """The training batches, iterated again for each pass (``set_epoch`` if it reshuffles)."""
         raise NotImplementedError
 
     def step(self, model: nn.Module, batch: Any) -> StepResult:
+        """The forward pass and loss of one batch (the trainer does backward and the update)."""
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
@@ -132,14 +135,17 @@ class Task:
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Task":
+        """The task of a checkpoint's meta, config checked, without its data."""
         return cls(check_config(cls.Config, meta["config"], source="checkpoint"))
 
     def describe(self, model: nn.Module) -> str:
+        """One line on the model, printed when training starts."""
         n = sum(p.numel() for p in model.parameters())
         return f"{self.name}: {self.cfg.cell} × {self.cfg.num_layers}, hidden {self.cfg.hidden_size}, {n:,} parameters"
 
 
 def make_optimizer(cfg: TaskConfig, model: nn.Module):
+    """The configured optimizer, and a StepLR schedule when ``lr_decay`` < 1."""
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_decay_every, cfg.lr_decay) if cfg.lr_decay < 1 else None
     return opt, sched
@@ -244,5 +250,3 @@ def load_run(path: str | Path) -> tuple[Task, nn.Module, dict]:
     return task, model.eval(), meta
 
 
-def config_fields(cls: type[TaskConfig]) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))

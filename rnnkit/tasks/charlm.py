@@ -82,10 +82,12 @@ class CharLM(nn.Module):
         return self.head(y), state  # (T, B, V)
 
     def start(self, batch_size: int, context=None):
+        """Zero states of every layer (decoding protocol)."""
         p = self.head.weight
         return tuple(layer.cell.init_state(batch_size, dtype=p.dtype, device=p.device) for layer in self.rnn.layers)
 
     def step(self, y_prev: Tensor, state):
+        """One character in (B,), the next character's logits out (decoding protocol)."""
         logits, state = self(y_prev.view(1, -1), state)  # (1, B, V)
         return StepOutput(logits[0]), state
 
@@ -226,6 +228,7 @@ class CharLMTask(Task):
         return prime + sample(model, self.vocab, length, prime, **opts)
 
     def final_sample(self, result: dict) -> str:
+        """The sample printed when training ends."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
         return sample(self.model, self.vocab, 300, temperature=self.cfg.temperature, generator=gen)
 

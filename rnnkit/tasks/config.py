@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 
 def field_types(cls: type) -> dict[str, Any]:
+    """Each field's type, resolved from its annotation."""
     return typing.get_type_hints(cls)
 
 
@@ -30,6 +31,7 @@ def _allowed(tp: Any) -> tuple[set[type], bool]:
 
 
 def type_name(tp: Any) -> str:
+    """How a field's type reads in a message: ``int``, ``float or null``…"""
     kinds, optional = _allowed(tp)
     name = " or ".join(sorted(k.__name__ for k in kinds))
     return f"{name} or null" if optional else name

@@ -48,12 +48,14 @@ class RunLog:
                 self.write(record)
 
     def write(self, record: dict) -> None:
+        """Append one record (a JSON line now; a CSV row at the next flush)."""
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
         else:
             self.rows.append(record)
 
     def flush(self) -> None:
+        """Make what was written so far durable on disk."""
         if self.file is not None:
             self.file.flush()
             return
@@ -66,6 +68,7 @@ class RunLog:
         tmp.replace(self.path)
 
     def close(self) -> None:
+        """Flush and close the file."""
         self.flush()
         if self.file is not None:
             self.file.close()

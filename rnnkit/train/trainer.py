@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
 
     def validate(self) -> "TrainConfig":
+        """Return self if every setting is allowed, else raise naming the first that is not."""
         owner = "TrainConfig"
         for name in ("max_steps", "eval_every", "patience"):
             v = getattr(self, name)
