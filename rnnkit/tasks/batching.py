@@ -39,6 +39,7 @@ class Minibatches:
         return -(-self.n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the pass the next iteration yields (the trainer calls this before each pass)."""
         self.epoch = epoch
 
     def permutation(self, epoch: int) -> Tensor:

@@ -69,6 +69,8 @@ def evaluate_split(model: ManyToOne, split: Split) -> dict[str, float]:
 
 
 class DigitsTask(Task):
+    """Many-to-one classification of the digit images (see the module docstring)."""
+
     name = "digits"
     summary = "scikit-learn's 8×8 digits read row by row (or pixel by pixel), classified at the end (accuracy vs majority class)"
     Config = DigitsConfig
@@ -88,8 +90,8 @@ class DigitsTask(Task):
 
     def build_model(self) -> ManyToOne:
         cfg = self.cfg
-        steps = 8 if cfg.order == "rows" else 1  # pixels per step
-        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), steps, cfg.hidden_size, cfg.num_layers,
+        width = 8 if cfg.order == "rows" else 1  # I, pixels per step
+        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), width, cfg.hidden_size, cfg.num_layers,
                             bidirectional=cfg.bidirectional, dropout=cfg.dropout)
         return ManyToOne(layer, CLASSES)
 

@@ -127,6 +127,8 @@ def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_
 
 
 class Seq2SeqTask(Task):
+    """Numbers in digits → English words with an encoder–decoder (see the module docstring)."""
+
     name = "seq2seq"
     summary = "numbers in digits → English words, encoder–decoder ± attention (exact match and BLEU, greedy vs beam)"
     Config = Seq2SeqConfig
@@ -157,7 +159,10 @@ class Seq2SeqTask(Task):
 
     def build_model(self) -> Seq2Seq:
         cfg = self.cfg
-        cell = lambda i, h: make_cell(cfg.cell, i, h)  # noqa: E731
+
+        def cell(i: int, h: int):
+            return make_cell(cfg.cell, i, h)
+
         E, H = cfg.embedding_size, cfg.hidden_size
         encoder = Encoder(Stack.build(cell, E, H, cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.dropout),
                           vocab_size=len(self.source_vocab))

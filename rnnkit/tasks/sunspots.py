@@ -107,6 +107,8 @@ def forecast(model: Forecaster, history: Tensor, horizon: int) -> Tensor:
 
 
 class SunspotsTask(Task):
+    """Autoregressive forecasting of the yearly sunspot numbers (see the module docstring)."""
+
     name = "sunspots"
     summary = "yearly sunspot numbers, one- and multi-step-ahead forecasts (MSE vs persistence and seasonal)"
     Config = SunspotsConfig
@@ -119,12 +121,13 @@ class SunspotsTask(Task):
         self.baselines = {s: self._best_naive(s) for s in ("val", "test")}
         self.baseline = self.baselines["val"]
         d, K = self.data, cfg.horizon
-        year = lambda i: int(d.years[i])  # noqa: E731
-        log(f"sunspots: years {year(0)}–{year(len(d.years) - 1)}; train to {year(d.bounds[0] - 1)}, "
-            f"validate to {year(d.bounds[1] - 1)}, test after; {d.train.origins.numel()} / {d.val.origins.numel()} / "
-            f"{d.test.origins.numel()} windows of {cfg.window} years, forecasts {K} years ahead")
+        first, train_last, val_last, last = (int(d.years[i]) for i in (0, d.bounds[0] - 1, d.bounds[1] - 1, -1))
+        log(f"sunspots: years {first}–{last}; train to {train_last}, validate to {val_last}, test after; "
+            f"{d.train.origins.numel()} / {d.val.origins.numel()} / "
+            f"{d.test.origins.numel()} windows of {cfg.window} years, forecasts {K} year{'s' if K > 1 else ''} ahead")
         for s in ("val", "test"):
-            shown = "; ".join(f"{name} {v[0]:.0f} (1 year) {v[-1]:.0f} ({K} years)" for name, v in self.naive[s].items())
+            shown = "; ".join(f"{name} {v[0]:.0f} (1 year)" + (f", {v[-1]:.0f} ({K} years)" if K > 1 else "")
+                              for name, v in self.naive[s].items())
             log(f"  {s} baselines, MSE: {shown}")
 
     def _best_naive(self, split: str) -> dict[str, float]:

@@ -79,6 +79,8 @@ def evaluate_split(model: Tagger, split: Split) -> dict[str, float]:
 
 
 class TaggingTask(Task):
+    """Per-character token-kind tagging of Python source (see the module docstring)."""
+
     name = "tagging"
     summary = "tag every character of stdlib Python source by token kind, tokenize as ground truth (accuracy vs unigram tags)"
     Config = TaggingConfig
