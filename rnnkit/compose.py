@@ -23,9 +23,14 @@ def _native_eligible(layer: Recurrent) -> bool:
     return type(layer) is Recurrent and layer.engine in ("auto", "native")
 
 
-def _layer_cells(layers: Sequence[nn.Module]) -> list[list[RecurrentCell]] | None:
-    """Each layer's cells, ``[cell]`` or ``[forward, backward]``, if the layers can run as one
-    native call (see :func:`rnnkit.engine.native.native_stack_kind`); else None."""
+def _layer_cells(layers: Sequence[nn.Module], x: Any, lengths: Any) -> list[list[RecurrentCell]] | None:
+    """Each layer's cells, ``[cell]`` or ``[forward, backward]``, if the layers should run as one
+    native call (see :func:`rnnkit.engine.native.native_stack_kind`); else None.
+
+    With lengths on the CPU, layers left on engine "auto" run one by one instead, each on the
+    fused engine, which masks for free where torch's CPU kernels would take a slow
+    packed-sequence path (see :func:`rnnkit.engine.fused.beats_native_with_lengths`).
+    """
     if fused.engine_override() == "reference":
         return None
     out = []
@@ -40,7 +45,19 @@ def _layer_cells(layers: Sequence[nn.Module]) -> list[list[RecurrentCell]] | Non
             out.append([layer.forward_layer.cell, layer.backward_layer.cell])
         else:
             return None
-    return out if native_stack_kind(out) is not None else None
+    if native_stack_kind(out) is None:
+        return None
+    all_auto = all(layer.engine == "auto" for layer in _recurrent_layers(layers))
+    if all_auto and lengths is not None and isinstance(x, Tensor) and fused.beats_native_with_lengths(x):
+        return None
+    return out
+
+
+def _recurrent_layers(layers: Sequence[nn.Module]) -> list[Recurrent]:
+    out = []
+    for layer in layers:
+        out.extend([layer.forward_layer, layer.backward_layer] if isinstance(layer, Bidirectional) else [layer])
+    return out
 
 
 def _run_native(owner: str, layer_cells, x: Tensor, states: list, lengths: Any, batch_first: bool, dropout: float, training: bool):
@@ -135,7 +152,7 @@ class Bidirectional(nn.Module):
         self.last_engine: str | None = None
 
     def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:
-        layer_cells = _layer_cells([self])
+        layer_cells = _layer_cells([self], x, lengths)
         if layer_cells is not None:
             y, ((h_final, g_final),) = _run_native("Bidirectional", layer_cells, x, [state], lengths, self.batch_first, 0.0, self.training)
             if self.merge == "sum":
@@ -176,7 +193,9 @@ class Stack(nn.Module):
     ``Bidirectional`` layer of cells torch's kernel computes — one kind, one hidden size, bias
     in all or none, every layer bidirectional or none, engines ``"auto"``/``"native"`` — the
     stack runs as one call of that kernel with ``num_layers`` and ``bidirectional`` (oneDNN on
-    CPU, cuDNN on GPU), lengths included, and ``last_engine`` is ``"native"``. Otherwise each
+    CPU, cuDNN on GPU), and ``last_engine`` is ``"native"``. With ``lengths`` it does so on the
+    GPU; on the CPU each layer then runs on the fused engine, which masks for free where torch's
+    CPU kernels would take a slow packed-sequence path. Otherwise each
     layer runs its own path (``last_engine == "layers"``; each layer's ``last_engine`` says
     which). The dropout masks of the two paths differ: both drop the same fraction between the
     same layers.
@@ -249,7 +268,7 @@ class Stack(nn.Module):
         elif not isinstance(state, (tuple, list)) or len(state) != L:
             got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise TypeError(f"Stack: state must be a tuple of {L} layer states, got {got}")
-        layer_cells = _layer_cells(self.layers)
+        layer_cells = _layer_cells(self.layers, x, lengths)
         sums = [isinstance(layer, Bidirectional) and layer.merge == "sum" for layer in self.layers]
         if layer_cells is not None and not any(sums):
             y, finals = _run_native("Stack", layer_cells, x, list(state), lengths, self.batch_first, self.dropout, self.training)

@@ -110,7 +110,9 @@ def test_native_stack_equals_its_layers(kind, bidirectional, monkeypatch):
         return tuple(cell_state(k, 0) for k in range(3))
 
     def native(x, *h0_c0):
-        out = stack(x, state(*h0_c0), lengths)
+        with monkeypatch.context() as m:
+            m.setenv("RNNKIT_ENGINE", "native")  # with lengths on the CPU, "auto" would pick the fused engine
+            out = stack(x, state(*h0_c0), lengths)
         assert stack.last_engine == "native"
         return out
 
@@ -131,7 +133,9 @@ def test_native_bidirectional_equals_its_two_runs(merge, monkeypatch):
     lengths = [3, 6, 1]
 
     def native(x):
-        out = layer(x, None, lengths)
+        with monkeypatch.context() as m:
+            m.setenv("RNNKIT_ENGINE", "native")  # with lengths on the CPU, "auto" would pick the fused engine
+            out = layer(x, None, lengths)
         assert layer.last_engine == "native"
         return out
 
@@ -159,6 +163,27 @@ def test_native_stack_with_dropout_is_torch_nn_with_dropout():
     assert not torch.allclose(ours(x)[0], ours.eval()(x)[0]), "dropout must act in training"
 
 
+def test_with_lengths_on_the_cpu_native_stacks_run_fused_layer_by_layer(monkeypatch):
+    """torch's CPU kernels take lengths only packed, on a slow path: each layer runs fused instead."""
+    torch.manual_seed(0)
+    stack = randomize_(Stack.build(GRUCell, 3, 4, num_layers=2, bidirectional=True).double(), seed=6)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    y, states = stack(x, lengths=[6, 2, 4])
+    assert stack.last_engine == "layers"
+    assert all(r.last_engine == "fused" for layer in stack.layers for r in (layer.forward_layer, layer.backward_layer))
+    monkeypatch.setenv("RNNKIT_ENGINE", "native")
+    y_native, states_native = stack(x, lengths=[6, 2, 4])
+    assert stack.last_engine == "native"
+    torch.testing.assert_close(y, y_native, **TOL[torch.float64])
+    torch.testing.assert_close(states[1].backward.h, states_native[1].backward.h, **TOL[torch.float64])
+    monkeypatch.delenv("RNNKIT_ENGINE")
+    stack(x)
+    assert stack.last_engine == "native"  # without lengths, one call of torch's kernel
+    explicit = Stack([Recurrent(LSTMCell(3, 4), engine="native"), Recurrent(LSTMCell(4, 4), engine="native")])
+    explicit(torch.randn(5, 2, 3), lengths=[5, 3])
+    assert explicit.last_engine == "native"  # asked for torch's kernels: lengths go packed
+
+
 def test_stacks_torch_cannot_run_in_one_call_run_layer_by_layer():
     x = torch.randn(5, 2, 3)
     cases = [
@@ -178,7 +203,8 @@ def test_stacks_torch_cannot_run_in_one_call_run_layer_by_layer():
     assert mixed.last_engine == "layers"
 
 
-def test_native_stack_checks_its_arguments():
+def test_native_stack_checks_its_arguments(monkeypatch):
+    monkeypatch.setenv("RNNKIT_ENGINE", "native")  # the whole-stack path, lengths included
     stack = Stack.build(LSTMCell, 3, 4, num_layers=2, bidirectional=True)
     x = torch.randn(5, 2, 3)
     with pytest.raises(ValueError, match="expected input_size=3"):

@@ -232,6 +232,23 @@ def engine_override() -> str | None:
     return value
 
 
+def beats_native_with_lengths(x: Tensor) -> bool:
+    """Whether a native cell given ``lengths`` should run here rather than on torch's kernel.
+
+    On the CPU, torch's kernels take variable lengths only as packed sequences, which leave
+    oneDNN for a generic per-step path several times slower than the same batch unpacked (the
+    LSTM, measured: ~8×). The fused engine masks per step at no extra cost, so an "auto" layer
+    on the CPU uses it when lengths are given — if the extension is available and
+    ``RNNKIT_ENGINE`` does not restrict layers to native kernels.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype in DTYPES
+        and engine_override() is None
+        and load_extension() is not None
+    )
+
+
 # -- the autograd function ------------------------------------------------------------------------
 
 

@@ -173,6 +173,20 @@ def test_auto_runs_variant_cells_on_the_fused_engine():
     assert half.last_engine == "reference"
 
 
+def test_native_cells_with_lengths_on_the_cpu_run_fused():
+    """torch's CPU kernels take lengths only packed, on a slow path; "auto" runs such a layer fused."""
+    cell = randomize_(LSTMCell(3, 4).double(), seed=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    auto, native = Recurrent(cell), Recurrent(cell, engine="native")
+    y, s = auto(x, lengths=[5, 3])
+    y_native, s_native = native(x, lengths=[5, 3])
+    assert (auto.last_engine, native.last_engine) == ("fused", "native")
+    torch.testing.assert_close(y, y_native, **TOL[torch.float64])
+    torch.testing.assert_close(s.c, s_native.c, **TOL[torch.float64])
+    auto(x)
+    assert auto.last_engine == "native"
+
+
 def test_environment_restricts_auto(monkeypatch):
     x = torch.randn(4, 2, 3)
     layer = Recurrent(LSTMCell(3, 4, peephole=True))
