@@ -19,6 +19,7 @@ DEFAULTS = {"hidden_size": 64, "input_size": 16}  # for the --cell comparison on
 
 
 def add_parser(subs) -> None:
+    """Register ``rnnkit diagnose`` and its flags on the subcommand parsers ``subs``."""
     p = subs.add_parser("diagnose", help="gradient-flow diagnostics and plots of cells or a checkpoint", description=__doc__,
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=None,
@@ -91,6 +92,7 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    """Diagnose fresh cells or a checkpoint's layers, write the report folder, print the summary; 0 on success."""
     from . import UsageError
     from ..diagnose import DEFAULT_CELLS, compare_cells, diagnose_model, read_training_log, summary_lines, write_report
 
