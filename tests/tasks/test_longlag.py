@@ -37,6 +37,7 @@ from rnnkit.tasks.longlag import (
     _StopWhenSolved,
     batch_seed,
     build_stack,
+    set_forget_bias,
 )
 from tests.helpers import randomize_
 
@@ -248,13 +249,26 @@ def test_evaluation_in_chunks_equals_one_pass(order_task):
     assert torch.equal(targets, data.targets)
 
 
-def test_stop_when_solved_stops_at_the_papers_criterion(order_task):
-    stop = _StopWhenSolved(order_task, quiet)
+def test_stop_when_solved_waits_for_that_many_solved_validations_in_a_row(order_task):
+    stop = _StopWhenSolved(order_task, quiet)  # stop_when_solved = 2
     trainer = SimpleNamespace(step=100, should_stop=False, stop_reason=None)
-    stop.on_validation(trainer, {"wrong": 4.0, "loss": 0.1})
-    assert not trainer.should_stop
+    for wrong in (3.0, 4.0, 0.0):
+        stop.on_validation(trainer, {"wrong": wrong, "loss": 0.1})
+        assert not trainer.should_stop
     stop.on_validation(trainer, {"wrong": 3.0, "loss": 0.1})
     assert trainer.should_stop and trainer.stop_reason == "solved"
+
+
+@pytest.mark.parametrize("cell, rows", [("lstm", slice(6, 12)), ("peephole", slice(6, 12)), ("gru", slice(6, 12))])
+def test_forget_bias_sets_the_effective_bias_of_the_gate_that_keeps_the_past(cell, rows):
+    stack = build_stack(AddingConfig(cell=cell, hidden_size=6, num_layers=2, forget_bias=4.5), 2)
+    for layer in stack.layers:
+        bias = (layer.cell.bias_ih + layer.cell.bias_hh).detach()
+        torch.testing.assert_close(bias[rows], torch.full((6,), 4.5), rtol=0, atol=0)
+        other = torch.ones(bias.shape[0], dtype=torch.bool)
+        other[rows] = False
+        assert bias[other].abs().max() < 1 / math.sqrt(6) * 2  # the rest keeps its U(−1/√H, 1/√H) init
+    assert set_forget_bias(build_stack(AddingConfig(cell="elman", hidden_size=6), 2).layers[0].cell, 4.5) is False
 
 
 def test_an_unknown_split_and_bad_settings_are_refused(order_task):
