@@ -158,9 +158,11 @@ class Sunspots(NamedTuple):
     test: Windows
 
     def normalise(self, x: Tensor) -> Tensor:
+        """Raw sunspot numbers → the standardised scale the models see (train mean and std)."""
         return (x - self.mean) / self.std
 
     def denormalise(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`normalise`: model outputs back to sunspot numbers."""
         return x * self.std + self.mean
 
     def baselines(self, split: str = "test", period: int = SUNSPOT_PERIOD) -> dict[str, Tensor]:
@@ -300,6 +302,7 @@ class TokenVocab:
         return len(self.tokens)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of ``text``, optionally framed by BOS/EOS; unknown characters raise."""
         try:
             ids = [self.index[ch] for ch in text]
         except KeyError as e:

@@ -279,6 +279,7 @@ class VectorToSequence(FeedbackDecoder):
         return self.decode(y, context=context, lengths=lengths)
 
     def start(self, batch_size: int | None = None, context: Tensor | None = None) -> DecoderState:
+        """The decoding state before step 1, conditioned on the vector ``context`` (B, C)."""
         return self.begin(batch_size, context=context)
 
 
@@ -311,6 +312,7 @@ class OutputRecurrentRNN(FeedbackDecoder):
         return self.decode(y, x=x, lengths=lengths)
 
     def start(self, batch_size: int | None = None, context: Tensor | None = None) -> DecoderState:
+        """The decoding state before step 1; ``context`` is the input sequence x (T, B, I) to read."""
         if context is None:
             raise ValueError("OutputRecurrentRNN: start needs context = x (T, B, I), the inputs to read")
         return self.begin(batch_size, x=context)
