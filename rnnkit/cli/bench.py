@@ -30,6 +30,8 @@ def add_parser(subs) -> None:
                    help="a size to measure (repeatable; default: 16,100,64,128 32,100,256,256 64,100,512,512)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and the engines (default: torch's); 1 gives steadier ratios on a shared machine")
     p.add_argument("--json", dest="json_path", default=None, help="also write the rows to this JSON file")
 
 
@@ -39,6 +41,12 @@ def run(args) -> int:
 
     if args.repeats < 1:
         raise UsageError(f"rnnkit bench: --repeats must be ≥ 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"rnnkit bench: --threads must be ≥ 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         import torch
 

@@ -9,9 +9,10 @@ What runs where, per layer call (T steps, B sequences):
   leak ``α = σ(alpha_logit)``. Autograd differentiates these few operations as usual.
 * **C++** (``csrc/fused_rnn.cpp``), once each way: the time loop. Per step, the forward pass
   does one GEMM for the recurrent product into a preallocated buffer (two with a skip
-  connection) and one fused element-wise pass per batch row that applies the gates, the leak and
-  the clock, with no ATen call per element and nothing allocated. It keeps the gate activations
-  and states backward needs. The backward pass runs the written-out BPTT of
+  connection) into preallocated buffers, calling the BLAS torch ships, and one fused
+  element-wise pass per batch row (vectorised loops over raw pointers; rows split across threads
+  when the batch is large) that applies the gates, the leak and the clock. It keeps the gate
+  activations and states backward needs. The backward pass runs the written-out BPTT of
   :mod:`rnnkit.bptt` step by step in reverse — the per-step element-wise gradient and one GEMM
   ``∂pre(t) W_hh`` back to h(t−1) — and after the loop forms each weight gradient as one GEMM over
   all steps, :math:`\nabla W_{hh} = \sum_t \nabla \mathrm{pre}(t)^\top h(t-1)`.
@@ -34,6 +35,9 @@ every parameter. Double backward is not supported: the backward pass is not itse
 differentiable, and a backward with ``create_graph=True`` raises rather than return incomplete
 higher-order gradients. CPU only, float32 and float64; :class:`rnnkit.Recurrent` sends anything else to
 the reference loop.
+
+Symbols: T time, B batch, I input, H hidden, G the projection size (H Elman, 3H GRU, 4H LSTM;
+fewer rows with memory blocks or without forget gate), d a skip cell's delay.
 
 The extension is compiled on first use with torch's extension toolchain
 (``torch.utils.cpp_extension.load``, g++ and ninja; ~40 s once, then cached in torch's extension
@@ -253,7 +257,13 @@ def beats_native_with_lengths(x: Tensor) -> bool:
 
 
 class _FusedRNN(torch.autograd.Function):
-    """gi (T, B, G) and the initial state → outputs y (T, B, H) and the final state, in C++."""
+    """gi (T, B, G) and the initial state → outputs y (T, B, H) and the final state, in C++.
+
+    Differentiable inputs: gi, h0 (B, H), c0 (B, H) (LSTM), past0 (d, B, H) (skip), w_hh (G, H),
+    b_hh (G,) (GRU only: the others fold it into gi), w_skip (G, H), the peepholes p_i, p_f,
+    p_o (H,) and α (H,). Outputs: y (T, B, H), the final h (B, H), c (B, H) or None, and the
+    final past (B, d, H) or None.
+    """
 
     @staticmethod
     def forward(ctx, ext, spec, lengths, tick0, period, gi, h0, c0, past0, w_hh, b_hh, w_skip, p_i, p_f, p_o, alpha):

@@ -57,3 +57,8 @@ def test_bench_command_prints_the_engine_and_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [(r["cell"], r["engine"]) for r in rows] == [("irnn", "native"), ("clockwork", "fused")]
     assert rows[0]["vs_torch_same"] > 0 and rows[1]["vs_torch_same"] is None
+
+
+def test_bench_threads_must_be_positive(capsys):
+    assert main(["bench", "--threads", "0", "--size", "2,4,3,4"]) == 2
+    assert "--threads must be ≥ 1, got 0" in capsys.readouterr().err
