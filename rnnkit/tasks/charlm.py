@@ -99,6 +99,12 @@ def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
     return float(-logp[val].mean())
 
 
+def full_or_lengths(chunk) -> Tensor | None:
+    """The chunk's lengths, or None when every lane fills it — then the stack runs whole on
+    torch's fused kernels; only chunks where a file ends need per-lane lengths."""
+    return None if bool((chunk.lengths == chunk.inputs.shape[0]).all()) else chunk.lengths
+
+
 def masked_nll(logits: Tensor, targets: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
     """Summed NLL over the valid steps of a chunk, and their number. logits (T, B, V)."""
     mask = torch.arange(targets.shape[0]).unsqueeze(1) < lengths  # (T, B)
@@ -115,7 +121,7 @@ class TBPTTStep:
 
     def __call__(self, model: CharLM, chunk) -> StepResult:
         state = LaneStream.carry(self.state, self.previous, chunk)
-        logits, self.state = model(chunk.inputs, state, chunk.lengths)
+        logits, self.state = model(chunk.inputs, state, full_or_lengths(chunk))
         total, n = masked_nll(logits, chunk.targets, chunk.lengths)
         self.previous = chunk
         # items: characters (throughput in chars/s); sequences: the lanes' chunks
@@ -128,7 +134,7 @@ def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
     state, previous, total, count = None, None, 0.0, 0
     for chunk in stream:
         state = LaneStream.carry(state, previous, chunk)
-        logits, state = model(chunk.inputs, state, chunk.lengths)
+        logits, state = model(chunk.inputs, state, full_or_lengths(chunk))
         nll, n = masked_nll(logits, chunk.targets, chunk.lengths)
         total, count, previous = total + float(nll), count + n, chunk
     return {"loss": total / count, "bpc": total / count / math.log(2)}
