@@ -152,9 +152,9 @@ def test_bench_reports_every_requested_cell_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--cells", "lstm", "peephole", "--size", "2,5,3,4", "--repeats", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "×LSTM" in text and "native" in text and "reference" in text
+    assert "×LSTM" in text and "native" in text and "fused" in text
     rows = json.loads(out.read_text())
-    assert [(r["cell"], r["engine"]) for r in rows] == [("lstm", "native"), ("peephole", "reference")]
+    assert [(r["cell"], r["engine"]) for r in rows] == [("lstm", "native"), ("peephole", "fused")]
     for r in rows:
         assert r["ms"] > 0 and r["torch_lstm_ms"] > 0 and r["naive_ms"] > 0 and r["memory_bytes"] > 0
         assert r["vs_torch_lstm"] == pytest.approx(r["ms"] / r["torch_lstm_ms"])
