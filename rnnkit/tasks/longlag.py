@@ -16,6 +16,10 @@ held-out sets of ``heldout_size`` (2560) sequences drawn by
 at most 3 wrong of 2560 (:func:`~rnnkit.data.synthetic.solved`); the run stops once
 ``stop_when_solved`` validations in a row meet it.
 
+Gated cells start with their forget gates open (bias ``forget_bias`` = 5, see
+:func:`set_forget_bias`): with torch's usual 1, an LSTM sat at the baseline for over 3000 updates
+on adding and temporal order, as a 1997 LSTM (no forget gate, which never forgets) would not.
+
 Symbols: T time steps (the longest sequence of a batch), B batch, I input size, H hidden size,
 O outputs (1 value or K classes), K classes.
 """
@@ -70,7 +74,7 @@ class LongLagConfig(TaskConfig):
 
     forget_bias: float | None = 5.0  # initial forget-gate bias of LSTM (update gate of GRU) cells: large for long lags; None: the cell's own
     heldout_size: int = TEST_SIZE  # sequences in each fixed held-out set, val and test (the paper's 2560)
-    stop_when_solved: int | None = 2  # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
+    stop_when_solved: int | None = 3  # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
     hidden_size: int = 64  # units per recurrent layer
     batch_size: int = 64  # fresh sequences per update
     lr: float = 3e-3  # Adam learning rate
@@ -212,6 +216,7 @@ class LongLagTask(Task):
     many_to_many = False  # outputs (T, B, K) at every step rather than (B, O) at the end
 
     def draw(self, n: int, generator: torch.Generator) -> SequenceBatch:
+        """n sequences of the task from ``generator`` (time-major, see :class:`SequenceBatch`)."""
         raise NotImplementedError
 
     def forward(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
@@ -219,15 +224,19 @@ class LongLagTask(Task):
         return model(batch.inputs, batch.lengths)
 
     def loss(self, outputs: Tensor, batch: SequenceBatch) -> Tensor:
+        """The training loss of a batch's outputs, a scalar mean over its sequences."""
         raise NotImplementedError
 
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        """``loss``, ``wrong`` (sequences failing the paper's test) and the rest, from all outputs of a split."""
         raise NotImplementedError
 
     def baselines(self, targets: Tensor) -> dict[str, float]:
+        """The metrics of the task's trivial strategy on held-out ``targets``."""
         raise NotImplementedError
 
     def describe_data(self) -> str:
+        """One line on the data, for the log."""
         raise NotImplementedError
 
     # data
@@ -246,9 +255,11 @@ class LongLagTask(Task):
         return self.draw(self.cfg.batch_size, batch_generator(self.cfg.seed, index))
 
     def batches(self) -> BatchIndices:
+        """Endless batch indices; :meth:`step` draws each batch."""
         return BatchIndices()
 
     def step(self, model, index: int) -> StepResult:
+        """One update's loss on fresh batch ``index`` (mean over its sequences)."""
         batch = self.batch(index)
         outputs = self.forward(model, batch)
         loss = self.loss(outputs, batch)
@@ -257,7 +268,10 @@ class LongLagTask(Task):
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, split: str) -> tuple[Tensor, Tensor]:
-        """The model's outputs on a held-out split, in chunks, and its targets (batch on dim −2/−1)."""
+        """The model's outputs on a held-out split, computed in chunks, and the split's targets.
+
+        Outputs (N, O) or, for many-to-many, (T, N, K); targets (N,) or (T, N).
+        """
         if split not in SPLITS:
             raise ValueError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
         data = self.heldout[split]
@@ -271,6 +285,7 @@ class LongLagTask(Task):
         return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets
 
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
+        """Loss, ``wrong`` of the held-out split and the task's other metrics ("val" or "test")."""
         was_training = model.training
         model.eval()
         try:
@@ -412,8 +427,7 @@ class TemporalOrderTask(LongLagTask):
 @dataclass
 class CopyConfig(LongLagConfig):
     delay: int = 100  # T: blanks between the 10 symbols and the delimiter (sequences are T + 20 long)
-    hidden_size: int = 128  # units per recurrent layer
-    lr: float = 3e-3  # Adam learning rate
+    lr: float = 1e-2  # Adam learning rate (after 5000 updates 3e-3 had reached loss 0.144, 1e-2 0.120)
 
     def check(self) -> None:
         super().check()

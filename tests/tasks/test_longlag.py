@@ -249,13 +249,14 @@ def test_evaluation_in_chunks_equals_one_pass(order_task):
     assert torch.equal(targets, data.targets)
 
 
-def test_stop_when_solved_waits_for_that_many_solved_validations_in_a_row(order_task):
-    stop = _StopWhenSolved(order_task, quiet)  # stop_when_solved = 2
+def test_stop_when_solved_waits_for_that_many_solved_validations_in_a_row():
+    task = TemporalOrderTask(TemporalOrderConfig(stop_when_solved=3))
+    stop = _StopWhenSolved(task, quiet)
     trainer = SimpleNamespace(step=100, should_stop=False, stop_reason=None)
-    for wrong in (3.0, 4.0, 0.0):
+    for wrong in (3.0, 0.0, 4.0, 1.0, 3.0):
         stop.on_validation(trainer, {"wrong": wrong, "loss": 0.1})
         assert not trainer.should_stop
-    stop.on_validation(trainer, {"wrong": 3.0, "loss": 0.1})
+    stop.on_validation(trainer, {"wrong": 2.0, "loss": 0.1})
     assert trainer.should_stop and trainer.stop_reason == "solved"
 
 
