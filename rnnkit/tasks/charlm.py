@@ -130,14 +130,15 @@ class TBPTTStep:
 
 @torch.no_grad()
 def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
-    """Loss (nats/char) and bits per character over a stream, the state carried across chunks."""
+    """Loss (nats/char), bits per character and per-character perplexity over a stream, the state
+    carried across chunks."""
     state, previous, total, count = None, None, 0.0, 0
     for chunk in stream:
         state = LaneStream.carry(state, previous, chunk)
         logits, state = model(chunk.inputs, state, full_or_lengths(chunk))
         nll, n = masked_nll(logits, chunk.targets, chunk.lengths)
         total, count, previous = total + float(nll), count + n, chunk
-    return {"loss": total / count, "bpc": total / count / math.log(2)}
+    return {"loss": total / count, "bpc": total / count / math.log(2), "perplexity": math.exp(total / count)}
 
 
 def sample(model: CharLM, vocab: CharVocab, length: int, prime: str = "\n", *, method: str = "sample",

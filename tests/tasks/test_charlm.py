@@ -26,8 +26,10 @@ def test_untrained_model_bpc_is_near_log2_vocab_and_sampling_is_seeded():
     vocab = CharVocab.from_text("abcdefgh")
     model = tiny_model()
     docs = [torch.randint(0, 8, (n,)) for n in (700, 500, 900)]
-    bpc = evaluate_stream(model.eval(), LaneStream(docs, 2, 25))["bpc"]
-    assert abs(bpc - 3.0) < 0.2
+    metrics = evaluate_stream(model.eval(), LaneStream(docs, 2, 25))
+    assert abs(metrics["bpc"] - 3.0) < 0.2
+    assert metrics["bpc"] == pytest.approx(metrics["loss"] / math.log(2))
+    assert metrics["perplexity"] == pytest.approx(2 ** metrics["bpc"])
     a = sample(model, vocab, 40, prime="ab", generator=torch.Generator().manual_seed(1))
     b = sample(model, vocab, 40, prime="ab", generator=torch.Generator().manual_seed(1))
     assert a == b and len(a) == 40 and set(a) <= set("abcdefgh")
