@@ -186,6 +186,7 @@ LEGEND = (
 
 
 def format_row(r: BenchRow) -> str:
+    """One row of the table under ``HEADER``; ``-`` where torch has no module of the same cell."""
     same = "-" if r.vs_torch_same is None else f"{r.vs_torch_same:.2f}"
     return (
         f"{r.cell:<15} {r.batch:>3} {r.steps:>4} {r.input_size:>4} {r.hidden_size:>4} {r.engine:<9} "
@@ -195,4 +196,5 @@ def format_row(r: BenchRow) -> str:
 
 
 def as_dicts(rows: list[BenchRow]) -> list[dict]:
+    """The rows as plain dicts, for ``--json``."""
     return [asdict(r) for r in rows]

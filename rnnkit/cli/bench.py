@@ -23,6 +23,7 @@ def _size(text: str) -> tuple[int, int, int, int]:
 
 
 def add_parser(subs) -> None:
+    """Register ``rnnkit bench`` and its options on the CLI's subparsers."""
     p = subs.add_parser("bench", help="time every cell against torch.nn.LSTM", description=__doc__,
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cells", nargs="+", choices=list(CELLS), default=None, help="cells to measure (default: all)")
@@ -36,6 +37,7 @@ def add_parser(subs) -> None:
 
 
 def run(args) -> int:
+    """Measure, print the table (and write ``--json``); 0 on success, UsageError on bad options."""
     from ..bench import HEADER, LEGEND, as_dicts, bench
     from . import UsageError
 
