@@ -28,8 +28,15 @@ def run(args) -> int:
     """Run ``rnnkit sample`` with parsed ``args``; returns the exit code."""
     from . import UsageError
 
-    if args.length < 1:
-        raise UsageError(f"rnnkit sample: --length must be ≥ 1, got {args.length}")
+    for flag, value, ok, want in [
+        ("--length", args.length, args.length >= 1, "≥ 1"),
+        ("--beam-width", args.beam_width, args.beam_width >= 1, "≥ 1"),
+        ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "≥ 1"),
+        ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]"),
+        ("--temperature", args.temperature, args.temperature > 0, "> 0"),
+    ]:
+        if not ok:  # checked whatever --method is, so a typo never passes silently
+            raise UsageError(f"rnnkit sample: {flag} must be {want}, got {value}")
     task, model, _ = load_run(args.checkpoint)
     if not hasattr(task, "sample_text"):
         raise UsageError(f"rnnkit sample: the {task.name!r} task does not generate text")
