@@ -77,6 +77,7 @@ class Forecaster(FeedbackDecoder):
         return self.decode(y, lengths=lengths)
 
     def start(self, batch_size: int | None = None, context: Any = None) -> DecoderState:
+        """The zero decoding state of ``batch_size`` forecasts (decoding protocol)."""
         if context is not None:
             raise ValueError("Forecaster: reads no context; start(batch_size) only")
         return self.begin(batch_size)
