@@ -236,7 +236,7 @@ class CharLMTask(Task):
 
     def final_sample(self, result: dict) -> str:
         """The sample printed when training ends."""
-        gen = torch.Generator().manual_seed(self.cfg.seed)
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # not a repeat of the last validation's sample
         return sample(self.model, self.vocab, 300, temperature=self.cfg.temperature, generator=gen)
 
     def batches(self):
