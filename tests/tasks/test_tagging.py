@@ -142,7 +142,7 @@ def test_unknown_characters_and_a_changed_corpus_are_refused(task, folder):
 
 @pytest.mark.slow
 def test_a_bidirectional_lstm_tags_stdlib_source_far_better_than_unigram_tags(tmp_path, capsys):
-    assert main(["train", "tagging", "--max-steps", "800", "--eval-every", "400", "--out", str(tmp_path / "r"),
+    assert main(["train", "tagging", "--max-steps", "500", "--eval-every", "250", "--out", str(tmp_path / "r"),
                  "--no-progress", "--json"]) == 0
     result = last_json(capsys.readouterr().out)
     assert result["accuracy"] > 0.95 and result["baseline"] < 0.7
