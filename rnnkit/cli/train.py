@@ -103,7 +103,8 @@ def run(args) -> int:
     print(f"checkpoints: {result['out']}/best.safetensors, latest.safetensors; log: metrics.{cfg.log_format}; plot: curves.png")
     if sample_text is not None:
         print(f"\nsample:\n{sample_text}\n")
-        print(f"sample more with: rnnkit sample {shlex.quote(result['out'])} --length 1000 --temperature 0.8")
+        hint = getattr(task, "sample_hint", "--length 1000 --temperature 0.8")
+        print(f"sample more with: rnnkit sample {shlex.quote(result['out'])} {hint}")
     if args.json:
         sys.stdout.flush()
         print(json.dumps(result))

@@ -133,6 +133,7 @@ class Seq2SeqTask(Task):
     summary = "numbers in digits → English words, encoder–decoder ± attention (exact match and BLEU, greedy vs beam)"
     Config = Seq2SeqConfig
     metric = "exact_match"
+    sample_hint = "--prime 1234 --method beam"  # what `rnnkit train` suggests after training
     higher_is_better = True
 
     def __init__(self, cfg: Seq2SeqConfig, vocabs: tuple[TokenVocab, TokenVocab] | None = None) -> None:

@@ -85,6 +85,7 @@ class TaggingTask(Task):
     summary = "tag every character of stdlib Python source by token kind, tokenize as ground truth (accuracy vs unigram tags)"
     Config = TaggingConfig
     metric = "accuracy"
+    sample_hint = "--prime 'x = f(1)  # call'"  # what `rnnkit train` suggests after training
     higher_is_better = True
 
     def __init__(self, cfg: TaggingConfig, vocab: CharVocab | None = None) -> None:

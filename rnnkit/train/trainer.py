@@ -258,8 +258,6 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
-        if self.out and self.history:
-            plot_curves(self.history, self.out / "curves.png", monitor=cfg.monitor)
         return TrainResult(self.step, self.items, self.sequences, time.monotonic() - start, stop_reason, loss_value,
                            dict(self.last_val), self.best, self.history)
 
