@@ -19,6 +19,8 @@ Tensor keys (every tensor is stored contiguous, on the CPU, in its own dtype):
 ``rng.torch``             torch's CPU generator state (uint8)
 ``rng.cuda.<i>``          the generator state of CUDA device i (uint8), when CUDA is available
 ``generators.<name>``     the state of each ``torch.Generator`` passed as ``generators=``
+``extra.<name>.<path>``   the tensors of each ``extra=`` object's ``state_dict()`` (e.g. the
+                          state a truncated-BPTT step carries from one chunk to the next)
 ========================  ===================================================================
 
 The safetensors header metadata holds a single key, ``"rnnkit"``, whose value is a JSON document
@@ -41,6 +43,7 @@ The safetensors header metadata holds a single key, ``"rnnkit"``, whose value is
                                "has_gauss": int, "cached_gaussian": float},
                      "python": [version, [625 ints], gauss_next]},
       "generators": {"<name>": {"__tensor__": "generators.<name>"}, ...},
+      "extra": {"<name>": {"class": "TBPTTStep", "state": <encoded state_dict()>}, ...},
       "torch": "2.13.0",                   # the writer's torch version; informative only
       "checksum": {"header": "<sha256>", "tensors": "<sha256>"}
     }
@@ -345,6 +348,7 @@ def save_checkpoint(
     meta: Mapping | None = None,
     rng: bool = True,
     generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write one checkpoint file atomically; return its path.
 
@@ -358,6 +362,9 @@ def save_checkpoint(
             checked up front, so a bad value fails before anything is written.
         rng: also save the global RNG states (:func:`rng_state`), for an exact resume.
         generators: named ``torch.Generator``\\ s of the caller (e.g. the data-order generator).
+        extra: named objects with ``state_dict()`` whose state a run needs to continue exactly
+            (JSON values and tensors, like a scheduler's), e.g. the state a truncated-BPTT step
+            carries across chunks, or a sampling callback's generator.
 
     Writes ``.<name>.tmp-<pid>`` in the same folder, fsyncs it, renames it onto ``path`` and
     fsyncs the folder: a kill at any moment leaves the previous file intact. On any error the
@@ -389,6 +396,7 @@ def save_checkpoint(
         "scheduler": None,
         "rng": None,
         "generators": {},
+        "extra": {},
         "torch": torch.__version__.split("+")[0],
     }
     if optimizer is not None:
@@ -409,6 +417,12 @@ def save_checkpoint(
             raise CheckpointError(f"save_checkpoint: generators must map names to torch.Generator, "
                                   f"got {name!r}: {_describe_type(gen)}")
         doc["generators"][name] = {"__tensor__": store.add(f"generators.{name}", gen.get_state())}
+    for name, obj in (extra or {}).items():
+        if not isinstance(name, str) or not callable(getattr(obj, "state_dict", None)):
+            raise CheckpointError(f"save_checkpoint: extra must map names to objects with state_dict(), "
+                                  f"got {name!r}: {_describe_type(obj)}")
+        doc["extra"][name] = {"class": type(obj).__name__,
+                              "state": _encode(obj.state_dict(), f"extra[{name!r}].state_dict()", f"extra.{name}", store)}
 
     doc["checksum"] = {"header": hashlib.sha256(_canonical(doc)).hexdigest(), "tensors": _tensor_digest(store.tensors)}
     try:
@@ -645,6 +659,7 @@ def load_checkpoint(
     expect: Mapping | None = None,
     map_location: str | torch.device = "cpu",
     generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """Verify a checkpoint, load it into the given objects (all or nothing) and return its ``meta``.
 
@@ -661,6 +676,8 @@ def load_checkpoint(
         map_location: where the tensors are put before being copied into the objects (which keep
             their own devices: the optimizer moves its state to its parameters' devices).
         generators: named ``torch.Generator``\\ s to restore, as saved.
+        extra: named objects with ``load_state_dict()`` to restore, as saved with ``extra=``
+            (same names and classes).
 
     Raises:
         CheckpointError: not a file this module wrote (a pickle, ``torch.save`` or plain
@@ -688,6 +705,8 @@ def load_checkpoint(
         sched_state = _decode(sched_doc["state"], tensors, used) if sched_doc is not None else None
         saved_rng = _decode(doc["rng"], tensors, used) if doc["rng"] is not None else None
         saved_gens = _decode(doc["generators"], tensors, used)
+        extra_doc = doc.get("extra", {})  # absent in files written before extra= existed
+        saved_extra = {name: (entry["class"], _decode(entry["state"], tensors, used)) for name, entry in extra_doc.items()}
         meta = doc["meta"]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _refuse(path, f"corrupted: the header does not describe an rnnkit checkpoint: {e!r}") from None
@@ -723,6 +742,12 @@ def load_checkpoint(
         elif saved_gens[name].shape != gen.get_state().shape:
             problems.append(f"generators[{name!r}]: checkpoint state of shape {tuple(saved_gens[name].shape)}, "
                             f"the generator's is {tuple(gen.get_state().shape)} (another device type?)")
+    for name, obj in (extra or {}).items():
+        if name not in saved_extra:
+            problems.append(f"extra: the checkpoint holds no state {name!r} (it holds {sorted(saved_extra)})")
+        elif saved_extra[name][0] != type(obj).__name__:
+            problems.append(f"extra[{name!r}]: checkpoint has {saved_extra[name][0]} state, the given object is "
+                            f"{type(obj).__name__}")
     if problems:
         raise _refuse(path, "does not match: " + "; ".join(problems))
 
@@ -737,6 +762,8 @@ def load_checkpoint(
         set_rng_state(saved_rng)
     for name, gen in (generators or {}).items():
         gen.set_state(saved_gens[name])
+    for name, obj in (extra or {}).items():
+        obj.load_state_dict(saved_extra[name][1])
     return meta
 
 

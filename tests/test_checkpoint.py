@@ -685,3 +685,38 @@ def test_arguments_of_the_wrong_kind_are_named(saved):
     with pytest.raises(CheckpointError, match="save_checkpoint: generators must map names to torch.Generator, got 'data': an int"):
         save_checkpoint(path.with_name("other.safetensors"), model=model, generators={"data": 7})
     assert not path.with_name("other.safetensors").exists()
+
+
+class _Carried:
+    """A stand-in for a truncated-BPTT step: a carried state of tensors (or None) and a counter."""
+
+    def __init__(self, state=None, count=0):
+        self.state, self.count = state, count
+
+    def state_dict(self):
+        return {"state": self.state, "count": self.count}
+
+    def load_state_dict(self, saved):
+        self.state, self.count = saved["state"], saved["count"]
+
+
+def test_extra_objects_round_trip_and_are_checked_by_name_and_class(tmp_path):
+    model = TinyLM()
+    h = torch.randn(3, 5, dtype=torch.float64)
+    carried = _Carried([[h, h.float() * 2], [torch.arange(3)]], count=7)
+    path = save_checkpoint(tmp_path / "ck.safetensors", model=model, extra={"step_fn": carried, "empty": _Carried()})
+
+    back, empty = _Carried(), _Carried(state="stale", count=-1)
+    load_checkpoint(path, model=TinyLM(), extra={"step_fn": back, "empty": empty})
+    assert back.count == 7 and empty.state is None and empty.count == 0
+    assert_identical(back.state, [[h, h.float() * 2], [torch.arange(3)]], "extra state")
+
+    untouched = _Carried(count=-5)
+    with pytest.raises(CheckpointError, match=r"the checkpoint holds no state 'other' \(it holds \['empty', 'step_fn'\]\)"):
+        load_checkpoint(path, extra={"step_fn": untouched, "other": _Carried()})
+    assert untouched.count == -5  # all or nothing: nothing was loaded
+    with pytest.raises(CheckpointError, match=r"extra\['step_fn'\]: checkpoint has _Carried state, the given object is _Schedule"):
+        load_checkpoint(path, extra={"step_fn": _Schedule()})
+    with pytest.raises(CheckpointError, match="extra must map names to objects with state_dict\\(\\), got 'x': an int"):
+        save_checkpoint(tmp_path / "bad.safetensors", model=model, extra={"x": 3})
+    assert not (tmp_path / "bad.safetensors").exists()

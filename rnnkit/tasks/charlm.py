@@ -26,7 +26,7 @@ from ..compose import Stack
 from ..data.corpus import CharVocab, DataError, read_text, stdlib_documents
 from ..generate import generate
 from ..models.base import StepOutput
-from ..train import Callback, LaneStream, StepResult
+from ..train import Callback, Chunk, LaneStream, StepResult
 from .base import Task, TaskConfig
 
 VAL_CHARS = 100_000  # validation is capped so it stays a small share of training time
@@ -127,6 +127,23 @@ class TBPTTStep:
         # items: characters (throughput in chars/s); sequences: the lanes' chunks
         return StepResult(total / n, items=n, metrics={"bpc": float(total.detach()) / n / math.log(2)}, sequences=len(chunk.lanes))
 
+    def state_dict(self) -> dict:
+        """The carried state (per layer, its tensors) and the lanes it belongs to: saved in the
+        checkpoint so that a resumed run starts its next chunk from the same state."""
+        if self.state is None:
+            return {"state": None, "lanes": None}
+        return {"state": [[t.detach() for t in layer] for layer in self.state], "lanes": self.previous.lanes}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore what :meth:`state_dict` saved (the stack accepts plain tuples as states)."""
+        if saved["state"] is None:
+            self.state, self.previous = None, None
+            return
+        self.state = tuple(tuple(layer) for layer in saved["state"])
+        lanes = saved["lanes"]  # carry() needs only the lanes of the previous chunk
+        self.previous = Chunk(lanes.new_empty(0, len(lanes)), lanes.new_empty(0, len(lanes)), lanes.new_empty(len(lanes)),
+                              lanes.new_zeros(len(lanes), dtype=torch.bool), lanes)
+
 
 @torch.no_grad()
 def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
@@ -157,6 +174,14 @@ class _PrintSamples(Callback):
     def __init__(self, task: "CharLMTask", log: Callable[[str], None]) -> None:
         self.task, self.log = task, log
         self.generator = torch.Generator().manual_seed(task.cfg.seed)
+
+    def state_dict(self) -> dict:
+        """The sampling generator's state, so a resumed run prints the same samples."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore the sampling generator."""
+        self.generator.set_state(saved["generator"])
 
     def on_validation(self, trainer, metrics) -> None:
         text = sample(trainer.model, self.task.vocab, self.task.cfg.sample_length,
@@ -245,6 +270,14 @@ class CharLMTask(Task):
 
     def step(self, model, chunk) -> StepResult:
         return self._step(model, chunk)
+
+    def state_dict(self) -> dict:
+        """What the trainer saves for an exact resume: the state carried across chunks."""
+        return self._step.state_dict()
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore the state carried across chunks (called by the trainer on resume)."""
+        self._step.load_state_dict(saved)
 
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
         return evaluate_stream(model, self.val_stream)

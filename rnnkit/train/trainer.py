@@ -302,7 +302,7 @@ class Trainer:
         from ..checkpoint import load_checkpoint
 
         meta = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               restore_rng=True)
+                               restore_rng=True, extra=self._stateful())
         state = meta["trainer"]
         self.step, self.items, self.best = state["step"], state["items"], state["best"]
         self.sequences = state["sequences"]
@@ -323,7 +323,18 @@ class Trainer:
                         "bad_validations": self.bad_validations, "config": asdict(self.config)},
             "val": self.last_val,
         }
-        return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta)
+        return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta,
+                               extra=self._stateful())
+
+    def _stateful(self) -> dict[str, Any]:
+        """The step function (or the object whose method it is) and callbacks that carry state
+        between updates (they have
+        ``state_dict``/``load_state_dict``: e.g. truncated BPTT's carried hidden state, a sampling
+        callback's generator); saved with every checkpoint so a resumed run continues exactly."""
+        owner = getattr(self.step_fn, "__self__", self.step_fn)  # a bound method's object (e.g. a task)
+        objects = {"step_fn": owner, **{f"callback.{i}": cb for i, cb in enumerate(self.callbacks)}}
+        return {name: obj for name, obj in objects.items()
+                if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))}
 
     def _diverged(self, what: str, value: float) -> str:
         kept = f"; the last good checkpoint is kept in {self.out}" if self.out and (self.out / "latest.safetensors").exists() else ""
