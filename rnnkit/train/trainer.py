@@ -350,8 +350,10 @@ class _progress:
 
         self.by_steps = cfg.max_steps is not None
         total = cfg.max_steps if self.by_steps else cfg.max_time
+        # by time, the count is fractional seconds: shown rounded ("41/120 s"), not "41.0371/120.0"
+        fmt = None if self.by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
         self.bar = tqdm(total=total, disable=not cfg.progress, unit="step" if self.by_steps else "s",
-                        dynamic_ncols=True, leave=False)
+                        dynamic_ncols=True, leave=False, bar_format=fmt)
         self.done = 0.0
 
     def advance(self, step: int, elapsed: float, loss: float, rate: float) -> None:
