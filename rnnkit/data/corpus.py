@@ -4,6 +4,11 @@ The built-in corpus is the source code of the running Python's standard library:
 every machine that runs rnnkit, so nothing is downloaded. Only the stdlib's own ``.py`` files
 are read (no site-packages, no test folders), in a fixed sorted order, up to a size cap, so
 the same Python gives the same corpus.
+
+A user's corpus (a file, or a folder of ``.txt``/``.py``/``.md`` files) is read as strict UTF-8
+(:func:`decode_text`): a leading byte-order mark is dropped, and a file that is binary, UTF-16
+or has any other undecodable byte is refused with its name and the byte offset, never decoded
+by guesswork. Empty files in a folder are skipped; an empty corpus is an error.
 """
 
 from __future__ import annotations
@@ -62,34 +67,80 @@ def split_documents(docs: list[str], every: int = 20) -> tuple[str, str]:
     return train, val
 
 
+# Byte-order marks of encodings other than UTF-8, for a message that says what the file is.
+_FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+TEXT_SUFFIXES = (".txt", ".py", ".md")  # the files a data folder contributes
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """``raw`` decoded by rnnkit's one policy for user corpora: strict UTF-8.
+
+    A leading UTF-8 byte-order mark is dropped (Windows editors write one; it is not text).
+    Anything else is refused, never guessed or replaced, because a model trained on replacement
+    characters learns the damage: a NUL byte marks the file as binary, a UTF-16/32 byte-order
+    mark is named, and other undecodable bytes are reported with their value, byte offset and
+    line, so the file can be fixed (e.g. ``iconv -f latin1 -t utf-8``). DataError otherwise.
+    """
+    for bom, encoding in _FOREIGN_BOMS:
+        if raw.startswith(bom):
+            raise DataError(f"{name} is {encoding} text (byte-order mark at offset 0), expected UTF-8; re-encode it as UTF-8")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{name} looks binary, expected UTF-8 text: NUL byte at offset {nul}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{name} is not UTF-8 text: undecodable byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}); "
+            f"re-encode it as UTF-8"
+        ) from None
+
+
+def text_files(path: str | Path) -> list[Path]:
+    """The files a data path stands for: the file itself, or a folder's ``.txt``/``.py``/``.md``
+    files at any depth, sorted by path. DataError for a missing path or a folder without them."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {str(path)!r} does not exist")
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    if not files:
+        raise DataError(f"data folder {str(path)!r} has no .txt, .py or .md files")
+    return files
+
+
+def read_documents(path: str | Path, max_chars: int | None = None) -> list[str]:
+    """A file as one document, or a folder's text files (see :func:`text_files`) one each, in
+    sorted order, up to ``max_chars`` characters in all, decoded by :func:`decode_text`.
+
+    Empty files of a folder are skipped (a package's empty ``__init__.py`` is no reason to
+    fail); DataError if nothing is left, or for the first file that is not UTF-8 text.
+    """
+    docs, total = [], 0
+    for f in text_files(path):
+        if max_chars is not None and total >= max_chars:
+            break
+        text = decode_text(f.read_bytes(), repr(str(f)))
+        if max_chars is not None:
+            text = text[: max_chars - total]
+        if text:
+            docs.append(text)
+            total += len(text)
+    if not docs:
+        raise DataError(f"data path {str(path)!r} holds no text")
+    return docs
+
+
 def read_text(path: str | Path, max_chars: int | None = None) -> str:
-    """A text file, or every ``.txt``/``.py``/``.md`` file of a folder in sorted order, as UTF-8.
+    """A text file, or every ``.txt``/``.py``/``.md`` file of a folder in sorted order, as one
+    string (:func:`read_documents` joined; the decoding policy is :func:`decode_text`'s).
 
     Raises DataError for a missing path, a folder with no text files, bytes that are not UTF-8
     (with the byte offset), or an empty result.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path {str(path)!r} does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".txt", ".py", ".md"})
-        if not files:
-            raise DataError(f"data folder {str(path)!r} has no .txt, .py or .md files")
-    else:
-        files = [path]
-    parts = []
-    for f in files:
-        raw = f.read_bytes()
-        try:
-            parts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{str(f)!r} is not UTF-8 text: undecodable byte at offset {e.start}") from None
-    text = "".join(parts)
-    if max_chars is not None:
-        text = text[:max_chars]
-    if not text:
-        raise DataError(f"data path {str(path)!r} holds no text")
-    return text
+    return "".join(read_documents(path, max_chars))
 
 
 class CharVocab:

@@ -141,7 +141,7 @@ def test_unreadable_data_exits_2(tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"caf\xe9 au lait\n" * 10)
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY]) == 2
-    assert "not UTF-8 text: undecodable byte at offset 3" in capsys.readouterr().err
+    assert "latin1.txt' is not UTF-8 text: undecodable byte 0xe9 at offset 3 (line 1)" in capsys.readouterr().err
     short = tmp_path / "short.txt"
     short.write_text("tiny")
     assert main(["train", "--data", str(short), "--out", str(tmp_path / "r"), *TINY]) == 2
