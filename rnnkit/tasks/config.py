@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -37,8 +38,16 @@ def type_name(tp: Any) -> str:
     return f"{name} or null" if optional else name
 
 
+INT_LIMIT = 2**63  # ints must fit torch's int64 (sizes, seeds); larger ones fail deep inside torch
+
+
 def coerce(name: str, value: Any, tp: Any, source: str) -> Any:
-    """``value`` as the field's type (an int is accepted for a float), else ConfigError."""
+    """``value`` as the field's type (an int is accepted for a float), else ConfigError.
+
+    Numbers must be finite and ints within int64: no setting means anything at ``inf`` or
+    ``nan`` (``None`` is how a limit is switched off), and both would otherwise pass range
+    checks written as comparisons and fail later, mid-run or inside torch.
+    """
     kinds, optional = _allowed(tp)
     if value is None:
         if optional:
@@ -47,8 +56,12 @@ def coerce(name: str, value: Any, tp: Any, source: str) -> Any:
         if bool in kinds:
             return value
     elif isinstance(value, int) and (int in kinds or float in kinds):
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"{source}: {name} must be {type_name(tp)} within ±2^63, got {value}")
         return value if int in kinds else float(value)
     elif isinstance(value, float) and float in kinds:
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
         return value
     elif isinstance(value, str) and str in kinds:
         return value
@@ -92,7 +105,7 @@ def read_config_file(path: str | Path) -> dict:
                 import yaml
             except ImportError:
                 raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use TOML or JSON") from None
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader(yaml))
         else:
             raise ConfigError(f"{path}: config files must end in .toml, .json, .yaml or .yml, got {suffix or 'no suffix'!r}")
     except ConfigError:
@@ -104,6 +117,25 @@ def read_config_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {type(data).__name__}")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _yaml_loader(yaml) -> type:
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot: ``lr: 1e-3`` would load as the string
+    ``"1e-3"`` and be refused as a wrong type. This loader also reads ``1e-3`` and ``3E5`` as
+    floats (the YAML 1.2 core schema, and what TOML and JSON do).
+    """
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
 
 
 def field_help(cls: type) -> dict[str, str]:

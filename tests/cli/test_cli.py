@@ -113,6 +113,12 @@ def test_tasks_lists_every_task(capsys):
         (["sample", "/no/such/run"], "no such checkpoint: '/no/such/run'"),
         (["eval", "/no/such/run.safetensors"], "no such checkpoint"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "--lr", "inf"], "flags: lr must be a finite number, got inf"),
+        (["train", "--max-time", "nan"], "flags: max_time must be a finite number, got nan"),
+        (["train", "--seed", "99999999999999999999"], r"flags: seed must be int within ±2\^63, got 99999999999999999999"),
+        (["train", "--hidden-size", "1e3"], "invalid int value: '1e3'"),
+        (["train", "--embedding-size", "0"], "embedding_size must be ≥ 1, got 0"),
+        (["train", "--resume", "--out", "/no/such/run"], "--resume: '/no/such/run' holds no run to resume"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
@@ -137,6 +143,44 @@ def test_bad_config_files_exit_2(tmp_path, content, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("nan.toml", "lr = nan\n", r"nan.toml: lr must be a finite number, got nan"),
+        ("inf.toml", "clip_norm = inf\n", r"inf.toml: clip_norm must be a finite number, got inf"),
+        ("nan.json", '{"dropout": NaN}', r"nan.json: dropout must be a finite number, got nan"),
+        ("huge.toml", "hidden_size = 99999999999999999999\n", r"huge.toml: hidden_size must be int within ±2\^63"),
+        ("null.json", '{"hidden_size": null}', r"null.json: hidden_size must be int, got None"),
+        ("bool.json", '{"batch_size": true}', r"bool.json: batch_size must be int, got True \(bool\)"),
+        ("list.json", "[1, 2]", r"list.json: expected a table of settings, got list"),
+        ("nested.toml", "[model]\nhidden_size = 3\n", r"nested.toml: unknown setting\(s\) 'model'"),
+        ("neg.yaml", "max_steps: -3\n", r"max_steps must be an int ≥ 1 or None, got -3"),
+        ("run.ini", "hidden_size = 3\n", r"config files must end in .toml, .json, .yaml or .yml, got '.ini'"),
+    ],
+)
+def test_more_bad_config_files_exit_2_with_one_line(tmp_path, name, content, message, capsys):
+    cfg = tmp_path / name
+    cfg.write_text(content)
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_yaml_numbers_read_as_toml_and_json_read_them(tmp_path):
+    # PyYAML's YAML 1.1 reads 1e-3 as a string; configs read it as the float every other format does
+    from rnnkit.tasks import TASKS
+    from rnnkit.tasks.config import check_config, read_config_file
+
+    values = {"lr": "1e-3", "weight_decay": "2.5E-4", "clip_norm": "1.0e+1", "max_time": "30", "hidden_size": "12", "temperature": "-0.5e0"}
+    (tmp_path / "run.yaml").write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    (tmp_path / "run.json").write_text("{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}")
+    from_yaml, from_json = read_config_file(tmp_path / "run.yaml"), read_config_file(tmp_path / "run.json")
+    assert from_yaml == from_json == json.loads((tmp_path / "run.json").read_text())
+    assert type(from_yaml["hidden_size"]) is int and type(from_yaml["lr"]) is float
+    cls = TASKS["charlm"].Config
+    assert check_config(cls, from_yaml) == check_config(cls, from_json)
+
+
 def test_unreadable_data_exits_2(tmp_path, capsys):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"caf\xe9 au lait\n" * 10)
@@ -146,6 +190,21 @@ def test_unreadable_data_exits_2(tmp_path, capsys):
     short.write_text("tiny")
     assert main(["train", "--data", str(short), "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "corpus too short" in capsys.readouterr().err
+    (tmp_path / "utf16.txt").write_bytes("hello world\n".encode("utf-16") * 20)
+    (tmp_path / "blob.txt").write_bytes(b"GIF89a\x01\x00\x00\x00" * 20)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "cat.png").write_bytes(b"\x89PNG")
+    cases = [("utf16.txt", "utf16.txt' is UTF-16 text (byte-order mark at offset 0), expected UTF-8"),
+             ("blob.txt", "blob.txt' looks binary, expected UTF-8 text: NUL byte at offset 7"),
+             ("empty.txt", "empty.txt' holds no text"),
+             ("pictures", "no .txt, .py or .md files"),
+             ("missing", "missing' does not exist")]
+    for name, message in cases:
+        assert main(["train", "--data", str(tmp_path / name), "--out", str(tmp_path / "r"), *TINY]) == 2, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "r").exists()  # nothing written for a run that could not start
 
 
 def test_bench_reports_every_requested_cell_and_writes_json(tmp_path, capsys):
