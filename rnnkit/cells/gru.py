@@ -26,6 +26,7 @@ class GRUCell(RecurrentCell):
     Parameters (gate order r, z, n):
         * ``weight_ih`` (3H, I) ``[W_ir | W_iz | W_in]``, ``weight_hh`` (3H, H) ``[W_hr | W_hz | W_hn]``
         * ``bias_ih``, ``bias_hh`` (3H,)
+
     All from U(−1/√H, 1/√H). ``forget_bias``, if given, sets the effective bias of z — the gate
     that keeps the past, as the LSTM's forget gate does — to that value (``None``: torch's init).
 

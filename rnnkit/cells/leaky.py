@@ -101,7 +101,7 @@ class LeakyCell(RecurrentCell):
 
     @property
     def time_constants(self) -> Tensor:
-        """τ = 1/(1 − α) per unit, (H,): how many steps a unit takes to forget."""
+        """Each unit's time constant τ = 1/(1 − α), (H,) — how many steps it takes to forget."""
         return 1.0 / (1.0 - self.alpha_values.detach())
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> Any:

@@ -62,12 +62,14 @@ class LSTMCell(RecurrentCell):
         * ``weight_hh`` (n·(2 or 3) + H, H) stacked ``[W_hi | W_hf | W_hg | W_ho]``
         * ``bias_ih``, ``bias_hh`` of the same row count
         * ``weight_ci``, ``weight_cf``, ``weight_co`` (H,) — the peepholes ``p_i, p_f, p_o``
+
     All start from U(−1/√H, 1/√H) (torch's init); then the forget gate's effective bias
     ``b_if + b_hf`` is set to ``forget_bias`` (1.0 by default, as Jozefowicz et al. 2015
     recommend; ``None`` keeps torch's random bias).
 
     Args:
-        input_size: I.  hidden_size: H (the number of memory cells).
+        input_size: I.
+        hidden_size: H (the number of memory cells).
         bias: if False, no biases.
         forget_gate: False for the 1997 LSTM.
         peephole: add the peephole weights.

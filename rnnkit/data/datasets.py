@@ -429,12 +429,12 @@ def spell_digits(source: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # tagging: Python source, every character labelled with its token kind
 
-# Tags, by index. "space" is every character outside a token: spaces and tabs between tokens,
-# indentation (INDENT tokens), line continuations (backslash-newline). "newline" is the
-# NEWLINE and NL tokens (ends of logical and of blank/comment lines). "keyword" is a NAME in
-# keyword.kwlist (soft keywords such as match/case are names: tokenize cannot tell them apart).
-# "string" includes prefixes and quotes (and f-strings' FSTRING_START/MIDDLE/END on Python ≥ 3.12,
-# where the expressions inside an f-string's braces keep their own tags).
+#: Tags, by index. "space" is every character outside a token (spaces and tabs between tokens,
+#: indentation (INDENT tokens), line continuations (backslash-newline)). "newline" is the
+#: NEWLINE and NL tokens (ends of logical and of blank/comment lines). "keyword" is a NAME in
+#: keyword.kwlist (soft keywords such as match/case are names: tokenize cannot tell them apart).
+#: "string" includes prefixes and quotes (and f-strings' FSTRING_START/MIDDLE/END on Python ≥ 3.12,
+#: where the expressions inside an f-string's braces keep their own tags).
 TAGS = ("space", "newline", "name", "keyword", "operator", "number", "string", "comment")
 _TAG = {name: i for i, name in enumerate(TAGS)}
 _TOKEN_TAG = {

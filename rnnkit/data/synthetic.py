@@ -32,8 +32,8 @@ from torch import Tensor
 # when at most 3 of them are processed wrongly (experiments 4 and 6: "never more than 3").
 TEST_SIZE = 2560
 MAX_WRONG = 3
-# Seeds test sets, and nothing else: a trainer seeding its own generator with a small integer
-# never draws the test sequences.
+#: Seeds test sets and nothing else, so a trainer seeding its own generator with a small integer
+#: never draws the test sequences.
 TEST_SEED = 19_972_560
 
 
@@ -190,7 +190,7 @@ def adding_baseline_correct(T: int) -> float:
     r"""Share of sequences the constant prediction 0.5 gets right (``|y − 0.5| < 0.04``).
 
     :math:`|y - 0.5| < 0.04 \iff |X_1 + X_2| < a = 0.16`. The sum of two independent U[−1, 1]
-    has the triangular density (2 − |s|)/4, so :math:`P = a - a^2/4`; when one of them is zeroed
+    has the triangular density :math:`(2 - |s|)/4`, so :math:`P = a - a^2/4`; when one of them is zeroed
     (the two events exclude each other, probabilities :math:`p_1 + p_2`), :math:`P = a`.
     """
     p1, p2 = _adding_zeroed(T)
@@ -201,7 +201,7 @@ def adding_baseline_correct(T: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # Temporal order (experiment 6)
 
-# The 8 input symbols, one-hot in this order: start E, trigger B, relevant X and Y, distractors.
+#: The 8 input symbols, one-hot in this order — start E, trigger B, relevant X and Y, distractors.
 TEMPORAL_ORDER_SYMBOLS = ("E", "B", "X", "Y", "a", "b", "c", "d")
 _E, _B, _X, _Y = 0, 1, 2, 3
 _DISTRACTORS = 4  # a, b, c, d are symbols 4 … 7
@@ -209,7 +209,9 @@ _DISTRACTORS = 4  # a, b, c, d are symbols 4 … 7
 TEMPORAL_ORDER_CLASSES = {2: ("Q", "R", "S", "U"), 3: ("Q", "R", "S", "U", "V", "A", "B", "C")}
 TEMPORAL_ORDER_TOLERANCE = 0.3  # "classified correctly if the final error of all output units is below 0.3"
 # Positions are 1-based, as the paper counts them (E is element 1).
+#: Experiment 6a, ranges of the two relevant symbols' positions, and of the sequence length.
 TEMPORAL_ORDER_6A = dict(positions=((10, 20), (50, 60)), length=(100, 110))
+#: Experiment 6b, ranges of the three relevant symbols' positions, and of the sequence length.
 TEMPORAL_ORDER_6B = dict(positions=((10, 20), (33, 43), (66, 76)), length=(100, 110))
 
 

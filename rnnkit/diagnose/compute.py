@@ -206,7 +206,7 @@ class GradientFlow:
         loss: ``"last"`` or ``"every"``.
         grad_norm: (K+1,) mean over the batch of ‖∂L/∂h_b(T−k)‖, index k.
         memory_grad_norm: the same for the LSTM memory c, or None for cells without one.
-        unit_grad: (K+1, H) mean over the batch of |∂L/∂h_{b,u}(T−k)|, per unit u.
+        unit_grad: (K+1, H) mean over the batch of ``|∂L/∂h_{b,u}(T−k)|``, per unit u.
     """
 
     loss: str
@@ -427,7 +427,7 @@ class MatrixSpectrum:
     r"""One recurrent matrix W: eigenvalues, singular values and ‖W^t‖₂ for t = 0 … max_power.
 
     Eigenvalues and powers exist only for square matrices (``eigenvalues`` and ``power_norms``
-    are None otherwise). ``spectral_radius`` is max |λ|; for large t,
+    are None otherwise). ``spectral_radius`` is :math:`\max |\lambda|`; for large t,
     :math:`\|W^t\|^{1/t} \to` the spectral radius (Gelfand), so it decides vanishing or explosion
     of the linear recurrence.
     """
@@ -738,7 +738,7 @@ class TrainingLog:
 
     @property
     def clipped(self) -> list[bool]:
-        """Which updates were clipped: their norm above their threshold."""
+        """Which updates were clipped (their norm above their threshold)."""
         return [c is not None and g > c for g, c in zip(self.grad_norm, self.clip)]
 
     def summary(self) -> dict:

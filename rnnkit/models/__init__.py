@@ -1,14 +1,14 @@
 """Architectures composed from rnnkit's layers, with their output heads and losses.
 
-==============================  =====================================================================
-:mod:`~rnnkit.models.base`      the decoding protocol (``StepOutput``, ``SequenceOutput``, ``DecoderState``)
-:mod:`~rnnkit.models.patterns`  ``Tagger``, ``JordanNetwork``, ``ManyToOne``, ``Encoder``
+==================================  =====================================================================
+:mod:`~rnnkit.models.base`          the decoding protocol (``StepOutput``, ``SequenceOutput``, ``DecoderState``)
+:mod:`~rnnkit.models.patterns`      ``Tagger``, ``JordanNetwork``, ``ManyToOne``, ``Encoder``
 :mod:`~rnnkit.models.conditioning`  ``VectorToSequence``, ``OutputRecurrentRNN`` (``FeedbackDecoder``)
-:mod:`~rnnkit.models.seq2seq`   ``Seq2Seq`` (encoder–decoder, optional Bahdanau attention)
-:mod:`~rnnkit.models.deep`      ``ResidualStack``, ``deep_transition`` (and ``rnnkit.Stack``)
-:mod:`~rnnkit.models.heads`     ``OutputHead``, ``HaltHead``, ``LengthHead``
-:mod:`~rnnkit.models.losses`    ``sequence_nll``, ``squared_error``, ``halt_loss``, ``length_loss``
-==============================  =====================================================================
+:mod:`~rnnkit.models.seq2seq`       ``Seq2Seq`` (encoder–decoder, optional Bahdanau attention)
+:mod:`~rnnkit.models.deep`          ``ResidualStack``, ``deep_transition`` (and ``rnnkit.Stack``)
+:mod:`~rnnkit.models.heads`         ``OutputHead``, ``HaltHead``, ``LengthHead``
+:mod:`~rnnkit.models.losses`        ``sequence_nll``, ``squared_error``, ``halt_loss``, ``length_loss``
+==================================  =====================================================================
 
 No model has a time loop of its own: whole sequences run through ``Recurrent``/``Stack``
 (teacher forcing included), and a decoder's ``step`` calls each cell's ``forward`` once.

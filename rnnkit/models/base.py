@@ -261,7 +261,7 @@ class OutputFeedback(nn.Module):
 
     @property
     def out_width(self) -> int:
-        """The width of the model's output at each step: V or O."""
+        """The width of the model's output at each step, V or O."""
         return self.vocab_size if self.discrete else self.output_size
 
     def forward(self, y: Tensor) -> Tensor:

@@ -64,7 +64,7 @@ class FeedbackDecoder(nn.Module):
         layer: an rnnkit cell or forward-running layer (``Recurrent``, ``Stack``, a deep stack;
             ``Recurrent(AttentionCell(...))`` for attention over a memory). Its input_size must
             be I + E + (C if v enters as an input).
-        vocab_size / output_size: V for discrete outputs, or O for real ones (exactly one).
+        vocab_size, output_size: V for discrete outputs, or O for real ones (exactly one).
         embedding_size: E for discrete outputs (real outputs feed back as they are, E = O).
         input_size: I, the width of per-step inputs x(t); 0 for none.
         context_size: C, the width of v; 0 for none.

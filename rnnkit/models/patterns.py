@@ -212,7 +212,7 @@ class JordanNetwork(nn.Module):
     Args:
         input_size: I, the width of x(t); 0 for a network without inputs (a language model).
         hidden_size: H.
-        vocab_size / output_size: V for discrete outputs, or O for real ones (exactly one).
+        vocab_size, output_size: V for discrete outputs, or O for real ones (exactly one).
         embedding_size: E, the width of e(y) for discrete outputs.
         nonlinearity: φ, ``"tanh"`` or ``"relu"``.
         halt: add a Bernoulli halt head on h(t). bos, eos: token ids (discrete outputs).

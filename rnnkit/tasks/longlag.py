@@ -392,7 +392,7 @@ class TemporalOrderTask(LongLagTask):
 
     @property
     def classes(self) -> int:
-        """Output classes: one per X/Y pattern of the relevant symbols (4 for task 6a, 8 for 6b)."""
+        """Output classes, one per X/Y pattern of the relevant symbols (4 for task 6a, 8 for 6b)."""
         return 2**self.cfg.relevant
 
     def draw(self, n, generator):

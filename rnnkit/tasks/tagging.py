@@ -34,7 +34,7 @@ from .base import Task, TaskConfig
 from .batching import Minibatches, chunks
 
 EVAL_BATCH = 256  # chunks per forward pass at evaluation
-TAG_LETTERS = "_$nkods#"  # one letter per tag of TAGS, for showing tags under source lines
+TAG_LETTERS = "_$nkods#"  #: one letter per tag of TAGS, for showing tags under source lines
 
 
 @dataclass
