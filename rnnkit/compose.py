@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cells.base import RecurrentCell, check_choice, check_size
+from .cells.state import is_state
 from .engine import fused
 from .engine.native import native_stack_kind, run_native_layers
 from .recurrent import Recurrent, check_lengths
@@ -53,6 +54,30 @@ def _layer_cells(layers: Sequence[nn.Module], x: Any, lengths: Any) -> list[list
     return out
 
 
+def _checked_lengths(owner: str, x: Any, lengths: Any, batch_first: bool) -> Any:
+    """``lengths`` checked against x once, naming the module the user called (not one of its
+    layers); left as given when x itself is malformed, for the layer's own check to report."""
+    if lengths is None or not isinstance(x, Tensor) or x.dim() != 3:
+        return lengths
+    T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    return check_lengths(lengths, B, T, x.device, owner)
+
+
+def _check_pair_state(owner: str, state: Any) -> tuple:
+    """A bidirectional layer's state as (forward, backward): None → (None, None).
+
+    A plain pair is accepted; a NamedTuple other than BidirectionalState (an ``LSTMState(h, c)``
+    is also a pair) is refused, since reading its fields as two directions is never meant.
+    """
+    if state is None:
+        return (None, None)
+    wrong_kind = is_state(state) and type(state) is not BidirectionalState
+    if not (isinstance(state, (tuple, list)) and len(state) == 2) or wrong_kind:
+        got = type(state).__name__ if not isinstance(state, (tuple, list)) or wrong_kind else f"{type(state).__name__} of length {len(state)}"
+        raise TypeError(f"{owner}: a bidirectional layer's state must be BidirectionalState(forward, backward), got {got}")
+    return tuple(state)
+
+
 def _recurrent_layers(layers: Sequence[nn.Module]) -> list[Recurrent]:
     out = []
     for layer in layers:
@@ -78,10 +103,7 @@ def _run_native(owner: str, layer_cells, x: Tensor, states: list, lengths: Any, 
     checked = []
     for cells, state in zip(layer_cells, states):
         if len(cells) == 2:
-            if state is None:
-                state = (None, None)
-            elif not (isinstance(state, tuple) and len(state) == 2):
-                raise TypeError(f"{owner}: a bidirectional layer's state must be BidirectionalState(forward, backward), got {type(state).__name__}")
+            state = _check_pair_state(owner, state)
         else:
             state = (state,)
         checked.append([c.prepare_state(s, B, x.dtype, x.device) for c, s in zip(cells, state)])
@@ -130,6 +152,9 @@ class Bidirectional(nn.Module):
     ) -> None:
         super().__init__()
         self.merge = check_choice(merge, "merge", "Bidirectional", ("concat", "sum"))
+        for name, c in (("cell", cell), ("backward_cell", backward_cell)):
+            if c is not None and not isinstance(c, RecurrentCell):
+                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}")
         if backward_cell is None:
             backward_cell = copy.deepcopy(cell)
             reset = getattr(backward_cell, "reset_parameters", None)
@@ -152,6 +177,8 @@ class Bidirectional(nn.Module):
         self.last_engine: str | None = None
 
     def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:
+        lengths = _checked_lengths("Bidirectional", x, lengths, self.batch_first)
+        state = _check_pair_state("Bidirectional", state)
         layer_cells = _layer_cells([self], x, lengths)
         if layer_cells is not None:
             y, ((h_final, g_final),) = _run_native("Bidirectional", layer_cells, x, [state], lengths, self.batch_first, 0.0, self.training)
@@ -163,10 +190,6 @@ class Bidirectional(nn.Module):
         self.last_engine = "layers"
         if isinstance(x, Tensor) and x.dim() == 3 and self.batch_first:
             x = x.transpose(0, 1)  # (T, B, I)
-        if state is None:
-            state = (None, None)
-        elif not (isinstance(state, tuple) and len(state) == 2):
-            raise TypeError(f"Bidirectional: state must be BidirectionalState(forward, backward), got {type(state).__name__}")
         h, h_final = self.forward_layer(x, state[0], lengths)  # (T, B, H)
         g, g_final = self.backward_layer(x, state[1], lengths)  # (T, B, H)
         y = torch.cat([h, g], dim=-1) if self.merge == "concat" else h + g  # (T, B, D·H) or (T, B, H)
@@ -215,6 +238,14 @@ class Stack(nn.Module):
         layers = list(layers)
         if not layers:
             raise ValueError("Stack: needs at least one layer")
+        for k, layer in enumerate(layers):
+            if isinstance(layer, RecurrentCell):
+                raise TypeError(f"Stack: layer {k} is a cell ({type(layer).__name__}); expected a layer: wrap it as Recurrent(cell)")
+            if not (isinstance(layer, nn.Module) and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))):
+                raise TypeError(
+                    f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, output_size "
+                    f"and batch_first), got {type(layer).__name__}"
+                )
         for k in range(1, len(layers)):
             if layers[k].input_size != layers[k - 1].output_size:
                 raise ValueError(
@@ -265,9 +296,12 @@ class Stack(nn.Module):
         L = len(self.layers)
         if state is None:
             state = [None] * L
+        elif is_state(state):  # one layer's state (an LSTMState is also a tuple), not one per layer
+            raise TypeError(f"Stack: state must be a tuple of {L} layer states, got a single {type(state).__name__}")
         elif not isinstance(state, (tuple, list)) or len(state) != L:
             got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise TypeError(f"Stack: state must be a tuple of {L} layer states, got {got}")
+        lengths = _checked_lengths("Stack", x, lengths, self.batch_first)
         layer_cells = _layer_cells(self.layers, x, lengths)
         sums = [isinstance(layer, Bidirectional) and layer.merge == "sum" for layer in self.layers]
         if layer_cells is not None and not any(sums):

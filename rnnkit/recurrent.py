@@ -5,6 +5,7 @@ Symbols used in shapes: T time steps, B batch, I input size, H hidden size.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -18,28 +19,60 @@ from .engine.native import native_kind, run_native
 ENGINES = ("auto", "native", "fused", "reference")
 
 
+def _as_length(v: Any) -> int | None:
+    """One length as a Python int, or None if it is not an integer (bools and floats are not)."""
+    if isinstance(v, bool) or (isinstance(v, Tensor) and (v.dtype == torch.bool or v.dim() != 0)):
+        return None
+    try:
+        return operator.index(v)  # int, NumPy integer, 0-d integer tensor
+    except TypeError:
+        return None
+
+
 def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.device, owner: str) -> Tensor | None:
-    """Validate per-sequence lengths: B integers in [1, T], in any order. Returns int64 (B,) or None."""
+    """Validate per-sequence lengths: B integers in [1, T], in any order. Returns int64 (B,) or None.
+
+    ``lengths`` may be a 1-D integer tensor on any device (it is moved to ``device``, x's), a
+    NumPy integer array, or a sequence of ints (Python, NumPy or 0-d integer tensors).
+    TypeError for values that are not integers; ValueError for a count other than B or a length
+    outside [1, T]; each message names ``lengths``, what was expected and what came.
+    """
     if lengths is None:
         return None
+    expected = "expected an integer tensor or a sequence of ints"
+    if not isinstance(lengths, (Tensor, list, tuple)) and hasattr(lengths, "__array__") and hasattr(lengths, "dtype"):
+        try:  # a NumPy array: read it as the tensor it is, so its dtype is checked like one
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, RuntimeError):
+            pass  # e.g. an object array: checked element by element below
     if isinstance(lengths, Tensor):
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise TypeError(f"{owner}: lengths must hold integers, got dtype {lengths.dtype}")
+            raise TypeError(f"{owner}: lengths must hold integers, got dtype {lengths.dtype}; {expected}")
+        if lengths.device.type == "meta":
+            where = "the CPU" if device.type == "cpu" else f"the CPU or {device}"
+            raise ValueError(f"{owner}: lengths is on the meta device and holds no values; expected lengths on {where}")
+        if lengths.dim() != 1 or lengths.shape[0] != batch_size:
+            raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got {tuple(lengths.shape)}")
         lengths = lengths.to(device=device, dtype=torch.long)
-    else:
-        try:
-            values = list(lengths)
-        except TypeError:
-            raise TypeError(f"{owner}: lengths must be a 1-D tensor or sequence of ints, got {type(lengths).__name__}") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise TypeError(f"{owner}: lengths must hold integers, got {values!r}")
-        lengths = torch.tensor(values, dtype=torch.long, device=device)
-    if lengths.dim() != 1 or lengths.shape[0] != batch_size:
-        raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got {tuple(lengths.shape)}")
-    if batch_size and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
-        bad = lengths[(lengths < 1) | (lengths > steps)][0].item()
-        raise ValueError(f"{owner}: every length must be in [1, T={steps}], got {bad}")
-    return lengths
+        out_of_range = (lengths < 1) | (lengths > steps)
+        if batch_size and bool(out_of_range.any()):
+            i = int(out_of_range.nonzero()[0, 0])
+            raise ValueError(f"{owner}: every length must be in [1, T={steps}], got {int(lengths[i])} (lengths[{i}])")
+        return lengths
+    try:
+        values = list(lengths)
+    except TypeError:
+        raise TypeError(f"{owner}: lengths must be a 1-D tensor or sequence of ints, got {type(lengths).__name__}") from None
+    ints = [_as_length(v) for v in values]
+    for i, (v, n) in enumerate(zip(values, ints)):
+        if n is None:
+            raise TypeError(f"{owner}: lengths must hold integers, got {v!r} ({type(v).__name__}) at lengths[{i}]; {expected}")
+    if len(ints) != batch_size:
+        raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got ({len(ints)},)")
+    for i, n in enumerate(ints):
+        if not 1 <= n <= steps:  # checked here: a huge int would overflow int64 before the tensor check
+            raise ValueError(f"{owner}: every length must be in [1, T={steps}], got {n} (lengths[{i}])")
+    return torch.tensor(ints, dtype=torch.long, device=device)
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -100,7 +133,8 @@ class Recurrent(nn.Module):
     Shapes:
         x: (T, B, I), or (B, T, I) if batch_first.
         state: the cell's state (e.g. ``LSTMState(h, c)``, tensors (B, H)), or None for zeros.
-        lengths: (B,) integers in [1, T], or None for all T.
+        lengths: (B,) integers in [1, T] in any order — a tensor on any device, a NumPy array
+            or a list — or None for all T.
         outputs: (T, B, H), or (B, T, H) if batch_first.
         final_state: the cell's state after each sequence's last step.
     """
