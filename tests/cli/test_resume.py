@@ -100,3 +100,27 @@ def test_sigkill_at_an_arbitrary_step_then_resume_gives_the_uninterrupted_curve(
     after = [s for s in resumed_samples if s is not None and s > at]
     assert after and all(resumed_samples[s] == whole_samples[s] for s in after)
 
+
+
+def test_resume_refuses_settings_that_differ_from_the_checkpoint_and_changes_nothing(tmp_path, corpus, capsys):
+    from rnnkit.cli import main
+
+    out = tmp_path / "run"
+    tiny = ["--data", str(corpus), "--out", str(out), "--hidden-size", "8", "--num-layers", "1", "--seq-length", "8",
+            "--batch-size", "2", "--max-steps", "2", "--eval-every", "2", "--no-progress", "--sample-length", "5"]
+    assert main(["train", *tiny]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("zzz qqq\n" * 50)
+    for flags, said in [(["--cell", "gru"], "cell: the run has 'lstm', given 'gru'"),
+                        (["--data", str(other)], f"data: the run has {str(corpus)!r}, given {str(other)!r}"),
+                        (["--hidden-size", "16", "--lr", "0.1"], "hidden_size: the run has 8, given 16; lr: the run has 0.002, given 0.1")]:
+        capsys.readouterr()
+        assert main(["train", *tiny, "--resume", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and said in err and "--resume continues the run" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    # what may change: how long, what is shown
+    assert main(["train", *tiny, "--resume", "--max-steps", "4", "--temperature", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 4
