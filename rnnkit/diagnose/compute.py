@@ -287,7 +287,10 @@ def step_jacobian(cell: RecurrentCell, x_t: Tensor, state: Any) -> Tensor:
     gets the output gradient e_i, and the gradient reaching its old state is row i of J_b,
     :math:`e_i^\top J_b`. Sequences do not interact, so the copies do not either.
 
-    Args: x_t the input of the step (B, I); state s(t−1) (its tensors are not modified).
+    Args:
+        cell: any rnnkit cell.
+        x_t: the input of the step, (B, I).
+        state: s(t−1) (its tensors are not modified).
     """
     layer = Recurrent(cell, engine="reference")
     B = x_t.shape[0]
