@@ -132,8 +132,8 @@ def test_cli_page_shows_each_commands_help(site):
 
 
 def test_broken_reference_fails_the_build(tmp_path):
-    """The checks are live: a reference to an rnnkit object that does not exist fails the build,
-    while re-exported names and other libraries' objects do not."""
+    """The checks are live: a reference to an object that does not exist fails the build, in
+    rnnkit or in torch, while re-exported names and other libraries' real objects do not."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "index.rst").write_text(
@@ -141,12 +141,14 @@ def test_broken_reference_fails_the_build(tmp_path):
         ".. py:class:: rnnkit.cells.lstm.LSTMCell\n\n   The one description.\n\n"
         "Re-exported: :class:`rnnkit.LSTMCell`, :class:`rnnkit.cells.LSTMCell`. "
         "Elsewhere: :class:`torch.nn.LSTM`, :mod:`tokenize`. "
-        "Broken: :class:`rnnkit.cells.NoSuchCell`, :func:`rnnkit.no_such_function`.\n",
+        "Broken: :class:`rnnkit.cells.NoSuchCell`, :func:`rnnkit.no_such_function`, "
+        ":class:`torch.nn.NoSuchModule`.\n",
         encoding="utf-8",
     )
     result = sphinx_build(source, tmp_path / "out")
     assert result.returncode != 0, "a build with broken references succeeded"
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
-    assert len(warnings) == 2, "\n".join(warnings)
+    assert len(warnings) == 3, "\n".join(warnings)
     assert "py:class reference target not found: rnnkit.cells.NoSuchCell" in warnings[0]
     assert "py:func reference target not found: rnnkit.no_such_function" in warnings[1]
+    assert "py:class reference target not found: torch.nn.NoSuchModule" in warnings[2]
