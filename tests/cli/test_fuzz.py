@@ -1,5 +1,5 @@
-"""Fuzz the command line: hundreds of generated bad invocations each exit non-zero with one line
-on stderr, no traceback, and leave an existing run's checkpoints byte for byte unchanged."""
+"""Fuzz the command line: hundreds of generated bad invocations each exit 2 (a usage error) with
+one line on stderr, no traceback, and leave an existing run's checkpoints byte for byte unchanged."""
 
 from __future__ import annotations
 
@@ -27,7 +27,16 @@ def world(tmp_path_factory):
     (root / "typo.json").write_text('{"hiden_size": 3}')
     (root / "wrongtype.toml").write_text('lr = "fast"\n')
     (root / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (root / "nul.txt").write_bytes(b"print(1)\n\x00\x00\x00\x00" * 20)  # valid UTF-8, but binary
+    (root / "utf16.txt").write_bytes("print(1)\n".encode("utf-16") * 20)
+    (root / "latin1.txt").write_bytes(b"# caf\xe9\nprint(1)\n" * 20)
     (root / "empty.txt").write_text("")
+    (root / "pictures").mkdir()
+    (root / "pictures" / "cat.png").write_bytes(b"\x89PNG\r\n")
+    (root / "nan.toml").write_text("lr = nan\n")
+    (root / "inf.json").write_text('{"max_time": Infinity}')
+    (root / "huge.toml").write_text("hidden_size = 123456789012345678901234567890\n")
+    (root / "list.yaml").write_text("- lr\n- 3\n")
     (root / "notes.txt").write_text("not a checkpoint")
 
     class Evil:
@@ -50,7 +59,8 @@ SIZE_FLAGS = ["--hidden-size", "--num-layers", "--batch-size", "--seq-length", "
 @st.composite
 def bad_invocation(draw, root, corpus, run):
     kind = draw(st.sampled_from([
-        "size", "real", "name", "flag", "path", "config", "taken", "both", "checkpoint", "sample", "eval", "bench", "top"]))
+        "size", "real", "number", "name", "flag", "path", "config", "taken", "both", "checkpoint", "sample", "eval", "bench",
+        "top"]))
     if kind == "size":
         argv = ["train", draw(st.sampled_from(SIZE_FLAGS)), draw(st.sampled_from(BAD_NUMBERS))]
     elif kind == "real":
@@ -59,6 +69,13 @@ def bad_invocation(draw, root, corpus, run):
             ("--clip-value", ["-1", "0"]), ("--lr-decay", ["0", "1.5"]), ("--temperature", ["0", "-1"]),
             ("--max-time", ["0", "-5"]), ("--weight-decay", ["-1"])]))
         argv = ["train", flag, draw(st.sampled_from(values))]
+    elif kind == "number":  # parse as numbers, but no setting means anything at inf, nan or beyond int64
+        flag, values = draw(st.sampled_from([
+            ("--lr", ["inf", "nan", "-inf"]), ("--max-time", ["inf", "nan"]), ("--clip-norm", ["inf", "nan"]),
+            ("--seed", ["99999999999999999999", "-99999999999999999999"]), ("--hidden-size", ["123456789012345678901234567890"]),
+            ("--temperature", ["nan"]), ("--dropout", ["nan"])]))
+        # a tiny run around it, so that a value let through fails fast instead of training on the stdlib
+        argv = ["train", flag, draw(st.sampled_from(values)), "--data", str(corpus), "--max-steps", "1", "--out", str(root / "never")]
     elif kind == "name":
         flag = draw(st.sampled_from(["--cell", "--optimizer", "--log-format"]))
         argv = ["train", flag, draw(st.sampled_from(["transformer", "", "LSTM ", "adamax", "xml"]))]
@@ -69,10 +86,13 @@ def bad_invocation(draw, root, corpus, run):
             argv.insert(1, str(run))
     elif kind == "path":
         argv = ["train", "--data", draw(st.sampled_from(["/no/such/file", str(root / "binary.txt"), str(root / "empty.txt"),
-                                                         str(root / "fuzz-missing-dir") + "/"]))]
+                                                         str(root / "fuzz-missing-dir") + "/", str(root / "nul.txt"),
+                                                         str(root / "utf16.txt"), str(root / "latin1.txt"),
+                                                         str(root / "pictures")]))]
     elif kind == "config":
         argv = ["train", "--config", str(root / draw(st.sampled_from(["bad.toml", "typo.json", "wrongtype.toml", "none.yaml",
-                                                                      "corpus.txt"])))]
+                                                                      "corpus.txt", "nan.toml", "inf.json", "huge.toml",
+                                                                      "list.yaml"])))]
     elif kind == "taken":
         argv = ["train", "--data", str(corpus), "--out", str(run)]  # a run is there: refuse, never overwrite
     elif kind == "both":
@@ -110,11 +130,12 @@ def test_two_hundred_bad_invocations_fail_cleanly(world, capsys):
         seen.append(argv)
         code = main(argv)
         captured = capsys.readouterr()
-        assert code != 0, argv
+        assert code == 2, (argv, captured.err)
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in captured.err, (argv, captured.err)
         assert digest(run) == before, argv
 
     check()
     assert len(seen) >= 200
+    assert not (root / "never").exists()  # no refused run left a folder behind
     assert not (root / "PWNED").exists()  # the pickle was never run
