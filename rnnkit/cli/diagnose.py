@@ -63,10 +63,9 @@ def _tokens(args, vocab):
     path = Path(args.data)
     if not path.is_file():
         raise FileNotFoundError(f"rnnkit diagnose: --data file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"rnnkit diagnose: --data {str(path)!r} is not UTF-8 text: {e.reason} at offset {e.start}") from None
+    from ..data.corpus import decode_text
+
+    text = decode_text(path.read_bytes(), f"rnnkit diagnose: --data {str(path)!r}")  # the corpora's one decoding rule
     need = args.steps * args.batch
     if len(text) < need:
         raise ValueError(f"rnnkit diagnose: --data has {len(text)} characters; --steps {args.steps} × --batch {args.batch} needs {need}")

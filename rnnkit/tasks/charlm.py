@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..cells.registry import make_cell
 from ..compose import Stack
-from ..data.corpus import CharVocab, DataError, read_text, stdlib_documents
+from ..data.corpus import CharVocab, DataError, read_documents, stdlib_documents
 from ..generate import generate
 from ..models.base import StepOutput
 from ..train import Callback, Chunk, LaneStream, StepResult
@@ -37,7 +37,7 @@ class CharLMConfig(TaskConfig):
     data: str | None = None  # a text file or folder; None: the Python standard library's source
     max_chars: int = 4_000_000  # cap on the corpus size, in characters
     embedding_size: int = 64  # character embedding width
-    seq_length: int = 100  # truncated BPTT: steps per chunk
+    seq_length: int = 100  # truncated BPTT: steps per chunk (shorter where a file ends)
     val_every: int = 20  # hold out every n-th file of a folder or the stdlib (else a file's tail)
     sample_length: int = 200  # characters printed at each validation
     temperature: float = 0.8  # sampling temperature of the printed samples
@@ -198,11 +198,12 @@ class CharLMTask(Task):
     def __init__(self, cfg: CharLMConfig, vocab: CharVocab | None = None) -> None:
         super().__init__(cfg)
         self.vocab = vocab
+        self._step = TBPTTStep()  # the state carried across chunks; fresh with every batches()
 
     def prepare(self, log) -> None:
         cfg = self.cfg
         if cfg.data:
-            docs = _documents(cfg.data, cfg.max_chars)
+            docs = read_documents(cfg.data, cfg.max_chars)
         else:
             docs = stdlib_documents(cfg.max_chars)
         if len(docs) >= cfg.val_every:
@@ -219,10 +220,12 @@ class CharLMTask(Task):
         train = [self.vocab.encode(d) for d in train_docs if len(d) >= 2]
         val = [self.vocab.encode(d) for d in val_docs if len(d) >= 2]
         steps = sum(len(d) - 1 for d in train)
-        if steps < cfg.seq_length or not val:
+        # a corpus shorter than one chunk still trains: its chunks are simply shorter
+        if steps < 1 or not val:
             raise DataError(
                 f"corpus too short: {len(text):,} characters leave {steps:,} training steps and "
-                f"{sum(len(d) for d in val):,} validation characters; training needs at least seq_length = {cfg.seq_length}"
+                f"{sum(len(d) for d in val):,} validation characters; training needs at least one step "
+                f"(2 characters) in the training part and 2 characters held out"
             )
         self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length)
         val_cut, total = [], 0
@@ -246,7 +249,7 @@ class CharLMTask(Task):
         """For ``rnnkit eval``: the held-out files, or all of ``data`` (in the model's vocabulary)."""
         if data is None:
             return self.prepare(log)
-        docs = _documents(data, self.cfg.max_chars)
+        docs = read_documents(data, self.cfg.max_chars)
         _check_covered(self.vocab, "".join(docs), source=data)
         encoded = [self.vocab.encode(d) for d in docs if len(d) >= 2]
         if not encoded:
@@ -300,23 +303,3 @@ def _check_covered(vocab: CharVocab, text: str, source: str) -> None:
     if unknown:
         shown = "".join(unknown[:20])
         raise DataError(f"{source} has {len(unknown)} character(s) the model's vocabulary lacks: {shown!r}")
-
-
-def _documents(path: str, max_chars: int) -> list[str]:
-    """A file as one document, or a folder's text files each as one (read by read_text)."""
-    from pathlib import Path
-
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.suffix in (".txt", ".py", ".md") and q.is_file())
-        docs, total = [], 0
-        for f in files:
-            text = read_text(f, max_chars - total)
-            docs.append(text)
-            total += len(text)
-            if total >= max_chars:
-                break
-        if not docs:
-            raise DataError(f"{path}: the folder holds no .txt, .py or .md files")
-        return docs
-    return [read_text(p, max_chars)]

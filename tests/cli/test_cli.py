@@ -187,9 +187,9 @@ def test_unreadable_data_exits_2(tmp_path, capsys):
     assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "latin1.txt' is not UTF-8 text: undecodable byte 0xe9 at offset 3 (line 1)" in capsys.readouterr().err
     short = tmp_path / "short.txt"
-    short.write_text("tiny")
+    short.write_text("ab")  # one character to train on, one to hold out: not even one (input, target) pair
     assert main(["train", "--data", str(short), "--out", str(tmp_path / "r"), *TINY]) == 2
-    assert "corpus too short" in capsys.readouterr().err
+    assert "corpus too short: 2 characters leave 0 training steps" in capsys.readouterr().err
     (tmp_path / "utf16.txt").write_bytes("hello world\n".encode("utf-16") * 20)
     (tmp_path / "blob.txt").write_bytes(b"GIF89a\x01\x00\x00\x00" * 20)
     (tmp_path / "empty.txt").write_bytes(b"")

@@ -108,6 +108,10 @@ def test_checkpoint_data_errors_exit_2(run_folder, tmp_path, capsys):
     odd.write_text("§" * 50)
     assert main(["diagnose", str(run), "--data", str(odd), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")]) == 2
     assert "not in the model's vocabulary" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.py"
+    latin1.write_bytes(b"caf\xe9 = 1\n" * 20)  # the corpora's decoding rule: strict UTF-8, the byte named
+    assert main(["diagnose", str(run), "--data", str(latin1), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")]) == 2
+    assert "is not UTF-8 text: undecodable byte 0xe9 at offset 3 (line 1)" in capsys.readouterr().err
     assert main(["diagnose", str(run), "--cell", "gru"]) == 2
     assert "--cell describe fresh cells; give them or a checkpoint, not both" in capsys.readouterr().err
 

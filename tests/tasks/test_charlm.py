@@ -61,3 +61,26 @@ def test_prime_outside_the_vocabulary_is_refused():
     task = CharLMTask(CharLMConfig(), vocab=CharVocab.from_text("abc"))
     with pytest.raises(DataError, match="the prime text has 1 character"):
         task.sample_text(tiny_model(3), prime="abz", length=3)
+
+
+def test_a_corpus_shorter_than_one_chunk_trains_on_shorter_chunks(tmp_path):
+    (tmp_path / "short.txt").write_text("def f(x):\n    return x\n")  # 23 characters, chunks of 100
+    task = CharLMTask(CharLMConfig(data=str(tmp_path / "short.txt"), seq_length=100, batch_size=4, hidden_size=8,
+                                   num_layers=1, embedding_size=4))
+    task.prepare(lambda s: None)
+    chunks = list(task.train_stream)
+    assert len(chunks) == 1 and chunks[0].inputs.shape == (20, 1)  # 23 − 2 held out, − 1 for the target
+    model = task.build_model()
+    result = task.step(model, chunks[0])
+    assert result.items == 20 and torch.isfinite(result.loss)
+    assert math.isfinite(task.evaluate(model)["bpc"])
+
+
+def test_a_folder_with_empty_files_trains_on_the_others(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")  # a package's empty __init__.py is no reason to fail
+    for k in range(3):
+        (tmp_path / "pkg" / f"m{k}.py").write_text(f"x{k} = {k}\n" * 20)
+    task = CharLMTask(CharLMConfig(data=str(tmp_path), val_every=3, seq_length=10, batch_size=2))
+    task.prepare(lambda s: None)
+    assert len(task.train_stream.documents) == 2 and len(task.val_stream.documents) == 1
