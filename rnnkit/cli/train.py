@@ -5,6 +5,11 @@ Every setting of the task's config is a flag (``--hidden-size 256``); ``--config
 JSON or YAML) sets many at once, and flags given beside it override it. The resolved config is
 saved as ``config.json`` beside the checkpoints. ``--resume`` continues the run in ``--out``
 from its latest checkpoint.
+
+``--nproc N`` trains with N processes on this machine (DistributedDataParallel over gloo): it
+starts ``python -m torch.distributed.run --standalone --nproc_per_node N -m rnnkit train …`` with
+the same options and exits with its code. For several machines, call torchrun yourself with its
+rendezvous flags (see the README); ``--batch-size`` is the global batch, shared by the processes.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import argparse
 import dataclasses
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from ..checkpoint import read_meta
 from ..tasks import TASKS, run_task
+from ..train import distributed
 from ..tasks.config import check_config, field_help, field_types, read_config_file, type_name
 
 
@@ -62,6 +69,8 @@ def add_parser(subs) -> None:
         t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
         t.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
         t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on the last line")
+        t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (launches torchrun; "
+                                                              "--batch-size is the global batch, a multiple of N)")
         add_task_options(t, task.Config)
 
 
@@ -106,16 +115,48 @@ def _refuse_changed_settings(run_cfg, cfg, saved: Path) -> None:
                          f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out")
 
 
+def relaunch_command(args, nproc: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m rnnkit train TASK …``
+    with the options of ``args`` (those given on the command line), without ``--nproc``."""
+    argv = ["train", args.task]
+    if args.config:
+        argv += ["--config", args.config]
+    argv += [flag for flag in ("--resume", "--overwrite", "--json") if getattr(args, flag[2:])]
+    for f in field_types(TASKS[args.task].Config):
+        if not hasattr(args, f):
+            continue  # not given: the child resolves the same defaults
+        value, flag = getattr(args, f), "--" + f.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "rnnkit", *argv]
+
+
 def run(args) -> int:
     """Run ``rnnkit train`` with parsed ``args``; returns the exit code."""
-    task_cls = TASKS[args.task]
-    cfg = resolve_config(task_cls, args)
-    task = task_cls(cfg)
-    if args.resume and args.overwrite:
-        from . import UsageError
+    from . import UsageError
 
+    task_cls = TASKS[args.task]
+    nproc = args.nproc
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"rnnkit train: --nproc must be an int ≥ 1, got {nproc}")
+    if nproc is not None and nproc > 1 and distributed.launched() is not None:
+        raise UsageError("rnnkit train: --nproc starts its own processes; under torchrun leave it out "
+                         "(torchrun's --nproc_per_node says how many)")
+    cfg = resolve_config(task_cls, args)
+    if args.resume and args.overwrite:
         raise UsageError("rnnkit train: --resume and --overwrite exclude each other")
-    result = run_task(task, log=print, resume=args.resume, overwrite=args.overwrite)
+    if nproc is not None and nproc > 1:
+        distributed.check_divisible(cfg.batch_size, nproc, 0, "rnnkit train --nproc")
+        sys.stdout.flush()
+        return subprocess.run(relaunch_command(args, nproc)).returncode
+    task = task_cls(cfg)
+    with distributed.session("cpu"):  # under torchrun: this process's place in the group
+        result = run_task(task, log=print, resume=args.resume, overwrite=args.overwrite)
+        if not distributed.is_main():
+            return 0  # rank 0 reports the run
     sample_text = task.final_sample(result) if hasattr(task, "final_sample") else None
     metric = result["metric"]
     base = result["baseline"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..cells.registry import CELLS
-from ..train import Callback, StepResult, TrainConfig, Trainer
+from ..train import Callback, StepResult, TrainConfig, Trainer, distributed
 from .config import check_config
 
 
@@ -179,11 +179,19 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
 
     The result (also what ``--json`` prints): task, cell, steps, sequences_seen, train_loss,
     val_loss, the headline metric, its baseline, wall_time, out, stop_reason.
+
+    Under torchrun (a process group of N, see :mod:`rnnkit.train.distributed`) every process
+    calls this: each trains on its shard of every global batch of ``batch_size``; rank 0 alone
+    logs and writes; all of them return the same result.
     """
     cfg = task.cfg
-    if not cfg.out:
-        cfg.out = str(Path("runs") / task.name if resume else free_run_folder(task.name))
+    main = distributed.is_main()
+    if not main:
+        log = _silent  # one voice: rank 0 speaks for the run
+    if not cfg.out:  # rank 0 picks the folder, so that all processes write (and read) the same one
+        cfg.out = distributed.broadcast(str(Path("runs") / task.name if resume else free_run_folder(task.name)))
     cfg.check()
+    distributed.check_divisible(cfg.batch_size, distributed.world_size(), distributed.rank(), "batch_size")
     out = Path(cfg.out)
     latest = out / "latest.safetensors"
     if resume and not latest.is_file():
@@ -197,11 +205,16 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     model = task.build_model()
     opt, sched = make_optimizer(cfg, model)
     log(task.describe(model))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(task.meta(), indent=1, ensure_ascii=False) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(task.meta(), indent=1, ensure_ascii=False) + "\n")
     train_cfg = task.cfg.train_config()
     train_cfg.monitor, train_cfg.mode = task.monitor, "max" if task.monitor != "loss" and task.higher_is_better else "min"
-    trainer = Trainer(model, opt, task.step, task.batches(), train_cfg, evaluate=task.evaluate, scheduler=sched,
+    if distributed.world_size() > 1:
+        log(f"{distributed.world_size()} processes, each training on {cfg.batch_size // distributed.world_size()} "
+            f"of every batch of {cfg.batch_size}")
+    batches = distributed.shard(task.batches())  # this process's share of every global batch
+    trainer = Trainer(model, opt, task.step, batches, train_cfg, evaluate=task.evaluate, scheduler=sched,
                       callbacks=[_Validation(task, log), *task.callbacks(log)], meta=task.meta())
     result = trainer.fit(resume_from=latest if resume else None)
     final = result.val or task.evaluate(model.eval(), "val")  # the trainer validates at its last step
@@ -223,6 +236,10 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     }
     summary.update({f"val_{k}": v for k, v in final.items() if k not in ("loss", task.metric)})
     return summary
+
+
+def _silent(_: str) -> None:
+    """The log of the processes other than rank 0."""
 
 
 def load_run(path: str | Path) -> tuple[Task, nn.Module, dict]:

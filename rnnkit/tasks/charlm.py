@@ -27,6 +27,7 @@ from ..data.corpus import CharVocab, DataError, read_documents, stdlib_documents
 from ..generate import generate
 from ..models.base import StepOutput
 from ..train import Callback, Chunk, LaneStream, StepResult
+from ..train.tbptt import merge_carried
 from .base import Task, TaskConfig
 
 VAL_CHARS = 100_000  # validation is capped so it stays a small share of training time
@@ -143,6 +144,11 @@ class TBPTTStep:
         lanes = saved["lanes"]  # carry() needs only the lanes of the previous chunk
         self.previous = Chunk(lanes.new_empty(0, len(lanes)), lanes.new_empty(0, len(lanes)), lanes.new_empty(len(lanes)),
                               lanes.new_zeros(len(lanes), dtype=torch.bool), lanes)
+
+    @staticmethod
+    def merge_state_dicts(states: list[dict]) -> dict:
+        """Several processes' states (each its own lanes) as one, as one process carries them."""
+        return merge_carried(states)
 
 
 @torch.no_grad()
@@ -281,6 +287,10 @@ class CharLMTask(Task):
     def load_state_dict(self, saved: dict) -> None:
         """Restore the state carried across chunks (called by the trainer on resume)."""
         self._step.load_state_dict(saved)
+
+    def merge_state_dicts(self, states: list[dict]) -> dict:
+        """The processes' carried states as one (the trainer saves it whole, see LaneStream.shard)."""
+        return self._step.merge_state_dicts(states)
 
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
         return evaluate_stream(model, self.val_stream)

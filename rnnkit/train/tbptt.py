@@ -11,17 +11,24 @@ lanes still running.
 Within a document the pairs are (input, target) = (d[t], d[t + 1]), so a document of n tokens
 gives n − 1 steps.
 
+In a run of N processes each reads a block of B/N lanes (:meth:`LaneStream.shard`): lanes
+r·B/N … (r+1)·B/N − 1 belong to process r for the whole run, so its carried state never has to
+move; a chunk of the shard holds the rows of its lanes in the global chunk, and is None where
+every one of its lanes has run out while others go on.
+
 Symbols: k chunk length (T of a chunk), B lanes, N documents.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from ..cells.state import detach_state, map_state
+from .distributed import check_divisible
 
 
 class Chunk(NamedTuple):
@@ -64,15 +71,19 @@ class LaneStream:
         documents: 1-D int64 tensors (token ids); documents shorter than 2 tokens are skipped.
         batch_size: B, the number of lanes.
         chunk_length: k, steps per chunk.
+        num_replicas, rank: read only the lanes of process ``rank`` of N = ``num_replicas``
+            (see :meth:`shard`); ``batch_size`` stays the global B and must be a multiple of N.
 
     Iterating gives :class:`Chunk` s in order; :meth:`carry` turns the state after one chunk
     into the initial state of the next.
     """
 
-    def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int) -> None:
+    def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int, *,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         for name, v in (("batch_size", batch_size), ("chunk_length", chunk_length)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LaneStream: {name} must be an int ≥ 1, got {v!r}")
+        check_divisible(batch_size, num_replicas, rank, "LaneStream")
         docs = []
         for i, d in enumerate(documents):
             if not isinstance(d, Tensor) or d.dim() != 1 or d.dtype != torch.long:
@@ -86,10 +97,28 @@ class LaneStream:
         self.batch_size = batch_size
         self.chunk_length = chunk_length
         self.lanes = deal_lanes([d.numel() - 1 for d in docs], batch_size)
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def shard(self, num_replicas: int, rank: int) -> "LaneStream":
+        """The same stream, of which this copy yields only process ``rank``'s lanes.
+
+        Lanes are dealt over the global B as for one process; process r owns lanes
+        r·B/N … (r+1)·B/N − 1. Each chunk holds the rows of its own lanes that the global chunk
+        holds (``lanes`` keeps the global lane numbers), or is None when none of them is left in
+        this chunk, so every process counts the same chunks per pass.
+        """
+        check_divisible(self.batch_size, num_replicas, rank, "LaneStream.shard")
+        part = copy.copy(self)
+        part.num_replicas, part.rank = num_replicas, rank
+        return part
+
+    def _owns(self, lane: int) -> bool:
+        per = self.batch_size // self.num_replicas
+        return self.rank * per <= lane < (self.rank + 1) * per
 
     @property
     def steps(self) -> int:
-        """Total (input, target) pairs: Σ (n_d − 1)."""
+        """Total (input, target) pairs, Σ (n_d − 1)."""
         return sum(d.numel() - 1 for d in self.documents)
 
     def __len__(self) -> int:
@@ -116,9 +145,14 @@ class LaneStream:
                 return
             yield rows
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def __iter__(self) -> Iterator[Chunk | None]:
         k = self.chunk_length
         for rows in self._schedule():
+            if self.num_replicas > 1:
+                rows = [r for r in rows if self._owns(r[0])]
+                if not rows:
+                    yield None  # this process's lanes are done for this pass; others' are not
+                    continue
             B = len(rows)
             inputs = torch.zeros(k, B, dtype=torch.long)
             targets = torch.zeros(k, B, dtype=torch.long)
@@ -153,3 +187,28 @@ class LaneStream:
             keep = (~chunk.reset).view(-1, 1)
             state = map_state(lambda t: t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.device, t.dtype), state)
         return state
+
+
+def merge_carried(states: Sequence[dict]) -> dict:
+    """The carried state of a whole run from the states of its processes, in lane order.
+
+    Each of ``states`` is ``{"state": per layer a (nested) list of (B_r, …) tensors, "lanes":
+    (B_r,) int64}`` or ``{"state": None, …}`` — a process carrying nothing yet. With the lanes of
+    :meth:`LaneStream.shard` (one block per process), the rows of all of them together are what
+    one process reading every lane carries; :meth:`LaneStream.carry` then slices from it the
+    rows of whichever lanes come next, in one process or in N.
+    """
+    parts = [s for s in states if s["state"] is not None]
+    if not parts:
+        return {"state": None, "lanes": None}
+    lanes = torch.cat([s["lanes"] for s in parts])
+    if lanes.unique().numel() != lanes.numel():
+        raise ValueError(f"merge_carried: each lane must be carried by one process, got lanes {lanes.tolist()}")
+    order = torch.argsort(lanes)
+
+    def merge(pieces: list) -> Any:  # the same nesting in every piece; tensors stacked along the lanes
+        if isinstance(pieces[0], Tensor):
+            return torch.cat(pieces).index_select(0, order.to(pieces[0].device))
+        return [merge([p[i] for p in pieces]) for i in range(len(pieces[0]))]
+
+    return {"state": merge([s["state"] for s in parts]), "lanes": lanes[order]}

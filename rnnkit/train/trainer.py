@@ -5,6 +5,11 @@ that returns the loss to back-propagate, an iterable of batches, and optionally 
 ``evaluate(model)`` returning validation metrics. The trainer owns what every task shares:
 the update (backward, clipping, optimizer and schedule), the log, validation, early stopping,
 checkpoints, the progress bar, plots and callbacks.
+
+Started by torchrun (inside :func:`rnnkit.train.distributed.session`), the same loop trains one
+replica per process with DistributedDataParallel; each process is given its own shard of every
+global batch, and the log, the checkpoints and every decision are the ones one process would
+make from the whole batch (see :mod:`rnnkit.train.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .clipping import check_clip, clip_gradients
 from .logs import RunLog
 from .plots import plot_curves
@@ -41,6 +47,7 @@ class TrainConfig:
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
     progress: bool = True  # a progress bar on stderr
     seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
+    find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
 
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
@@ -70,13 +77,17 @@ class StepResult:
 
     loss: the scalar to back-propagate; items: how many training items the batch held (for
     throughput: characters, tokens…); sequences: how many sequences (default: items);
-    metrics: extra numbers to log (floats).
+    metrics: extra numbers to log (floats); weight: how many units ``loss`` (and each metric)
+    is a mean over (default: items) — with several processes, each holding a shard of a global
+    batch, the global loss is Σ weight·loss / Σ weight, what one process computes on the whole
+    batch; only its proportion between shards matters.
     """
 
     loss: Tensor
     items: int = 1
     metrics: dict[str, float] = field(default_factory=dict)
     sequences: int | None = None
+    weight: float | None = None
 
 
 @dataclass
@@ -141,7 +152,8 @@ class Trainer:
         optimizer: a torch optimizer over the model's parameters.
         step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss.
         data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
-            before each pass when the source has it.
+            before each pass when the source has it. With several processes, each one's own
+            shard of every global batch, or None where its shard of a batch is empty.
         config: :class:`TrainConfig`.
         evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
             updates and at the end (in ``eval()`` mode, without gradients).
@@ -186,36 +198,56 @@ class Trainer:
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
         states and progress are restored, the batches already seen are skipped, and the log is
         continued from that step.
+
+        In a process group (torchrun) every process calls ``fit`` with its shard of the data;
+        the model is wrapped in DistributedDataParallel for the loop and left unwrapped after.
         """
         cfg = self.config
+        rank, main = distributed.rank(), distributed.is_main()
         if cfg.seed is not None:
-            seed_everything(cfg.seed)
+            seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
         batches = _cycle(self.data)
         if resume_from is not None:
             self._resume(Path(resume_from))
+            if rank and cfg.seed is not None:  # the checkpoint holds rank 0's RNG states; the others get their own
+                seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
             for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
                 next(batches)
-        log = RunLog(self.out, cfg.log_format, keep=self.history) if self.out else None
-        bar = _progress(cfg)
+        # DDP copies rank 0's weights to every process here, after a resume has loaded them
+        replicas = distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters) if distributed.is_distributed() else None
+        log = RunLog(self.out, cfg.log_format, keep=self.history) if self.out and main else None
+        bar = _progress(cfg, show=main)
         start = time.monotonic() - (self.history[-1]["time"] if self.history else 0.0)
         stop_reason, loss_value = "max_steps", float("nan")
+        # a stop said by any process holds for all: every process must leave after the same update
+        out_of_time = distributed.agree(cfg.max_time is not None and time.monotonic() - start >= cfg.max_time)[0]
         try:
             while True:
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     stop_reason = "max_steps"
                     break
-                if cfg.max_time is not None and time.monotonic() - start >= cfg.max_time:
+                if out_of_time:
                     stop_reason = "max_time"
                     break
                 epoch, batch = next(batches)
                 tick = time.monotonic()
                 self.model.train()
-                result = self.step_fn(self.model, batch)
-                loss_value = float(result.loss.detach())
-                if not math.isfinite(loss_value):
+                if replicas is None:
+                    result = self.step_fn(self.model, batch)
+                    loss_value, loss = float(result.loss.detach()), result.loss
+                    items = int(result.items)
+                    sequences = int(result.items if result.sequences is None else result.sequences)
+                    metrics = {k: float(v) for k, v in result.metrics.items()}
+                else:
+                    result = replicas(batch)
+                    # one collective: the global loss and metrics, and this shard's share of them
+                    step = distributed.combine(_shard_of(result))
+                    loss_value, items, sequences, metrics = step.loss, step.items, step.sequences, step.metrics
+                    loss = result.loss * step.scale  # DDP's mean over N gradients becomes the global batch's gradient
+                if not math.isfinite(loss_value):  # the same global value on every process: all stop here
                     raise TrainingDiverged(self._diverged("loss", loss_value))
                 self.optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
+                loss.backward()
                 # clip before the update; the norm logged is the one before clipping
                 grad_norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
                 if not math.isfinite(grad_norm):
@@ -224,8 +256,8 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.step += 1
-                self.items += int(result.items)
-                self.sequences += int(result.items if result.sequences is None else result.sequences)
+                self.items += items
+                self.sequences += sequences
                 now = time.monotonic()
                 record = {
                     "kind": "train",
@@ -236,8 +268,8 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "clip": cfg.clip_norm,
                     "lr": self.optimizer.param_groups[0]["lr"],
-                    "items_per_s": result.items / max(now - tick, 1e-9),
-                    **{k: float(v) for k, v in result.metrics.items()},
+                    "items_per_s": items / max(now - tick, 1e-9),
+                    **metrics,
                 }
                 self.history.append(record)
                 if log:
@@ -245,8 +277,9 @@ class Trainer:
                 bar.advance(self.step, now - start, loss_value, record["items_per_s"])
                 for cb in self.callbacks:
                     cb.on_step(self, record)
-                last = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
-                    cfg.max_time is not None and time.monotonic() - start >= cfg.max_time)
+                out_of_time, self.should_stop = distributed.agree(
+                    cfg.max_time is not None and time.monotonic() - start >= cfg.max_time, self.should_stop)
+                last = (cfg.max_steps is not None and self.step >= cfg.max_steps) or out_of_time
                 if self.step % cfg.eval_every == 0 and not last:
                     self._validate_and_checkpoint(log, now - start)
                 if self.should_stop:
@@ -264,12 +297,16 @@ class Trainer:
     # -- validation, early stopping, checkpoints -------------------------------------------------
     def _validate_and_checkpoint(self, log: RunLog | None, elapsed: float) -> None:
         cfg = self.config
+        main = distributed.is_main()
         improved = False
         if self.evaluate_fn is not None:
-            self.model.eval()
-            with torch.no_grad():
-                metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
-            self.model.train()
+            metrics = None
+            if main:  # the replicas are equal: rank 0 validates, the others take its numbers
+                self.model.eval()
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
+                self.model.train()
+            metrics = distributed.broadcast(metrics)
             if cfg.monitor not in metrics:
                 raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}")
             self.last_val = metrics
@@ -287,7 +324,10 @@ class Trainer:
                 log.write(record)
             for cb in self.callbacks:
                 cb.on_validation(self, metrics)
+            self.should_stop = distributed.agree(self.should_stop)[0]  # a callback's stop holds for all processes
         if self.out:
+            distributed.merge_states(self._stateful())  # state held in shards is saved whole
+        if self.out and main:
             paths = [self.save(self.out / "latest.safetensors")]
             if improved or self.evaluate_fn is None:
                 paths.append(self.save(self.out / "best.safetensors"))
@@ -342,17 +382,32 @@ class Trainer:
                 f"Try a lower learning rate or gradient clipping (clip_norm, now {self.config.clip_norm}).")
 
 
+def _empty_shard(zero: Tensor) -> StepResult:
+    """The step result of a process holding no part of a global batch: a zero loss of weight 0."""
+    return StepResult(zero, items=0, sequences=0, weight=0.0)
+
+
+def _shard_of(result: StepResult) -> "distributed.Shard":
+    """What this process tells the others about its step (see :func:`distributed.combine`)."""
+    weight = float(result.items if result.weight is None else result.weight)
+    if weight < 0 or not math.isfinite(weight):
+        raise ValueError(f"StepResult.weight (or items) must be a finite number ≥ 0, got {weight}")
+    return distributed.Shard(weight, float(result.loss.detach()) if weight > 0 else 0.0, int(result.items),
+                             int(result.items if result.sequences is None else result.sequences),
+                             {k: float(v) for k, v in result.metrics.items()})
+
+
 class _progress:
     """tqdm bar over updates (with max_steps) or seconds (with only max_time)."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, show: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self.by_steps = cfg.max_steps is not None
         total = cfg.max_steps if self.by_steps else cfg.max_time
         # by time, the count is fractional seconds: shown rounded ("41/120 s"), not "41.0371/120.0"
         fmt = None if self.by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
-        self.bar = tqdm(total=total, disable=not cfg.progress, unit="step" if self.by_steps else "s",
+        self.bar = tqdm(total=total, disable=not (cfg.progress and show), unit="step" if self.by_steps else "s",
                         dynamic_ncols=True, leave=False, bar_format=fmt)
         self.done = 0.0
 
