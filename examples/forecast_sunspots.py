@@ -7,7 +7,7 @@ forecast (repeat the last 11-year cycle). The data ships with statsmodels.
 
 Run::
 
-    python examples/forecast_sunspots.py                 # 2000 updates, about a minute on one thread
+    python examples/forecast_sunspots.py                 # 2000 updates of teacher forcing
     python examples/forecast_sunspots.py --k-ahead 11    # train on 11-steps-ahead forecasts
     python examples/forecast_sunspots.py --quick         # a few updates (what the tests run)
 

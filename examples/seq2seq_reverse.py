@@ -4,7 +4,9 @@ and decoded greedily and by beam search.
 Sources are 5 to 8 random symbols; the target is the source reversed, then EOS. The encoder and
 the decoder are GRUs; ``--attention`` adds Bahdanau attention, which lets the decoder look at
 the source position it is copying (without it, the whole source must fit in one vector).
-Accuracy is the share of held-out strings reversed exactly.
+Accuracy is the share of held-out strings reversed exactly. Measured once on one CPU thread:
+without attention 0.780 greedy and 0.804 beam after 1500 updates (16 s); with attention 1.000
+both ways (30 s).
 
 Run::
 
