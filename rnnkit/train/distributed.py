@@ -268,11 +268,12 @@ def check_divisible(batch_size: int, num_replicas: int, rank: int, owner: str) -
                          f"each process takes an equal share of every batch, so choose a multiple of {num_replicas}")
 
 
-def shard(source: Any, num_replicas: int | None = None, rank_: int | None = None) -> Any:
+def shard(source: Any, num_replicas: int | None = None, rank: int | None = None) -> Any:
     """This process's shard of a batch source (``source.shard(N, rank)``), or the source itself
-    when there is one process or the source cannot be sharded (every process then reads it all)."""
+    when there is one process or the source cannot be sharded (every process then reads it all).
+    ``num_replicas`` and ``rank`` default to the process group's."""
     n = world_size() if num_replicas is None else num_replicas
-    r = rank() if rank_ is None else rank_
+    r = (dist.get_rank() if is_distributed() else 0) if rank is None else rank
     if n == 1 or not callable(getattr(source, "shard", None)):
         return source
     return source.shard(n, r)

@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
 from rnnkit.checkpoint import load_checkpoint
 from rnnkit.cli import main
