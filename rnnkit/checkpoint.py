@@ -432,11 +432,14 @@ def save_checkpoint(
     except Exception as e:  # e.g. a dtype safetensors cannot store
         raise CheckpointError(f"{path}: safetensors cannot store this checkpoint: {e}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, blob)
+    write_atomic(path, blob)
     return path
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
+def write_atomic(path: str | os.PathLike, blob: bytes) -> None:
+    """Replace ``path`` by ``blob`` so that a kill at any moment leaves the old file or the new one:
+    a temporary file in the same folder, fsynced, renamed onto ``path``, the folder fsynced."""
+    path = Path(path)
     tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -776,6 +779,7 @@ __all__ = [
     "set_rng_state",
     "checkpoint_paths",
     "leftover_temp_files",
+    "write_atomic",
     "FORMAT",
     "VERSION",
     "LATEST",

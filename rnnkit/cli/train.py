@@ -15,7 +15,6 @@ rendezvous flags (see the README); ``--batch-size`` is the global batch, shared 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from ..checkpoint import read_meta
 from ..tasks import TASKS, run_task
+from ..tasks.base import check_resumable
 from ..train import distributed
 from ..tasks.config import check_config, field_help, field_types, read_config_file, type_name
 
@@ -89,30 +89,13 @@ def resolve_config(task_cls, args) -> object:
         if meta.get("task") != task_cls.name:
             raise ValueError(f"--resume: {out} holds a {meta.get('task')!r} run, not {task_cls.name!r}")
         cfg = check_config(cls, meta["config"], source=str(saved))
-        run_cfg = dataclasses.replace(cfg)
     if args.config:
         cfg = check_config(cls, read_config_file(args.config), source=args.config, base=cfg)
     cfg = check_config(cls, flags, source="flags", base=cfg)
     cfg.check()
     if args.resume:
-        _refuse_changed_settings(run_cfg, cfg, saved)
+        check_resumable(meta, task_cls(cfg))  # the flags change nothing the checkpoint fixes
     return cfg
-
-
-# What --resume may change: how much longer to train and what is shown. Everything else (model,
-# data, optimizer, seed…) is the run's own: the checkpoint's weights, optimizer state and data
-# position only mean something with it, and a changed learning rate would be overwritten by the
-# optimizer state anyway.
-RESUME_MAY_CHANGE = {"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length", "temperature"}
-
-
-def _refuse_changed_settings(run_cfg, cfg, saved: Path) -> None:
-    changed = [f"{f.name}: the run has {getattr(run_cfg, f.name)!r}, given {getattr(cfg, f.name)!r}"
-               for f in dataclasses.fields(cfg)
-               if f.name not in RESUME_MAY_CHANGE and getattr(run_cfg, f.name) != getattr(cfg, f.name)]
-    if changed:
-        raise ValueError(f"--resume continues the run in {saved.parent} with the settings of its checkpoint; "
-                         f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out")
 
 
 def relaunch_command(args, nproc: int) -> list[str]:

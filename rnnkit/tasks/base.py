@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..cells.registry import CELLS
+from ..checkpoint import read_meta, write_atomic
 from ..train import Callback, StepResult, TrainConfig, Trainer, distributed
 from .config import check_config
 
@@ -57,6 +58,9 @@ class TaskConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout > 0 and self.num_layers == 1:  # torch.nn only warns; a setting that does nothing is an error
+            raise ValueError(f"dropout acts between stacked layers, so with num_layers = 1 it would do nothing; "
+                             f"got dropout = {self.dropout}: use num_layers ≥ 2 or dropout = 0")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
@@ -170,6 +174,27 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
     return folder
 
 
+#: What a resumed run may change: how much longer to train and what is shown. Everything else
+#: (model, data, optimizer, seed…) is the run's own: the checkpoint's weights, optimizer state and
+#: data position only mean something with it, and a changed learning rate would be overwritten by
+#: the optimizer state anyway.
+RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length",
+                               "temperature"})
+
+
+def check_resumable(meta: dict, task: "Task") -> None:
+    """Raise ValueError naming every setting of ``task.cfg`` that differs from the run the checkpoint
+    ``meta`` belongs to (other than :data:`RESUME_MAY_CHANGE`), or if it is another task's run."""
+    if meta.get("task") != task.name:
+        raise ValueError(f"--resume: the checkpoint is of a {meta.get('task')!r} run, not {task.name!r}")
+    saved = meta.get("config", {})
+    changed = [f"{name}: the run has {saved.get(name)!r}, given {value!r}" for name, value in asdict(task.cfg).items()
+               if name not in RESUME_MAY_CHANGE and saved.get(name) != value]
+    if changed:
+        raise ValueError(f"--resume continues the run in {task.cfg.out} with the settings of its checkpoint; "
+                         f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out")
+
+
 def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False) -> dict:
     """Train ``task`` with its config; write checkpoints, log and plot; return the final metrics.
 
@@ -193,9 +218,13 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     cfg.check()
     distributed.check_divisible(cfg.batch_size, distributed.world_size(), distributed.rank(), "batch_size")
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a folder (new, or holding a run), but {str(out)!r} is a file")
     latest = out / "latest.safetensors"
     if resume and not latest.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {latest}")
+    if resume:  # before anything is written: the run's files stay as they are if it cannot continue
+        check_resumable(read_meta(latest), task)
     if not resume and not overwrite and (latest.exists() or (out / "best.safetensors").exists()):
         raise FileExistsError(f"{out} already holds a run: add --resume to continue it, --overwrite to start over "
                               f"there, or choose another --out")
@@ -207,7 +236,7 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     log(task.describe(model))
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(task.meta(), indent=1, ensure_ascii=False) + "\n")
+        write_atomic(out / "config.json", (json.dumps(task.meta(), indent=1, ensure_ascii=False) + "\n").encode())
     train_cfg = task.cfg.train_config()
     train_cfg.monitor, train_cfg.mode = task.monitor, "max" if task.monitor != "loss" and task.higher_is_better else "min"
     if distributed.world_size() > 1:

@@ -124,3 +124,27 @@ def test_resume_refuses_settings_that_differ_from_the_checkpoint_and_changes_not
     # what may change: how long, what is shown
     assert main(["train", *tiny, "--resume", "--max-steps", "4", "--temperature", "0.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 4
+
+
+def test_run_task_resume_with_other_settings_writes_nothing(tmp_path, corpus):
+    from rnnkit.tasks import run_task
+    from rnnkit.tasks.charlm import CharLMConfig, CharLMTask
+
+    small = dict(data=str(corpus), out=str(tmp_path / "run"), hidden_size=8, num_layers=1, seq_length=8, batch_size=2,
+                 max_steps=2, eval_every=2, progress=False, sample_length=5)
+    run_task(CharLMTask(CharLMConfig(**small)), log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match="these differ: hidden_size: the run has 8, given 12"):
+        run_task(CharLMTask(CharLMConfig(**{**small, "hidden_size": 12})), log=lambda s: None, resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # config.json included
+
+
+def test_out_that_is_a_file_and_dropout_that_does_nothing_are_refused(tmp_path, corpus, capsys):
+    from rnnkit.cli import main
+
+    (tmp_path / "afile").write_text("mine")
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "afile"), "--max-steps", "1"]) == 2
+    assert f"out must be a folder (new, or holding a run), but {str(tmp_path / 'afile')!r} is a file" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert main(["train", "--data", str(corpus), "--num-layers", "1", "--dropout", "0.5", "--out", str(tmp_path / "r")]) == 2
+    assert "dropout acts between stacked layers, so with num_layers = 1 it would do nothing" in capsys.readouterr().err
