@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cells.state import map_state, state_tensors
+from .train.device import model_device, to_device
 
 METHODS = ("greedy", "sample", "beam")
 ENDS = ("eos", "halt", "length", None)
@@ -89,7 +90,12 @@ def next_tokens(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """One token per row of ``logits`` (B, V): argmax (``"greedy"``) or a draw from
-    softmax(logits / temperature) after the top-k and top-p filters (``"sample"``). Returns (B,)."""
+    softmax(logits / temperature) after the top-k and top-p filters (``"sample"``). Returns (B,),
+    on the device of ``logits``.
+
+    A ``generator`` on another device than ``logits`` (a CPU generator, model on a GPU) draws on
+    its own device, so a seed gives the same draws from the same probabilities wherever the
+    model runs."""
     if method == "greedy":
         return logits.argmax(-1)
     if method != "sample":
@@ -100,6 +106,8 @@ def next_tokens(
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = logits.float().softmax(-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
@@ -119,8 +127,11 @@ def _start(model: nn.Module, batch_size: int | None, context: Any, prime: Tensor
     """Start state and the first input of each row; with ``prime`` (B, P), the prefix is fed first.
 
     Returns (state, first_out, batch_size) where first_out is the model's output after the prefix
-    (None without a prime: the first input is then ``model.bos``).
+    (None without a prime: the first input is then ``model.bos``). ``prime`` and ``context`` may
+    be given on another device than the model's (the CPU): they are moved to it.
     """
+    device = model_device(model)
+    context = to_device(context, device)
     if prime is not None:
         if not isinstance(prime, Tensor) or prime.dim() != 2 or prime.dtype != torch.long or prime.shape[1] < 1:
             got = f"{tuple(prime.shape)} {prime.dtype}" if isinstance(prime, Tensor) else type(prime).__name__
@@ -128,6 +139,7 @@ def _start(model: nn.Module, batch_size: int | None, context: Any, prime: Tensor
         if batch_size is not None and batch_size != prime.shape[0]:
             raise ValueError(f"batch_size={batch_size} but prime has {prime.shape[0]} rows")
         batch_size = prime.shape[0]
+        prime = prime.to(device)
     state = model.start(batch_size, context=context) if context is not None else model.start(batch_size)
     if prime is None:
         if getattr(model, "bos", None) is None:
@@ -192,10 +204,13 @@ def generate(
         eos: the end token (default ``model.eos``).
         halt_sample: with ``end="halt"``, draw the halt decision from Bernoulli(σ(halt)) instead
             of thresholding at 0.5.
-        context: conditioning passed to ``model.start`` (a vector (B, C) or an encoder's output).
-        prime: (B, P) token ids fed first; generation continues after them (not returned).
+        context: conditioning passed to ``model.start`` (a vector (B, C) or an encoder's output);
+            moved to the model's device.
+        prime: (B, P) token ids fed first; generation continues after them (not returned); moved
+            to the model's device.
         pad: the id written after a sequence's end in ``tokens``.
-        generator: the random source for sampling.
+        generator: the random source for sampling; a CPU generator also serves a model on a
+            GPU (the draws are made on the CPU).
 
     Returns:
         :class:`Generated` (tokens (B, L), lengths (B,), scores (B,)).
@@ -263,7 +278,7 @@ def _step_decode(model, batch_size, max_length, method, temperature, top_k, top_
             stop |= y == eos
         elif end == "halt":
             p_halt = torch.sigmoid(_halt_logit(out, model).double())
-            halts = torch.bernoulli(p_halt, generator=generator).bool() if halt_sample else p_halt > 0.5
+            halts = _bernoulli(p_halt, generator).bool() if halt_sample else p_halt > 0.5
             stop |= halts
             scores += torch.where(live, torch.where(halts, p_halt.log(), (-p_halt).log1p()), torch.zeros_like(p_halt))
         done |= live & stop
@@ -272,6 +287,13 @@ def _step_decode(model, batch_size, max_length, method, temperature, top_k, top_
         out, state = model.step(y, state)
     L = int(lengths.max())
     return Generated(tokens[:, :L], lengths, scores)
+
+
+def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Bernoulli(p) draws on ``generator``'s device (as :func:`next_tokens` does), on p's device."""
+    if generator is not None and generator.device != p.device:
+        return torch.bernoulli(p.to(generator.device), generator=generator).to(p.device)
+    return torch.bernoulli(p, generator=generator)
 
 
 def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad) -> Generated:

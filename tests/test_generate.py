@@ -195,3 +195,22 @@ def test_eos_end_without_an_eos_token_is_refused():
     model.eos = None
     with pytest.raises(ValueError, match="end='eos' needs an eos token"):
         generate(model, 1, max_length=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["sample", "greedy", "beam"])
+def test_a_model_on_cuda_takes_a_prime_from_the_cpu_and_a_cpu_generator(method):
+    """The same float64 model on the CPU and on CUDA, primed with a CPU tensor and sampled with a
+    CPU generator seeded alike: the same tokens (the draws are made on the generator's device)."""
+    from rnnkit.tasks.charlm import CharLM, CharLMConfig
+
+    torch.manual_seed(0)
+    cpu = CharLM(7, CharLMConfig(hidden_size=12, num_layers=2, embedding_size=5)).double()
+    cuda = CharLM(7, CharLMConfig(hidden_size=12, num_layers=2, embedding_size=5)).double().cuda()
+    cuda.load_state_dict(cpu.state_dict())
+    prime = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    runs = [generate(m, max_length=20, method=method, end=None, prime=prime, temperature=1.5,
+                     generator=torch.Generator().manual_seed(5)) for m in (cpu, cuda)]
+    assert runs[1].tokens.device.type == "cuda"
+    torch.testing.assert_close(runs[1].tokens.cpu(), runs[0].tokens, rtol=0, atol=0)
+    torch.testing.assert_close(runs[1].scores.cpu(), runs[0].scores, rtol=1e-9, atol=1e-9)

@@ -17,12 +17,13 @@ def add_parser(subs) -> None:
     p.add_argument("--data", default=None, help="evaluate on this file or folder instead (tasks that read text)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="which held-out split")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
+    p.add_argument("--device", default="auto", help="where the model runs: auto (CUDA if available), cpu, cuda or cuda:N")
 
 
 def run(args) -> int:
     """Run ``rnnkit eval`` with parsed ``args``; returns the exit code."""
     start = time.monotonic()
-    task, model, meta = load_run(args.checkpoint)
+    task, model, meta = load_run(args.checkpoint, device=args.device)
     if args.data is not None and not hasattr(task, "prepare_eval"):
         raise ValueError(f"rnnkit eval: the {task.name!r} task makes its own data; --data does not apply")
     if hasattr(task, "prepare_eval"):

@@ -22,6 +22,7 @@ def add_parser(subs) -> None:
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability ≥ p")
     p.add_argument("--beam-width", type=int, default=4, help="hypotheses kept by --method beam")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="auto", help="where the model runs: auto (CUDA if available), cpu, cuda or cuda:N")
 
 
 def run(args) -> int:
@@ -37,10 +38,10 @@ def run(args) -> int:
     ]:
         if not ok:  # checked whatever --method is, so a typo never passes silently
             raise UsageError(f"rnnkit sample: {flag} must be {want}, got {value}")
-    task, model, _ = load_run(args.checkpoint)
+    task, model, _ = load_run(args.checkpoint, device=args.device)
     if not hasattr(task, "sample_text"):
         raise UsageError(f"rnnkit sample: the {task.name!r} task does not generate text")
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same draws whatever --device is
     text = task.sample_text(model, prime=args.prime, length=args.length, method=args.method,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             beam_width=args.beam_width, generator=gen)

@@ -6,9 +6,13 @@ JSON or YAML) sets many at once, and flags given beside it override it. The reso
 saved as ``config.json`` beside the checkpoints. ``--resume`` continues the run in ``--out``
 from its latest checkpoint.
 
-``--nproc N`` trains with N processes on this machine (DistributedDataParallel over gloo): it
-starts ``python -m torch.distributed.run --standalone --nproc_per_node N -m rnnkit train …`` with
-the same options and exits with its code. For several machines, call torchrun yourself with its
+``--device`` picks where the model trains: ``auto`` (the default: CUDA when available, else the
+CPU), ``cpu``, ``cuda`` or ``cuda:N``; asking for CUDA where there is none is a usage error.
+
+``--nproc N`` trains with N processes on this machine (DistributedDataParallel over gloo, or
+NCCL with one GPU per process, ``cuda:LOCAL_RANK``, when the device is CUDA): it starts
+``python -m torch.distributed.run --standalone --nproc_per_node N -m rnnkit train …`` with the
+same options and exits with its code. For several machines, call torchrun yourself with its
 rendezvous flags (see the README); ``--batch-size`` is the global batch, shared by the processes.
 """
 
@@ -25,6 +29,7 @@ from ..checkpoint import read_meta
 from ..tasks import TASKS, run_task
 from ..tasks.base import check_resumable
 from ..train import distributed
+from ..train.device import resolve_device
 from ..tasks.config import check_config, field_help, field_types, read_config_file, type_name
 
 
@@ -131,13 +136,15 @@ def run(args) -> int:
     cfg = resolve_config(task_cls, args)
     if args.resume and args.overwrite:
         raise UsageError("rnnkit train: --resume and --overwrite exclude each other")
+    device = resolve_device(cfg.device)  # CUDA asked for on a machine without it: one line, exit 2
     if nproc is not None and nproc > 1:
         distributed.check_divisible(cfg.batch_size, nproc, 0, "rnnkit train --nproc")
         sys.stdout.flush()
         return subprocess.run(relaunch_command(args, nproc)).returncode
     task = task_cls(cfg)
-    with distributed.session("cpu"):  # under torchrun: this process's place in the group
-        result = run_task(task, log=print, resume=args.resume, overwrite=args.overwrite)
+    # under torchrun: this process's place in the group, and its device (cuda:LOCAL_RANK on GPUs)
+    with distributed.session(device) as device:
+        result = run_task(task, log=print, resume=args.resume, overwrite=args.overwrite, device=device)
         if not distributed.is_main():
             return 0  # rank 0 reports the run
     sample_text = task.final_sample(result) if hasattr(task, "final_sample") else None

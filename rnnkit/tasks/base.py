@@ -21,6 +21,7 @@ from torch import nn
 from ..cells.registry import CELLS
 from ..checkpoint import read_meta, write_atomic
 from ..train import Callback, StepResult, TrainConfig, Trainer, distributed
+from ..train.device import check_device, resolve_device
 from .config import check_config
 
 
@@ -48,6 +49,7 @@ class TaskConfig:
     out: str = ""  # output folder; empty: runs/<task>
     log_format: str = "jsonl"  # jsonl or csv
     progress: bool = True  # progress bar
+    device: str = "auto"  # auto (CUDA if available, else CPU), cpu, cuda or cuda:N
 
     def check(self) -> None:
         """Task-independent checks (the config loader already checked types)."""
@@ -69,6 +71,7 @@ class TaskConfig:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        check_device(self.device)  # the spelling only: whether this machine has it, run_task asks
         self.train_config().validate()
 
     def train_config(self) -> TrainConfig:
@@ -174,12 +177,13 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
     return folder
 
 
-#: What a resumed run may change: how much longer to train and what is shown. Everything else
-#: (model, data, optimizer, seed…) is the run's own: the checkpoint's weights, optimizer state and
-#: data position only mean something with it, and a changed learning rate would be overwritten by
-#: the optimizer state anyway.
+#: What a resumed run may change: how much longer to train, what is shown, and the device
+#: (checkpoints hold CPU tensors, loaded onto whatever device the run continues on). Everything
+#: else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights, optimizer
+#: state and data position only mean something with it, and a changed learning rate would be
+#: overwritten by the optimizer state anyway.
 RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length",
-                               "temperature"})
+                               "temperature", "device"})
 
 
 def check_resumable(meta: dict, task: "Task") -> None:
@@ -195,19 +199,25 @@ def check_resumable(meta: dict, task: "Task") -> None:
                          f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out")
 
 
-def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False) -> dict:
+def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False,
+             device: str | torch.device | None = None) -> dict:
     """Train ``task`` with its config; write checkpoints, log and plot; return the final metrics.
+
+    The model trains on ``device``, by default the config's ``device`` resolved on this machine
+    (:func:`~rnnkit.train.device.resolve_device`: ``"auto"`` is CUDA when available); the data
+    stays on the CPU and each batch is moved there. The saved config keeps the setting as asked.
 
     Never overwrites a run by accident: with no ``out`` the run goes to the first free
     ``runs/<task>[-k]`` folder; an ``out`` that already holds checkpoints needs ``resume``
     (continue it) or ``overwrite`` (start over there).
 
     The result (also what ``--json`` prints): task, cell, steps, sequences_seen, train_loss,
-    val_loss, the headline metric, its baseline, wall_time, out, stop_reason.
+    val_loss, the headline metric, its baseline, wall_time, out, stop_reason, device.
 
     Under torchrun (a process group of N, see :mod:`rnnkit.train.distributed`) every process
     calls this: each trains on its shard of every global batch of ``batch_size``; rank 0 alone
-    logs and writes; all of them return the same result.
+    logs and writes; all of them return the same result. There ``device`` is the one
+    :func:`~rnnkit.train.distributed.session` yields (``cuda:LOCAL_RANK`` for a CUDA run).
     """
     cfg = task.cfg
     main = distributed.is_main()
@@ -216,6 +226,7 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     if not cfg.out:  # rank 0 picks the folder, so that all processes write (and read) the same one
         cfg.out = distributed.broadcast(str(Path("runs") / task.name if resume else free_run_folder(task.name)))
     cfg.check()
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
     distributed.check_divisible(cfg.batch_size, distributed.world_size(), distributed.rank(), "batch_size")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -231,9 +242,10 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     start = time.monotonic()
     torch.manual_seed(cfg.seed)
     task.prepare(log)
-    model = task.build_model()
+    # on its device before the optimizer holds its parameters and before DDP wraps it
+    model = task.build_model().to(device)
     opt, sched = make_optimizer(cfg, model)
-    log(task.describe(model))
+    log(task.describe(model) + ("" if device.type == "cpu" else f"; on {device}"))
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", (json.dumps(task.meta(), indent=1, ensure_ascii=False) + "\n").encode())
@@ -262,6 +274,7 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
         "wall_time": round(time.monotonic() - start, 2),
         "stop_reason": result.stop_reason,
         "out": str(out),
+        "device": str(device),
     }
     summary.update({f"val_{k}": v for k, v in final.items() if k not in ("loss", task.metric)})
     return summary
@@ -271,8 +284,14 @@ def _silent(_: str) -> None:
     """The log of the processes other than rank 0."""
 
 
-def load_run(path: str | Path) -> tuple[Task, nn.Module, dict]:
-    """The task, model and meta of a checkpoint file, or of a run folder (its best checkpoint)."""
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[Task, nn.Module, dict]:
+    """The task, model and meta of a checkpoint file, or of a run folder (its best checkpoint).
+
+    The model is put on ``device``: a ``torch.device`` or a setting as in
+    :func:`~rnnkit.train.device.resolve_device` (``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``); where the run trained does not matter, since checkpoints hold CPU tensors.
+    """
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     from ..checkpoint import load_checkpoint, read_meta
     from . import TASKS
 
@@ -291,8 +310,8 @@ def load_run(path: str | Path) -> tuple[Task, nn.Module, dict]:
     if name not in TASKS:
         raise ValueError(f"{path}: checkpoint of unknown task {name!r}; known: {', '.join(TASKS)}")
     task = TASKS[name].from_meta(meta)
-    model = task.build_model()
-    load_checkpoint(path, model=model, expect={"task": name})
+    model = task.build_model().to(device)
+    load_checkpoint(path, model=model, expect={"task": name}, map_location=device)
     return task, model.eval(), meta
 
 

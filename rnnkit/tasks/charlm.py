@@ -27,6 +27,7 @@ from ..data.corpus import CharVocab, DataError, read_documents, stdlib_documents
 from ..generate import generate
 from ..models.base import StepOutput
 from ..train import Callback, Chunk, LaneStream, StepResult
+from ..train.device import model_device, to_device
 from ..train.tbptt import merge_carried
 from .base import Task, TaskConfig
 
@@ -108,20 +109,25 @@ def full_or_lengths(chunk) -> Tensor | None:
 
 def masked_nll(logits: Tensor, targets: Tensor, lengths: Tensor) -> tuple[Tensor, int]:
     """Summed NLL over the valid steps of a chunk, and their number. logits (T, B, V)."""
-    mask = torch.arange(targets.shape[0]).unsqueeze(1) < lengths  # (T, B)
+    mask = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1) < lengths.to(targets.device)  # (T, B)
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     return (nll.view_as(targets) * mask).sum(), int(mask.sum())
 
 
 class TBPTTStep:
     """One truncated-BPTT update: carry the state from the previous chunk (detached), run the
-    chunk, average the NLL over its valid characters."""
+    chunk, average the NLL over its valid characters.
+
+    The carried state lives where the model runs; :meth:`state_dict` gives it on the CPU, and a
+    state loaded from a checkpoint moves to the chunk's device at the next update, so a run
+    saved on one device continues on another."""
 
     def __init__(self) -> None:
         self.state, self.previous = None, None
 
     def __call__(self, model: CharLM, chunk) -> StepResult:
-        state = LaneStream.carry(self.state, self.previous, chunk)
+        device = chunk.inputs.device  # the trainer moved the chunk to the model's device
+        state = LaneStream.carry(to_device(self.state, device), to_device(self.previous, device), chunk)
         logits, self.state = model(chunk.inputs, state, full_or_lengths(chunk))
         total, n = masked_nll(logits, chunk.targets, chunk.lengths)
         self.previous = chunk
@@ -129,11 +135,12 @@ class TBPTTStep:
         return StepResult(total / n, items=n, metrics={"bpc": float(total.detach()) / n / math.log(2)}, sequences=len(chunk.lanes))
 
     def state_dict(self) -> dict:
-        """The carried state (per layer, its tensors) and the lanes it belongs to: saved in the
-        checkpoint so that a resumed run starts its next chunk from the same state."""
+        """The carried state (per layer, its tensors) and the lanes it belongs to, on the CPU:
+        saved in the checkpoint so that a resumed run starts its next chunk from the same state
+        (and gathered from every process as plain CPU tensors, whatever device each trains on)."""
         if self.state is None:
             return {"state": None, "lanes": None}
-        return {"state": [[t.detach() for t in layer] for layer in self.state], "lanes": self.previous.lanes}
+        return {"state": [[t.detach().cpu() for t in layer] for layer in self.state], "lanes": self.previous.lanes.cpu()}
 
     def load_state_dict(self, saved: dict) -> None:
         """Restore what :meth:`state_dict` saved (the stack accepts plain tuples as states)."""
@@ -156,7 +163,9 @@ def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
     """Loss (nats/char), bits per character and per-character perplexity over a stream, the state
     carried across chunks."""
     state, previous, total, count = None, None, 0.0, 0
+    device = model_device(model)
     for chunk in stream:
+        chunk = to_device(chunk, device)
         state = LaneStream.carry(state, previous, chunk)
         logits, state = model(chunk.inputs, state, full_or_lengths(chunk))
         nll, n = masked_nll(logits, chunk.targets, chunk.lengths)

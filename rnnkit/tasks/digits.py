@@ -27,6 +27,7 @@ from ..compose import Stack
 from ..data.datasets import DIGITS_ORDERS, Split, digits, majority_accuracy
 from ..models import ManyToOne
 from ..train import StepResult
+from ..train.device import model_device, to_device
 from .base import Task, TaskConfig
 from .batching import Minibatches, chunks
 
@@ -57,12 +58,14 @@ def accuracy(logits: Tensor, targets: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_split(model: ManyToOne, split: Split) -> dict[str, float]:
-    """Mean cross-entropy (nats) and accuracy of ``model`` over a split, in bounded batches."""
+    """Mean cross-entropy (nats) and accuracy of ``model`` over a split, in bounded batches
+    (each moved to the model's device)."""
     total, correct = 0.0, 0
     n = split.targets.shape[0]
+    device = model_device(model)
     for s in chunks(n, EVAL_BATCH):
-        logits = model(split.inputs[:, s])  # (B, K)
-        y = split.targets[s]
+        x, y = to_device((split.inputs[:, s], split.targets[s]), device)  # (T, B, I), (B,)
+        logits = model(x)  # (B, K)
         total += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
     return {"loss": total / n, "accuracy": correct / n}

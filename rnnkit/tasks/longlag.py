@@ -62,6 +62,7 @@ from ..models.losses import sequence_nll
 from ..models.patterns import Tagger
 from ..recurrent import check_lengths
 from ..train import Callback, StepResult
+from ..train.device import model_device, to_device
 from .base import Task, TaskConfig
 
 SPLITS = ("val", "test")
@@ -259,8 +260,9 @@ class LongLagTask(Task):
         return BatchIndices()
 
     def step(self, model, index: int) -> StepResult:
-        """One update's loss on fresh batch ``index`` (mean over its sequences)."""
-        batch = self.batch(index)
+        """One update's loss on fresh batch ``index`` (mean over its sequences), drawn on the CPU
+        (the same batch on every device) and moved to the model's."""
+        batch = to_device(self.batch(index), model_device(model))
         outputs = self.forward(model, batch)
         loss = self.loss(outputs, batch)
         n = batch.targets.shape[-1]
@@ -270,19 +272,21 @@ class LongLagTask(Task):
     def outputs(self, model: nn.Module, split: str) -> tuple[Tensor, Tensor]:
         """The model's outputs on a held-out split, computed in chunks, and the split's targets.
 
-        Outputs (N, O) or, for many-to-many, (T, N, K); targets (N,) or (T, N).
+        Outputs (N, O) or, for many-to-many, (T, N, K); targets (N,) or (T, N); both on the
+        model's device (the held-out sets live on the CPU and are moved chunk by chunk).
         """
         if split not in SPLITS:
             raise ValueError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
         data = self.heldout[split]
         n = data.targets.shape[-1]
+        device = model_device(model)
         outs = []
         for lo in range(0, n, EVAL_CHUNK):
             hi = min(lo + EVAL_CHUNK, n)
             part = SequenceBatch(data.inputs[:, lo:hi], data.targets[..., lo:hi],
                                  None if data.lengths is None else data.lengths[lo:hi])
-            outs.append(self.forward(model, part))
-        return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets
+            outs.append(self.forward(model, to_device(part, device)))
+        return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets.to(device)
 
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
         """Loss, ``wrong`` of the held-out split and the task's other metrics ("val" or "test")."""

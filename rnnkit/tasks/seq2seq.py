@@ -34,6 +34,7 @@ from ..data.datasets import BOS, EOS, MAX_DIGITS, SPECIALS, Seq2SeqSplit, TokenV
 from ..generate import generate
 from ..models import Encoder, Seq2Seq, sequence_nll
 from ..train import SCHEDULES, StepResult, rollout
+from ..train.device import model_device, to_device
 from .base import Task, TaskConfig
 from .batching import Minibatches, chunks
 
@@ -115,11 +116,14 @@ def teacher_forced_nll(model: Seq2Seq, pairs: Pairs, reduction: str = "mean") ->
 @torch.no_grad()
 def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_lengths: Tensor, *, max_length: int,
               method: str = "greedy", beam_width: int = 4, **sampling) -> list[str]:
-    """Decode every source (S, N) with ``generate`` (greedy, sample or beam, ending at EOS)."""
+    """Decode every source (S, N) with ``generate`` (greedy, sample or beam, ending at EOS); the
+    sources may live on the CPU, each batch of them is moved to the model's device."""
     texts: list[str] = []
+    device = model_device(model)
     for s in chunks(sources.shape[1], EVAL_BATCH):
         lengths = source_lengths[s]
-        memory = model.encode(sources[: int(lengths.max()), s], lengths)
+        src, lengths = to_device((sources[: int(lengths.max()), s], lengths), device)  # (S, B), (B,)
+        memory = model.encode(src, lengths)
         out = generate(model, lengths.numel(), max_length=max_length, method=method, beam_width=beam_width,
                        end="eos", context=memory, **sampling)
         texts += [target_vocab.decode(row[:n]) for row, n in zip(out.tokens, out.lengths.tolist())]
@@ -205,8 +209,9 @@ class Seq2SeqTask(Task):
         self.baseline = self.baselines[split]
         data: Seq2SeqSplit = getattr(self.data, split)
         total, count = 0.0, 0
+        device = model_device(model)
         for s in chunks(len(data.source_texts), EVAL_BATCH):
-            nll, n = teacher_forced_nll(model, take(data, torch.arange(s.start, s.stop)), "sum")
+            nll, n = teacher_forced_nll(model, to_device(take(data, torch.arange(s.start, s.stop)), device), "sum")
             total, count = total + float(nll), count + n
         out = {"loss": total / count}
         refs = data.target_texts

@@ -34,6 +34,7 @@ from ..data.datasets import Windows, forecast_mse, sunspots
 from ..models import FeedbackDecoder, squared_error
 from ..models.base import DecoderState
 from ..train import StepResult, k_step_ahead_loss
+from ..train.device import model_device, to_device
 from .base import Task, TaskConfig
 from .batching import Minibatches
 
@@ -92,9 +93,11 @@ def series(w: Windows) -> Tensor:
 def forecast(model: Forecaster, history: Tensor, horizon: int) -> Tensor:
     """Read ``history`` (W, N, 1), then forecast ``horizon`` steps by feeding each forecast back.
 
-    Returns (N, K) in the model's (normalised) units. The first forecast is the teacher-forced
-    one-step prediction after the history; each later one reads the forecast before it.
+    Returns (N, K) in the model's (normalised) units, on the model's device (``history`` is moved
+    there). The first forecast is the teacher-forced one-step prediction after the history; each
+    later one reads the forecast before it.
     """
+    history = to_device(history, model_device(model))
     N = history.shape[1]
     state = model.start(N)
     first = torch.zeros_like(history[:1])  # y(0) = 0, (1, N, 1)
@@ -165,8 +168,9 @@ class SunspotsTask(Task):
             raise ValueError(f"sunspots: split must be 'val' or 'test', got {split!r}")
         self.baseline = self.baselines[split]
         w = getattr(self.data, split)
-        loss = float(squared_error(model(series(w)).logits, series(w), reduction="mean"))
-        predicted = self.data.denormalise(forecast(model, w.inputs, self.cfg.horizon))  # (N, K)
+        y = to_device(series(w), model_device(model))  # (W + K, N, 1)
+        loss = float(squared_error(model(y).logits, y, reduction="mean"))
+        predicted = self.data.denormalise(forecast(model, w.inputs, self.cfg.horizon).cpu())  # (N, K), the data's device
         mse = forecast_mse(predicted, self.data.denormalise(w.targets))  # (K,)
         out = {"loss": loss, "mse_1": float(mse[0])}
         if self.cfg.horizon > 1:

@@ -30,6 +30,7 @@ from ..data.corpus import CharVocab, DataError
 from ..data.datasets import TAGS, Split, majority_accuracy, tag_source, tagging, unigram_tag_accuracy
 from ..models import Tagger, sequence_nll
 from ..train import StepResult
+from ..train.device import model_device, to_device
 from .base import Task, TaskConfig
 from .batching import Minibatches, chunks
 
@@ -67,12 +68,14 @@ def tag_accuracy(logits: Tensor, targets: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_split(model: Tagger, split: Split) -> dict[str, float]:
-    """Mean NLL per character (nats) and per-character accuracy over a split's chunks."""
+    """Mean NLL per character (nats) and per-character accuracy over a split's chunks (each
+    batch of them moved to the model's device)."""
     total, correct = 0.0, 0
     n = split.targets.numel()
+    device = model_device(model)
     for s in chunks(split.inputs.shape[1], EVAL_BATCH):
-        logits = model(split.inputs[:, s])  # (T, B, K)
-        y = split.targets[:, s]
+        x, y = to_device((split.inputs[:, s], split.targets[:, s]), device)  # (T, B) each
+        logits = model(x)  # (T, B, K)
         total += float(sequence_nll(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
     return {"loss": total / n, "accuracy": correct / n}
@@ -141,7 +144,8 @@ class TaggingTask(Task):
             shown = f"; these are not in its vocabulary: {''.join(unknown)!r}" if unknown else ""
             raise DataError(f"tagging: --prime must be Python source in the model's characters{shown}")
         with torch.no_grad():
-            predicted = model.eval()(self.vocab.encode(prime).view(-1, 1)).argmax(-1).view(-1).tolist()  # (T,)
+            x = self.vocab.encode(prime).view(-1, 1).to(model_device(model))  # (T, 1)
+            predicted = model.eval()(x).argmax(-1).view(-1).tolist()  # (T,)
         try:
             truth = tag_source(prime).tolist()
         except DataError:  # a fragment tokenize refuses: show the model's tags only

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .clipping import check_clip, clip_gradients
+from .device import model_device, to_device
 from .logs import RunLog
 from .plots import plot_curves
 
@@ -153,7 +154,9 @@ class Trainer:
         step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss.
         data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
             before each pass when the source has it. With several processes, each one's own
-            shard of every global batch, or None where its shard of a batch is empty.
+            shard of every global batch, or None where its shard of a batch is empty. Batches
+            may live on the CPU: each is moved to the model's device (:func:`~rnnkit.train.device.to_device`,
+            its tensors inside tuples, lists, dicts and dataclasses) before ``step_fn`` sees it.
         config: :class:`TrainConfig`.
         evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
             updates and at the end (in ``eval()`` mode, without gradients).
@@ -215,6 +218,7 @@ class Trainer:
                 next(batches)
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
         replicas = distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters) if distributed.is_distributed() else None
+        device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
         log = RunLog(self.out, cfg.log_format, keep=self.history) if self.out and main else None
         bar = _progress(cfg, show=main)
         start = time.monotonic() - (self.history[-1]["time"] if self.history else 0.0)
@@ -231,6 +235,7 @@ class Trainer:
                     break
                 epoch, batch = next(batches)
                 tick = time.monotonic()
+                batch = to_device(batch, device)  # also under DDP: StepModule hands it on as it is
                 self.model.train()
                 if replicas is None:
                     result = self.step_fn(self.model, batch)

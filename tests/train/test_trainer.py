@@ -213,3 +213,26 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert curve(result) == curve(whole)  # bit for bit, including the dropout masks
     logged = [r["step"] for r in read_log(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
     assert logged == list(range(1, 31))
+
+
+def test_each_batch_reaches_the_step_on_the_models_device():
+    """Batches come from the CPU; the step sees them where the weights are (here the meta device,
+    which every machine has), tensors inside tuples and dicts included, the rest untouched."""
+    model = nn.Linear(2, 1, device="meta")
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def step(m, batch):
+        seen.append(batch)
+        raise Seen  # a meta loss has no value to log: stop at the first step
+
+    batch = ((torch.randn(3, 2), {"y": torch.arange(3), "n": 3}), "tag")
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), step, [batch], TrainConfig(max_steps=1, progress=False))
+    with pytest.raises(Seen):
+        trainer.fit()
+    (x, extra), tag = seen[0]
+    assert x.device.type == "meta" and extra["y"].device.type == "meta" and (x.shape, extra["y"].dtype) == ((3, 2), torch.long)
+    assert extra["n"] == 3 and tag == "tag"
+    assert batch[0][0].device.type == "cpu"  # the source's own batch is left as it was
