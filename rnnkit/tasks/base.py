@@ -177,11 +177,11 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
     return folder
 
 
-#: What a resumed run may change: how much longer to train, what is shown, and the device
-#: (checkpoints hold CPU tensors, loaded onto whatever device the run continues on). Everything
-#: else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights, optimizer
-#: state and data position only mean something with it, and a changed learning rate would be
-#: overwritten by the optimizer state anyway.
+#: The settings a resumed run may change, which are how much longer to train, what is shown, and
+#: the device (checkpoints hold CPU tensors, loaded onto whatever device the run continues on).
+#: Everything else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights,
+#: optimizer state and data position only mean something with it, and a changed learning rate
+#: would be overwritten by the optimizer state anyway.
 RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length",
                                "temperature", "device"})
 
