@@ -308,6 +308,22 @@ def test_sample_and_eval_on_an_explicit_cpu_equal_the_default(cpu_run, capsys, n
     assert a.pop("wall_time") >= 0 and b.pop("wall_time") >= 0 and a == b
 
 
+def test_a_run_saved_as_cuda_resumes_on_a_machine_without_it_with_device_cpu(data, tmp_path, no_cuda, capsys):
+    """A GPU server's run (its config says cuda) continued on a laptop: refused as it stands, one
+    line naming the way out; resumed with --device cpu, which the checkpoint then records."""
+    out = tmp_path / "run"
+    run_task(make_task("digits", data, device="cuda", out=str(out), max_steps=2), log=lambda s: None, device="cpu")
+    assert read_meta(out / "latest.safetensors")["config"]["device"] == "cuda"
+    capsys.readouterr()
+    assert main(["train", "digits", "--out", str(out), "--resume", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device 'cuda' asked for" in err and "use device 'cpu'" in err
+    assert main(["train", "digits", "--out", str(out), "--resume", "--max-steps", "4", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 4 and result["device"] == "cpu"
+    assert read_meta(out / "latest.safetensors")["config"]["device"] == "cpu"
+
+
 def test_help_of_train_sample_and_eval_shows_device(capsys):
     for command in (["train", "digits", "--help"], ["sample", "--help"], ["eval", "--help"]):
         with pytest.raises(SystemExit):
