@@ -242,7 +242,7 @@ class CharLMTask(Task):
                 f"{sum(len(d) for d in val):,} validation characters; training needs at least one step "
                 f"(2 characters) in the training part and 2 characters held out"
             )
-        self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length)
+        self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length, split_documents=True)
         val_cut, total = [], 0
         for d in val:  # whole held-out files up to VAL_CHARS
             val_cut.append(d[: VAL_CHARS - total])

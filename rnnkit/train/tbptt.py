@@ -1,12 +1,17 @@
 r"""Truncated back-propagation through time over long streams (Williams & Peng 1990; char-rnn).
 
-The documents are dealt into B parallel *lanes* (contiguous runs of documents, about equal in
-tokens); each lane is read in chunks of k steps. Between chunks the state is carried forward and
-detached, so the gradient reaches back at most k steps while the forward pass sees the whole
-history. Where a lane's document ends inside a chunk, that lane's chunk is shorter (``lengths``)
-and the next chunk starts the next document from a zero state (``reset``). When a lane runs out
-of documents it leaves the batch: later chunks are smaller and the carried state is sliced to the
-lanes still running.
+The documents are dealt into B parallel *lanes*; each lane is read in chunks of k steps. Between
+chunks the state is carried forward and detached, so the gradient reaches back at most k steps
+while the forward pass sees the whole history. Where a lane's document ends inside a chunk, that
+lane's chunk is shorter (``lengths``) and the next chunk starts the next document from a zero
+state (``reset``). Two ways to deal: for training, the stream of documents is cut into B lanes of
+equal length as char-rnn does (a document straddling a cut is split, its second part starting from
+zeros), so the lanes run to about the same end (a document ending mid-chunk costs its lane one
+short chunk); for evaluation, whole documents per lane (contiguous
+runs, about equal in tokens): when a lane runs out of documents it leaves the batch, later chunks
+are smaller and the carried state is sliced to the lanes still running. (With whole documents on a
+corpus of very unequal files, e.g. the stdlib, the last part of a pass trains on a handful of
+lanes; splitting avoids that.)
 
 Within a document the pairs are (input, target) = (d[t], d[t + 1]), so a document of n tokens
 gives n − 1 steps.
@@ -64,6 +69,29 @@ def deal_lanes(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
     return [lanes[k] for k in sorted(lanes)]
 
 
+def split_lanes(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut the concatenated documents (of ``sizes`` steps) into B lanes of equal steps (±1), as
+    char-rnn cuts its one long stream: a lane is a list of pieces ``(doc, start, stop)`` (steps
+    ``start…stop−1`` of document ``doc``); a document that straddles a cut is split between two
+    lanes. Empty lanes (fewer steps than B) are left out.
+    """
+    total = sum(sizes)
+    bounds = [total * b // batch_size for b in range(batch_size + 1)]
+    lanes, doc, before = [], 0, 0  # ``before``: steps of the documents ahead of ``doc``
+    for lo, hi in zip(bounds, bounds[1:]):
+        pieces = []
+        while lo < hi:
+            while before + sizes[doc] <= lo:  # skip documents wholly before this lane (or empty)
+                before += sizes[doc]
+                doc += 1
+            stop = min(hi, before + sizes[doc])
+            pieces.append((doc, lo - before, stop - before))
+            lo = stop
+        if pieces:
+            lanes.append(pieces)
+    return lanes
+
+
 class LaneStream:
     """Chunks of k steps over B lanes of documents, for truncated BPTT.
 
@@ -71,6 +99,12 @@ class LaneStream:
         documents: 1-D int64 tensors (token ids); documents shorter than 2 tokens are skipped.
         batch_size: B, the number of lanes.
         chunk_length: k, steps per chunk.
+        split_documents: cut the stream into B lanes of equal length (:func:`split_lanes`), a
+            document straddling a cut split between two lanes (its second part starts from a
+            zero state), so the lanes end together up to a few short chunks where documents end —
+            char-rnn's batching, what training wants. False: whole documents per lane (:func:`deal_lanes`), each read from
+            its start with its state carried throughout, so the lanes end at different times and
+            the last chunks hold fewer lanes — exact per-document results, what evaluation wants.
         num_replicas, rank: read only the lanes of process ``rank`` of N = ``num_replicas``
             (see :meth:`shard`); ``batch_size`` stays the global B and must be a multiple of N.
 
@@ -79,7 +113,7 @@ class LaneStream:
     """
 
     def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int, *,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 split_documents: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
         for name, v in (("batch_size", batch_size), ("chunk_length", chunk_length)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LaneStream: {name} must be an int ≥ 1, got {v!r}")
@@ -96,7 +130,11 @@ class LaneStream:
         self.documents = docs
         self.batch_size = batch_size
         self.chunk_length = chunk_length
-        self.lanes = deal_lanes([d.numel() - 1 for d in docs], batch_size)
+        sizes = [d.numel() - 1 for d in docs]
+        self.split_documents = split_documents
+        # per lane, its pieces (doc, start, stop) in steps of the documents
+        self.lanes = split_lanes(sizes, batch_size) if split_documents else [
+            [(i, 0, sizes[i]) for i in lane] for lane in deal_lanes(sizes, batch_size)]
         self.num_replicas, self.rank = num_replicas, rank
 
     def shard(self, num_replicas: int, rank: int) -> "LaneStream":
@@ -128,19 +166,19 @@ class LaneStream:
     def _schedule(self) -> Iterator[list[tuple[int, int, int, int, bool]]]:
         """Per chunk, for each active lane: (lane, doc, start, stop, reset)."""
         k = self.chunk_length
-        pos = [[0, 0] for _ in self.lanes]  # per lane: index into its documents, offset in that document
+        pos = [[0, pieces[0][1]] for pieces in self.lanes]  # per lane: index into its pieces, offset in that document
         reset = [True] * len(self.lanes)
         while True:
             rows = []
-            for lane, docs in enumerate(self.lanes):
+            for lane, pieces in enumerate(self.lanes):
                 j, off = pos[lane]
-                if j >= len(docs):
+                if j >= len(pieces):
                     continue
-                n = self.documents[docs[j]].numel() - 1  # steps of this document
-                stop = min(off + k, n)
-                rows.append((lane, docs[j], off, stop, reset[lane]))
-                reset[lane] = stop == n
-                pos[lane] = [j + 1, 0] if stop == n else [j, stop]
+                doc, _, end = pieces[j]
+                stop = min(off + k, end)
+                rows.append((lane, doc, off, stop, reset[lane]))
+                reset[lane] = stop == end  # the next piece is another document: start it from zeros
+                pos[lane] = [j + 1, pieces[j + 1][1] if j + 1 < len(pieces) else 0] if stop == end else [j, stop]
             if not rows:
                 return
             yield rows

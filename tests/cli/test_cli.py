@@ -34,7 +34,7 @@ def test_train_checkpoint_sample_eval_resume_through_the_console_entry_point(tmp
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)
     assert result["task"] == "charlm" and result["cell"] == "lstm" and result["steps"] == 6
-    assert result["sequences_seen"] == 6 * 2  # two training files, one lane each
+    assert result["sequences_seen"] == 6 * 4  # two training files cut into --batch-size 4 lanes
     assert result["metric"] == "bpc" and result["bpc"] > 0 and result["baseline"] > 0 and result["val_loss"] > 0
     for name in ("best.safetensors", "latest.safetensors", "config.json", "metrics.jsonl", "curves.png"):
         assert (out / name).is_file()

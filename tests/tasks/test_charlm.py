@@ -69,7 +69,8 @@ def test_a_corpus_shorter_than_one_chunk_trains_on_shorter_chunks(tmp_path):
                                    num_layers=1, embedding_size=4))
     task.prepare(lambda s: None)
     chunks = list(task.train_stream)
-    assert len(chunks) == 1 and chunks[0].inputs.shape == (20, 1)  # 23 − 2 held out, − 1 for the target
+    # 23 − 2 held out, − 1 for the target = 20 steps, cut into 4 lanes of 5
+    assert len(chunks) == 1 and chunks[0].inputs.shape == (5, 4)
     model = task.build_model()
     result = task.step(model, chunks[0])
     assert result.items == 20 and torch.isfinite(result.loss)

@@ -10,7 +10,7 @@ from torch import nn
 
 from rnnkit.cells import LSTMCell
 from rnnkit.compose import Stack
-from rnnkit.train.tbptt import LaneStream, deal_lanes
+from rnnkit.train.tbptt import LaneStream, deal_lanes, split_lanes
 
 V = 7
 
@@ -63,7 +63,7 @@ def test_carried_state_equals_one_long_pass_per_document():
     model = LM().eval()
     stream = LaneStream(docs, batch_size=2, chunk_length=3)
     got = {i: [] for i in range(len(docs))}  # per document: its outputs in order
-    lane_doc = {lane: list(ds) for lane, ds in enumerate(stream.lanes)}
+    lane_doc = {lane: [doc for doc, _, _ in pieces] for lane, pieces in enumerate(stream.lanes)}
     state, previous = None, None
     with torch.no_grad():
         for chunk in stream:
@@ -84,7 +84,7 @@ def test_batches_shrink_as_lanes_run_out_and_resets_mark_new_documents():
     stream = LaneStream(docs, batch_size=2, chunk_length=4)
     chunks = list(stream)
     assert [c.lanes.tolist() for c in chunks][:2] == [[0, 1], [0, 1]]
-    assert stream.lanes == [[0], [1, 2, 3]]
+    assert stream.lanes == [[(0, 0, 29)], [(1, 0, 3), (2, 0, 2), (3, 0, 2)]]
     assert chunks[-1].lanes.tolist() == [0]  # lane 1 ran out: the batch is smaller
     assert chunks[0].reset.tolist() == [True, True]
     assert sum(int(c.lengths.sum()) for c in chunks) == stream.steps == sum(n - 1 for n in [30, 4, 3, 3])
@@ -119,3 +119,46 @@ def test_bad_settings(kwargs, message):
     args = dict(documents=documents([5, 6]), batch_size=2, chunk_length=3) | kwargs
     with pytest.raises(ValueError, match=message):
         LaneStream(**args)
+
+
+def test_split_lanes_cut_the_stream_into_equal_lanes():
+    sizes = [30, 3, 2, 2]  # 37 steps into 4 lanes: 9, 9, 9, 10
+    lanes = split_lanes(sizes, 4)
+    assert lanes == [[(0, 0, 9)], [(0, 9, 18)], [(0, 18, 27)], [(0, 27, 30), (1, 0, 3), (2, 0, 2), (3, 0, 2)]]
+    assert split_lanes([2, 0, 3], 2) == [[(0, 0, 2)], [(2, 0, 3)]]  # an empty document is skipped
+    assert split_lanes([3], 5) == [[(0, 0, 1)], [(0, 1, 2)], [(0, 2, 3)]]  # fewer steps than lanes: no empty lanes
+    for sizes, B in [([7, 1, 40, 5, 5, 13], 3), ([100], 7), ([1] * 9, 4)]:
+        lanes = split_lanes(sizes, B)
+        lengths = [sum(stop - start for _, start, stop in lane) for lane in lanes]
+        assert sum(lengths) == sum(sizes) and max(lengths) - min(lengths) <= 1
+        flat = [piece for lane in lanes for piece in lane]  # in order, each step exactly once
+        for (d0, _, e0), (d1, s1, _) in zip(flat, flat[1:]):
+            assert (d1, s1) == (d0, e0) or (s1 == 0 and e0 == sizes[d0])
+
+
+def test_split_documents_keep_every_lane_in_every_chunk_and_read_each_piece_in_order():
+    docs = documents([60, 4, 3, 3])
+    stream = LaneStream(docs, batch_size=4, chunk_length=5, split_documents=True)
+    chunks = list(stream)
+    # lanes of 16, 17, 16 and 17 steps: all four in every chunk but the last, which only lane 3
+    # needs, as a chunk does not cross a document's end (its 4 pieces cost it short chunks)
+    assert [c.lanes.tolist() for c in chunks] == [[0, 1, 2, 3]] * 4 + [[3]]
+    assert sum(int(c.lengths.sum()) for c in chunks) == stream.steps == 59 + 3 + 2 + 2
+    # every (input, target) pair of every document comes exactly once
+    seen = sorted((int(c.inputs[t, b]), int(c.targets[t, b])) for c in chunks for b in range(len(c.lanes)) for t in range(int(c.lengths[b])))
+    want = sorted((int(d[t]), int(d[t + 1])) for d in docs for t in range(d.numel() - 1))
+    assert seen == want
+    # a lane that starts inside document 0 starts from zeros; lane 3 resets where document 1 begins
+    assert chunks[0].reset.tolist() == [True] * 4
+    model = LM().eval()
+    state, previous, outputs = None, None, {b: [] for b in range(4)}
+    with torch.no_grad():
+        for c in chunks:
+            state = LaneStream.carry(state, previous, c)
+            logits, state = model(c.inputs, state, c.lengths)
+            for b, lane in enumerate(c.lanes.tolist()):
+                outputs[lane].append(logits[: c.lengths[b], b])
+            previous = c
+        piece = stream.lanes[1][0]  # lane 1: the middle of document 0, read from zeros, state carried throughout
+        alone, _ = model(docs[0][piece[1]: piece[2]].view(-1, 1))
+        torch.testing.assert_close(torch.cat(outputs[1]), alone[:, 0], rtol=1e-10, atol=1e-12)
