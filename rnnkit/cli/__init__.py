@@ -19,6 +19,11 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, description: str | None = None, **kwargs) -> None:
+        # the subcommands' descriptions are their module docstrings, written in reST for the
+        # API reference; --help shows them as plain text (``--resume`` → --resume)
+        super().__init__(*args, description=description.replace("``", "") if description else description, **kwargs)
+
     def error(self, message: str) -> None:  # one line and exit 2, as argparse does, minus the usage dump
         raise UsageError(f"{self.prog}: {message}")
 
