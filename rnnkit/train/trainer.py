@@ -193,6 +193,7 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         self.last_val: dict[str, float] = {}
+        self._process_rng = _ProcessRNG()
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume_from: str | Path | None = None) -> TrainResult:
@@ -212,7 +213,7 @@ class Trainer:
         batches = _cycle(self.data)
         if resume_from is not None:
             self._resume(Path(resume_from))
-            if rank and cfg.seed is not None:  # the checkpoint holds rank 0's RNG states; the others get their own
+            if rank and cfg.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
                 seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
             for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
                 next(batches)
@@ -377,7 +378,8 @@ class Trainer:
         ``state_dict``/``load_state_dict``: e.g. truncated BPTT's carried hidden state, a sampling
         callback's generator); saved with every checkpoint so a resumed run continues exactly."""
         owner = getattr(self.step_fn, "__self__", self.step_fn)  # a bound method's object (e.g. a task)
-        objects = {"step_fn": owner, **{f"callback.{i}": cb for i, cb in enumerate(self.callbacks)}}
+        objects = {"step_fn": owner, **{f"callback.{i}": cb for i, cb in enumerate(self.callbacks)},
+                   "process_rng": self._process_rng}
         return {name: obj for name, obj in objects.items()
                 if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))}
 
@@ -400,6 +402,34 @@ def _shard_of(result: StepResult) -> "distributed.Shard":
     return distributed.Shard(weight, float(result.loss.detach()) if weight > 0 else 0.0, int(result.items),
                              int(result.items if result.sequences is None else result.sequences),
                              {k: float(v) for k, v in result.metrics.items()})
+
+
+class _ProcessRNG:
+    """Every process's RNG states in the checkpoint (its dropout masks, its sampling), so that a
+    run of N processes resumes exactly as it would have gone on; the checkpoint's global ``rng``
+    is rank 0's alone. A checkpoint of fewer processes leaves ``restored`` False for the others."""
+
+    def __init__(self) -> None:
+        self.restored = False
+        self.others: dict[str, dict] = {}  # the other processes' states, as the last merge brought them
+
+    def state_dict(self) -> dict:
+        from ..checkpoint import rng_state
+
+        return {"ranks": {**self.others, str(distributed.rank()): rng_state()}}
+
+    def merge_state_dicts(self, states: list[dict]) -> dict:
+        return {"ranks": {rank: state for part in states for rank, state in part["ranks"].items()}}
+
+    def load_state_dict(self, saved: dict) -> None:
+        from ..checkpoint import set_rng_state
+
+        me = str(distributed.rank())
+        mine = saved["ranks"].get(me)
+        self.others = {rank: state for rank, state in saved["ranks"].items() if rank != me}
+        self.restored = mine is not None
+        if mine is not None:
+            set_rng_state(mine)
 
 
 class _progress:

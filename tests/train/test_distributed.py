@@ -391,3 +391,19 @@ def test_launch_environment_is_read_and_checked():
         distributed.launched({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     with pytest.raises(ValueError, match=r"expected 0 ≤ RANK < WORLD_SIZE.*got RANK=2, WORLD_SIZE=2"):
         distributed.launched({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_cli_nproc_2_with_dropout_resumes_exactly(tmp_path):
+    """Every process's RNG state is in the checkpoint: with dropout (each process its own masks)
+    a 2-process run stopped and resumed gives the uninterrupted 2-process curve, bit for bit."""
+    data = corpus(tmp_path / "data")
+    dropout = ["--dropout", "0.3"]
+    whole = rnnkit_train(["--nproc", "2", *flags(data, tmp_path / "whole", 8), *dropout])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    part = rnnkit_train(["--nproc", "2", *flags(data, tmp_path / "part", 4), *dropout])
+    assert part.returncode == 0, part.stderr[-2000:]
+    resumed = rnnkit_train(["--nproc", "2", "--out", str(tmp_path / "part"), "--resume", "--max-steps", "8",
+                            "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert curve(tmp_path / "part") == curve(tmp_path / "whole")
+    assert len(curve(tmp_path / "whole")) == 8
