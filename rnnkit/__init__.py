@@ -19,7 +19,21 @@ Where things live:
 """
 
 from . import cells, models, train
-from .cells import AttentionCell, ClockworkCell, DeepTransitionCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
+from .cells import (
+    AttentionCell,
+    CIFGLSTMCell,
+    ClockworkCell,
+    DeepTransitionCell,
+    ElmanCell,
+    GRUCell,
+    IndRNNCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LeakyCell,
+    LSTMCell,
+    MGUCell,
+    SkipCell,
+)
 from .compose import Bidirectional, BidirectionalState, Stack
 from .interop import from_torch, to_torch
 from .generate import Generated, generate
@@ -73,6 +87,11 @@ __all__ = [
     "ElmanCell",
     "LSTMCell",
     "GRUCell",
+    "CIFGLSTMCell",
+    "LayerNormLSTMCell",
+    "LayerNormGRUCell",
+    "MGUCell",
+    "IndRNNCell",
     "LeakyCell",
     "SkipCell",
     "ClockworkCell",
