@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .cells.base import RecurrentCell, check_choice, check_size
 from .cells.state import is_state
-from .engine import fused
+from .engine.choose import stack_may_run_native
 from .engine.native import native_stack_kind, run_native_layers
 from .recurrent import Recurrent, check_lengths
 
@@ -30,9 +30,9 @@ def _layer_cells(layers: Sequence[nn.Module], x: Any, lengths: Any) -> list[list
 
     With lengths on the CPU, layers left on engine "auto" run one by one instead, each on the
     fused engine, which masks for free where torch's CPU kernels would take a slow
-    packed-sequence path (see :func:`rnnkit.engine.fused.beats_native_with_lengths`).
+    packed-sequence path (see :func:`rnnkit.engine.choose.beats_native_with_lengths`).
     """
-    if fused.engine_override() == "reference":
+    if not stack_may_run_native([layer.engine for layer in _recurrent_layers(layers)], lengths, x):
         return None
     out = []
     for layer in layers:
@@ -47,9 +47,6 @@ def _layer_cells(layers: Sequence[nn.Module], x: Any, lengths: Any) -> list[list
         else:
             return None
     if native_stack_kind(out) is None:
-        return None
-    all_auto = all(layer.engine == "auto" for layer in _recurrent_layers(layers))
-    if all_auto and lengths is not None and isinstance(x, Tensor) and fused.beats_native_with_lengths(x):
         return None
     return out
 

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from .cells.base import RecurrentCell
 from .cells.state import where_state
 from .engine import fused
+from .engine.sequence import reverse_padded  # noqa: F401  (re-exported: rnnkit.recurrent.reverse_padded)
+from .engine.choose import ENGINES, choose_engine
 from .engine.native import native_kind, run_native
 
-ENGINES = ("auto", "native", "fused", "reference")
 
 
 def _as_length(v: Any) -> int | None:
@@ -73,21 +74,6 @@ def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.devic
         if not 1 <= n <= steps:  # checked here: a huge int would overflow int64 before the tensor check
             raise ValueError(f"{owner}: every length must be in [1, T={steps}], got {n} (lengths[{i}])")
     return torch.tensor(ints, dtype=torch.long, device=device)
-
-
-def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of a time-major batch within its own length.
-
-    x (T, B, ...); row b's first ``lengths[b]`` steps are reversed, the padding stays in place.
-    The map is its own inverse, so the same call un-reverses outputs.
-    """
-    if lengths is None:
-        return x.flip(0)
-    T = x.shape[0]
-    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
-    idx = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
-    idx = idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x)  # (T, B, ...)
-    return x.gather(0, idx)
 
 
 class Recurrent(nn.Module):
@@ -147,8 +133,8 @@ class Recurrent(nn.Module):
             raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if engine == "native" and native_kind(cell) is None:
             raise ValueError(f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}")
-        if engine == "fused" and fused.fused_spec(cell) is None:
-            raise ValueError(f"Recurrent: engine='fused' cannot run this cell: {fused.why_not_fused(cell)}")
+        if engine == "fused" and (reason := fused.untraceable_reason(cell)) is not None:
+            raise ValueError(f"Recurrent: engine='fused' cannot run this cell: {reason}")
         self.engine = engine
         self.last_engine: str | None = None
         self.cell = cell
@@ -181,28 +167,8 @@ class Recurrent(nn.Module):
         return outputs, state
 
     def _choose_path(self, x: Tensor, lengths: Tensor | None) -> str:
-        """Which engine runs this call: "native", "fused" or "reference" (see the class docstring)."""
-        if self.engine == "reference":
-            return "reference"
-        restrict = fused.engine_override() if self.engine == "auto" else None
-        if restrict == "reference":
-            return "reference"
-        if self.engine in ("auto", "native") and native_kind(self.cell) is not None:
-            if self.engine == "auto" and lengths is not None and fused.beats_native_with_lengths(x):
-                return "fused"
-            return "native"
-        if restrict == "native" or fused.fused_spec(self.cell) is None:
-            return "reference"
-        if x.device.type != "cpu" or x.dtype not in fused.DTYPES:
-            if self.engine == "fused":
-                raise ValueError(f"Recurrent: engine='fused' runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}")
-            return "reference"
-        if fused.load_extension() is not None:
-            return "fused"
-        if self.engine == "fused":
-            raise RuntimeError(f"Recurrent: engine='fused' asked for, but the fused engine could not be built: {fused.build_error()}")
-        fused.warn_fallback_once()
-        return "reference"
+        """Which engine runs this call (see the class docstring and :mod:`rnnkit.engine.choose`)."""
+        return choose_engine(self.cell, self.engine, x, lengths)
 
     def reference(self, x: Tensor, state: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
         """The plain PyTorch step loop: the definition of correct for every faster path.

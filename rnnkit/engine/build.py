@@ -51,7 +51,7 @@ import torch
 
 CSRC = Path(__file__).with_name("csrc")
 #: The translation units compiled into the one extension module, relative to :data:`CSRC`.
-SOURCES = ("fused_rnn.cpp",)
+SOURCES = ("program.cpp",)
 #: The headers they include (every file under :data:`CSRC` enters the build's hash regardless).
 HEADERS = ("vecmath.h",)
 

@@ -2,13 +2,15 @@
 (inputs, each field of the initial state, all parameters), on random shapes and random lengths,
 forward and reversed; float64 to 1e-10, float32 to 1e-5 (relative and absolute)."""
 
+import warnings
+
 import pytest
 import torch
 
 from rnnkit import Recurrent
-from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, SkipCell
+from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
 from rnnkit.cells.state import map_state, state_tensors
-from rnnkit.engine import fused
+from rnnkit.engine import build, fused
 from tests.helpers import TOL, randomize_, step_loop
 
 # Every core and option the engine covers, alone and wrapped. (I, H) → cell; H is even, ≥ 3.
@@ -40,6 +42,14 @@ FUSED_CELLS = {
     "skip-leaky-lstm": lambda i, h: SkipCell(LeakyCell(LSTMCell(i, h, forget_gate=False), alpha=0.4, learn_alpha=True), delay=2),
     "skip-leaky-gru": lambda i, h: SkipCell(LeakyCell(GRUCell(i, h), tau=(2.0, 5.0)), delay=3),
 }
+
+
+class SineCell(ElmanCell):
+    """An Elman cell with φ = sin: an operation the engine does not compile."""
+
+    def recurrence(self, gi, state):
+        h = torch.sin(gi + torch.nn.functional.linear(state.h, self.weight_hh, self.bias_hh))
+        return h, RNNState(h)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -163,11 +173,18 @@ def test_auto_runs_variant_cells_on_the_fused_engine():
         (LSTMCell(3, 4, peephole=True), "fused"),
         (LeakyCell(GRUCell(3, 4), alpha=0.5), "fused"),
         (SkipCell(ClockworkCell(3, 4), delay=2), "fused"),
-        (SkipCell(SkipCell(ElmanCell(3, 4), delay=2), delay=3), "reference"),  # not covered
+        (SkipCell(SkipCell(ElmanCell(3, 4), delay=2), delay=3), "fused"),  # two delay lines
+        (SineCell(3, 4), "reference"),  # sin is not in the engine's instruction set
     ]:
         layer = Recurrent(cell)
-        layer(x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layer(x)
         assert layer.last_engine == expected, cell
+        untraceable = [w for w in caught if "does not compile" in str(w.message)]
+        assert len(untraceable) == (expected == "reference"), [str(w.message) for w in caught]
+        if untraceable:
+            assert "operation 'sin'" in str(untraceable[0].message)
     half = Recurrent(LSTMCell(3, 4, peephole=True).to(torch.bfloat16))
     half(x.to(torch.bfloat16))
     assert half.last_engine == "reference"
@@ -212,10 +229,10 @@ def test_failed_build_falls_back_to_the_reference_loop_with_one_warning(monkeypa
     def broken_compile():
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(fused, "_compile", broken_compile)
-    monkeypatch.setattr(fused, "_extension", None)
-    monkeypatch.setattr(fused, "_build_error", None)
-    monkeypatch.setattr(fused, "_warned", False)
+    monkeypatch.setattr(build, "_compile", broken_compile)
+    monkeypatch.setattr(build, "_extension", None)
+    monkeypatch.setattr(build, "_build_error", None)
+    monkeypatch.setattr(build, "_warned", False)
     cell = randomize_(LSTMCell(3, 4, peephole=True).double(), seed=1)
     layer = Recurrent(cell)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
@@ -233,8 +250,8 @@ def test_failed_build_falls_back_to_the_reference_loop_with_one_warning(monkeypa
 
 
 def test_fused_engine_refusals():
-    with pytest.raises(ValueError, match="engine='fused' cannot run this cell: .* got SkipCell around SkipCell"):
-        Recurrent(SkipCell(SkipCell(ElmanCell(3, 4), delay=2), delay=3), engine="fused")
+    with pytest.raises(ValueError, match="engine='fused' cannot run this cell: SineCell's step uses operation 'sin'"):
+        Recurrent(SineCell(3, 4), engine="fused")
     layer = Recurrent(LSTMCell(3, 4, peephole=True).to(torch.bfloat16), engine="fused")
     with pytest.raises(ValueError, match="engine='fused' runs on CPU float32/float64 tensors, got torch.bfloat16 on cpu"):
         layer(torch.randn(4, 2, 3, dtype=torch.bfloat16))
