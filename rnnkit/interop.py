@@ -13,10 +13,10 @@ from torch import nn
 
 from .cells import ElmanCell, GRUCell, LSTMCell, RecurrentCell
 from .compose import Bidirectional, Stack
-from .engine.native import lstm_extras, native_kind
 from .recurrent import Recurrent
 
 _PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_MODULES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}  # torch kernel -> torch.nn module
 
 
 def _cell_like(mode: str, input_size: int, hidden_size: int, bias: bool) -> RecurrentCell:
@@ -82,15 +82,18 @@ def from_torch(module: nn.Module) -> Stack | RecurrentCell:
 
 
 def _torch_mode(cell: RecurrentCell, where: str) -> str:
-    """torch.nn's mode for a cell that torch's kernel computes exactly, else a clear error."""
-    kind = native_kind(cell)
-    if kind is not None:
-        return kind.upper()  # "rnn_tanh" -> torch's mode "RNN_TANH"
-    if type(cell) is LSTMCell:
+    """torch.nn's mode for a cell that torch's kernel computes exactly (its structure's
+    ``torch_kernel``), else a clear error."""
+    s = cell.structure
+    if s.torch_kernel is not None:
+        return s.torch_kernel.upper()  # "rnn_tanh" -> torch's mode "RNN_TANH"
+    name = type(cell).__name__
+    if s.kernel_extras:
         raise ValueError(
-            f"to_torch: {where} is an LSTMCell with {', '.join(lstm_extras(cell))}, which torch.nn.LSTM does not compute"
+            f"to_torch: {where} is an {name} with {', '.join(s.kernel_extras)}, "
+            f"which torch.nn.{_MODULES[s.kernel_family]} does not compute"
         )
-    raise ValueError(f"to_torch: {where} is a {type(cell).__name__}, which torch.nn has no module for")
+    raise ValueError(f"to_torch: {where} is a {name}, which torch.nn has no module for")
 
 
 def to_torch(model: Stack | Recurrent | Bidirectional) -> nn.RNNBase:

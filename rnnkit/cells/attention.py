@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_size
+from .base import CellStructure, RecurrentCell, check_size
 from .state import is_state
 
 
@@ -52,6 +52,11 @@ class AttentionCell(RecurrentCell):
 
     Shapes: x (B, I); state :class:`AttentionState` (build it with :meth:`initial_state`);
     output [s; c] (B, H + M) — ``hidden_size`` is H + M, the output's width.
+
+    Structure (:attr:`structure`): the wrapped cell's under ``cell.``, plus ``query.weight``
+    (W_a reads s(t − 1)) as a recurrent matrix; ``memory_size`` M; the state fields of
+    :class:`AttentionState`; the attention's non-linearities make the step's own list unknown
+    (None); no torch kernel.
     """
 
     def __init__(self, cell: RecurrentCell, memory_size: int, attention_size: int) -> None:
@@ -73,6 +78,17 @@ class AttentionCell(RecurrentCell):
         self.query = nn.Linear(cell.hidden_size, A, bias=False, dtype=dtype, device=device)
         self.key = nn.Linear(M, A, dtype=dtype, device=device)
         self.score = nn.Linear(A, 1, bias=False, dtype=dtype, device=device)
+
+    @property
+    def structure(self) -> CellStructure:
+        """The wrapped cell's structure under ``cell.``, with ``query.weight``, the memory size M and :class:`AttentionState`'s fields."""
+        inner = self.cell.structure.under("cell")
+        return self._wrapper_structure(
+            recurrent_matrices=(*inner.recurrent_matrices, "query.weight"),
+            state_fields=AttentionState._fields,
+            nonlinearities=None,
+            memory_size=self.memory_size,
+        )
 
     def initial_state(self, memory: Tensor, mask: Tensor | None = None, inner: Any = None) -> AttentionState:
         """The state before the first step: memory (B, S, M), mask (B, S) bool (None: all valid),

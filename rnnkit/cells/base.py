@@ -10,19 +10,32 @@ that does not depend on the past:
 
 ``forward(x, state)`` is the two in sequence, with the arguments checked first.
 
+Every cell also publishes its :class:`CellStructure` — gate layout, recurrent matrices, state
+fields, the torch kernel that computes it — as ``cell.structure``, so the diagnostics, the torch
+converters, the engines and the models read what a cell is made of instead of testing its class.
+
 Symbols: B batch, I input size, H hidden size, G the number of stacked pre-activation blocks
 (1 for Elman, 3 for GRU, 4 for LSTM); ``projection_size`` is the width of ``gi``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .state import coerce_state
+from .state import coerce_state, is_state
+
+TORCH_KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+# The methods that make up a cell's step: a subclass that overrides none of them computes what
+# its base class computes, and keeps the base class's torch kernel.
+STEP_METHODS = ("forward", "prepare_state", "init_state", "input_projection", "recurrence", "output_of")
 
 
 def check_size(value: Any, name: str, owner: str, minimum: int = 1) -> int:
@@ -49,12 +62,120 @@ def uniform_(params: list[Tensor], hidden_size: int) -> None:
             p.uniform_(-bound, bound)
 
 
+def resolve(cell: nn.Module, path: str) -> Any:
+    """The attribute at dotted ``path`` below ``cell``: ``resolve(cell, "cell.weight_hh")`` is
+    ``cell.cell.weight_hh``. Reads the paths a :class:`CellStructure` gives."""
+    return functools.reduce(getattr, path.split("."), cell)
+
+
+@dataclass(frozen=True)
+class CellStructure:
+    r"""What a cell is made of, for code that must not depend on which class the cell is.
+
+    A cell returns it from its ``structure`` property (:attr:`RecurrentCell.structure`), built
+    afresh on each read from the cell's current options. The diagnostics read the recurrent
+    matrices, gates, non-linearities and time scales from it; the torch converters and the
+    native engine read ``torch_kernel``; the models read ``memory_size`` and ``inner``; the
+    long-lag task reads ``keep_gate``. A new cell that describes itself here is treated like the
+    built-in ones.
+
+    Paths — ``recurrent_matrices``, ``masks``, ``leak``, ``unit_periods``, ``inner`` — are dotted
+    attribute names relative to the cell, as ``named_parameters`` spells them; read one with
+    :func:`resolve`. A wrapper (LeakyCell, SkipCell, DeepTransitionCell, AttentionCell) publishes
+    its wrapped cell's structure under ``"cell."`` (:meth:`under`) with its own additions.
+
+    Attributes:
+        gates: the row blocks of the stacked pre-activation, ``(name, rows)`` in order; they are
+            also the row blocks of the first recurrent matrix. LSTM ``i, f, g, o`` (i, f, o
+            with H/k rows for memory blocks of k cells; no f in the 1997 form), GRU ``r, z, n``,
+            Elman and clockwork one block ``a``. Empty when unknown.
+        recurrent_matrices: paths of the parameters that multiply the previous state; the first
+            is the one ``gates`` lays out (``("weight_hh",)``; a SkipCell around an Elman cell:
+            ``("cell.weight_hh", "weight_skip")``).
+        masks: ``(matrix, mask)`` path pairs: the matrix acts as matrix ⊙ mask (a clockwork
+            cell's removed connections).
+        state_fields: the field names of the cell's state NamedTuple (``("h", "c")``).
+        torch_kernel: the torch kernel that computes the cell exactly — ``"lstm"``, ``"gru"``,
+            ``"rnn_tanh"`` or ``"rnn_relu"`` — or None.
+        kernel_family: the torch kernel of the cell's family, also when options take the cell
+            outside it (``"lstm"`` for an LSTM with peepholes); defaults to ``torch_kernel``.
+        kernel_extras: those options, as written in code (``("peephole=True",)``); empty when
+            ``torch_kernel`` is set.
+        keep_gate: the gate that decides how much of the past is kept — an LSTM's ``f``, a
+            GRU's ``z`` — whose bias a forget-bias initialisation sets; None if none.
+        nonlinearities: names of the step's non-linearities in the order it calls them (LSTM
+            ``g, i, f, o, c``: its gates and the tanh of the new memory), or None when unknown.
+        leak: path of the per-unit α (H,) of a leaky cell,
+            :math:`s(t) = \alpha \odot s(t-1) + (1 - \alpha) \odot \mathrm{cell}(x(t), s(t-1))`;
+            each unit's time constant is 1/(1 − α). None if the cell does not leak.
+        unit_periods: path of each unit's clock period (H,) int64 (a clockwork cell), or None.
+        memory_size: M for a cell that attends over a memory held in its state (its state is
+            built by ``initial_state(memory, mask, inner_state)``, inner_state being the state
+            of the cell at ``inner``); None otherwise.
+        inner: path of the wrapped cell of a wrapper (``"cell"``), None for a cell that computes
+            its step itself (then ``gates`` index its own ``weight_ih``, ``weight_hh`` and biases).
+
+    Example:
+        >>> from rnnkit.cells import ElmanCell, LSTMCell, SkipCell
+        >>> s = LSTMCell(3, 4, peephole=True).structure
+        >>> [name for name, _ in s.gates], s.state_fields, s.torch_kernel, s.kernel_extras
+        (['i', 'f', 'g', 'o'], ('h', 'c'), None, ('peephole=True',))
+        >>> s = SkipCell(ElmanCell(3, 4), delay=2).structure
+        >>> s.recurrent_matrices, s.state_fields, s.inner
+        (('cell.weight_hh', 'weight_skip'), ('inner', 'past'), 'cell')
+    """
+
+    gates: tuple[tuple[str, slice], ...] = ()
+    recurrent_matrices: tuple[str, ...] = ()
+    masks: tuple[tuple[str, str], ...] = ()
+    state_fields: tuple[str, ...] = ()
+    torch_kernel: str | None = None
+    kernel_family: str | None = None
+    kernel_extras: tuple[str, ...] = ()
+    keep_gate: str | None = None
+    nonlinearities: tuple[str, ...] | None = None
+    leak: str | None = None
+    unit_periods: str | None = None
+    memory_size: int | None = None
+    inner: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("torch_kernel", "kernel_family"):
+            value = getattr(self, name)
+            if value is not None and value not in TORCH_KERNELS:
+                raise ValueError(f"CellStructure: {name} must be one of {', '.join(map(repr, TORCH_KERNELS))} or None, got {value!r}")
+        if self.torch_kernel is not None and self.kernel_extras:
+            raise ValueError(f"CellStructure: a cell torch computes exactly has no kernel_extras, got torch_kernel={self.torch_kernel!r} "
+                             f"with kernel_extras={self.kernel_extras!r}")
+        if self.kernel_family is None:
+            object.__setattr__(self, "kernel_family", self.torch_kernel)
+        if self.keep_gate is not None and self.keep_gate not in dict(self.gates):
+            raise ValueError(f"CellStructure: keep_gate {self.keep_gate!r} is not one of the gates {[g for g, _ in self.gates]}")
+
+    def under(self, prefix: str) -> "CellStructure":
+        """This structure as seen from a wrapper that holds the cell at ``prefix`` (e.g. ``"cell"``):
+        every path gets ``prefix + "."`` in front."""
+
+        def p(path: str | None) -> str | None:
+            return None if path is None else f"{prefix}.{path}"
+
+        return dataclasses.replace(
+            self,
+            recurrent_matrices=tuple(p(m) for m in self.recurrent_matrices),
+            masks=tuple((p(m), p(k)) for m, k in self.masks),
+            leak=p(self.leak),
+            unit_periods=p(self.unit_periods),
+            inner=p(self.inner),
+        )
+
+
 class RecurrentCell(nn.Module):
     """Base class of all cells: one time step ``forward(x, state) -> (output, new_state)``.
 
     Subclasses set ``input_size``, ``hidden_size``, ``projection_size`` and implement
     ``init_state``, ``input_projection`` and ``recurrence``. The output of every cell is its new
-    hidden vector h, of shape (B, H).
+    hidden vector h, of shape (B, H). A subclass describes itself by overriding
+    :attr:`structure`; the default here is derived from what any cell has.
     """
 
     input_size: int
@@ -83,6 +204,36 @@ class RecurrentCell(nn.Module):
     def output_of(self, state: Any) -> Tensor:
         """The output carried in a state (its hidden vector h)."""
         return state[0]
+
+    @property
+    def structure(self) -> CellStructure:
+        """What this cell is made of (:class:`CellStructure`), for code that must not test its class.
+
+        This default, for a cell that does not describe itself, knows: the state's field names
+        (from ``init_state``) and, as recurrent matrices, the 2-D parameters whose name starts
+        with ``weight_hh``. No gates, no torch kernel.
+        """
+        try:
+            state = self.init_state(1)
+        except Exception:  # a cell whose state needs more than a batch size (e.g. a memory)
+            state = None
+        fields = tuple(state._fields) if is_state(state) else ()
+        matrices = tuple(name for name, p in self.named_parameters()
+                         if name.rpartition(".")[2].startswith("weight_hh") and p.dim() == 2)
+        return CellStructure(recurrent_matrices=matrices, state_fields=fields)
+
+    def _computes_step_of(self, cls: type) -> bool:
+        """True when this cell's class is ``cls`` or a subclass that overrides none of its step
+        methods (``STEP_METHODS``): then it computes ``cls``'s equations, and a torch kernel that
+        computes ``cls`` computes it too."""
+        return isinstance(self, cls) and all(getattr(type(self), m) is getattr(cls, m) for m in STEP_METHODS)
+
+    def _wrapper_structure(self, **changes: Any) -> CellStructure:
+        """The structure of a wrapper around ``self.cell``: the wrapped cell's under ``"cell."``,
+        with ``inner="cell"``, no torch kernel and no memory, then ``changes`` applied."""
+        base = self.cell.structure.under("cell")
+        defaults = dict(torch_kernel=None, kernel_family=None, kernel_extras=(), memory_size=None, inner="cell")
+        return dataclasses.replace(base, **{**defaults, **changes})
 
     # -- the checked, public step --------------------------------------------------------------
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_choice, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_choice, check_size, uniform_
 from .elman import ACTIVATIONS
 
 
@@ -45,6 +45,9 @@ class ClockworkCell(RecurrentCell):
     ``unit_period`` (H,) and ``connection_mask`` M (H, H).
 
     Shapes: x (B, I); state ``ClockworkState(h, t)``; output (B, H).
+
+    Structure (:attr:`structure`): one gate block ``a``; recurrent matrix ``weight_hh`` masked by
+    ``connection_mask``; unit periods ``unit_period``; no torch kernel (torch has no clock).
     """
 
     def __init__(
@@ -98,6 +101,18 @@ class ClockworkCell(RecurrentCell):
         active = (t.unsqueeze(1) % self.unit_period) == 0  # (B, H): groups whose clock ticks now
         h = torch.where(active, ACTIVATIONS[self.nonlinearity](a), h)
         return h, ClockworkState(h, t + 1)
+
+    @property
+    def structure(self) -> CellStructure:
+        """One gate ``a``, matrix ``weight_hh`` ⊙ ``connection_mask``, state ``(h, t)``, periods ``unit_period``."""
+        return CellStructure(
+            gates=(("a", slice(0, self.hidden_size)),),
+            recurrent_matrices=("weight_hh",),
+            masks=(("weight_hh", "connection_mask"),),
+            state_fields=ClockworkState._fields,
+            nonlinearities=("a",),
+            unit_periods="unit_period",
+        )
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, periods={self.periods}, nonlinearity={self.nonlinearity!r}"

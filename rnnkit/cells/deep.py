@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_choice, check_size
+from .base import CellStructure, RecurrentCell, check_choice, check_size
 from .state import is_state
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
@@ -75,6 +75,10 @@ class DeepTransitionCell(RecurrentCell):
 
     Parameters: the cell's as ``cell.*``; ``mlp_in.layers.k.*``, ``mlp_hh.layers.k.*``.
     Shapes: x (B, I); the state is the wrapped cell's; output h (B, H).
+
+    Structure (:attr:`structure`): the wrapped cell's under ``cell.``, plus the transition MLP's
+    weights ``mlp_hh.layers.k.weight`` as recurrent matrices; the MLPs' non-linearities make the
+    step's own list unknown (None); no torch kernel.
     """
 
     def __init__(
@@ -110,6 +114,13 @@ class DeepTransitionCell(RecurrentCell):
         self.mlp_hh = MLP(cell.hidden_size, transition_layers, activation, owner)
         dtype, device = cell.reference_dtype_device()
         self.to(dtype=dtype, device=device)
+
+    @property
+    def structure(self) -> CellStructure:
+        """The wrapped cell's structure under ``cell.``, with the transition MLP's weights as recurrent matrices."""
+        inner = self.cell.structure.under("cell")
+        transition = tuple(f"mlp_hh.layers.{k}.weight" for k in range(len(self.mlp_hh.layers)))
+        return self._wrapper_structure(recurrent_matrices=(*inner.recurrent_matrices, *transition), nonlinearities=None)
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> Any:
         dtype, device = self._dtype_device(dtype, device)

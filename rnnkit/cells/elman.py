@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_choice, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_choice, check_size, uniform_
 from .state import RNNState
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
@@ -39,6 +39,9 @@ class ElmanCell(RecurrentCell):
         gain: the scale of W for ``"orthogonal"`` and ``"identity"``.
 
     Shapes: x (B, I); state ``RNNState(h)`` with h (B, H); output (B, H).
+
+    Structure (:attr:`structure`): one gate block ``a``; recurrent matrix ``weight_hh``; torch
+    kernel ``"rnn_tanh"`` or ``"rnn_relu"`` (torch.nn.RNN computes it exactly, whatever the init).
     """
 
     def __init__(
@@ -83,6 +86,18 @@ class ElmanCell(RecurrentCell):
         a = gi + F.linear(state.h, self.weight_hh, self.bias_hh)  # a = b + W h(t-1) + U x(t)
         h = ACTIVATIONS[self.nonlinearity](a)
         return h, RNNState(h)
+
+    @property
+    def structure(self) -> CellStructure:
+        """One gate ``a``, matrix ``weight_hh``, state ``(h,)``, torch's ``rnn_tanh``/``rnn_relu`` kernel."""
+        kernel = "rnn_" + self.nonlinearity if self._computes_step_of(ElmanCell) else None
+        return CellStructure(
+            gates=(("a", slice(0, self.hidden_size)),),
+            recurrent_matrices=("weight_hh",),
+            state_fields=RNNState._fields,
+            torch_kernel=kernel,
+            nonlinearities=("a",),
+        )
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, init={self.init!r}, bias={self.bias}"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_size, uniform_
 from .lstm import set_gate_bias
 from .state import RNNState
 
@@ -31,6 +31,9 @@ class GRUCell(RecurrentCell):
     that keeps the past, as the LSTM's forget gate does — to that value (``None``: torch's init).
 
     Shapes: x (B, I); state ``RNNState(h)`` with h (B, H); output h' (B, H).
+
+    Structure (:attr:`structure`): gates ``r, z, n`` of H rows each, z the gate that keeps the
+    past; recurrent matrix ``weight_hh``; torch kernel ``"gru"``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, forget_bias: float | None = None) -> None:
@@ -67,6 +70,19 @@ class GRUCell(RecurrentCell):
         n = torch.tanh(gi_n + r * gh_n)
         h = (1 - z) * n + z * h
         return h, RNNState(h)
+
+    @property
+    def structure(self) -> CellStructure:
+        """Gates ``r, z, n`` (z keeps the past), matrix ``weight_hh``, state ``(h,)``, torch's ``gru`` kernel."""
+        H = self.hidden_size
+        return CellStructure(
+            gates=(("r", slice(0, H)), ("z", slice(H, 2 * H)), ("n", slice(2 * H, 3 * H))),
+            recurrent_matrices=("weight_hh",),
+            state_fields=RNNState._fields,
+            torch_kernel="gru" if self._computes_step_of(GRUCell) else None,
+            keep_gate="z",
+            nonlinearities=("r", "z", "n"),
+        )
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import RecurrentCell
+from .base import CellStructure, RecurrentCell
 from .state import map_state
 
 
@@ -50,6 +50,9 @@ class LeakyCell(RecurrentCell):
 
     Shapes: as the wrapped cell. Parameters: the wrapped cell's as ``cell.*``, plus
     ``alpha_logit`` (H,) when learned; a fixed α is the buffer ``alpha`` (H,).
+
+    Structure (:attr:`structure`): the wrapped cell's under ``cell.``, with ``leak`` =
+    ``alpha_values``; no torch kernel.
     """
 
     def __init__(
@@ -103,6 +106,11 @@ class LeakyCell(RecurrentCell):
     def time_constants(self) -> Tensor:
         """Each unit's time constant τ = 1/(1 − α), (H,) — how many steps it takes to forget."""
         return 1.0 / (1.0 - self.alpha_values.detach())
+
+    @property
+    def structure(self) -> CellStructure:
+        """The wrapped cell's structure under ``cell.``, leaking by ``alpha_values``."""
+        return self._wrapper_structure(leak="alpha_values")
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> Any:
         return self.cell.init_state(batch_size, dtype=dtype, device=device)

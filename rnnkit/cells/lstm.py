@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_size, uniform_
 from .state import LSTMState
 
 
@@ -78,6 +78,11 @@ class LSTMCell(RecurrentCell):
         forget_bias: the initial effective forget-gate bias, or None.
 
     Shapes: x (B, I); state ``LSTMState(h, c)`` with h, c (B, H); output h' (B, H).
+
+    Structure (:attr:`structure`): gates ``i, f, g, o`` as ``gate_slices`` lays them out, f the
+    gate that keeps the past; recurrent matrix ``weight_hh``; torch kernel ``"lstm"`` with the
+    forget gate and no peepholes, blocks or clipping — otherwise those options are the
+    structure's ``kernel_extras``.
     """
 
     def __init__(
@@ -181,6 +186,33 @@ class LSTMCell(RecurrentCell):
         o = self._expand(torch.sigmoid(o))
         h = o * torch.tanh(c)
         return h, LSTMState(h, c)
+
+    def kernel_extras(self) -> tuple[str, ...]:
+        """The options of this cell that torch's LSTM kernel does not compute, as written in code."""
+        options = (
+            ("forget_gate=False", not self.forget_gate),
+            ("peephole=True", self.peephole),
+            (f"block_size={self.block_size}", self.block_size != 1),
+            (f"cell_clip={self.cell_clip}", self.cell_clip is not None),
+        )
+        return tuple(name for name, on in options if on)
+
+    @property
+    def structure(self) -> CellStructure:
+        """Gates ``i, f, g, o`` (f keeps the past), matrix ``weight_hh``, state ``(h, c)``, torch's
+        ``lstm`` kernel unless :meth:`kernel_extras` names options it does not compute."""
+        extras = self.kernel_extras()
+        exact = not extras and self._computes_step_of(LSTMCell)
+        return CellStructure(
+            gates=tuple(self.gate_slices.items()),
+            recurrent_matrices=("weight_hh",),
+            state_fields=LSTMState._fields,
+            torch_kernel="lstm" if exact else None,
+            kernel_family="lstm",
+            kernel_extras=extras,
+            keep_gate="f" if self.forget_gate else None,
+            nonlinearities=("g", "i", "f", "o", "c") if self.forget_gate else ("g", "i", "o", "c"),
+        )
 
     def extra_repr(self) -> str:
         opts = [f"{self.input_size}, {self.hidden_size}"]

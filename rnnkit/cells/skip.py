@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import RecurrentCell, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_size, uniform_
 
 
 class SkipState(NamedTuple):
@@ -42,6 +42,9 @@ class SkipCell(RecurrentCell):
     from U(−1/√H, 1/√H).
 
     Shapes: x (B, I); state ``SkipState(inner, past)``, past (B, d, H); output (B, H).
+
+    Structure (:attr:`structure`): the wrapped cell's under ``cell.``, plus the recurrent matrix
+    ``weight_skip``; state fields ``inner, past``; no torch kernel.
     """
 
     def __init__(self, cell: RecurrentCell, delay: int) -> None:
@@ -59,6 +62,12 @@ class SkipCell(RecurrentCell):
 
     def reset_parameters(self) -> None:
         uniform_([self.weight_skip], self.hidden_size)
+
+    @property
+    def structure(self) -> CellStructure:
+        """The wrapped cell's structure under ``cell.``, with ``weight_skip`` and the state ``(inner, past)``."""
+        inner = self.cell.structure.under("cell")
+        return self._wrapper_structure(recurrent_matrices=(*inner.recurrent_matrices, "weight_skip"), state_fields=SkipState._fields)
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> SkipState:
         dtype, device = self._dtype_device(dtype, device)

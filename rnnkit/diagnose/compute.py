@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, SkipCell
-from ..cells.base import RecurrentCell
+from ..cells.base import RecurrentCell, resolve
 from ..cells.state import is_state, map_state
 from ..recurrent import Recurrent
 
@@ -394,35 +393,46 @@ def jacobian_products(cell: RecurrentCell, x: Tensor, state: Any = None, *, top:
 
 # -- the recurrent matrices and their spectra ---------------------------------------------------
 def recurrent_matrices(cell: RecurrentCell) -> dict[str, Tensor]:
-    r"""The matrices that multiply the previous hidden state, by name, detached.
+    r"""The matrices that multiply the previous hidden state, by name, detached — those the cell's
+    :class:`~rnnkit.cells.base.CellStructure` lists in ``recurrent_matrices``, each times its mask.
 
-    * Elman: ``"W"`` (H, H); clockwork: ``"W"`` = W ⊙ M, the connections it keeps;
-    * LSTM: one block of ``weight_hh`` per gate, ``"i", "f", "g", "o"`` (torch's order; i, f, o
-      have H/k rows with memory blocks of k cells); GRU: ``"r", "z", "n"``;
-    * LeakyCell: the wrapped cell's, and for a one-matrix cell also ``"effective"``
+    * the first, the cell's own W: one block per gate when it has several — LSTM ``"i", "f",
+      "g", "o"`` (torch's order; i, f, o have H/k rows with memory blocks of k cells), GRU
+      ``"r", "z", "n"`` — else ``"W"`` (Elman; clockwork W ⊙ M, the connections it keeps);
+    * a leaky cell (``leak``) around a one-block W also gets ``"effective"``,
       :math:`\mathrm{diag}(\alpha) + \mathrm{diag}(1-\alpha)\, W`, the step's Jacobian at a = 0;
-    * SkipCell: the wrapped cell's and ``"skip"``, W_s (P, H), which reads h(t − d);
-    * any other cell with a ``weight_hh``: ``"W"``.
+    * the others by their path with ``weight_`` dropped: a SkipCell's ``"skip"``, W_s (P, H),
+      which reads h(t − d); a deep transition's ``"mlp_hh.layers.0.weight"``; an attention
+      cell's ``"query.weight"``.
     """
     check_cell(cell, "recurrent_matrices")
-    if isinstance(cell, LSTMCell):
-        return {name: cell.weight_hh[rows].detach() for name, rows in cell.gate_slices.items()}
-    if isinstance(cell, GRUCell):
-        return dict(zip("rzn", (m.detach() for m in cell.weight_hh.chunk(3, dim=0))))
-    if isinstance(cell, ClockworkCell):
-        return {"W": (cell.weight_hh * cell.connection_mask).detach()}
-    if isinstance(cell, LeakyCell):
-        inner = recurrent_matrices(cell.cell)
-        if list(inner) == ["W"]:
-            alpha = cell.alpha_values.detach().to(inner["W"].dtype)
-            inner["effective"] = torch.diag(alpha) + (1 - alpha).unsqueeze(1) * inner["W"]
-        return inner
-    if isinstance(cell, SkipCell):
-        return {**recurrent_matrices(cell.cell), "skip": cell.weight_skip.detach()}
-    weight = getattr(cell, "weight_hh", None)
-    if isinstance(weight, Tensor):
-        return {"W": weight.detach()}
-    raise TypeError(f"recurrent_matrices: {type(cell).__name__} has no weight_hh and is not a known rnnkit cell")
+    s = cell.structure
+    if not s.recurrent_matrices:
+        raise TypeError(f"recurrent_matrices: {type(cell).__name__} lists no recurrent matrix in its structure")
+    masks = dict(s.masks)
+    out: dict[str, Tensor] = {}
+    for k, path in enumerate(s.recurrent_matrices):
+        W = resolve(cell, path)
+        if path in masks:
+            W = W * resolve(cell, masks[path])
+        W = W.detach()
+        if k > 0:
+            out[_matrix_label(path)] = W
+        elif len(s.gates) > 1:
+            out.update({name: W[rows] for name, rows in s.gates})
+        else:
+            out["W"] = W
+            if s.leak is not None:
+                alpha = resolve(cell, s.leak).detach().to(W.dtype)
+                out["effective"] = torch.diag(alpha) + (1 - alpha).unsqueeze(1) * W
+    return out
+
+
+def _matrix_label(path: str) -> str:
+    """A recurrent matrix's name in :func:`recurrent_matrices`: its path with the last part's
+    ``weight_`` dropped (``"weight_skip"`` → ``"skip"``, ``"cell.weight_skip"`` → ``"cell.skip"``)."""
+    head, dot, last = path.rpartition(".")
+    return head + dot + (last[len("weight_"):] if last.startswith("weight_") else last)
 
 
 @dataclass
@@ -502,18 +512,12 @@ class _RecordNonlinearities(TorchFunctionMode):
 def nonlinearity_names(cell: RecurrentCell) -> list[str] | None:
     """Names of the non-linearities of one step, in the order the cell calls them, or None if unknown.
 
-    Elman and clockwork: ``a``; GRU: ``r, z, n``; LSTM: ``g, i, f, o`` (its gates) and ``c``
-    (the tanh of the new memory); wrappers: the wrapped cell's.
+    The cell's structure says (``CellStructure.nonlinearities``): Elman and clockwork ``a``; GRU
+    ``r, z, n``; LSTM ``g, i, f, o`` (its gates) and ``c`` (the tanh of the new memory); leaky and
+    skip cells the wrapped cell's.
     """
-    if isinstance(cell, (LeakyCell, SkipCell)):
-        return nonlinearity_names(cell.cell)
-    if isinstance(cell, (ElmanCell, ClockworkCell)):
-        return ["a"]
-    if isinstance(cell, GRUCell):
-        return ["r", "z", "n"]
-    if isinstance(cell, LSTMCell):
-        return ["g", "i", "f", "o", "c"] if cell.forget_gate else ["g", "i", "o", "c"]
-    return None
+    names = cell.structure.nonlinearities
+    return None if names is None else list(names)
 
 
 @dataclass
@@ -666,13 +670,13 @@ def time_scales(cell: RecurrentCell, flow: GradientFlow | None = None, num_group
     is measured from the per-unit gradients, to set beside the group's built-in time scale.
     """
     check_cell(cell, "time_scales")
-    found = next((m for m in cell.modules() if isinstance(m, (LeakyCell, ClockworkCell))), None)
-    if found is None:
+    s = cell.structure  # a leak outranks a clock: a leaky cell can wrap a clockwork one, not the reverse
+    if s.leak is None and s.unit_periods is None:
         return None
     groups: dict[str, Tensor] = {}
     scale: dict[str, float] = {}
-    if isinstance(found, LeakyCell):
-        tau = found.time_constants.double().cpu()  # (H,)
+    if s.leak is not None:
+        tau = (1.0 / (1.0 - resolve(cell, s.leak).detach())).double().cpu()  # (H,) τ = 1/(1 − α)
         order = torch.argsort(tau)
         for idx in order.tensor_split(min(num_groups, tau.numel())):
             label = f"τ {float(tau[idx].min()):.3g}–{float(tau[idx].max()):.3g}"
@@ -680,10 +684,11 @@ def time_scales(cell: RecurrentCell, flow: GradientFlow | None = None, num_group
             scale[label] = float(tau[idx].median())
         result = TimeScales("leaky", tau, groups)
     else:
-        period = found.unit_period.double().cpu()  # (H,)
-        for p in found.periods:
+        unit_period = resolve(cell, s.unit_periods).cpu()  # (H,)
+        period = unit_period.double()
+        for p in torch.unique_consecutive(unit_period).tolist():  # the groups, in the cell's order
             label = f"period {p}"
-            groups[label] = torch.nonzero(found.unit_period.cpu() == p).flatten()
+            groups[label] = torch.nonzero(unit_period == p).flatten()
             scale[label] = float(p)
         result = TimeScales("clockwork", period, groups)
     result.group_scale = scale

@@ -1,9 +1,10 @@
 """Native dispatch: run plain Elman, LSTM and GRU layers on torch's own fused RNN kernels.
 
-A cell qualifies when torch's kernel computes exactly its equations: ``ElmanCell`` (tanh or
-ReLU; the init does not matter), ``LSTMCell`` with forget gate and no peephole, blocks or
-clipping, and ``GRUCell``. Variable lengths go through torch's packed sequences; a reversed
-layer reverses each sequence within its length around the forward kernel.
+A cell qualifies when torch's kernel computes exactly its equations, as the cell's structure
+says (``CellStructure.torch_kernel``): ``ElmanCell`` (tanh or ReLU; the init does not matter),
+``LSTMCell`` with forget gate and no peephole, blocks or clipping, and ``GRUCell``. Variable
+lengths go through torch's packed sequences; a reversed layer reverses each sequence within its
+length around the forward kernel.
 
 Whole stacks and bidirectional layers of such cells — one kind, one hidden size, bias in all or
 none — run as one kernel call with torch's ``num_layers`` and ``bidirectional``
@@ -21,32 +22,16 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..cells import ElmanCell, GRUCell, LSTMCell, LSTMState, RNNState
+from ..cells import LSTMState, RNNState
 from ..cells.base import RecurrentCell
 
 _KERNELS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu}
 
 
-def lstm_extras(cell: LSTMCell) -> list[str]:
-    """The options of an LSTMCell that torch's LSTM kernel does not compute, as written in code."""
-    options = (
-        ("forget_gate=False", not cell.forget_gate),
-        ("peephole=True", cell.peephole),
-        (f"block_size={cell.block_size}", cell.block_size != 1),
-        (f"cell_clip={cell.cell_clip}", cell.cell_clip is not None),
-    )
-    return [name for name, on in options if on]
-
-
 def native_kind(cell: RecurrentCell) -> str | None:
-    """Which torch kernel computes ``cell`` exactly (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``), or None."""
-    if type(cell) is ElmanCell:
-        return "rnn_" + cell.nonlinearity
-    if type(cell) is GRUCell:
-        return "gru"
-    if type(cell) is LSTMCell and not lstm_extras(cell):
-        return "lstm"
-    return None
+    """Which torch kernel computes ``cell`` exactly (``"lstm"``, ``"gru"``, ``"rnn_tanh"``,
+    ``"rnn_relu"``), or None: the cell's ``structure.torch_kernel``."""
+    return cell.structure.torch_kernel
 
 
 def flat_weights(cell: RecurrentCell) -> list[Tensor]:

@@ -26,8 +26,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..cells.attention import AttentionCell
-from ..cells.base import check_choice, check_size
+from ..cells.base import check_choice, check_size, resolve
 from ..recurrent import Recurrent, check_lengths
 from .base import (
     DecoderState,
@@ -115,7 +114,8 @@ class FeedbackDecoder(nn.Module):
         if self.layer.input_size != expected:
             parts = f"I={self.input_size} + E={self.feedback.size}" + (f" + C={self.context_size}" if self.context_as_input else "")
             raise ValueError(f"{owner}: the layer must read {parts} = {expected} inputs, got input_size {self.layer.input_size}")
-        self.attention = isinstance(self.layer, Recurrent) and isinstance(self.layer.cell, AttentionCell)
+        # a cell that attends over a memory in its state (an AttentionCell) says so in its structure
+        self.attention = isinstance(self.layer, Recurrent) and self.layer.cell.structure.memory_size is not None
         like = param_like(self.layer)
         template = self._zero_state(1, like)
         self.bridge = StateBridge(template, self.context_size) if self.context_as_init else None
@@ -130,7 +130,8 @@ class FeedbackDecoder(nn.Module):
     def _zero_state(self, batch_size: int, like: Tensor) -> Any:
         """The layer's zero state (for an attention layer, its inner cell's)."""
         if self.attention:
-            return self.layer.cell.cell.init_state(batch_size, dtype=like.dtype, device=like.device)
+            inner = resolve(self.layer.cell, self.layer.cell.structure.inner)
+            return inner.init_state(batch_size, dtype=like.dtype, device=like.device)
         return layer_init_state(self.layer, batch_size, like.dtype, like.device)
 
     def _initial_layer_state(self, v: Tensor | None, batch_size: int, memory: Tensor | None, mask: Tensor | None) -> Any:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cells import GRUCell, LSTMCell
+from ..cells import RecurrentCell
 from ..cells.lstm import set_gate_bias
 from ..cells.registry import make_cell
 from ..compose import Bidirectional, Stack
@@ -175,13 +175,16 @@ def set_forget_bias(cell: nn.Module, value: float) -> bool:
     signal survives :math:`\sigma(b)^{\Delta t}` over a lag Δt: with b = 1, 0.73^50 ≈ 10⁻⁷; with
     b = 5, 0.993^50 ≈ 0.7. Long lags are learnt only once the gate has opened that far
     (Gers, Schmidhuber & Cummins 2000, who start long-lag nets with a large positive bias).
+
+    The gate is the cell's ``structure.keep_gate``; a wrapper (LeakyCell, SkipCell, …) is left
+    alone, as its gates belong to the wrapped cell.
     """
-    if isinstance(cell, LSTMCell) and cell.forget_gate:
-        rows = cell.gate_slices["f"]
-    elif isinstance(cell, GRUCell):
-        rows = slice(cell.hidden_size, 2 * cell.hidden_size)
-    else:
+    if not isinstance(cell, RecurrentCell):
         return False
+    s = cell.structure
+    if s.keep_gate is None or s.inner is not None:
+        return False
+    rows = dict(s.gates)[s.keep_gate]
     set_gate_bias(cell, rows.start, rows.stop, value)
     cell.forget_bias = value
     return True
