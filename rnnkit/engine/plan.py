@@ -184,7 +184,6 @@ def plan(trace: Trace, ext: Any) -> Plan:
                 batch_roots.add(id(root(a)[0]))
 
     loc: dict[int, tuple[int, int]] = {}  # id(root) -> (buffer, offset), forward
-    gloc: dict[int, tuple[int, int]] = {}  # id(root) -> (buffer, offset), gradient
     claimed: dict[int, int] = {}  # id(root) -> field
     copies: list[tuple[tuple[int, int], tuple[int, int], Value, int]] = []  # (dst fwd, dst grad, src, width)
     for k, v in enumerate(trace.new_fields):
@@ -194,7 +193,6 @@ def plan(trace: Trace, ext: Any) -> Plan:
         if v is r and r.op not in _SOURCES and r.op != "matmul" and id(r) not in claimed:
             claimed[id(r)] = k
             loc[id(r)] = (L.buf("sout", k), 0)
-            gloc[id(r)] = (L.buf("g_dsout", k), 0)
         else:
             copies.append(((L.buf("sout", k), 0), (L.buf("g_dsout", k), 0), v, v.width))
     out_root, out_off = root(trace.output)
@@ -211,32 +209,80 @@ def plan(trace: Trace, ext: Any) -> Plan:
         widths[kind] += w
         return off
 
-    gemm_index: dict[int, int] = {}
-    for v in nodes:
-        if v.op == "matmul":
-            gemm_index[id(v)] = len(gemm_index)
+    fixed: dict[int, tuple[int, int]] = {id(r): (L.buf("g_dsout", k), 0) for r in nodes for k in [claimed.get(id(r))]
+                                           if k is not None}
     for v in nodes:
         if v.op == "slice" or id(v) in loc:
             continue
         if v.op == "gi":
-            loc[id(v)], gloc[id(v)] = (L.buf("gi"), 0), (L.buf("g_gi"), 0)
+            loc[id(v)], fixed[id(v)] = (L.buf("gi"), 0), (L.buf("g_gi"), 0)
         elif v.op == "state":
             k = v.attrs["field"]
-            loc[id(v)], gloc[id(v)] = (L.buf("sin", k), 0), (L.buf("g_dsin", k), 0)
+            loc[id(v)], fixed[id(v)] = (L.buf("sin", k), 0), (L.buf("g_dsin", k), 0)
         elif v.op == "delay":
             k, j = v.attrs["field"], v.attrs["slot"]
-            loc[id(v)], gloc[id(v)] = (L.buf("delay", k, j), 0), (L.buf("g_dhist", k, j), 0)
+            loc[id(v)], fixed[id(v)] = (L.buf("delay", k, j), 0), (L.buf("g_dhist", k, j), 0)
+        elif id(v) in saved_roots:
+            loc[id(v)] = (L.buf("saved"), alloc("saved", v.width))
+        elif id(v) in batch_roots:
+            loc[id(v)] = (L.buf("btemp"), alloc("btemp", v.width))
         else:
-            if id(v) in saved_roots:
-                loc[id(v)] = (L.buf("saved"), alloc("saved", v.width))
-            elif id(v) in batch_roots:
-                loc[id(v)] = (L.buf("btemp"), alloc("btemp", v.width))
+            loc[id(v)] = (L.buf("rtemp"), alloc("rtemp", v.width))
+
+    # -- gradient places: a value used once, by an addition of its own width, shares its gradient
+    # with the sum's (the adjoint would only copy it), so `gates = gi + W h + b` keeps one gradient,
+    # the projected input's, which is also what the weight gradient of W reads.
+    uses: dict[int, int] = {}
+    for v in nodes:
+        if v.op != "slice":
+            for a in v.args:
+                if isinstance(a, Value) and a.kind == "dyn":
+                    uses[id(root(a)[0])] = uses.get(id(root(a)[0]), 0) + 1
+    for v in [trace.output, *(f for f in trace.new_fields if f is not None), *trace.pushes.values()]:
+        uses[id(root(v)[0])] = uses.get(id(root(v)[0]), 0) + 1
+    parent: dict[int, int] = {}
+    persistent = {id(v) for v in nodes if v.op == "matmul"}  # a product's output gradient is kept for all steps
+    g_gi = L.buf("g_gi")
+
+    def find(i: int) -> int:
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    for v in nodes:
+        if v.op not in ("add", "sub") or not v.grad:
+            continue
+        for a in v.args[: 2 if v.op == "add" else 1]:
+            if not (isinstance(a, Value) and a.kind == "dyn" and a.op != "slice" and a.grad and a.width == v.width
+                    and uses.get(id(a)) == 1):
+                continue
+            ra, rv = find(id(a)), find(id(v))
+            fa, fv = fixed.get(ra), fixed.get(rv)
+            if ra == rv or (fa and fv):
+                continue
+            fx, pers = fa or fv, ra in persistent or rv in persistent
+            if pers and fx and fx[0] != g_gi:
+                continue
+            parent[ra] = rv
+            if fx:
+                fixed[rv] = fx
+            if pers:
+                persistent.add(rv)
+    gloc: dict[int, tuple[int, int]] = {}  # id(root) -> (buffer, offset) of its gradient
+    dg_widths: list[int] = []
+    for v in nodes:
+        if v.op == "slice" or not v.grad:
+            continue
+        c = find(id(v))
+        if c not in gloc:
+            if c in fixed:
+                gloc[c] = fixed[c]
+            elif c in persistent:
+                gloc[c] = (L.buf("g_dg", len(dg_widths)), 0)
+                dg_widths.append(v.width)
             else:
-                loc[id(v)] = (L.buf("rtemp"), alloc("rtemp", v.width))
-            if v.op == "matmul":
-                gloc[id(v)] = (L.buf("g_dg", gemm_index[id(v)]), 0)
-            elif v.grad:
-                gloc[id(v)] = (L.buf("g_frame"), alloc("frame", v.width))
+                gloc[c] = (L.buf("g_frame"), alloc("frame", v.width))
+        gloc[id(v)] = gloc[c]
 
     def where(a: Value) -> tuple[int, int]:
         if a.kind == "static":
@@ -275,6 +321,9 @@ def plan(trace: Trace, ext: Any) -> Plan:
     bwd: list[list[list[int]]] = [[] for _ in range(n_stages)]
     bwd_p: list[list[list[float]]] = [[] for _ in range(n_stages)]
 
+    def shares_gradient(a: Value, out_v: Value | None) -> bool:
+        return out_v is not None and a.kind == "dyn" and a.op != "slice" and find(id(a)) == find(id(out_v))
+
     def emit(s: int, op: str, w: int, out_v: Value | None, out_loc, out_gloc, args: list[Value], k: int = 0,
              p: tuple[float, float] = (0.0, 0.0)) -> None:
         operands = [(where(a), width_of(a, w, op) if op not in ("rowsum", "rowmean", "bsum", "bexpand") else a.width)
@@ -283,7 +332,8 @@ def plan(trace: Trace, ext: Any) -> Plan:
         fwd_p[s].append(list(p))
         if op in _NO_GRAD_OPS or out_gloc[0] < 0:
             return
-        gops = [gwhere(a) if op != "where" or i > 0 else (-1, 0) for i, a in enumerate(args)]
+        gops = [gwhere(a) if (op != "where" or i > 0) and not shares_gradient(a, out_v) else (-1, 0)
+                for i, a in enumerate(args)]
         if all(g[0] < 0 for g in gops):
             return
         bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops))
@@ -325,7 +375,8 @@ def plan(trace: Trace, ext: Any) -> Plan:
         gb, go = gwhere(src)
         r[gcols["ibuf"]], r[gcols["ioff"]], r[gcols["obuf"]], r[gcols["ooff"]] = ib, io, ob, oo
         r[gcols["mat"]], r[gcols["n"]], r[gcols["k"]] = slot(W), v.width, src.width
-        r[gcols["gibuf"]], r[gcols["gioff"]], r[gcols["gobuf"]], r[gcols["stage"]] = gb, go, gloc[id(v)][0], stage[id(v)]
+        r[gcols["gibuf"]], r[gcols["gioff"]], r[gcols["stage"]] = gb, go, stage[id(v)]
+        r[gcols["gobuf"]], r[gcols["gooff"]] = gloc[id(v)]
         if W.shape != (v.width, src.width):
             raise Untraceable(f"a matrix of shape {W.shape} for a product ({src.width} → {v.width})")
         gemms.append(r)
@@ -358,6 +409,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
     for s, v in enumerate(slot_values):
         acc.append(width_of(v, v.width, "static") if (v.grad and s in elementwise_slots) else 0)
     P.acc_widths = torch.tensor(acc, dtype=torch.int64)
+    P.dg_widths = torch.tensor(dg_widths, dtype=torch.int64)
     P.proj_size = next((v.width for v in trace.nodes if v.op == "gi"), 0)
     P.saved_width, P.btemp_width = widths["saved"], widths["btemp"]
     P.rtemp_width, P.frame_width = widths["rtemp"], widths["frame"]

@@ -582,7 +582,10 @@ def _substitute(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
 def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
     """Trace ``cell.recurrence`` into a :class:`Trace`; :class:`Untraceable` if it cannot be."""
     gen = torch.Generator().manual_seed(0)
-    template = cell.init_state(TRACE_BATCH, dtype=dtype, device=torch.device("cpu"))
+    try:
+        template = cell.init_state(TRACE_BATCH, dtype=dtype, device=torch.device("cpu"))
+    except Exception as err:  # e.g. a state that needs more than a batch size (an attention memory)
+        raise Untraceable(f"a state its init_state cannot make from a batch size alone ({type(err).__name__}: {err})") from err
     tensors = state_tensors(template)
     tracer = _Tracer(cell, dtype)
     fields: list[Field] = []

@@ -107,7 +107,7 @@ enum Col : int64_t {
   C_OP, C_W, C_OBUF, C_OOFF, C_ABUF, C_AOFF, C_AW, C_BBUF, C_BOFF, C_BW, C_CBUF, C_COFF, C_CW, C_K,
   C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, NCOL
 };
-enum GemmCol : int64_t { M_IBUF, M_IOFF, M_OBUF, M_OOFF, M_MAT, M_N, M_K, M_GIBUF, M_GIOFF, M_GOBUF, M_STAGE, NGCOL };
+enum GemmCol : int64_t { M_IBUF, M_IOFF, M_OBUF, M_OOFF, M_MAT, M_N, M_K, M_GIBUF, M_GIOFF, M_GOBUF, M_GOOFF, M_STAGE, NGCOL };
 
 struct Ins {
   int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco;
@@ -127,6 +127,7 @@ struct Program {
   Tensor gemms;       // (g, NGCOL) the matrix products
   Tensor fields;      // (F, 5): kind, width, delay, push buffer, push offset
   Tensor acc_widths;  // (nstatic,) width of each static's gradient accumulator, 0 for none
+  Tensor dg_widths;   // (q,) width of each kept-for-all-steps gradient (matrix product outputs)
   int64_t proj_size = 0, saved_width = 0, btemp_width = 0, rtemp_width = 0, frame_width = 0;
   int64_t out_width = 0, out_alias = -1;  // the output is field out_alias's storage, or its own
 };
@@ -271,11 +272,17 @@ static void run_forward(const Ins& I, const Frame<T>& F) {
       break;
     case REM: {  // (the step counter) mod period, in integers: exact at any step
       const int64_t tick = F.ticks[I.k];
+      int64_t last = 0;
+      T value = 0;
       for (int64_t u = 0; u < w; ++u) {
         const int64_t p = static_cast<int64_t>(a[fa ? u : 0]);
-        int64_t r = p ? tick % p : 0;
-        if (r != 0 && ((r < 0) != (p < 0))) r += p;  // Python's sign convention, as torch.remainder
-        o[u] = T(r);
+        if (u == 0 || p != last) {  // units of one period are usually adjacent: one modulo per run
+          int64_t r = p ? tick % p : 0;
+          if (r != 0 && ((r < 0) != (p < 0))) r += p;  // Python's sign convention, as torch.remainder
+          last = p;
+          value = T(r);
+        }
+        o[u] = value;
       }
       break;
     }
@@ -392,7 +399,7 @@ struct Decoded {
   std::vector<int64_t> fstage, bstage;
   std::vector<std::array<int64_t, NGCOL>> gemms;
   std::vector<std::array<int64_t, 5>> fields;
-  std::vector<int64_t> acc_w;
+  std::vector<int64_t> acc_w, dg_w;
   int64_t stages;
 };
 
@@ -415,6 +422,7 @@ static Decoded decode_program(const Program& P) {
   const int64_t* f = P.fields.data_ptr<int64_t>();
   for (int64_t i = 0; i < P.fields.size(0); ++i) D.fields.push_back({f[5 * i], f[5 * i + 1], f[5 * i + 2], f[5 * i + 3], f[5 * i + 4]});
   D.acc_w = to_vec(P.acc_widths);
+  D.dg_w = to_vec(P.dg_widths);
   return D;
 }
 
@@ -465,7 +473,7 @@ struct Storage {
       case G_DSIN: return {dsin.empty() ? nullptr : dsin[p], D->fields[p][1]};
       case G_FRAME: return {frame, Wg};
       case G_DG: {
-        const int64_t N = D->gemms[p][M_N];
+        const int64_t N = D->dg_w[p];
         return {dg.empty() ? nullptr : dg[p] + t * B * N, N};
       }
       case G_DHIST: {
@@ -675,7 +683,7 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
       }
     }
   }
-  for (const auto& g : D.gemms) dg.push_back(at::zeros({Tn, B, g[M_N]}, opts));
+  for (int64_t w : D.dg_w) dg.push_back(at::zeros({Tn, B, w}, opts));
   for (size_t s = 0; s < D.acc_w.size(); ++s)
     acc.push_back(D.acc_w[s] ? at::zeros({B, D.acc_w[s]}, opts) : Tensor());
   Tensor frame = at::zeros({B, std::max<int64_t>(P.frame_width, 1)}, opts);
@@ -751,7 +759,7 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
           const auto& g = D.gemms[m];
           if (g[M_STAGE] != s || g[M_GIBUF] < 0) continue;
           const int64_t N = g[M_N], K = g[M_K];
-          gemm<T_>(false, B, K, N, S.dg[m] + t * B * N, N, S.statics[g[M_MAT]], T_(1),
+          gemm<T_>(false, B, K, N, base[g[M_GOBUF]] + g[M_GOOFF], stride[g[M_GOBUF]], S.statics[g[M_MAT]], T_(1),
                    base[g[M_GIBUF]] + g[M_GIOFF], stride[g[M_GIBUF]]);
         }
       }
@@ -761,7 +769,7 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
         std::swap(din[k], dsin[k]);
         dsin[k].zero_();
       }
-      frame.zero_();
+      if (P.frame_width) frame.zero_();
     }
   });
 
@@ -781,7 +789,9 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnnkit_program_weight_grads", [&] {
     for (size_t m = 0; m < D.gemms.size(); ++m) {
       const auto& g = D.gemms[m];
-      Tensor dw = weight_grad<scalar_t>(D, g, dg[m], gi, init, sout, saved, Tn, B);
+      const auto& ob = D.bufs[g[M_GOBUF]];
+      const Tensor& dout = ob[0] == G_GI ? dgi : dg[ob[1]];  // (T, B, ·): the output's gradient, all steps
+      Tensor dw = weight_grad<scalar_t>(D, g, dout.narrow(2, g[M_GOOFF], g[M_N]), gi, init, sout, saved, Tn, B);
       const int64_t s = g[M_MAT];
       dstatic[s] = dstatic[s].defined() ? dstatic[s] + dw : dw;
     }
@@ -797,7 +807,7 @@ pybind11::dict codes() {
   const char* col_names[] = {"op", "w", "obuf", "ooff", "abuf", "aoff", "aw", "bbuf", "boff", "bw", "cbuf", "coff",
                              "cw", "k", "gobuf", "gooff", "gabuf", "gaoff", "gbbuf", "gboff", "gcbuf", "gcoff"};
   for (int64_t i = 0; i < NCOL; ++i) cols[col_names[i]] = i;
-  const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "stage"};
+  const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "gooff", "stage"};
   for (int64_t i = 0; i < NGCOL; ++i) gcols[gcol_names[i]] = i;
   fields["float"] = static_cast<int64_t>(F_FLOAT);
   fields["delay"] = static_cast<int64_t>(F_DELAY);
@@ -828,6 +838,7 @@ void register_program(pybind11::module& m) {
       .def_readwrite("gemms", &Program::gemms)
       .def_readwrite("fields", &Program::fields)
       .def_readwrite("acc_widths", &Program::acc_widths)
+      .def_readwrite("dg_widths", &Program::dg_widths)
       .def_readwrite("proj_size", &Program::proj_size)
       .def_readwrite("saved_width", &Program::saved_width)
       .def_readwrite("btemp_width", &Program::btemp_width)
