@@ -41,7 +41,7 @@ _NO_GRAD_OPS = ("gt", "ge", "lt", "le", "eq", "ne", "rem")
 def _needs(op: str, grads: tuple[bool, ...]) -> set:
     """Which forward values the adjoint of ``op`` reads ('o' for its output, i for operand i),
     given which operands need a gradient."""
-    if op == "mul":
+    if op in ("mul", "muladd"):
         return ({1} if grads[0] else set()) | ({0} if len(grads) > 1 and grads[1] else set())
     if op == "div":
         return ({1} if grads[0] else set()) | ({"o", 1} if grads[1] else set())
@@ -106,11 +106,91 @@ def plan(trace: Trace, ext: Any) -> Plan:
             v = v.args[0]
         return v, off
 
+    # -- stages --------------------------------------------------------------------------------------
+    def stages_of(nodes: list[Value]) -> tuple[dict[int, int], dict[int, bool]]:
+        """Each value's stage, and whether the element-wise pass of its stage makes it (or a
+        source / a matrix product makes it before that pass)."""
+        stage: dict[int, int] = {}
+        made_by_ops: dict[int, bool] = {}
+        for v in nodes:
+            if v.op in _SOURCES:
+                stage[id(v)], made_by_ops[id(v)] = 0, False
+            elif v.op == "slice":
+                r, _ = root(v)
+                stage[id(v)], made_by_ops[id(v)] = stage[id(r)], made_by_ops[id(r)]
+            elif v.op == "matmul":
+                src = v.args[0]
+                s = stage[id(src)] + (1 if (made_by_ops[id(src)] or root(src)[0].op == "matmul") else 0)
+                stage[id(v)], made_by_ops[id(v)] = s, False
+            else:
+                dyn = [a for a in v.args if isinstance(a, Value) and a.kind == "dyn"]
+                stage[id(v)] = max((stage[id(a)] for a in dyn), default=0)
+                made_by_ops[id(v)] = True
+        return stage, made_by_ops
+
+    def uses_of(nodes: list[Value]) -> dict[int, int]:
+        uses: dict[int, int] = {}
+        for v in nodes:
+            if v.op != "slice":
+                for a in [*v.args, *v.attrs.get("init", ())]:
+                    if isinstance(a, Value) and a.kind == "dyn":
+                        uses[id(root(a)[0])] = uses.get(id(root(a)[0]), 0) + 1
+        for v in [trace.output, *(f for f in trace.new_fields if f is not None), *trace.pushes.values()]:
+            uses[id(root(v)[0])] = uses.get(id(root(v)[0]), 0) + 1
+        return uses
+
+    # -- fusion: fewer passes over each row ---------------------------------------------------------
+    # (1) `W v + x` becomes one matrix product whose output starts as x (a bias, the projected
+    #     input, anything ready before the product): the addition costs no pass of its own;
+    # (2) `a * b + c` becomes one multiply-add.
+    stage, made_by_ops = stages_of(nodes)
+    uses = uses_of(nodes)
+    order = {id(v): i for i, v in enumerate(nodes)}
+    dead: set[int] = set()
+
+    def ready_before(x: Value, m: Value) -> bool:
+        if x.kind == "static":
+            return len(x.shape) <= 1 and (x.width in (1, m.width))
+        if x.width not in (1, m.width) or root(x)[0] is m:
+            return False
+        if not made_by_ops[id(x)] and stage[id(x)] == 0 and root(x)[0].op in _SOURCES:
+            return True
+        if made_by_ops[id(x)]:
+            return stage[id(x)] < stage[id(m)]
+        return stage[id(x)] < stage[id(m)] or (stage[id(x)] == stage[id(m)] and order[id(root(x)[0])] < order[id(m)])
+
+    for v in nodes:
+        if v.op != "add" or len(v.attrs.get("init", ())) >= 3:
+            continue
+        for i in (0, 1):
+            m, x = v.args[i], v.args[1 - i]
+            if (m.kind == "dyn" and m.op == "matmul" and uses.get(id(m)) == 1 and m.width == v.width
+                    and len(m.attrs.get("init", ())) < 3 and ready_before(x, m)):
+                v.op, v.args, v.attrs = "matmul", m.args, {"init": [*m.attrs.get("init", ()), x]}
+                stage[id(v)], made_by_ops[id(v)], order[id(v)] = stage[id(m)], False, order[id(m)]
+                dead.add(id(m))
+                break
+    nodes = [v for v in nodes if id(v) not in dead]
+    uses = uses_of(nodes)
+    for v in nodes:
+        if v.op != "add":
+            continue
+        for i in (0, 1):
+            m, x = v.args[i], v.args[1 - i]
+            if m.kind == "dyn" and m.op == "mul" and uses.get(id(m)) == 1 and m.width == v.width:
+                v.op, v.args = "muladd", (m.args[0], m.args[1], x)
+                dead.add(id(m))
+                break
+    nodes = [v for v in nodes if id(v) not in dead]
+    stage, made_by_ops = stages_of(nodes)
+    uses = uses_of(nodes)
+
     # -- static slots ------------------------------------------------------------------------------
     slots: dict[int, int] = {}
     slot_values: list[Value] = []
     matrix_slots: set[int] = set()
     elementwise_slots: set[int] = set()
+    bias_slots: set[int] = set()
 
     def slot(s: Value) -> int:
         if s.index not in slots:
@@ -118,29 +198,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
             slot_values.append(s)
         return slots[s.index]
 
-    # -- stages --------------------------------------------------------------------------------------
-    stage: dict[int, int] = {}
-    made_by_ops: dict[int, bool] = {}  # computed by the element-wise pass of its stage (vs before it)
     for v in nodes:
-        if v.op in _SOURCES:
-            stage[id(v)], made_by_ops[id(v)] = 0, False
-        elif v.op == "slice":
-            r, _ = root(v)
-            stage[id(v)], made_by_ops[id(v)] = stage[id(r)], made_by_ops[id(r)]
-        elif v.op == "matmul":
-            src = v.args[0]
-            s = stage[id(src)] + (1 if (made_by_ops[id(src)] or root(src)[0].op == "matmul") else 0)
-            stage[id(v)], made_by_ops[id(v)] = s, False
-            m = slot(v.args[1])
-            matrix_slots.add(m)
-        else:
-            dyn = [a for a in v.args if isinstance(a, Value) and a.kind == "dyn"]
-            stage[id(v)] = max((stage[id(a)] for a in dyn), default=0)
-            made_by_ops[id(v)] = True
-            for a in v.args:
-                if isinstance(a, Value) and a.kind == "static":
-                    elementwise_slots.add(slot(a))
-    if matrix_slots & elementwise_slots:
+        if v.op == "matmul":
+            matrix_slots.add(slot(v.args[1]))
+            bias_slots.update(slot(x) for x in v.attrs.get("init", ()) if x.kind == "static")
+        elif v.op not in _SOURCES and v.op != "slice":
+            elementwise_slots.update(slot(a) for a in v.args if isinstance(a, Value) and a.kind == "static")
+    if matrix_slots & (elementwise_slots | bias_slots):
         raise Untraceable("a static tensor used both as a matrix and element-wise")
     n_stages = max([stage[id(v)] for v in nodes] + [0]) + 1
 
@@ -168,6 +232,9 @@ def plan(trace: Trace, ext: Any) -> Plan:
             if src.op not in _SOURCES:
                 saved_roots.add(id(src))  # its history gives the weight gradient
             batch_roots.add(id(v))
+            for x in v.attrs.get("init", ()):  # read over the whole batch before the product
+                if x.kind == "dyn" and root(x)[0].op not in _SOURCES:
+                    batch_roots.add(id(root(x)[0]))
             continue
         if not v.grad:
             continue
@@ -232,14 +299,6 @@ def plan(trace: Trace, ext: Any) -> Plan:
     # -- gradient places: a value used once, by an addition of its own width, shares its gradient
     # with the sum's (the adjoint would only copy it), so `gates = gi + W h + b` keeps one gradient,
     # the projected input's, which is also what the weight gradient of W reads.
-    uses: dict[int, int] = {}
-    for v in nodes:
-        if v.op != "slice":
-            for a in v.args:
-                if isinstance(a, Value) and a.kind == "dyn":
-                    uses[id(root(a)[0])] = uses.get(id(root(a)[0]), 0) + 1
-    for v in [trace.output, *(f for f in trace.new_fields if f is not None), *trace.pushes.values()]:
-        uses[id(root(v)[0])] = uses.get(id(root(v)[0]), 0) + 1
     parent: dict[int, int] = {}
     persistent = {id(v) for v in nodes if v.op == "matmul"}  # a product's output gradient is kept for all steps
     g_gi = L.buf("g_gi")
@@ -249,10 +308,12 @@ def plan(trace: Trace, ext: Any) -> Plan:
             i = parent[i]
         return i
 
+    passthrough = {"add": lambda v: v.args, "sub": lambda v: v.args[:1], "muladd": lambda v: v.args[2:],
+                   "matmul": lambda v: v.attrs.get("init", ())}
     for v in nodes:
-        if v.op not in ("add", "sub") or not v.grad:
+        if v.op not in passthrough or not v.grad:
             continue
-        for a in v.args[: 2 if v.op == "add" else 1]:
+        for a in passthrough[v.op](v):
             if not (isinstance(a, Value) and a.kind == "dyn" and a.op != "slice" and a.grad and a.width == v.width
                     and uses.get(id(a)) == 1):
                 continue
@@ -365,11 +426,27 @@ def plan(trace: Trace, ext: Any) -> Plan:
             pre.append(row("accum", v.width, (-1, 0), [((L.buf("g_dhistpush", k), 0), v.width)], gout=g))
 
     gemms: list[list[int]] = []
+    biases: list[list[int]] = []  # (product, static slot): the static's gradient is Σ over t, b of the output's
     for v in nodes:
         if v.op != "matmul":
             continue
         src, W = v.args
         r = [0] * len(gcols)
+        inits = v.attrs.get("init", ())
+        for i, x in enumerate(inits, start=1):
+            b, o = where(x)
+            r[gcols[f"i{i}buf"]], r[gcols[f"i{i}off"]], r[gcols[f"i{i}w"]] = b, o, width_of(x, v.width, "matmul")
+            if x.kind == "static":
+                if x.grad:
+                    biases.append([len(gemms), slot(x)])
+            elif x.grad and v.grad and not shares_gradient(x, v):
+                # the start value's gradient is the output's: added row by row once the stage's
+                # element-wise adjoints have filled it (first in forward order, so last backward)
+                bwd[stage[id(v)]].insert(0, row("copy", v.width, loc[id(v)], [(where(x), width_of(x, v.width, "copy"))],
+                                                gout=gloc[id(v)], gops=[gwhere(x)]))
+                bwd_p[stage[id(v)]].insert(0, [0.0, 0.0])
+        for i in range(len(inits) + 1, 4):
+            r[gcols[f"i{i}buf"]] = -1
         ib, io = where(src)
         ob, oo = loc[id(v)]
         gb, go = gwhere(src)
@@ -404,6 +481,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
     P.backward_stages = torch.tensor([0] + list(_cumsum(len(s) for s in bwd)), dtype=torch.int64)
     P.pre = table(pre, len(cols))
     P.gemms = table(gemms, len(gcols))
+    P.biases = table(biases, 2)
     P.fields = table(fields, 5)
     acc = []
     for s, v in enumerate(slot_values):

@@ -82,12 +82,12 @@ static void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, const T* A, int6
 enum Op : int64_t {
   COPY, ADD, SUB, MUL, DIV, MAX, MIN, GT, GE, LT, LE, EQ, NE,
   NEG, SIGMOID, TANH, RELU, EXP, LOG, ABS, SQRT, RSQRT, POW, CLAMP,
-  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, NUM_OPS
+  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, MULADD, NUM_OPS
 };
 static const char* OP_NAMES[] = {
   "copy", "add", "sub", "mul", "div", "max", "min", "gt", "ge", "lt", "le", "eq", "ne",
   "neg", "sigmoid", "tanh", "relu", "exp", "log", "abs", "sqrt", "rsqrt", "pow", "clamp",
-  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum"};
+  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum", "muladd"};
 
 // Where values live. Forward: the projected input, the previous and new state fields, the saved
 // frame (values backward reads), the output, batch-wide and per-row scratch, static tensors and
@@ -107,7 +107,12 @@ enum Col : int64_t {
   C_OP, C_W, C_OBUF, C_OOFF, C_ABUF, C_AOFF, C_AW, C_BBUF, C_BOFF, C_BW, C_CBUF, C_COFF, C_CW, C_K,
   C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, NCOL
 };
-enum GemmCol : int64_t { M_IBUF, M_IOFF, M_OBUF, M_OOFF, M_MAT, M_N, M_K, M_GIBUF, M_GIOFF, M_GOBUF, M_GOOFF, M_STAGE, NGCOL };
+// A matrix product out = init + v Wᵀ: its input, output, matrix (a static slot), sizes, where the
+// gradients of its input and output live, its stage, and up to three addends it starts from.
+enum GemmCol : int64_t {
+  M_IBUF, M_IOFF, M_OBUF, M_OOFF, M_MAT, M_N, M_K, M_GIBUF, M_GIOFF, M_GOBUF, M_GOOFF, M_STAGE,
+  M_I1BUF, M_I1OFF, M_I1W, M_I2BUF, M_I2OFF, M_I2W, M_I3BUF, M_I3OFF, M_I3W, NGCOL
+};
 
 struct Ins {
   int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco;
@@ -125,6 +130,7 @@ struct Program {
   Tensor backward_stages;  // (S + 1,)
   Tensor pre;         // (p, NCOL) per-row gradient additions before the adjoints (delay lines)
   Tensor gemms;       // (g, NGCOL) the matrix products
+  Tensor biases;      // (b, 2): product, static slot — a static addend whose gradient is Σ_t,b ∂out
   Tensor fields;      // (F, 5): kind, width, delay, push buffer, push offset
   Tensor acc_widths;  // (nstatic,) width of each static's gradient accumulator, 0 for none
   Tensor dg_widths;   // (q,) width of each kept-for-all-steps gradient (matrix product outputs)
@@ -223,6 +229,16 @@ static void run_forward(const Ins& I, const Frame<T>& F) {
     case DIV: binary([](T x, T y) { return x / y; }); break;
     case MAX: binary([](T x, T y) { return std::isnan(x) || x > y ? x : y; }); break;
     case MIN: binary([](T x, T y) { return std::isnan(x) || x < y ? x : y; }); break;
+    case MULADD: {  // o = a ⊙ b + c
+      const bool fc = I.cw == w;
+      with_full<T>(fa, fb, [&](auto FA, auto FB) {
+        if (fc)
+          for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[u];
+        else
+          for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[0];
+      });
+      break;
+    }
     case GT: binary([](T x, T y) { return T(x > y); }); break;
     case GE: binary([](T x, T y) { return T(x >= y); }); break;
     case LT: binary([](T x, T y) { return T(x < y); }); break;
@@ -328,6 +344,20 @@ static void run_backward(const Ins& I, const Frame<T>& F) {
       binary([&](int64_t u, int64_t, int64_t j) { return dy[u] * b[j]; },
              [&](int64_t u, int64_t i, int64_t) { return dy[u] * a[i]; });
       break;
+    case MULADD: {
+      binary([&](int64_t u, int64_t, int64_t j) { return dy[u] * b[j]; },
+             [&](int64_t u, int64_t i, int64_t) { return dy[u] * a[i]; });
+      if (gc) {
+        if (I.cw == w)
+          for (int64_t u = 0; u < w; ++u) gc[u] += dy[u];
+        else {
+          T s = 0;
+          for (int64_t u = 0; u < w; ++u) s += dy[u];
+          gc[0] += s;
+        }
+      }
+      break;
+    }
     case DIV:
       binary([&](int64_t u, int64_t, int64_t j) { return dy[u] / b[j]; },
              [&](int64_t u, int64_t, int64_t j) { return -dy[u] * o[u] / b[j]; });
@@ -554,8 +584,30 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
         for (const auto& g : D.gemms) {
           if (g[M_STAGE] != s) continue;
           const int64_t N = g[M_N], K = g[M_K];
-          gemm<T_>(true, B, N, K, base[g[M_IBUF]] + g[M_IOFF], stride[g[M_IBUF]], S.statics[g[M_MAT]], T_(0),
-                   base[g[M_OBUF]] + g[M_OOFF], stride[g[M_OBUF]]);
+          T_* out = base[g[M_OBUF]] + g[M_OOFF];
+          const int64_t so = stride[g[M_OBUF]];
+          const bool init = g[M_I1BUF] >= 0;
+          if (init) {  // out starts as the sum of its addends (a bias, the projected input, ...)
+            for (int64_t b = 0; b < B; ++b) {
+              T_* o = out + b * so;
+              for (int64_t j = 0; j < 3; ++j) {
+                const int64_t ib = g[M_I1BUF + 3 * j];
+                if (ib < 0) break;
+                const T_* x = base[ib] + g[M_I1OFF + 3 * j] + b * stride[ib];
+                const bool full = g[M_I1W + 3 * j] == N;
+                if (j == 0) {
+                  if (full) std::memcpy(o, x, N * sizeof(T_));
+                  else std::fill(o, o + N, x[0]);
+                } else if (full) {
+                  for (int64_t u = 0; u < N; ++u) o[u] += x[u];
+                } else {
+                  for (int64_t u = 0; u < N; ++u) o[u] += x[0];
+                }
+              }
+            }
+          }
+          gemm<T_>(true, B, N, K, base[g[M_IBUF]] + g[M_IOFF], stride[g[M_IBUF]], S.statics[g[M_MAT]],
+                   init ? T_(1) : T_(0), out, so);
         }
         const bool last_stage = s == D.stages - 1;
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -796,6 +848,16 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
       dstatic[s] = dstatic[s].defined() ? dstatic[s] + dw : dw;
     }
   });
+  const int64_t* bias = P.biases.data_ptr<int64_t>();
+  for (int64_t i = 0; i < P.biases.size(0); ++i) {  // a static addend of a product: Σ over t, b of ∂out
+    const auto& g = D.gemms[bias[2 * i]];
+    const int64_t s = bias[2 * i + 1];
+    const auto& ob = D.bufs[g[M_GOBUF]];
+    const Tensor& dout = ob[0] == G_GI ? dgi : dg[ob[1]];
+    Tensor db = dout.narrow(2, g[M_GOOFF], g[M_N]).sum({0, 1});
+    if (statics[s].numel() == 1) db = db.sum();
+    dstatic[s] = dstatic[s].defined() ? dstatic[s] + db.reshape(statics[s].sizes()) : db.reshape(statics[s].sizes());
+  }
   for (auto& d : dstatic) result.push_back(d.defined() ? d : at::empty({0}, opts));
   return result;
 }
@@ -807,7 +869,8 @@ pybind11::dict codes() {
   const char* col_names[] = {"op", "w", "obuf", "ooff", "abuf", "aoff", "aw", "bbuf", "boff", "bw", "cbuf", "coff",
                              "cw", "k", "gobuf", "gooff", "gabuf", "gaoff", "gbbuf", "gboff", "gcbuf", "gcoff"};
   for (int64_t i = 0; i < NCOL; ++i) cols[col_names[i]] = i;
-  const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "gooff", "stage"};
+  const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "gooff", "stage",
+                              "i1buf", "i1off", "i1w", "i2buf", "i2off", "i2w", "i3buf", "i3off", "i3w"};
   for (int64_t i = 0; i < NGCOL; ++i) gcols[gcol_names[i]] = i;
   fields["float"] = static_cast<int64_t>(F_FLOAT);
   fields["delay"] = static_cast<int64_t>(F_DELAY);
@@ -836,6 +899,7 @@ void register_program(pybind11::module& m) {
       .def_readwrite("backward_stages", &Program::backward_stages)
       .def_readwrite("pre", &Program::pre)
       .def_readwrite("gemms", &Program::gemms)
+      .def_readwrite("biases", &Program::biases)
       .def_readwrite("fields", &Program::fields)
       .def_readwrite("acc_widths", &Program::acc_widths)
       .def_readwrite("dg_widths", &Program::dg_widths)
