@@ -465,6 +465,63 @@ def plan(trace: Trace, ext: Any) -> Plan:
             push_buf, push_off = where(trace.pushes[k])
         fields.append([codes["fields"][f.kind], f.width, f.delay, push_buf, push_off])
 
+    # -- stores instead of adds: the first adjoint to reach a frame gradient in a step writes it, so
+    # the frame needs no clearing; an adjoint whose incoming gradient nothing wrote is dropped ------
+    clear_frame = False
+    frame_buf = L.index.get((codes["buffers"]["g_frame"], 0, 0), -1)
+    written = [False] * widths["frame"]
+
+    def region(b: int, off: int, w: int) -> list[bool] | None:
+        return written[off:off + w] if b == frame_buf and b >= 0 else None
+
+    def mark(off: int, w: int) -> None:
+        written[off:off + w] = [True] * w
+
+    for s_ in reversed(range(n_stages)):
+        batch = ([("pre", r) for r in pre] if s_ == n_stages - 1 else [])
+        batch += [("bwd", r) for r in reversed(bwd[s_])]
+        dropped = []
+        for kind, r in batch:
+            if kind == "pre":
+                seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
+                if seen is not None:
+                    if not any(seen):
+                        r[cols["flags"]] |= 1
+                    elif not all(seen):
+                        clear_frame = True
+                    mark(r[cols["gooff"]], r[cols["w"]])
+                continue
+            seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
+            if seen is not None and not any(seen):
+                dropped.append(r)  # its incoming gradient is zero this step: nothing to add
+                continue
+            if seen is not None and not all(seen):
+                clear_frame = True
+            for bit, name in enumerate(("a", "b", "c")):
+                b, off, w = r[cols[f"g{name}buf"]], r[cols[f"g{name}off"]], r[cols[f"{name}w"]]
+                seen = region(b, off, w)
+                if seen is None:
+                    continue
+                if not any(seen):
+                    r[cols["flags"]] |= 1 << bit
+                elif not all(seen):
+                    clear_frame = True
+                mark(off, w)
+        for r in dropped:
+            i = next(i for i, x in enumerate(bwd[s_]) if x is r)
+            del bwd[s_][i], bwd_p[s_][i]
+        for g in gemms:
+            if g[gcols["stage"]] != s_:
+                continue
+            seen = region(g[gcols["gibuf"]], g[gcols["gioff"]], g[gcols["k"]])
+            if seen is None:
+                continue
+            if not any(seen):
+                g[gcols["gstore"]] = 1
+            elif not all(seen):
+                clear_frame = True
+            mark(g[gcols["gioff"]], g[gcols["k"]])
+
     # -- the Program -----------------------------------------------------------------------------------
     def table(rows: list[list[int]], ncols: int, dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(rows, dtype=dtype).reshape(len(rows), ncols)
@@ -492,7 +549,9 @@ def plan(trace: Trace, ext: Any) -> Plan:
     P.saved_width, P.btemp_width = widths["saved"], widths["btemp"]
     P.rtemp_width, P.frame_width = widths["rtemp"], widths["frame"]
     P.out_width, P.out_alias = trace.output.width, out_alias
-    stats = dict(stages=n_stages, forward=len(flat_fwd), backward=len(flat_bwd), gemms=len(gemms), **widths)
+    P.clear_frame = clear_frame
+    stats = dict(stages=n_stages, forward=len(flat_fwd), backward=len(flat_bwd), gemms=len(gemms),
+                 clear_frame=clear_frame, **widths)
     return Plan(P, trace, [v.index for v in slot_values], [v.grad for v in slot_values], trace.fields, stats)
 
 

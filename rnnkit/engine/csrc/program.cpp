@@ -105,17 +105,19 @@ enum FieldKind : int64_t { F_FLOAT, F_DELAY, F_COUNTER };
 // an integer attribute and the gradient locations (buffer −1 for none).
 enum Col : int64_t {
   C_OP, C_W, C_OBUF, C_OOFF, C_ABUF, C_AOFF, C_AW, C_BBUF, C_BOFF, C_BW, C_CBUF, C_COFF, C_CW, C_K,
-  C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, NCOL
+  C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, C_FLAGS, NCOL
 };
+// C_FLAGS bits 0, 1, 2: the adjoint is the first to write operand a's, b's, c's gradient this step,
+// so it stores instead of adding (and nothing has to clear it first).
 // A matrix product out = init + v Wᵀ: its input, output, matrix (a static slot), sizes, where the
 // gradients of its input and output live, its stage, and up to three addends it starts from.
 enum GemmCol : int64_t {
   M_IBUF, M_IOFF, M_OBUF, M_OOFF, M_MAT, M_N, M_K, M_GIBUF, M_GIOFF, M_GOBUF, M_GOOFF, M_STAGE,
-  M_I1BUF, M_I1OFF, M_I1W, M_I2BUF, M_I2OFF, M_I2W, M_I3BUF, M_I3OFF, M_I3W, NGCOL
+  M_I1BUF, M_I1OFF, M_I1W, M_I2BUF, M_I2OFF, M_I2W, M_I3BUF, M_I3OFF, M_I3W, M_GSTORE, NGCOL
 };
 
 struct Ins {
-  int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco;
+  int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco, flags;
   double p0, p1;
 };
 
@@ -136,6 +138,7 @@ struct Program {
   Tensor dg_widths;   // (q,) width of each kept-for-all-steps gradient (matrix product outputs)
   int64_t proj_size = 0, saved_width = 0, btemp_width = 0, rtemp_width = 0, frame_width = 0;
   int64_t out_width = 0, out_alias = -1;  // the output is field out_alias's storage, or its own
+  bool clear_frame = true;  // whether the gradient frame must be zeroed each step (some adjoint adds to it first)
 };
 
 static std::vector<Ins> decode(const Tensor& ins, const Tensor& p) {
@@ -146,7 +149,7 @@ static std::vector<Ins> decode(const Tensor& ins, const Tensor& p) {
     const int64_t* r = I + i * NCOL;
     out[i] = Ins{r[C_OP], r[C_W], r[C_OBUF], r[C_OOFF], r[C_ABUF], r[C_AOFF], r[C_AW], r[C_BBUF], r[C_BOFF], r[C_BW],
                  r[C_CBUF], r[C_COFF], r[C_CW], r[C_K], r[C_GOBUF], r[C_GOOFF], r[C_GABUF], r[C_GAOFF], r[C_GBBUF],
-                 r[C_GBOFF], r[C_GCBUF], r[C_GCOFF], D[2 * i], D[2 * i + 1]};
+                 r[C_GBOFF], r[C_GCBUF], r[C_GCOFF], r[C_FLAGS], D[2 * i], D[2 * i + 1]};
   }
   return out;
 }
@@ -172,15 +175,19 @@ static inline void with_full(bool fa, bool fb, F f) {
     f(std::false_type{}, std::false_type{});
 }
 
-// g += Σ contributions f(u): element-wise for a full-width operand, summed for a broadcast one.
+// g += Σ contributions f(u) (g = … when `store`): element-wise for a full-width operand, summed
+// for a broadcast one.
 template <bool FULL, typename T, typename F>
-static inline void accum(T* g, int64_t w, F f) {
+static inline void accum(T* g, int64_t w, bool store, F f) {
   if constexpr (FULL) {
-    for (int64_t u = 0; u < w; ++u) g[u] += f(u);
+    if (store)
+      for (int64_t u = 0; u < w; ++u) g[u] = f(u);
+    else
+      for (int64_t u = 0; u < w; ++u) g[u] += f(u);
   } else {
     T s = 0;
     for (int64_t u = 0; u < w; ++u) s += f(u);
-    g[0] += s;
+    g[0] = store ? s : g[0] + s;
   }
 }
 
@@ -312,7 +319,10 @@ static void run_backward(const Ins& I, const Frame<T>& F) {
   T* P_go = I.go >= 0 ? F.P[I.go] + I.goo : nullptr;
   if (I.op == ACCUM) {  // go += a: gradient arriving from elsewhere (a delay line's later reads)
     const T* a = F.P[I.a] + I.ao;
-    for (int64_t u = 0; u < w; ++u) P_go[u] += a[u];
+    if (I.flags & 1)
+      std::memcpy(P_go, a, w * sizeof(T));
+    else
+      for (int64_t u = 0; u < w; ++u) P_go[u] += a[u];
     return;
   }
   const T* dy = P_go;
@@ -324,18 +334,20 @@ static void run_backward(const Ins& I, const Frame<T>& F) {
   T* gb = I.gb >= 0 ? F.P[I.gb] + I.gbo : nullptr;
   T* gc = I.gc >= 0 ? F.P[I.gc] + I.gco : nullptr;
   const bool fa = I.aw == w, fb = I.bw == w;
+  const bool sa = I.flags & 1, sb = I.flags & 2, sc = I.flags & 4;
+  auto unary = [&](auto f) { accum<true>(ga, w, sa, f); };
   // da(u) and db(u): the contributions to each operand at output element u
   auto binary = [&](auto da, auto db) {
     with_full<T>(fa, fb, [&](auto FA, auto FB) {
       constexpr bool A_FULL = decltype(FA)::value, B_FULL = decltype(FB)::value;
-      if (ga) accum<A_FULL>(ga, w, [&](int64_t u) { return da(u, A_FULL ? u : 0, B_FULL ? u : 0); });
-      if (gb) accum<B_FULL>(gb, w, [&](int64_t u) { return db(u, A_FULL ? u : 0, B_FULL ? u : 0); });
+      if (ga) accum<A_FULL>(ga, w, sa, [&](int64_t u) { return da(u, A_FULL ? u : 0, B_FULL ? u : 0); });
+      if (gb) accum<B_FULL>(gb, w, sb, [&](int64_t u) { return db(u, A_FULL ? u : 0, B_FULL ? u : 0); });
     });
   };
   switch (I.op) {
     case COPY:
       with_full<T>(fa, true, [&](auto FA, auto) {
-        accum<decltype(FA)::value>(ga, w, [&](int64_t u) { return dy[u]; });
+        accum<decltype(FA)::value>(ga, w, sa, [&](int64_t u) { return dy[u]; });
       });
       break;
     case ADD: binary([&](int64_t u, int64_t, int64_t) { return dy[u]; }, [&](int64_t u, int64_t, int64_t) { return dy[u]; }); break;
@@ -349,12 +361,9 @@ static void run_backward(const Ins& I, const Frame<T>& F) {
              [&](int64_t u, int64_t i, int64_t) { return dy[u] * a[i]; });
       if (gc) {
         if (I.cw == w)
-          for (int64_t u = 0; u < w; ++u) gc[u] += dy[u];
-        else {
-          T s = 0;
-          for (int64_t u = 0; u < w; ++u) s += dy[u];
-          gc[0] += s;
-        }
+          accum<true>(gc, w, sc, [&](int64_t u) { return dy[u]; });
+        else
+          accum<false>(gc, w, sc, [&](int64_t u) { return dy[u]; });
       }
       break;
     }
@@ -371,49 +380,49 @@ static void run_backward(const Ins& I, const Frame<T>& F) {
              [&](int64_t u, int64_t i, int64_t j) { return dy[u] * share(b[j], a[i]); });
       break;
     }
-    case NEG: for (int64_t u = 0; u < w; ++u) ga[u] -= dy[u]; break;
-    case SIGMOID: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] * o[u] * (T(1) - o[u]); break;
-    case TANH: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] * (T(1) - o[u] * o[u]); break;
-    case RELU: for (int64_t u = 0; u < w; ++u) ga[u] += o[u] > T(0) ? dy[u] : T(0); break;
-    case EXP: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] * o[u]; break;
-    case LOG: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] / a[u]; break;
-    case ABS: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] * sgn(a[u]); break;
-    case SQRT: for (int64_t u = 0; u < w; ++u) ga[u] += dy[u] / (T(2) * o[u]); break;
-    case RSQRT: for (int64_t u = 0; u < w; ++u) ga[u] += T(-0.5) * dy[u] * o[u] * o[u] * o[u]; break;
+    case NEG: unary([&](int64_t u) { return -dy[u]; }); break;
+    case SIGMOID: unary([&](int64_t u) { return dy[u] * o[u] * (T(1) - o[u]); }); break;
+    case TANH: unary([&](int64_t u) { return dy[u] * (T(1) - o[u] * o[u]); }); break;
+    case RELU: unary([&](int64_t u) { return o[u] > T(0) ? dy[u] : T(0); }); break;
+    case EXP: unary([&](int64_t u) { return dy[u] * o[u]; }); break;
+    case LOG: unary([&](int64_t u) { return dy[u] / a[u]; }); break;
+    case ABS: unary([&](int64_t u) { return dy[u] * sgn(a[u]); }); break;
+    case SQRT: unary([&](int64_t u) { return dy[u] / (T(2) * o[u]); }); break;
+    case RSQRT: unary([&](int64_t u) { return T(-0.5) * dy[u] * o[u] * o[u] * o[u]; }); break;
     case POW: {
       const T p = T(I.p0);
-      for (int64_t u = 0; u < w; ++u) ga[u] += p == T(0) ? T(0) : dy[u] * p * std::pow(a[u], p - T(1));
+      unary([&](int64_t u) { return p == T(0) ? T(0) : dy[u] * p * std::pow(a[u], p - T(1)); });
       break;
     }
     case CLAMP: {
       const T lo = T(I.p0), hi = T(I.p1);
-      for (int64_t u = 0; u < w; ++u) ga[u] += (a[u] >= lo && a[u] <= hi) ? dy[u] : T(0);
+      unary([&](int64_t u) { return (a[u] >= lo && a[u] <= hi) ? dy[u] : T(0); });
       break;
     }
     case WHERE: {
       const bool fc = I.cw == w;
       with_full<T>(fb, fc, [&](auto FB, auto FC) {
         constexpr bool B_FULL = decltype(FB)::value, C_FULL = decltype(FC)::value;
-        if (gb) accum<B_FULL>(gb, w, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? dy[u] : T(0); });
-        if (gc) accum<C_FULL>(gc, w, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? T(0) : dy[u]; });
+        if (gb) accum<B_FULL>(gb, w, sb, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? dy[u] : T(0); });
+        if (gc) accum<C_FULL>(gc, w, sc, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? T(0) : dy[u]; });
       });
       break;
     }
     case ROWSUM:
     case ROWMEAN: {
       const T g = I.op == ROWSUM ? dy[0] : dy[0] / T(I.aw);
-      for (int64_t u = 0; u < I.aw; ++u) ga[u] += g;
+      accum<true>(ga, I.aw, sa, [&](int64_t) { return g; });
       break;
     }
     case BSUM:
       for (int64_t j = 0; j < w; ++j)
-        for (int64_t r = 0; r < I.k; ++r) ga[j * I.k + r] += dy[j];
+        for (int64_t r = 0; r < I.k; ++r) ga[j * I.k + r] = sa ? dy[j] : ga[j * I.k + r] + dy[j];
       break;
     case BEXPAND:
       for (int64_t j = 0; j < I.aw; ++j) {
         T s = 0;
         for (int64_t r = 0; r < I.k; ++r) s += dy[j * I.k + r];
-        ga[j] += s;
+        ga[j] = sa ? s : ga[j] + s;
       }
       break;
     default: TORCH_CHECK(false, "rnnkit program: no adjoint for operation ", OP_NAMES[I.op]);
@@ -811,7 +820,8 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
           const auto& g = D.gemms[m];
           if (g[M_STAGE] != s || g[M_GIBUF] < 0) continue;
           const int64_t N = g[M_N], K = g[M_K];
-          gemm<T_>(false, B, K, N, base[g[M_GOBUF]] + g[M_GOOFF], stride[g[M_GOBUF]], S.statics[g[M_MAT]], T_(1),
+          gemm<T_>(false, B, K, N, base[g[M_GOBUF]] + g[M_GOOFF], stride[g[M_GOBUF]], S.statics[g[M_MAT]],
+                   g[M_GSTORE] ? T_(0) : T_(1),
                    base[g[M_GIBUF]] + g[M_GIOFF], stride[g[M_GIBUF]]);
         }
       }
@@ -821,7 +831,7 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
         std::swap(din[k], dsin[k]);
         dsin[k].zero_();
       }
-      if (P.frame_width) frame.zero_();
+      if (P.frame_width && P.clear_frame) frame.zero_();
     }
   });
 
@@ -867,10 +877,11 @@ pybind11::dict codes() {
   for (int64_t i = 0; i < NUM_OPS; ++i) ops[OP_NAMES[i]] = i;
   for (int64_t i = 0; i < NUM_BUF_KINDS; ++i) bufs[BUF_NAMES[i]] = i;
   const char* col_names[] = {"op", "w", "obuf", "ooff", "abuf", "aoff", "aw", "bbuf", "boff", "bw", "cbuf", "coff",
-                             "cw", "k", "gobuf", "gooff", "gabuf", "gaoff", "gbbuf", "gboff", "gcbuf", "gcoff"};
+                             "cw", "k", "gobuf", "gooff", "gabuf", "gaoff", "gbbuf", "gboff", "gcbuf", "gcoff",
+                             "flags"};
   for (int64_t i = 0; i < NCOL; ++i) cols[col_names[i]] = i;
   const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "gooff", "stage",
-                              "i1buf", "i1off", "i1w", "i2buf", "i2off", "i2w", "i3buf", "i3off", "i3w"};
+                              "i1buf", "i1off", "i1w", "i2buf", "i2off", "i2w", "i3buf", "i3off", "i3w", "gstore"};
   for (int64_t i = 0; i < NGCOL; ++i) gcols[gcol_names[i]] = i;
   fields["float"] = static_cast<int64_t>(F_FLOAT);
   fields["delay"] = static_cast<int64_t>(F_DELAY);
@@ -909,7 +920,8 @@ void register_program(pybind11::module& m) {
       .def_readwrite("rtemp_width", &Program::rtemp_width)
       .def_readwrite("frame_width", &Program::frame_width)
       .def_readwrite("out_width", &Program::out_width)
-      .def_readwrite("out_alias", &Program::out_alias);
+      .def_readwrite("out_alias", &Program::out_alias)
+      .def_readwrite("clear_frame", &Program::clear_frame);
   m.def("codes", &program::codes, "the instruction set's numbers: ops, buffer kinds, columns");
   m.def("program_forward", &program::run_program_forward, "run a program's forward pass over a whole sequence");
   m.def("program_backward", &program::run_program_backward, "back-propagation through time of a program");
