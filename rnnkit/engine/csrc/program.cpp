@@ -204,31 +204,55 @@ static inline T sgn(T x) {
   return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
 }
 
+// The rows an instruction runs over, and where each buffer's row b starts. An instruction runs
+// over all the active rows of a chunk at once: its dispatch, operand decoding and broadcast
+// choice are paid once per chunk, not once per row.
 template <typename T>
-struct Frame {
-  T** P;          // per buffer: this row's pointer
-  const int64_t* ticks;  // per field: this row's step counter value at this step
+struct Rows {
+  const int64_t* idx;          // the active rows
+  int64_t n;
+  T* const* base;              // per buffer: the pointer of row 0 (nullptr: not available here)
+  const int64_t* stride;       // per buffer: the row stride
+  const int64_t* const* tick0; // per field: its step counter's initial values (nullptr if none)
+  int64_t t;                   // the step
 };
 
 template <typename T>
-static void run_forward(const Ins& I, const Frame<T>& F) {
-  T* o = F.P[I.o] + I.oo;
-  const T* a = I.a >= 0 ? F.P[I.a] + I.ao : nullptr;
-  const T* b = I.b >= 0 ? F.P[I.b] + I.bo : nullptr;
-  const T* c = I.c >= 0 ? F.P[I.c] + I.co : nullptr;
+static inline T* at_row(const Rows<T>& R, int64_t buf, int64_t off, int64_t b) {
+  return buf >= 0 && R.base[buf] ? R.base[buf] + b * R.stride[buf] + off : nullptr;
+}
+
+// body(b, o, a, bb, c) for each active row, with the instruction's operand pointers at that row
+template <typename T, typename F>
+static inline void each_row(const Ins& I, const Rows<T>& R, F body) {
+  for (int64_t n = 0; n < R.n; ++n) {
+    const int64_t b = R.idx[n];
+    body(b, at_row(R, I.o, I.oo, b), at_row(R, I.a, I.ao, b), at_row(R, I.b, I.bo, b), at_row(R, I.c, I.co, b));
+  }
+}
+
+template <typename T>
+static void run_forward(const Ins& I, const Rows<T>& R) {
   const int64_t w = I.w;
-  const bool fa = I.aw == w, fb = I.bw == w;
+  const bool fa = I.aw == w, fb = I.bw == w, fc = I.cw == w;
   auto binary = [&](auto f) {
     with_full<T>(fa, fb, [&](auto FA, auto FB) {
-      for (int64_t u = 0; u < w; ++u) o[u] = f(a[FA ? u : 0], b[FB ? u : 0]);
+      each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T*) {
+        for (int64_t u = 0; u < w; ++u) o[u] = f(a[FA ? u : 0], b[FB ? u : 0]);
+      });
     });
+  };
+  auto unary = [&](auto f) {
+    each_row(I, R, [&](int64_t, T* o, const T* a, const T*, const T*) { f(o, a); });
   };
   switch (I.op) {
     case COPY:
-      if (fa)
-        std::memcpy(o, a, w * sizeof(T));
-      else
-        std::fill(o, o + w, a[0]);
+      unary([&](T* o, const T* a) {
+        if (fa)
+          std::memcpy(o, a, w * sizeof(T));
+        else
+          std::fill(o, o + w, a[0]);
+      });
       break;
     case ADD: binary([](T x, T y) { return x + y; }); break;
     case SUB: binary([](T x, T y) { return x - y; }); break;
@@ -236,198 +260,238 @@ static void run_forward(const Ins& I, const Frame<T>& F) {
     case DIV: binary([](T x, T y) { return x / y; }); break;
     case MAX: binary([](T x, T y) { return std::isnan(x) || x > y ? x : y; }); break;
     case MIN: binary([](T x, T y) { return std::isnan(x) || x < y ? x : y; }); break;
-    case MULADD: {  // o = a ⊙ b + c
-      const bool fc = I.cw == w;
+    case MULADD:  // o = a ⊙ b + c
       with_full<T>(fa, fb, [&](auto FA, auto FB) {
-        if (fc)
-          for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[u];
-        else
-          for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[0];
+        each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+          if (fc)
+            for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[u];
+          else
+            for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] * b[FB ? u : 0] + c[0];
+        });
       });
       break;
-    }
     case GT: binary([](T x, T y) { return T(x > y); }); break;
     case GE: binary([](T x, T y) { return T(x >= y); }); break;
     case LT: binary([](T x, T y) { return T(x < y); }); break;
     case LE: binary([](T x, T y) { return T(x <= y); }); break;
     case EQ: binary([](T x, T y) { return T(x == y); }); break;
     case NE: binary([](T x, T y) { return T(x != y); }); break;
-    case NEG: for (int64_t u = 0; u < w; ++u) o[u] = -a[u]; break;
+    case NEG: unary([&](T* o, const T* a) { for (int64_t u = 0; u < w; ++u) o[u] = -a[u]; }); break;
     case SIGMOID:
-      if (o != a) std::memcpy(o, a, w * sizeof(T));
-      sigmoid_(o, w);
+      unary([&](T* o, const T* a) {
+        if (o != a) std::memcpy(o, a, w * sizeof(T));
+        sigmoid_(o, w);
+      });
       break;
-    case TANH: tanh_to(a, o, w); break;
-    case RELU: for (int64_t u = 0; u < w; ++u) o[u] = a[u] > T(0) ? a[u] : (std::isnan(a[u]) ? a[u] : T(0)); break;
-    case EXP: vmap(a, o, w, [](const Vectorized<T>& x) { return x.exp(); }); break;
-    case LOG: vmap(a, o, w, [](const Vectorized<T>& x) { return x.log(); }); break;
-    case ABS: for (int64_t u = 0; u < w; ++u) o[u] = std::abs(a[u]); break;
-    case SQRT: vmap(a, o, w, [](const Vectorized<T>& x) { return x.sqrt(); }); break;
-    case RSQRT: vmap(a, o, w, [](const Vectorized<T>& x) { return x.rsqrt(); }); break;
-    case POW: for (int64_t u = 0; u < w; ++u) o[u] = std::pow(a[u], T(I.p0)); break;
+    case TANH: unary([&](T* o, const T* a) { tanh_to(a, o, w); }); break;
+    case RELU:
+      unary([&](T* o, const T* a) {
+        for (int64_t u = 0; u < w; ++u) o[u] = a[u] > T(0) ? a[u] : (std::isnan(a[u]) ? a[u] : T(0));
+      });
+      break;
+    case EXP: unary([&](T* o, const T* a) { vmap(a, o, w, [](const Vectorized<T>& x) { return x.exp(); }); }); break;
+    case LOG: unary([&](T* o, const T* a) { vmap(a, o, w, [](const Vectorized<T>& x) { return x.log(); }); }); break;
+    case ABS: unary([&](T* o, const T* a) { for (int64_t u = 0; u < w; ++u) o[u] = std::abs(a[u]); }); break;
+    case SQRT: unary([&](T* o, const T* a) { vmap(a, o, w, [](const Vectorized<T>& x) { return x.sqrt(); }); }); break;
+    case RSQRT: unary([&](T* o, const T* a) { vmap(a, o, w, [](const Vectorized<T>& x) { return x.rsqrt(); }); }); break;
+    case POW: unary([&](T* o, const T* a) { for (int64_t u = 0; u < w; ++u) o[u] = std::pow(a[u], T(I.p0)); }); break;
     case CLAMP: {
       const T lo = T(I.p0), hi = T(I.p1);
-      for (int64_t u = 0; u < w; ++u) o[u] = std::min(std::max(a[u], lo), hi);
+      unary([&](T* o, const T* a) { for (int64_t u = 0; u < w; ++u) o[u] = std::min(std::max(a[u], lo), hi); });
       break;
     }
-    case WHERE: {
-      const bool fc = I.cw == w;
-      for (int64_t u = 0; u < w; ++u) o[u] = a[fa ? u : 0] != T(0) ? b[fb ? u : 0] : c[fc ? u : 0];
+    case WHERE:
+      each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+        for (int64_t u = 0; u < w; ++u) o[u] = a[fa ? u : 0] != T(0) ? b[fb ? u : 0] : c[fc ? u : 0];
+      });
       break;
-    }
     case ROWSUM:
-    case ROWMEAN: {
-      T s = 0;
-      for (int64_t u = 0; u < I.aw; ++u) s += a[u];
-      o[0] = I.op == ROWSUM ? s : s / T(I.aw);
-      break;
-    }
-    case BSUM:
-      for (int64_t j = 0; j < w; ++j) {
+    case ROWMEAN:
+      unary([&](T* o, const T* a) {
         T s = 0;
-        for (int64_t r = 0; r < I.k; ++r) s += a[j * I.k + r];
-        o[j] = s;
-      }
+        for (int64_t u = 0; u < I.aw; ++u) s += a[u];
+        o[0] = I.op == ROWSUM ? s : s / T(I.aw);
+      });
+      break;
+    case BSUM:
+      unary([&](T* o, const T* a) {
+        for (int64_t j = 0; j < w; ++j) {
+          T s = 0;
+          for (int64_t r = 0; r < I.k; ++r) s += a[j * I.k + r];
+          o[j] = s;
+        }
+      });
       break;
     case BEXPAND:
-      for (int64_t j = 0; j < I.aw; ++j)
-        for (int64_t r = 0; r < I.k; ++r) o[j * I.k + r] = a[j];
+      unary([&](T* o, const T* a) {
+        for (int64_t j = 0; j < I.aw; ++j)
+          for (int64_t r = 0; r < I.k; ++r) o[j * I.k + r] = a[j];
+      });
       break;
-    case REM: {  // (the step counter) mod period, in integers: exact at any step
-      const int64_t tick = F.ticks[I.k];
-      int64_t last = 0;
-      T value = 0;
-      for (int64_t u = 0; u < w; ++u) {
-        const int64_t p = static_cast<int64_t>(a[fa ? u : 0]);
-        if (u == 0 || p != last) {  // units of one period are usually adjacent: one modulo per run
-          int64_t r = p ? tick % p : 0;
-          if (r != 0 && ((r < 0) != (p < 0))) r += p;  // Python's sign convention, as torch.remainder
-          last = p;
-          value = T(r);
+    case REM:  // (the step counter) mod period, in integers: exact at any step
+      each_row(I, R, [&](int64_t row, T* o, const T* a, const T*, const T*) {
+        const int64_t tick = R.tick0[I.k][row] + R.t;
+        int64_t last = 0;
+        T value = 0;
+        for (int64_t u = 0; u < w; ++u) {
+          const int64_t p = static_cast<int64_t>(a[fa ? u : 0]);
+          if (u == 0 || p != last) {  // units of one period are usually adjacent: one modulo per run
+            int64_t r = p ? tick % p : 0;
+            if (r != 0 && ((r < 0) != (p < 0))) r += p;  // Python's sign convention, as torch.remainder
+            last = p;
+            value = T(r);
+          }
+          o[u] = value;
         }
-        o[u] = value;
-      }
+      });
       break;
-    }
     default: TORCH_CHECK(false, "rnnkit program: forward of unknown operation ", I.op);
   }
 }
 
+// The adjoint pointers of one row: dy (the output's gradient), the forward values o, a, b, c
+// (nullptr where backward does not keep them) and the operands' gradients ga, gb, gc.
 template <typename T>
-static void run_backward(const Ins& I, const Frame<T>& F) {
-  const int64_t w = I.w;
-  T* P_go = I.go >= 0 ? F.P[I.go] + I.goo : nullptr;
-  if (I.op == ACCUM) {  // go += a: gradient arriving from elsewhere (a delay line's later reads)
-    const T* a = F.P[I.a] + I.ao;
-    if (I.flags & 1)
-      std::memcpy(P_go, a, w * sizeof(T));
-    else
-      for (int64_t u = 0; u < w; ++u) P_go[u] += a[u];
-    return;
+struct Adj {
+  const T *dy, *o, *a, *b, *c;
+  T *ga, *gb, *gc;
+};
+
+template <typename T, typename F>
+static inline void each_adjoint_row(const Ins& I, const Rows<T>& R, F body) {
+  for (int64_t n = 0; n < R.n; ++n) {
+    const int64_t b = R.idx[n];
+    body(Adj<T>{at_row(R, I.go, I.goo, b), at_row(R, I.o, I.oo, b), at_row(R, I.a, I.ao, b), at_row(R, I.b, I.bo, b),
+                at_row(R, I.c, I.co, b), at_row(R, I.ga, I.gao, b), at_row(R, I.gb, I.gbo, b),
+                at_row(R, I.gc, I.gco, b)});
   }
-  const T* dy = P_go;
-  const T* o = (I.o >= 0 && F.P[I.o]) ? F.P[I.o] + I.oo : nullptr;
-  const T* a = (I.a >= 0 && F.P[I.a]) ? F.P[I.a] + I.ao : nullptr;
-  const T* b = (I.b >= 0 && F.P[I.b]) ? F.P[I.b] + I.bo : nullptr;
-  const T* c = (I.c >= 0 && F.P[I.c]) ? F.P[I.c] + I.co : nullptr;
-  T* ga = I.ga >= 0 ? F.P[I.ga] + I.gao : nullptr;
-  T* gb = I.gb >= 0 ? F.P[I.gb] + I.gbo : nullptr;
-  T* gc = I.gc >= 0 ? F.P[I.gc] + I.gco : nullptr;
+}
+
+template <typename T>
+static void run_backward(const Ins& I, const Rows<T>& R) {
+  const int64_t w = I.w;
   const bool fa = I.aw == w, fb = I.bw == w;
   const bool sa = I.flags & 1, sb = I.flags & 2, sc = I.flags & 4;
-  auto unary = [&](auto f) { accum<true>(ga, w, sa, f); };
-  // da(u) and db(u): the contributions to each operand at output element u
+  if (I.op == ACCUM) {  // go += a: gradient arriving from elsewhere (a delay line's later reads)
+    each_adjoint_row(I, R, [&](const Adj<T>& J) {
+      T* g = const_cast<T*>(J.dy);
+      if (sa)
+        std::memcpy(g, J.a, w * sizeof(T));
+      else
+        for (int64_t u = 0; u < w; ++u) g[u] += J.a[u];
+    });
+    return;
+  }
+  // f(J, u): the contribution to a's gradient at output element u
+  auto unary = [&](auto f) {
+    each_adjoint_row(I, R, [&](const Adj<T>& J) { accum<true>(J.ga, w, sa, [&](int64_t u) { return f(J, u); }); });
+  };
+  // da(J, u, i, j) and db(J, u, i, j): the contributions to each operand at output element u,
+  // where operand a is read at i and b at j
   auto binary = [&](auto da, auto db) {
     with_full<T>(fa, fb, [&](auto FA, auto FB) {
       constexpr bool A_FULL = decltype(FA)::value, B_FULL = decltype(FB)::value;
-      if (ga) accum<A_FULL>(ga, w, sa, [&](int64_t u) { return da(u, A_FULL ? u : 0, B_FULL ? u : 0); });
-      if (gb) accum<B_FULL>(gb, w, sb, [&](int64_t u) { return db(u, A_FULL ? u : 0, B_FULL ? u : 0); });
+      each_adjoint_row(I, R, [&](const Adj<T>& J) {
+        if (J.ga) accum<A_FULL>(J.ga, w, sa, [&](int64_t u) { return da(J, u, A_FULL ? u : 0, B_FULL ? u : 0); });
+        if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return db(J, u, A_FULL ? u : 0, B_FULL ? u : 0); });
+      });
     });
   };
+  using J_ = const Adj<T>&;
+  auto pass = [](J_ J, int64_t u, int64_t, int64_t) { return J.dy[u]; };
   switch (I.op) {
     case COPY:
       with_full<T>(fa, true, [&](auto FA, auto) {
-        accum<decltype(FA)::value>(ga, w, sa, [&](int64_t u) { return dy[u]; });
+        each_adjoint_row(I, R, [&](J_ J) { accum<decltype(FA)::value>(J.ga, w, sa, [&](int64_t u) { return J.dy[u]; }); });
       });
       break;
-    case ADD: binary([&](int64_t u, int64_t, int64_t) { return dy[u]; }, [&](int64_t u, int64_t, int64_t) { return dy[u]; }); break;
-    case SUB: binary([&](int64_t u, int64_t, int64_t) { return dy[u]; }, [&](int64_t u, int64_t, int64_t) { return -dy[u]; }); break;
+    case ADD: binary(pass, pass); break;
+    case SUB: binary(pass, [](J_ J, int64_t u, int64_t, int64_t) { return -J.dy[u]; }); break;
     case MUL:
-      binary([&](int64_t u, int64_t, int64_t j) { return dy[u] * b[j]; },
-             [&](int64_t u, int64_t i, int64_t) { return dy[u] * a[i]; });
+      binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] * J.b[j]; },
+             [](J_ J, int64_t u, int64_t i, int64_t) { return J.dy[u] * J.a[i]; });
       break;
     case MULADD: {
-      binary([&](int64_t u, int64_t, int64_t j) { return dy[u] * b[j]; },
-             [&](int64_t u, int64_t i, int64_t) { return dy[u] * a[i]; });
-      if (gc) {
-        if (I.cw == w)
-          accum<true>(gc, w, sc, [&](int64_t u) { return dy[u]; });
-        else
-          accum<false>(gc, w, sc, [&](int64_t u) { return dy[u]; });
+      binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] * J.b[j]; },
+             [](J_ J, int64_t u, int64_t i, int64_t) { return J.dy[u] * J.a[i]; });
+      if (I.gc >= 0) {
+        const bool fc = I.cw == w;
+        each_adjoint_row(I, R, [&](J_ J) {
+          if (fc)
+            accum<true>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
+          else
+            accum<false>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
+        });
       }
       break;
     }
     case DIV:
-      binary([&](int64_t u, int64_t, int64_t j) { return dy[u] / b[j]; },
-             [&](int64_t u, int64_t, int64_t j) { return -dy[u] * o[u] / b[j]; });
+      binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] / J.b[j]; },
+             [](J_ J, int64_t u, int64_t, int64_t j) { return -J.dy[u] * J.o[u] / J.b[j]; });
       break;
     case MAX:
     case MIN: {
       const bool mx = I.op == MAX;
       // the larger (smaller) operand takes the gradient; a tie splits it evenly, as torch does
       auto share = [mx](T x, T y) { return x == y ? T(0.5) : T((x > y) == mx); };
-      binary([&](int64_t u, int64_t i, int64_t j) { return dy[u] * share(a[i], b[j]); },
-             [&](int64_t u, int64_t i, int64_t j) { return dy[u] * share(b[j], a[i]); });
+      binary([&](J_ J, int64_t u, int64_t i, int64_t j) { return J.dy[u] * share(J.a[i], J.b[j]); },
+             [&](J_ J, int64_t u, int64_t i, int64_t j) { return J.dy[u] * share(J.b[j], J.a[i]); });
       break;
     }
-    case NEG: unary([&](int64_t u) { return -dy[u]; }); break;
-    case SIGMOID: unary([&](int64_t u) { return dy[u] * o[u] * (T(1) - o[u]); }); break;
-    case TANH: unary([&](int64_t u) { return dy[u] * (T(1) - o[u] * o[u]); }); break;
-    case RELU: unary([&](int64_t u) { return o[u] > T(0) ? dy[u] : T(0); }); break;
-    case EXP: unary([&](int64_t u) { return dy[u] * o[u]; }); break;
-    case LOG: unary([&](int64_t u) { return dy[u] / a[u]; }); break;
-    case ABS: unary([&](int64_t u) { return dy[u] * sgn(a[u]); }); break;
-    case SQRT: unary([&](int64_t u) { return dy[u] / (T(2) * o[u]); }); break;
-    case RSQRT: unary([&](int64_t u) { return T(-0.5) * dy[u] * o[u] * o[u] * o[u]; }); break;
+    case NEG: unary([](J_ J, int64_t u) { return -J.dy[u]; }); break;
+    case SIGMOID: unary([](J_ J, int64_t u) { return J.dy[u] * J.o[u] * (T(1) - J.o[u]); }); break;
+    case TANH: unary([](J_ J, int64_t u) { return J.dy[u] * (T(1) - J.o[u] * J.o[u]); }); break;
+    case RELU: unary([](J_ J, int64_t u) { return J.o[u] > T(0) ? J.dy[u] : T(0); }); break;
+    case EXP: unary([](J_ J, int64_t u) { return J.dy[u] * J.o[u]; }); break;
+    case LOG: unary([](J_ J, int64_t u) { return J.dy[u] / J.a[u]; }); break;
+    case ABS: unary([](J_ J, int64_t u) { return J.dy[u] * sgn(J.a[u]); }); break;
+    case SQRT: unary([](J_ J, int64_t u) { return J.dy[u] / (T(2) * J.o[u]); }); break;
+    case RSQRT: unary([](J_ J, int64_t u) { return T(-0.5) * J.dy[u] * J.o[u] * J.o[u] * J.o[u]; }); break;
     case POW: {
       const T p = T(I.p0);
-      unary([&](int64_t u) { return p == T(0) ? T(0) : dy[u] * p * std::pow(a[u], p - T(1)); });
+      unary([p](J_ J, int64_t u) { return p == T(0) ? T(0) : J.dy[u] * p * std::pow(J.a[u], p - T(1)); });
       break;
     }
     case CLAMP: {
       const T lo = T(I.p0), hi = T(I.p1);
-      unary([&](int64_t u) { return (a[u] >= lo && a[u] <= hi) ? dy[u] : T(0); });
+      unary([lo, hi](J_ J, int64_t u) { return (J.a[u] >= lo && J.a[u] <= hi) ? J.dy[u] : T(0); });
       break;
     }
     case WHERE: {
       const bool fc = I.cw == w;
       with_full<T>(fb, fc, [&](auto FB, auto FC) {
         constexpr bool B_FULL = decltype(FB)::value, C_FULL = decltype(FC)::value;
-        if (gb) accum<B_FULL>(gb, w, sb, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? dy[u] : T(0); });
-        if (gc) accum<C_FULL>(gc, w, sc, [&](int64_t u) { return a[fa ? u : 0] != T(0) ? T(0) : dy[u]; });
+        each_adjoint_row(I, R, [&](J_ J) {
+          if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return J.a[fa ? u : 0] != T(0) ? J.dy[u] : T(0); });
+          if (J.gc) accum<C_FULL>(J.gc, w, sc, [&](int64_t u) { return J.a[fa ? u : 0] != T(0) ? T(0) : J.dy[u]; });
+        });
       });
       break;
     }
     case ROWSUM:
-    case ROWMEAN: {
-      const T g = I.op == ROWSUM ? dy[0] : dy[0] / T(I.aw);
-      accum<true>(ga, I.aw, sa, [&](int64_t) { return g; });
+    case ROWMEAN:
+      each_adjoint_row(I, R, [&](J_ J) {
+        const T g = I.op == ROWSUM ? J.dy[0] : J.dy[0] / T(I.aw);
+        accum<true>(J.ga, I.aw, sa, [&](int64_t) { return g; });
+      });
       break;
-    }
     case BSUM:
-      for (int64_t j = 0; j < w; ++j)
-        for (int64_t r = 0; r < I.k; ++r) ga[j * I.k + r] = sa ? dy[j] : ga[j * I.k + r] + dy[j];
+      each_adjoint_row(I, R, [&](J_ J) {
+        for (int64_t j = 0; j < w; ++j)
+          for (int64_t r = 0; r < I.k; ++r) J.ga[j * I.k + r] = sa ? J.dy[j] : J.ga[j * I.k + r] + J.dy[j];
+      });
       break;
     case BEXPAND:
-      for (int64_t j = 0; j < I.aw; ++j) {
-        T s = 0;
-        for (int64_t r = 0; r < I.k; ++r) s += dy[j * I.k + r];
-        ga[j] = sa ? s : ga[j] + s;
-      }
+      each_adjoint_row(I, R, [&](J_ J) {
+        for (int64_t j = 0; j < I.aw; ++j) {
+          T s = 0;
+          for (int64_t r = 0; r < I.k; ++r) s += J.dy[j * I.k + r];
+          J.ga[j] = sa ? s : J.ga[j] + s;
+        }
+      });
       break;
     default: TORCH_CHECK(false, "rnnkit program: no adjoint for operation ", OP_NAMES[I.op]);
   }
-  (void)c;
 }
 
 // --- the time loop ---------------------------------------------------------------------------------
@@ -620,29 +684,31 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
         }
         const bool last_stage = s == D.stages - 1;
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-          std::vector<T_> rtemp(std::max<int64_t>(P.rtemp_width, 1));
-          std::vector<T_*> rows(nbuf);
-          std::vector<int64_t> ticks(nF, 0);
-          for (int64_t b = b0; b < b1; ++b) {
-            if (t >= row_end(len, b, Tn)) {  // past this row's end: its stored values are zero
-              if (last_stage) {
-                for (int64_t k = 0; k < nF; ++k)
-                  if (D.fields[k][0] == F_FLOAT) {
-                    const int64_t w = D.fields[k][1];
-                    std::fill(S.sout[k] + (t * B + b) * w, S.sout[k] + (t * B + b + 1) * w, T_(0));
-                  }
-                if (S.out) std::fill(S.out + (t * B + b) * S.Wo, S.out + (t * B + b + 1) * S.Wo, T_(0));
-                if (S.saved) std::fill(S.saved + (t * B + b) * S.Ws, S.saved + (t * B + b + 1) * S.Ws, T_(0));
-              }
-              continue;
+          // this chunk's scratch rows, and the buffers as seen from it
+          std::vector<T_> rtemp(std::max<int64_t>(P.rtemp_width, 1) * (b1 - b0));
+          std::vector<T_*> cbase(base);
+          std::vector<int64_t> cstride(stride), active;
+          for (int64_t i = 0; i < nbuf; ++i)
+            if (D.bufs[i][0] == RTEMP) {
+              cbase[i] = rtemp.data() - b0 * P.rtemp_width;
+              cstride[i] = P.rtemp_width;
             }
-            for (int64_t i = 0; i < nbuf; ++i)
-              rows[i] = D.bufs[i][0] == RTEMP ? rtemp.data() : (base[i] ? base[i] + b * stride[i] : nullptr);
-            for (int64_t k = 0; k < nF; ++k)
-              if (S.ticks[k]) ticks[k] = S.ticks[k][b] + t;
-            Frame<T_> F{rows.data(), ticks.data()};
-            for (int64_t i = D.fstage[s]; i < D.fstage[s + 1]; ++i) run_forward<T_>(D.fwd[i], F);
+          for (int64_t b = b0; b < b1; ++b) {
+            if (t < row_end(len, b, Tn)) {
+              active.push_back(b);
+            } else if (last_stage) {  // past this row's end: its stored values are zero
+              for (int64_t k = 0; k < nF; ++k)
+                if (D.fields[k][0] == F_FLOAT) {
+                  const int64_t w = D.fields[k][1];
+                  std::fill(S.sout[k] + (t * B + b) * w, S.sout[k] + (t * B + b + 1) * w, T_(0));
+                }
+              if (S.out) std::fill(S.out + (t * B + b) * S.Wo, S.out + (t * B + b + 1) * S.Wo, T_(0));
+              if (S.saved) std::fill(S.saved + (t * B + b) * S.Ws, S.saved + (t * B + b + 1) * S.Ws, T_(0));
+            }
           }
+          const Rows<T_> R{active.data(), static_cast<int64_t>(active.size()), cbase.data(), cstride.data(),
+                           S.ticks.data(), t};
+          for (int64_t i = D.fstage[s]; i < D.fstage[s + 1]; ++i) run_forward<T_>(D.fwd[i], R);
         });
       }
     }
@@ -786,16 +852,17 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
         S.dsin[k] = ptr<T_>(dsin[k]);
       }
       for (int64_t i = 0; i < nbuf; ++i) std::tie(base[i], stride[i]) = S.at_step(i, t);
+      std::vector<T_*> bbase(base);  // backward keeps no scratch: those values are not readable here
+      for (int64_t i = 0; i < nbuf; ++i)
+        if (D.bufs[i][0] == RTEMP || D.bufs[i][0] == BTEMP) bbase[i] = nullptr;
       for (int64_t s = D.stages - 1; s >= 0; --s) {
         const bool first = s == D.stages - 1;
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-          std::vector<T_*> rows(nbuf);
+          std::vector<int64_t> active;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t end = row_end(len, b, Tn);
             if (t >= end) continue;  // past the row's end: nothing flows
-            for (int64_t i = 0; i < nbuf; ++i)
-              rows[i] = (base[i] && D.bufs[i][0] != RTEMP) ? base[i] + b * stride[i] : nullptr;
-            Frame<T_> F{rows.data(), nullptr};
+            active.push_back(b);
             if (first) {
               // the gradient of each new state field: from step t+1 (already in din), the final
               // state if it was read here, and the output where the output is that field
@@ -810,10 +877,12 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
                   for (int64_t u = 0; u < w; ++u) g[u] += dyr[u];
                 }
               }
-              for (const auto& ins : D.pre) run_backward<T_>(ins, F);
             }
-            for (int64_t i = D.bstage[s]; i < D.bstage[s + 1]; ++i) run_backward<T_>(D.bwd[i], F);
           }
+          const Rows<T_> R{active.data(), static_cast<int64_t>(active.size()), bbase.data(), stride.data(), nullptr, t};
+          if (first)
+            for (const auto& ins : D.pre) run_backward<T_>(ins, R);
+          for (int64_t i = D.bstage[s]; i < D.bstage[s + 1]; ++i) run_backward<T_>(D.bwd[i], R);
         });
         // through each matrix product of this stage to its input: ∂v += ∂out · W
         for (size_t m = 0; m < D.gemms.size(); ++m) {
