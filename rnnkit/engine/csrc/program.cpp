@@ -650,9 +650,14 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
     const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
     const int64_t grain = grain_rows(P.saved_width + P.rtemp_width + P.btemp_width);
     std::vector<T_*> base(nbuf);
-    std::vector<int64_t> stride(nbuf);
+    std::vector<int64_t> stride(nbuf), active_all(B);
+    // scratch rows: per row, reused every step (nothing outlives its stage there)
+    std::vector<T_> rtemp(static_cast<size_t>(std::max<int64_t>(P.rtemp_width, 1) * B));
     for (int64_t t = 0; t < Tn; ++t) {
-      for (int64_t i = 0; i < nbuf; ++i) std::tie(base[i], stride[i]) = S.at_step(i, t);
+      for (int64_t i = 0; i < nbuf; ++i) {
+        std::tie(base[i], stride[i]) = S.at_step(i, t);
+        if (D.bufs[i][0] == RTEMP) base[i] = rtemp.data(), stride[i] = P.rtemp_width;
+      }
       for (int64_t s = 0; s < D.stages; ++s) {
         for (const auto& g : D.gemms) {
           if (g[M_STAGE] != s) continue;
@@ -684,18 +689,11 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
         }
         const bool last_stage = s == D.stages - 1;
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-          // this chunk's scratch rows, and the buffers as seen from it
-          std::vector<T_> rtemp(std::max<int64_t>(P.rtemp_width, 1) * (b1 - b0));
-          std::vector<T_*> cbase(base);
-          std::vector<int64_t> cstride(stride), active;
-          for (int64_t i = 0; i < nbuf; ++i)
-            if (D.bufs[i][0] == RTEMP) {
-              cbase[i] = rtemp.data() - b0 * P.rtemp_width;
-              cstride[i] = P.rtemp_width;
-            }
+          int64_t* active = active_all.data() + b0;  // this chunk's active rows
+          int64_t n_active = 0;
           for (int64_t b = b0; b < b1; ++b) {
             if (t < row_end(len, b, Tn)) {
-              active.push_back(b);
+              active[n_active++] = b;
             } else if (last_stage) {  // past this row's end: its stored values are zero
               for (int64_t k = 0; k < nF; ++k)
                 if (D.fields[k][0] == F_FLOAT) {
@@ -706,8 +704,7 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
               if (S.saved) std::fill(S.saved + (t * B + b) * S.Ws, S.saved + (t * B + b + 1) * S.Ws, T_(0));
             }
           }
-          const Rows<T_> R{active.data(), static_cast<int64_t>(active.size()), cbase.data(), cstride.data(),
-                           S.ticks.data(), t};
+          const Rows<T_> R{active, n_active, base.data(), stride.data(), S.ticks.data(), t};
           for (int64_t i = D.fstage[s]; i < D.fstage[s + 1]; ++i) run_forward<T_>(D.fwd[i], R);
         });
       }
@@ -844,25 +841,25 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
         gfinal[k] = grad_final[k].data_ptr<T_>();
     const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
     const int64_t grain = grain_rows(P.saved_width + P.frame_width);
-    std::vector<T_*> base(nbuf);
-    std::vector<int64_t> stride(nbuf);
+    std::vector<T_*> base(nbuf), bbase(nbuf);
+    std::vector<int64_t> stride(nbuf), active_all(B);
     for (int64_t t = Tn - 1; t >= 0; --t) {
       for (int64_t k = 0; k < nF; ++k) {
         S.din[k] = ptr<T_>(din[k]);
         S.dsin[k] = ptr<T_>(dsin[k]);
       }
       for (int64_t i = 0; i < nbuf; ++i) std::tie(base[i], stride[i]) = S.at_step(i, t);
-      std::vector<T_*> bbase(base);  // backward keeps no scratch: those values are not readable here
-      for (int64_t i = 0; i < nbuf; ++i)
-        if (D.bufs[i][0] == RTEMP || D.bufs[i][0] == BTEMP) bbase[i] = nullptr;
+      for (int64_t i = 0; i < nbuf; ++i)  // backward keeps no scratch: those values are not readable here
+        bbase[i] = (D.bufs[i][0] == RTEMP || D.bufs[i][0] == BTEMP) ? nullptr : base[i];
       for (int64_t s = D.stages - 1; s >= 0; --s) {
         const bool first = s == D.stages - 1;
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-          std::vector<int64_t> active;
+          int64_t* active = active_all.data() + b0;  // this chunk's active rows
+          int64_t n_active = 0;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t end = row_end(len, b, Tn);
             if (t >= end) continue;  // past the row's end: nothing flows
-            active.push_back(b);
+            active[n_active++] = b;
             if (first) {
               // the gradient of each new state field: from step t+1 (already in din), the final
               // state if it was read here, and the output where the output is that field
@@ -879,7 +876,7 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
               }
             }
           }
-          const Rows<T_> R{active.data(), static_cast<int64_t>(active.size()), bbase.data(), stride.data(), nullptr, t};
+          const Rows<T_> R{active, n_active, bbase.data(), stride.data(), nullptr, t};
           if (first)
             for (const auto& ins : D.pre) run_backward<T_>(ins, R);
           for (int64_t i = D.bstage[s]; i < D.bstage[s + 1]; ++i) run_backward<T_>(D.bwd[i], R);
