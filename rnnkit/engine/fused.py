@@ -67,7 +67,7 @@ from torch import Tensor
 
 from ..cells.base import RecurrentCell
 from ..cells.state import state_tensors
-from .build import build_error, engine_override, load_extension, warn_fallback_once
+from .build import build_error, engine_override, is_built, load_extension, warn_fallback_once
 from .plan import Plan, plan
 from .sequence import reverse_padded
 from .trace import Untraceable, trace_cell
@@ -130,9 +130,16 @@ def compile_cell(cell: RecurrentCell, dtype: torch.dtype | None = None) -> Plan 
 
 
 def untraceable_reason(cell: RecurrentCell) -> str | None:
-    """Why ``cell``'s step cannot be traced (a sentence naming the operation), or None if it can;
-    needs no built extension."""
+    """Why ``cell``'s step cannot be run fused (a sentence naming the operation), or None if it can.
+
+    Needs no built extension: without one only the trace is checked, with one the layout too.
+    """
     dtype = cell.reference_dtype_device()[0]
+    if dtype in DTYPES and is_built():
+        result = compile_cell(cell, dtype)
+        if isinstance(result, str) and "could not be built" not in result:
+            return result
+        return None
     try:
         trace_cell(cell, dtype if dtype.is_floating_point else torch.float32)
     except Untraceable as err:

@@ -44,7 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..cells.state import is_state, state_tensors
 
-TRACE_BATCH = 3  # rows of the trace's example batch: any number works, the program is per row
+TRACE_BATCH = 5  # rows of the trace's example batch: any number works, the program is per row
 
 
 class Untraceable(Exception):
@@ -123,7 +123,7 @@ _BINARY = {
     "add": "add", "__add__": "add", "__radd__": "add",
     "sub": "sub", "subtract": "sub", "__sub__": "sub", "__rsub__": "rsub",
     "mul": "mul", "multiply": "mul", "__mul__": "mul", "__rmul__": "mul",
-    "div": "div", "divide": "div", "true_divide": "div", "__truediv__": "div", "__rtruediv__": "rdiv",
+    "div": "div", "divide": "div", "true_divide": "div", "__truediv__": "div", "__rtruediv__": "rdiv", "__rdiv__": "rdiv",
     "maximum": "max", "minimum": "min",
     "gt": "gt", "__gt__": "gt", "greater": "gt", "ge": "ge", "__ge__": "ge", "greater_equal": "ge",
     "lt": "lt", "__lt__": "lt", "less": "lt", "le": "le", "__le__": "le", "less_equal": "le",
@@ -216,8 +216,9 @@ class _Tracer:
             getter = (lambda env, cell, n=name: cell.get_parameter(n)) if is_param else (
                 lambda env, cell, n=name: cell.get_buffer(n))
             return self.static(getter, x, grad=is_param and x.is_floating_point())
-        # a constant tensor made outside the step (not a parameter): its value as it is now
-        const = x.detach().clone()
+        # a constant tensor made outside the step (not a parameter or buffer): the tensor itself,
+        # so in-place changes to it are followed (a new tensor assigned to the attribute is not)
+        const = x.detach()
         return self.static(lambda env, cell, c=const: c, x, grad=False)
 
     # the dispatch -------------------------------------------------------------------------------
@@ -227,10 +228,14 @@ class _Tracer:
         known = [self.of.get(id(t)) for t in tensors]
         if name in _SHAPE_ONLY and name != "__get__":
             return func(*args, **kwargs)
-        if name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero", "any", "all"):
+        if name in ("any", "all") and any(k is not None and k.kind != "static" for k in known):
+            raise Untraceable(f"'{name}' on a value of the step (Python control flow on a tensor's value)")
+        if name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__", "nonzero"):
             if any(k is not None and k.kind != "static" for k in known):
                 raise Untraceable(f"'{name}' on a value of the step (Python control flow on a tensor's value)")
-            return func(*args, **kwargs)
+            # a parameter's value read into Python would be frozen into the program at its value now
+            raise Untraceable(f"'{name}' on a parameter or constant tensor (its value read into Python, "
+                              "which a compiled step would not follow when it changes)")
         if name.endswith("_") and not name.startswith("__") or name in _INPLACE_DUNDER:
             if any(k is not None and k.kind != "static" for k in known) or any(id(t) in self.names for t in tensors):
                 raise Untraceable(f"in-place operation '{name}'")
@@ -239,6 +244,9 @@ class _Tracer:
         if not isinstance(out, Tensor) and not (isinstance(out, (tuple, list)) and any(isinstance(o, Tensor) for o in out)):
             return out  # a shape, a dtype, a number about a tensor
         if all(k is None or k.kind == "static" for k in known):
+            if not tensors and isinstance(out, Tensor) and out.dim() >= 2 and out.shape[0] == TRACE_BATCH:
+                raise Untraceable(f"'{name}' making a tensor of shape (B, {', '.join(map(str, out.shape[1:]))}) "
+                                  "inside the step (use torch.zeros_like(h) or a number)")
             return self.record_static(func, args, kwargs, out)
         return self.lower(name, args, kwargs, out)
 

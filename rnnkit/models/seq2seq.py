@@ -92,7 +92,10 @@ class Seq2Seq(nn.Module):
         if attention_size is not None:
             if not isinstance(decoder, RecurrentCell):
                 raise TypeError(f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}")
-            decoder = Recurrent(AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")))
+            # attention reads the whole encoder memory each step, which the fused engine's row
+            # programs do not hold: this layer runs the reference loop by design, without a warning
+            decoder = Recurrent(AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")),
+                                engine="reference")
         self.encoder = encoder
         self.decoder = Seq2SeqDecoder(
             decoder,

@@ -543,7 +543,7 @@ UNSUPPORTED = {
     SetItemCell: r"SetItemCell's step uses in-place operation '__setitem__'",
     BranchCell: r"BranchCell's step uses 'any' on a value of the step \(Python control flow",
     ItemCell: r"ItemCell's step uses operation 'max'",
-    BatchTensorCell: r"BatchTensorCell's step uses .*shape \(\d+, 4\)",
+    BatchTensorCell: r"BatchTensorCell's step uses 'full' making a tensor of shape \(B, 4\) inside the step",
 }
 
 
@@ -588,8 +588,6 @@ class HandSigmoidCell(UserCell):
         return h, RNNState(h)
 
 
-@pytest.mark.xfail(strict=True, reason="`number / tensor` dispatches as Tensor.__rdiv__, which trace.py's _BINARY lacks "
-                                       "(it lists __rtruediv__, whose __name__ is '__rdiv__')")
 def test_number_divided_by_a_value_of_the_step_runs_fused():
     cell = randomize_(HandSigmoidCell(3, 4).double(), seed=16)
     assert fused.why_not_fused(cell) is None
@@ -621,9 +619,6 @@ class RescaleCell(UserCell):
         return h, RNNState(h)
 
 
-@pytest.mark.xfail(strict=True, reason="a parameter's value read into Python while tracing (.item(), `if` on it) is frozen "
-                                       "into the cached plan: after the parameter changes, the fused engine computes the "
-                                       "old step, silently (the plan's signature holds shapes, not values)")
 @pytest.mark.parametrize("cls", [TemperatureCell, RescaleCell], ids=lambda c: c.__name__)
 def test_python_values_read_from_parameters_follow_the_parameters(cls):
     cell = randomize_(cls(3, 4).double(), seed=17)
@@ -643,10 +638,6 @@ def test_python_values_read_from_parameters_follow_the_parameters(cls):
         torch.testing.assert_close(auto(x)[0], reference(x)[0], **TOL[F64])
 
 
-@pytest.mark.xfail(strict=True, reason="a (B, ·) tensor made inside the step is reported by the operation that consumes "
-                                       "it ('add' with a static tensor of shape (3, 4), 3 being the tracer's batch), not by "
-                                       "the factory that made it; and untraceable_reason misses it, so Recurrent(cell, "
-                                       "engine='fused') is built and refuses only on its first call")
 def test_tensor_made_with_the_batch_dimension_is_named_by_its_factory():
     cell = BatchTensorCell(3, 4).double()
     assert "'full'" in fused.why_not_fused(cell)
