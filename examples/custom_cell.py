@@ -1,17 +1,21 @@
-"""Write a new recurrent cell, check it, and run it with rnnkit's time loop.
+"""Write a new recurrent cell, check it, and run it on rnnkit's compiled engine.
 
 The cell is the multiplicative RNN of Sutskever, Martens & Hinton (2011), "Generating Text with
 Recurrent Neural Networks", whose recurrent matrix depends on the current input through a
-factored product. The script checks it the way rnnkit checks its own cells — against the
-equations stepped by hand over a padded batch, and with float64 gradcheck through the whole
-loop — then says which engine ran it and what that costs against its naive loop.
+factored product. It is an ordinary ``RecurrentCell``: ``input_projection`` and ``recurrence``
+in plain PyTorch, registered nowhere. Because its step uses only operations the fused engine
+traces, ``Recurrent`` runs it compiled (``last_engine == "fused"``). The script checks it the
+way rnnkit checks its own cells — against the equations stepped by hand over a padded batch, on
+the fused engine and on the reference loop, and with float64 gradcheck through the fused
+engine's backward pass — then times the fused engine against the reference loop and the naive
+loop over ``cell.forward``, forward + backward, one thread, median of repeats.
 
 Run::
 
     python examples/custom_cell.py
     python examples/custom_cell.py --quick              # smaller sizes (what the tests run)
 
-docs/guides/custom_cell.md explains each part and the engines.
+docs/guides/custom_cell.md explains each part, what a step may contain, and the engines.
 """
 
 import argparse
@@ -22,10 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from rnnkit import Recurrent
 from rnnkit.cells import RecurrentCell, RNNState
+from rnnkit.engine.fused import why_not_fused
 
 
 class MultiplicativeCell(RecurrentCell):
@@ -87,7 +91,8 @@ def by_hand(cell: MultiplicativeCell, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
+    """Median wall time of ``fn()`` in milliseconds, after one warm-up call (the engine traces there)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -102,48 +107,55 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    # 1. the time loop runs it, over a padded batch of different lengths
+    # 1. the time loop runs it, over a padded batch of different lengths, on both engines
     cell = MultiplicativeCell(3, 6, factors=4)
-    layer = Recurrent(cell)
+    print("why_not_fused:", why_not_fused(cell))  # None: the engine compiles this step
     x, lengths = torch.randn(9, 4, 3), torch.tensor([9, 3, 6, 1])
-    y, final = layer(x, lengths=lengths)
-    for b, n in enumerate(lengths.tolist()):
-        want_y, want_h = by_hand(cell, x[:n, b])
-        torch.testing.assert_close(y[:n, b], want_y, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(final.h[b], want_h, rtol=1e-5, atol=1e-6)
-    print(f"Recurrent over lengths {lengths.tolist()} equals the equations stepped by hand; engine: {layer.last_engine}")
+    for engine in ("auto", "reference"):
+        layer = Recurrent(cell, engine=engine)
+        y, final = layer(x, lengths=lengths)
+        for b, n in enumerate(lengths.tolist()):
+            want_y, want_h = by_hand(cell, x[:n, b])
+            torch.testing.assert_close(y[:n, b], want_y, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(final.h[b], want_h, rtol=1e-5, atol=1e-6)
+        print(f"engine={engine!r} ran {layer.last_engine}: over lengths {lengths.tolist()} it equals the equations "
+              "stepped by hand")
 
-    # 2. autograd's gradients against finite differences, float64, through the masked loop
-    layer64 = Recurrent(MultiplicativeCell(3, 4, factors=3).double())
+    # 2. the fused engine's gradients against finite differences, float64, through the masked loop;
+    # gradcheck perturbs each input in place, the parameters included, and the layer reads them there
+    layer64 = Recurrent(MultiplicativeCell(3, 4, factors=3).double(), engine="fused")
     names = [n for n, _ in layer64.named_parameters()]
     x64 = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    weights = [p.detach().clone().requires_grad_() for p in layer64.parameters()]
 
-    def run(x, *w):
-        return functional_call(layer64, dict(zip(names, w)), (x,), {"lengths": [5, 3]})[0]
+    def run(x, *weights):
+        return layer64(x, lengths=[5, 3])[0]
 
-    assert torch.autograd.gradcheck(run, (x64, *weights), eps=1e-6, atol=1e-8)
-    print("gradcheck passed for x and", ", ".join(names))
+    assert torch.autograd.gradcheck(run, (x64, *layer64.parameters()), eps=1e-6, atol=1e-8)
+    print(f"gradcheck passed on the {layer64.last_engine} engine for x and", ", ".join(names))
 
-    # 3. the cost: a new cell runs on the reference loop; against the naive loop over cell.forward
+    # 3. the cost: fused against the reference loop and the naive loop over cell.forward
     B, T, I, H = (4, 20, 8, 16) if args.quick else (16, 100, 64, 128)
-    repeats = 1 if args.quick else 5
+    repeats = 1 if args.quick else 9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: ratios that hold still on a shared machine
     big = MultiplicativeCell(I, H, factors=H)
     xb = torch.randn(T, B, I)
-
-    def recurrent():
-        Recurrent(big)(xb)[0].square().mean().backward()
+    fused, reference = Recurrent(big), Recurrent(big, engine="reference")
 
     def naive():
         state, outs = None, []
         for x_t in xb:
             h, state = big(x_t, state)
             outs.append(h)
-        torch.stack(outs).square().mean().backward()
+        return torch.stack(outs)
 
-    a, b = median_ms(recurrent, repeats), median_ms(naive, repeats)
-    print(f"forward + backward at (B, T, I, H) = {(B, T, I, H)}: Recurrent {a:.1f} ms, naive loop {b:.1f} ms "
-          f"({b / a:.2f}x)")
+    ms = {name: median_ms(lambda f=f: f().square().mean().backward(), repeats)
+          for name, f in [("fused", lambda: fused(xb)[0]), ("reference", lambda: reference(xb)[0]), ("naive", naive)]}
+    torch.set_num_threads(threads)
+    print(f"forward + backward at (B, T, I, H) = {(B, T, I, H)}, one thread, median of {repeats}: "
+          f"{fused.last_engine} {ms['fused']:.1f} ms, reference loop {ms['reference']:.1f} ms "
+          f"({ms['reference'] / ms['fused']:.1f}x slower), naive loop {ms['naive']:.1f} ms "
+          f"({ms['naive'] / ms['fused']:.1f}x slower)")
 
 
 if __name__ == "__main__":

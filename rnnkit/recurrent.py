@@ -98,17 +98,24 @@ class Recurrent(nn.Module):
       that the other two are tested against.
     * ``"native"``: cells that torch's fused kernels compute exactly (plain Elman, LSTM with
       forget gate, GRU) run through those kernels (oneDNN on CPU, cuDNN on GPU), lengths included.
-    * ``"fused"``: :mod:`rnnkit.engine.fused`, a compiled C++ time loop with hand-written BPTT for
-      every other Elman/clockwork/LSTM/GRU cell, alone or in a ``LeakyCell`` and/or ``SkipCell``;
-      CPU, float32/float64; built on first use (~40 s, then cached). No double backward.
+    * ``"fused"``: :mod:`rnnkit.engine.fused`, one compiled C++ loop that runs the whole sequence
+      forward and back through time for *any* cell whose ``recurrence`` uses the operations
+      :mod:`rnnkit.engine.trace` compiles — the zoo's variants and a user's own cells alike. The
+      cell's step is traced once into a program of row operations (milliseconds, per cell and
+      dtype); nothing is compiled per cell. CPU, float32/float64; no double backward. The
+      interpreter itself is built once per environment (:mod:`rnnkit.engine.build`).
 
-    ``"auto"`` (the default) takes native where the cell allows, else fused where it covers the
-    cell and the input, else the reference loop — except that on the CPU a native cell given
-    ``lengths`` runs fused: torch's CPU kernels take lengths only as packed sequences, on a path
-    several times slower than the same batch unpacked, while the fused engine masks for free. If the fused engine cannot be built, ``"auto"``
-    falls back to the reference loop with one warning per process; an explicit ``"fused"`` raises.
-    The environment variable ``RNNKIT_ENGINE=reference`` (or ``native``: no fused engine)
-    restricts every ``"auto"`` layer, e.g. to rule out a fast path while debugging.
+    ``"auto"`` (the default) takes native where the cell allows, else fused where the cell's step
+    traces and the input is on the CPU in float32/float64, else the reference loop — except that
+    on the CPU a native cell given ``lengths`` runs fused: torch's CPU kernels take lengths only
+    as packed sequences, on a path several times slower than the same batch unpacked, while the
+    fused engine masks for free. A step that does not trace runs on the reference loop with one
+    warning naming the operation (:func:`rnnkit.engine.fused.why_not_fused` says it without
+    running); an explicit ``"fused"`` raises instead, as it does when the engine cannot be built
+    (``"auto"`` then falls back with one warning per process). The environment variable
+    ``RNNKIT_ENGINE=reference`` (or ``native``: no fused engine) restricts every ``"auto"``
+    layer, e.g. to rule out a fast path while debugging. :mod:`rnnkit.engine.choose` makes the
+    choice.
 
     Args:
         cell: any rnnkit cell.
