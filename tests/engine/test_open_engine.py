@@ -40,6 +40,7 @@ from rnnkit.cells.state import map_state, state_tensors
 from rnnkit.engine import fused
 from tests.cells.test_new_cells import VARIANTS as PAPER_STEPS
 from tests.engine.test_fused import random_state
+from tests.engine.test_fused import FUSED_CELLS
 from tests.helpers import TOL, assert_same_computation, randomize_, step_loop
 
 F64 = torch.float64
@@ -253,9 +254,13 @@ CELLS = {
 }
 
 
+# the zoo's cells as tests/engine/test_fused.py lists them, checked here inside Bidirectional and Stack
+ZOO = {f"zoo-{name}": factory for name, factory in FUSED_CELLS.items()}
+
+
 def make(name: str, i: int, h: int, seed: int, dtype=F64) -> RecurrentCell:
     """Cell ``name`` with every parameter from N(0, 0.5²), in ``dtype``."""
-    return randomize_(CELLS[name](i, h), seed=seed).to(dtype)
+    return randomize_({**CELLS, **ZOO}[name](i, h), seed=seed).to(dtype)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -337,7 +342,7 @@ def bidirectional(forward_cell, backward_cell, engine, batch_first=False):
     return layer
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", list(CELLS) + list(ZOO))
 def test_bidirectional_fused_equals_reference(name):
     gen = torch.Generator().manual_seed(20)
     T, B, I, H = sizes(gen)
@@ -348,7 +353,7 @@ def test_bidirectional_fused_equals_reference(name):
     compare(lambda engine: bidirectional(*cells, engine, batch_first=True), x, state, lengths)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", list(CELLS) + list(ZOO))
 def test_stack_fused_equals_reference(name):
     """Two layers, the second reversed; then a layer of this cell under a bidirectional one."""
     gen = torch.Generator().manual_seed(30)
