@@ -50,9 +50,9 @@ from typing import Any
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-#: The translation units compiled into the one extension module, relative to :data:`CSRC`.
+#: The translation units compiled into the one extension module, relative to ``rnnkit/engine/csrc``.
 SOURCES = ("program.cpp",)
-#: The headers they include (every file under :data:`CSRC` enters the build's hash regardless).
+#: The headers they include (every file under ``csrc`` enters the build's hash regardless).
 HEADERS = ("vecmath.h",)
 
 STAMP = "rnnkit-build.json"  # written last: its presence means the folder holds a finished build

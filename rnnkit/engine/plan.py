@@ -49,7 +49,7 @@ def _needs(op: str, grads: tuple[bool, ...]) -> set:
         return {0, 1}
     if op in ("sigmoid", "tanh", "relu", "exp", "sqrt", "rsqrt"):
         return {"o"}
-    if op in ("log", "abs", "pow", "clamp"):
+    if op in ("log", "abs", "pow", "clamp", "layernorm"):
         return {0}
     if op == "where":
         return {0}

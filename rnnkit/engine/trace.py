@@ -33,6 +33,7 @@ Symbols: B batch, w a value's feature width, G the projection size, d a delay.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -213,8 +214,9 @@ class _Tracer:
             return v
         if id(x) in self.names:
             name, is_param = self.names[id(x)]
-            getter = (lambda env, cell, n=name: cell.get_parameter(n)) if is_param else (
-                lambda env, cell, n=name: cell.get_buffer(n))
+            # read by attribute path, not get_parameter: under torch.func.functional_call the
+            # parameters are plain tensors in the same places
+            getter = lambda env, cell, n=name: functools.reduce(getattr, n.split("."), cell)  # noqa: E731
             return self.static(getter, x, grad=is_param and x.is_floating_point())
         # a constant tensor made outside the step (not a parameter or buffer): the tensor itself,
         # so in-place changes to it are followed (a new tensor assigned to the attribute is not)
@@ -535,22 +537,11 @@ class _Tracer:
         eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
         if tuple(shape) != (a.width,):
             raise Untraceable(f"'layer_norm' over shape {tuple(shape)}; the engine normalises the feature axis ({a.width},)")
-        xc, var = self._centered_var(a, x, 0.0)
-        with torch.no_grad():
-            r_ex = torch.rsqrt(var + eps)
-            y_ex = xc * r_ex
-        ve = self.dyn("add", (self.of[id(var)], self.const(float(eps))), 1, var + eps)
-        r = self.dyn("rsqrt", (self.of[id(ve)],), 1, r_ex)
-        y = self.dyn("mul", (self.of[id(xc)], self.of[id(r)]), a.width, y_ex)
-        if weight is not None:
-            with torch.no_grad():
-                y_ex = y_ex * weight
-            y = self.dyn("mul", (self.of[id(y)], self.value(weight, "layer_norm")), a.width, y_ex)
-        if bias is not None:
-            with torch.no_grad():
-                y_ex = y_ex + bias
-            y = self.dyn("add", (self.of[id(y)], self.value(bias, "layer_norm")), a.width, y_ex)
-        return self.bind(out, self.of[id(y)])
+        # one instruction (its adjoint recomputes the row's mean and deviation): nine primitive
+        # passes over the row would cost several times as much
+        w = self.value(weight, "layer_norm") if weight is not None else self.const(1.0)
+        b = self.value(bias, "layer_norm") if bias is not None else self.const(0.0)
+        return self.dyn("layernorm", (a, w, b), a.width, out, p0=float(eps))
 
     def reshape(self, args: tuple, out: Tensor, name: str) -> Any:
         a = self.value(args[0], name)

@@ -231,6 +231,18 @@ class CounterCell(UserCell):
         return h, CountState(h, t + 1)
 
 
+class PlainNormCell(UserCell):
+    """F.layer_norm without gain or shift, and with a gain only: the engine's one-instruction norm."""
+
+    def extra_parameters(self):
+        self.gain = nn.Parameter(torch.empty(self.hidden_size))
+
+    def recurrence(self, gi, state):
+        a = F.layer_norm(gi + F.linear(state.h, self.weight_hh), (self.hidden_size,), eps=1e-3)
+        h = torch.tanh(F.layer_norm(a * state.h, (self.hidden_size,), self.gain) + a)
+        return h, RNNState(h)
+
+
 # name -> (I, H) -> cell; H is even (BlockCell's blocks of 2)
 CELLS = {
     "layernorm-lstm": lambda i, h: LayerNormLSTMCell(i, h),
@@ -246,6 +258,7 @@ CELLS = {
     "minmax": MinMaxCell,
     "where": WhereCell,
     "hand-norm": HandNormCell,
+    "plain-norm": PlainNormCell,
     "per-unit": PerUnitCell,
     "blocks": BlockCell,
     "counter": CounterCell,
@@ -371,7 +384,7 @@ def test_stack_fused_equals_reference(name):
 # -- 2. gradcheck through a fused layer ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "blocks", "skip-counter"])
+@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"])
 def test_gradcheck_through_the_fused_layer(name):
     """float64 finite differences against the fused engine's BPTT, with respect to x, every float
     field of the initial state and every parameter; lengths and reversal included."""
@@ -653,7 +666,7 @@ def test_tensor_made_with_the_batch_dimension_is_named_by_its_factory():
 # -- 6. float32, and a batch split across threads --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "blocks", "skip-counter"])
+@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"])
 def test_fused_equals_reference_float32(name):
     gen = torch.Generator().manual_seed(18)
     T, B, I, H = 7, 5, 3, 6

@@ -82,12 +82,12 @@ static void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, const T* A, int6
 enum Op : int64_t {
   COPY, ADD, SUB, MUL, DIV, MAX, MIN, GT, GE, LT, LE, EQ, NE,
   NEG, SIGMOID, TANH, RELU, EXP, LOG, ABS, SQRT, RSQRT, POW, CLAMP,
-  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, MULADD, NUM_OPS
+  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, MULADD, LAYERNORM, NUM_OPS
 };
 static const char* OP_NAMES[] = {
   "copy", "add", "sub", "mul", "div", "max", "min", "gt", "ge", "lt", "le", "eq", "ne",
   "neg", "sigmoid", "tanh", "relu", "exp", "log", "abs", "sqrt", "rsqrt", "pow", "clamp",
-  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum", "muladd"};
+  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum", "muladd", "layernorm"};
 
 // Where values live. Forward: the projected input, the previous and new state fields, the saved
 // frame (values backward reads), the output, batch-wide and per-row scratch, static tensors and
@@ -328,6 +328,16 @@ static void run_forward(const Ins& I, const Rows<T>& R) {
           for (int64_t r = 0; r < I.k; ++r) o[j * I.k + r] = a[j];
       });
       break;
+    case LAYERNORM:  // o = (a − mean(a)) / sqrt(var(a) + ε) ⊙ b + c over the row (b, c: gain and shift)
+      each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+        T mu = 0, var = 0;
+        for (int64_t u = 0; u < w; ++u) mu += a[u];
+        mu /= T(w);
+        for (int64_t u = 0; u < w; ++u) var += (a[u] - mu) * (a[u] - mu);
+        const T r = T(1) / std::sqrt(var / T(w) + T(I.p0));
+        for (int64_t u = 0; u < w; ++u) o[u] = (a[u] - mu) * r * b[fb ? u : 0] + c[fc ? u : 0];
+      });
+      break;
     case REM:  // (the step counter) mod period, in integers: exact at any step
       each_row(I, R, [&](int64_t row, T* o, const T* a, const T*, const T*) {
         const int64_t tick = R.tick0[I.k][row] + R.t;
@@ -465,6 +475,43 @@ static void run_backward(const Ins& I, const Rows<T>& R) {
           if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return J.a[fa ? u : 0] != T(0) ? J.dy[u] : T(0); });
           if (J.gc) accum<C_FULL>(J.gc, w, sc, [&](int64_t u) { return J.a[fa ? u : 0] != T(0) ? T(0) : J.dy[u]; });
         });
+      });
+      break;
+    }
+    case LAYERNORM: {
+      // with x̂ = (a − μ) r and g = ∂o ⊙ gain: ∂a = r (g − mean(g) − x̂ mean(g ⊙ x̂)),
+      // ∂gain = ∂o ⊙ x̂, ∂shift = ∂o; μ and r are recomputed from the saved input
+      const bool fc = I.cw == w;
+      each_adjoint_row(I, R, [&](J_ J) {
+        const T* a = J.a;
+        T mu = 0, var = 0;
+        for (int64_t u = 0; u < w; ++u) mu += a[u];
+        mu /= T(w);
+        for (int64_t u = 0; u < w; ++u) var += (a[u] - mu) * (a[u] - mu);
+        const T r = T(1) / std::sqrt(var / T(w) + T(I.p0));
+        auto xhat = [&](int64_t u) { return (a[u] - mu) * r; };
+        if (J.ga) {
+          T sg = 0, sgx = 0;
+          for (int64_t u = 0; u < w; ++u) {
+            const T g = J.dy[u] * J.b[fb ? u : 0];
+            sg += g;
+            sgx += g * xhat(u);
+          }
+          const T mg = sg / T(w), mgx = sgx / T(w);
+          accum<true>(J.ga, w, sa, [&](int64_t u) { return r * (J.dy[u] * J.b[fb ? u : 0] - mg - xhat(u) * mgx); });
+        }
+        if (J.gb) {
+          if (fb)
+            accum<true>(J.gb, w, sb, [&](int64_t u) { return J.dy[u] * xhat(u); });
+          else
+            accum<false>(J.gb, w, sb, [&](int64_t u) { return J.dy[u] * xhat(u); });
+        }
+        if (J.gc) {
+          if (fc)
+            accum<true>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
+          else
+            accum<false>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
+        }
       });
       break;
     }
