@@ -48,6 +48,21 @@ class Generated(NamedTuple):
     scores: Tensor
 
 
+class NBest(NamedTuple):
+    """What :func:`generate` returns for beam search with ``n_best`` = K > 1: the K best ended
+    hypotheses of each sequence, best first.
+
+    tokens (B, K, L) int64, padded with ``pad`` after each hypothesis' end; lengths (B, K) the
+    number of tokens of each (EOS included); scores (B, K) float64, each the score it was ranked
+    by, log p(y) / L^α. Where fewer than K hypotheses ended within ``max_length``, the missing
+    ones have length 0 and score −∞.
+    """
+
+    tokens: Tensor
+    lengths: Tensor
+    scores: Tensor
+
+
 # -- choosing the next token --------------------------------------------------------------------
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep the k largest logits of each row; the rest become −∞. logits (B, V)."""
@@ -182,6 +197,7 @@ def generate(
     top_p: float | None = None,
     beam_width: int = 4,
     length_penalty: float = 0.0,
+    n_best: int = 1,
     end: str | None = "eos",
     eos: int | None = None,
     halt_sample: bool = False,
@@ -200,6 +216,9 @@ def generate(
         beam_width, length_penalty: beam search keeps W hypotheses per sequence and ranks
             finished ones by :math:`\log p(y) / L^{\alpha}` with α = ``length_penalty`` (0: raw
             log-probability; 1: per-token average).
+        n_best: K, how many of the best ended hypotheses beam search returns (1 ≤ K ≤ W);
+            only with ``method="beam"``. K > 1 returns :class:`NBest` instead of
+            :class:`Generated`.
         end: ``"eos"``, ``"halt"``, ``"length"`` or None (see the module docstring).
         eos: the end token (default ``model.eos``).
         halt_sample: with ``end="halt"``, draw the halt decision from Bernoulli(σ(halt)) instead
@@ -213,11 +232,17 @@ def generate(
             GPU (the draws are made on the CPU).
 
     Returns:
-        :class:`Generated` (tokens (B, L), lengths (B,), scores (B,)).
+        :class:`Generated` (tokens (B, L), lengths (B,), scores (B,)); for beam search with
+        ``n_best`` = K > 1, :class:`NBest` (tokens (B, K, L), lengths (B, K), scores (B, K)),
+        the K best hypotheses of each sequence, best first, whose first is the
+        ``n_best=1`` answer.
     """
     _check_int(max_length, "max_length", 1)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    _check_int(n_best, "n_best", 1)
+    if n_best > 1 and method != "beam":
+        raise ValueError(f"n_best={n_best} needs method='beam' (the other methods make one sequence per row), got {method!r}")
     if method == "sample":
         check_temperature(temperature)
         if top_k is not None:
@@ -235,7 +260,10 @@ def generate(
     try:
         if method == "beam":
             _check_int(beam_width, "beam_width", 1)
-            return _beam(model, batch_size, max_length, beam_width, length_penalty, end, eos, context, prime, pad)
+            if n_best > beam_width:
+                raise ValueError(f"n_best must be ≤ beam_width (the beam holds the candidates), got n_best={n_best} "
+                                 f"and beam_width={beam_width}")
+            return _beam(model, batch_size, max_length, beam_width, length_penalty, end, eos, context, prime, pad, n_best)
         return _step_decode(model, batch_size, max_length, method, temperature, top_k, top_p, end, eos, halt_sample,
                             context, prime, pad, generator)
     finally:
@@ -296,14 +324,15 @@ def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.bernoulli(p, generator=generator)
 
 
-def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad) -> Generated:
-    """Batched beam search (W hypotheses per sequence).
+def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad, K=1) -> Generated | NBest:
+    """Batched beam search (W hypotheses per sequence), returning the K best that ended.
 
     Each step scores every extension of every live hypothesis two ways — "emit k and go on" and
     "emit k and end here" (k = EOS; or the halt event, log σ(halt) vs log(1 − σ(halt)); or the
     length bound) — and keeps the W best of them all. Those that end leave the beam and compete,
-    ranked by log p / L^α, for the answer; the beam shrinks as they do, so width 1 is exactly
-    greedy decoding. With α = 0 a search stops once no live hypothesis can beat the best ended one.
+    ranked by log p / L^α, for the K places of the answer (on a tie the one that ended first
+    keeps its place); the beam shrinks as they do, so width 1 is exactly greedy decoding. With
+    α = 0 a search stops once no live hypothesis can beat the K-th best ended one.
     """
     device = next(model.parameters()).device
     state, out, B = _start(model, batch_size, context, prime)
@@ -320,8 +349,8 @@ def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad
     score = torch.full((B, W), float("-inf"), dtype=torch.float64, device=device)
     score[:, 0] = 0.0
     history = torch.zeros(B, W, 0, dtype=torch.long, device=device)  # (B, W, t)
-    best_tokens: list[list[int]] = [[] for _ in range(B)]
-    best_score = torch.full((B,), float("-inf"), dtype=torch.float64, device=device)
+    best_tokens: list[list[list[int]]] = [[[] for _ in range(K)] for _ in range(B)]  # [b][k], best first
+    best_score = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)
     rows = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
     for t in range(max_length):
         length = t + 1
@@ -341,22 +370,28 @@ def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad
         idx = idx % (W * V)
         beam, tok = idx // V, idx % V  # (B, W)
         ranked = torch.where(ended & (top > float("-inf")), top / (length ** alpha), torch.full_like(top, float("-inf")))
-        fin, which = ranked.max(-1)  # the best hypothesis that ended at this step, per sequence
-        for b in (fin > best_score).nonzero().flatten().tolist():
-            w = int(which[b])
-            best_tokens[b] = history[b, beam[b, w]].tolist() + [int(tok[b, w])]
-            best_score[b] = fin[b]
+        # the K best of those kept so far and those that ended at this step; a stable sort keeps
+        # the earlier on a tie. order < K: a kept hypothesis; order ≥ K: column order − K of ranked
+        merged, order = torch.cat([best_score, ranked], 1).sort(dim=-1, descending=True, stable=True)  # (B, K + W)
+        best_score, order = merged[:, :K], order[:, :K]
+        for b in (order >= K).any(-1).nonzero().flatten().tolist():  # rows where one that ended enters
+            kept = best_tokens[b]
+            best_tokens[b] = [kept[i] if i < K else history[b, beam[b, i - K]].tolist() + [int(tok[b, i - K])]
+                              for i in order[b].tolist()]
         score = torch.where(ended, torch.full_like(top, float("-inf")), top)
         history = torch.cat([history[rows, beam], tok.unsqueeze(-1)], -1)  # (B, W, t+1)
         live_best = score.max(-1).values  # (B,)
-        finished = (live_best == float("-inf")) | ((alpha == 0) & (live_best <= best_score))
+        finished = (live_best == float("-inf")) | ((alpha == 0) & (live_best <= best_score[:, -1]))
         if bool(finished.all()):
             break
         state = reorder_state(state, (rows * W + beam).flatten())  # (B·W,)
         out, state = model.step(tok.flatten(), state)
-    L = max(len(s) for s in best_tokens)
-    tokens = torch.full((B, L), pad, dtype=torch.long, device=device)
-    for b, seq in enumerate(best_tokens):
-        tokens[b, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
-    lengths = torch.tensor([len(s) for s in best_tokens], dtype=torch.long, device=device)
-    return Generated(tokens, lengths, best_score)
+    L = max(len(seq) for kept in best_tokens for seq in kept)
+    tokens = torch.full((B, K, L), pad, dtype=torch.long, device=device)
+    for b, kept in enumerate(best_tokens):
+        for k, seq in enumerate(kept):
+            tokens[b, k, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+    lengths = torch.tensor([[len(seq) for seq in kept] for kept in best_tokens], dtype=torch.long, device=device)
+    if K == 1:
+        return Generated(tokens[:, 0], lengths[:, 0], best_score[:, 0])
+    return NBest(tokens, lengths, best_score)

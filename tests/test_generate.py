@@ -52,6 +52,70 @@ def test_beam_finds_the_best_sequence_among_all(alpha):
     assert narrow.scores[0].item() <= best_score + 1e-9
 
 
+def all_sequences(V, L, eos=1):
+    """Every sequence generation with end='eos' can return: EOS only last, shorter than L only if it ends by EOS."""
+    for n in range(1, L + 1):
+        for seq in itertools.product(range(V), repeat=n):
+            if eos not in seq[:-1] and (n == L or seq[-1] == eos):
+                yield seq
+
+
+def context_logprob(model, seq, context, bos=0):
+    """log p(seq | context) by stepping the model on one sequence (the independent scorer)."""
+    state, y, total = model.start(1, context=context), torch.tensor([bos]), 0.0
+    for k in seq:
+        out, state = model.step(y, state)
+        total += float(out.logits.detach().double().log_softmax(-1)[0, k])
+        y = torch.tensor([k])
+    return total
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_n_best_are_the_k_best_sequences_among_all(alpha):
+    V, L, K = 4, 4, 6  # a beam as wide as the whole tree keeps every hypothesis, so its K best are exact
+    model = TinyDecoder(vocab=V, seed=3).double()  # float64: the batched search and the one-row scorer agree to 1e-9
+    ctx = torch.randn(2, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = generate(model, max_length=L, method="beam", beam_width=V**L, length_penalty=alpha, n_best=K, context=ctx)
+    assert result.tokens.shape[:2] == (2, K) and result.lengths.shape == result.scores.shape == (2, K)
+    for b in range(2):
+        scored = sorted(((context_logprob(model, s, ctx[b : b + 1]) / len(s) ** alpha, s) for s in all_sequences(V, L)),
+                        reverse=True)[:K]
+        got = [tuple(result.tokens[b, k, : result.lengths[b, k]].tolist()) for k in range(K)]
+        assert got == [s for _, s in scored]
+        torch.testing.assert_close(result.scores[b], torch.tensor([x for x, _ in scored], dtype=torch.float64),
+                                   rtol=0, atol=1e-9)
+        assert all((result.tokens[b, k, result.lengths[b, k] :] == 0).all() for k in range(K))  # padded after each end
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_n_best_leads_with_the_single_answer_and_ranks_by_score(alpha):
+    model = TinyDecoder(seed=5).double()
+    ctx = torch.randn(3, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    one = generate(model, max_length=8, method="beam", beam_width=4, length_penalty=alpha, context=ctx)
+    best = generate(model, max_length=8, method="beam", beam_width=4, length_penalty=alpha, context=ctx, n_best=3)
+    assert type(one).__name__ == "Generated" and type(best).__name__ == "NBest"
+    torch.testing.assert_close(best.lengths[:, 0], one.lengths)
+    torch.testing.assert_close(best.scores[:, 0], one.scores, rtol=0, atol=0)
+    for b in range(3):
+        n = int(one.lengths[b])
+        torch.testing.assert_close(best.tokens[b, 0, :n], one.tokens[b, :n])
+        assert len({tuple(best.tokens[b, k, : best.lengths[b, k]].tolist()) for k in range(3)}) == 3  # distinct
+    assert (best.scores[:, :-1] >= best.scores[:, 1:]).all()
+    for b in range(3):  # each score is the hypothesis' own log p / L^α
+        for k in range(3):
+            seq = best.tokens[b, k, : best.lengths[b, k]].tolist()
+            expected = context_logprob(model, seq, ctx[b : b + 1]) / len(seq) ** alpha
+            assert best.scores[b, k].item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_n_best_beyond_the_hypotheses_that_exist_are_empty_with_score_minus_infinity():
+    model = TinyDecoder(vocab=4, seed=3)
+    r = generate(model, 1, max_length=1, method="beam", beam_width=6, n_best=6)  # one step: only 4 sequences exist
+    assert r.lengths[0].tolist() == [1, 1, 1, 1, 0, 0]
+    assert sorted(r.tokens[0, :4, 0].tolist()) == [0, 1, 2, 3]
+    assert r.scores[0, 3] > float("-inf") and r.scores[0, 4:].tolist() == [float("-inf")] * 2
+
+
 def test_beam_is_batched_like_one_by_one():
     model = TinyDecoder(seed=5)
     ctx = torch.randn(3, 8)
@@ -179,6 +243,9 @@ def test_context_conditions_generation():
         (dict(max_length=0), "max_length must be an int ≥ 1, got 0"),
         (dict(method="nucleus"), "method must be one of 'greedy', 'sample', 'beam', got 'nucleus'"),
         (dict(method="beam", beam_width=0), "beam_width must be an int ≥ 1, got 0"),
+        (dict(method="beam", n_best=0), "n_best must be an int ≥ 1, got 0"),
+        (dict(method="greedy", n_best=2), "n_best=2 needs method='beam'.*got 'greedy'"),
+        (dict(method="beam", beam_width=3, n_best=4), "n_best must be ≤ beam_width .* got n_best=4 and beam_width=3"),
         (dict(end="stop"), "end must be one of"),
         (dict(end="halt"), "needs a model with a halt output"),
         (dict(end="length"), "needs a model with a length head"),
