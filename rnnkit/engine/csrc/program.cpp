@@ -177,6 +177,9 @@ static inline void with_full(bool fa, bool fb, F f) {
 
 // g += Σ contributions f(u) (g = … when `store`): element-wise for a full-width operand, summed
 // for a broadcast one.
+template <typename T, typename F>
+static inline T rowsum(int64_t n, F f);
+
 template <bool FULL, typename T, typename F>
 static inline void accum(T* g, int64_t w, bool store, F f) {
   if constexpr (FULL) {
@@ -185,8 +188,7 @@ static inline void accum(T* g, int64_t w, bool store, F f) {
     else
       for (int64_t u = 0; u < w; ++u) g[u] += f(u);
   } else {
-    T s = 0;
-    for (int64_t u = 0; u < w; ++u) s += f(u);
+    const T s = rowsum<T>(w, f);
     g[0] = store ? s : g[0] + s;
   }
 }
@@ -197,6 +199,15 @@ static inline void vmap(const T* src, T* dst, int64_t n, VF f) {
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) f(V::loadu(src + i)).store(dst + i);
   if (i < n) f(V::loadu(src + i, n - i)).store(dst + i, n - i);
+}
+
+// Σ f(u) for u < n, vectorised (the sums' order differs from a plain loop's by rounding only)
+template <typename T, typename F>
+static inline T rowsum(int64_t n, F f) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t u = 0; u < n; ++u) s += f(u);
+  return s;
 }
 
 template <typename T>
@@ -329,13 +340,13 @@ static void run_forward(const Ins& I, const Rows<T>& R) {
       });
       break;
     case LAYERNORM:  // o = (a − mean(a)) / sqrt(var(a) + ε) ⊙ b + c over the row (b, c: gain and shift)
-      each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
-        T mu = 0, var = 0;
-        for (int64_t u = 0; u < w; ++u) mu += a[u];
-        mu /= T(w);
-        for (int64_t u = 0; u < w; ++u) var += (a[u] - mu) * (a[u] - mu);
-        const T r = T(1) / std::sqrt(var / T(w) + T(I.p0));
-        for (int64_t u = 0; u < w; ++u) o[u] = (a[u] - mu) * r * b[fb ? u : 0] + c[fc ? u : 0];
+      with_full<T>(fb, fc, [&](auto FB, auto FC) {
+        each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+          const T mu = rowsum<T>(w, [&](int64_t u) { return a[u]; }) / T(w);
+          const T var = rowsum<T>(w, [&](int64_t u) { return (a[u] - mu) * (a[u] - mu); }) / T(w);
+          const T r = T(1) / std::sqrt(var + T(I.p0));
+          for (int64_t u = 0; u < w; ++u) o[u] = (a[u] - mu) * r * b[FB ? u : 0] + c[FC ? u : 0];
+        });
       });
       break;
     case REM:  // (the step counter) mod period, in integers: exact at any step
@@ -482,36 +493,23 @@ static void run_backward(const Ins& I, const Rows<T>& R) {
       // with x̂ = (a − μ) r and g = ∂o ⊙ gain: ∂a = r (g − mean(g) − x̂ mean(g ⊙ x̂)),
       // ∂gain = ∂o ⊙ x̂, ∂shift = ∂o; μ and r are recomputed from the saved input
       const bool fc = I.cw == w;
-      each_adjoint_row(I, R, [&](J_ J) {
-        const T* a = J.a;
-        T mu = 0, var = 0;
-        for (int64_t u = 0; u < w; ++u) mu += a[u];
-        mu /= T(w);
-        for (int64_t u = 0; u < w; ++u) var += (a[u] - mu) * (a[u] - mu);
-        const T r = T(1) / std::sqrt(var / T(w) + T(I.p0));
-        auto xhat = [&](int64_t u) { return (a[u] - mu) * r; };
-        if (J.ga) {
-          T sg = 0, sgx = 0;
-          for (int64_t u = 0; u < w; ++u) {
-            const T g = J.dy[u] * J.b[fb ? u : 0];
-            sg += g;
-            sgx += g * xhat(u);
+      with_full<T>(fb, fc, [&](auto FB, auto FC) {
+        constexpr bool B_FULL = decltype(FB)::value, C_FULL = decltype(FC)::value;
+        each_adjoint_row(I, R, [&](J_ J) {
+          const T *a = J.a, *dy = J.dy, *gain = J.b;
+          const T mu = rowsum<T>(w, [&](int64_t u) { return a[u]; }) / T(w);
+          const T var = rowsum<T>(w, [&](int64_t u) { return (a[u] - mu) * (a[u] - mu); }) / T(w);
+          const T r = T(1) / std::sqrt(var + T(I.p0));
+          if (J.ga) {
+            const T mg = rowsum<T>(w, [&](int64_t u) { return dy[u] * gain[B_FULL ? u : 0]; }) / T(w);
+            const T mgx = rowsum<T>(w, [&](int64_t u) { return dy[u] * gain[B_FULL ? u : 0] * (a[u] - mu) * r; }) / T(w);
+            accum<true>(J.ga, w, sa, [&](int64_t u) {
+              return r * (dy[u] * gain[B_FULL ? u : 0] - mg - (a[u] - mu) * r * mgx);
+            });
           }
-          const T mg = sg / T(w), mgx = sgx / T(w);
-          accum<true>(J.ga, w, sa, [&](int64_t u) { return r * (J.dy[u] * J.b[fb ? u : 0] - mg - xhat(u) * mgx); });
-        }
-        if (J.gb) {
-          if (fb)
-            accum<true>(J.gb, w, sb, [&](int64_t u) { return J.dy[u] * xhat(u); });
-          else
-            accum<false>(J.gb, w, sb, [&](int64_t u) { return J.dy[u] * xhat(u); });
-        }
-        if (J.gc) {
-          if (fc)
-            accum<true>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
-          else
-            accum<false>(J.gc, w, sc, [&](int64_t u) { return J.dy[u]; });
-        }
+          if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return dy[u] * (a[u] - mu) * r; });
+          if (J.gc) accum<C_FULL>(J.gc, w, sc, [&](int64_t u) { return dy[u]; });
+        });
       });
       break;
     }
