@@ -1,6 +1,9 @@
 """Training: the model-agnostic loop and what it is built from.
 
-* :mod:`~rnnkit.train.trainer` — :class:`Trainer`, :class:`TrainConfig`, callbacks;
+* :mod:`~rnnkit.train.trainer` — :class:`Trainer`, :class:`TrainConfig`;
+* :mod:`~rnnkit.train.callbacks` — what the loop does besides updating: log file, checkpoints,
+  early stopping, plot, progress bar;
+* :mod:`~rnnkit.train.run_folder` — :class:`RunFolder`, the names and checks of a run's folder;
 * :mod:`~rnnkit.train.tbptt` — truncated BPTT over lanes of documents;
 * :mod:`~rnnkit.train.feedback` — teacher forcing, free running, scheduled sampling, k-steps-ahead;
 * :mod:`~rnnkit.train.schedules` — scheduled-sampling curricula;
@@ -8,14 +11,17 @@
 * :mod:`~rnnkit.train.logs`, :mod:`~rnnkit.train.plots` — the run log and its curves.
 """
 
+from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
 from .clipping import clip_gradients
 from .feedback import Rollout, k_step_ahead_loss, rollout
+from .run_folder import RunFolder
 from .schedules import SCHEDULES, Constant, Exponential, InverseSigmoid, Linear
 from .tbptt import Chunk, LaneStream
-from .trainer import Callback, StepResult, TrainConfig, Trainer, TrainingDiverged, TrainResult, seed_everything
+from .trainer import StepResult, TrainConfig, Trainer, TrainingDiverged, TrainResult, seed_everything
 
 __all__ = [
-    "Trainer", "TrainConfig", "StepResult", "TrainResult", "Callback", "TrainingDiverged", "seed_everything",
+    "Trainer", "TrainConfig", "StepResult", "TrainResult", "TrainingDiverged", "seed_everything",
+    "Callback", "EarlyStopping", "LogFile", "Checkpoints", "Plot", "ProgressBar", "RunFolder",
     "LaneStream", "Chunk", "rollout", "Rollout", "k_step_ahead_loss",
     "SCHEDULES", "Constant", "Linear", "Exponential", "InverseSigmoid", "clip_gradients",
 ]

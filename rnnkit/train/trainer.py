@@ -2,9 +2,10 @@
 
 The trainer knows nothing of the model or the data: a task gives it a ``step_fn(model, batch)``
 that returns the loss to back-propagate, an iterable of batches, and optionally an
-``evaluate(model)`` returning validation metrics. The trainer owns what every task shares:
-the update (backward, clipping, optimizer and schedule), the log, validation, early stopping,
-checkpoints, the progress bar, plots and callbacks.
+``evaluate(model)`` returning validation metrics. The trainer's own job is the loop: the
+update (backward, clipping, optimizer and schedule), validation every ``eval_every`` updates,
+and when to stop. The log file, early stopping, checkpoints, the plot and the progress bar are
+callbacks (:mod:`rnnkit.train.callbacks`) built from the config, each one replaceable.
 
 Started by torchrun (inside :func:`rnnkit.train.distributed.session`), the same loop trains one
 replica per process with DistributedDataParallel; each process is given its own shard of every
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -28,8 +30,8 @@ from torch import Tensor, nn
 from . import distributed
 from .clipping import check_clip, clip_gradients
 from .device import model_device, to_device
-from .logs import RunLog
-from .plots import plot_curves
+from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
+from .run_folder import RunFolder
 
 
 @dataclass
@@ -37,7 +39,7 @@ class TrainConfig:
     """How long and how to train; every task's config embeds one."""
 
     max_steps: int | None = 1000  # updates; None: until max_time runs out
-    max_time: float | None = None  # seconds of training; None: until max_steps
+    max_time: float | None = None  # seconds of training in this fit(), the final validation included; None: until max_steps
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm)
     eval_every: int = 100  # updates between validations (and checkpoints)
@@ -45,6 +47,7 @@ class TrainConfig:
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
+    keep_checkpoints: int = 0  # also keep the last n checkpoints as step-<update>-<monitor>-<value>.safetensors; 0: none
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
     progress: bool = True  # a progress bar on stderr
     seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
@@ -53,6 +56,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
         owner = "TrainConfig"
+        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
+            raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
         for name in ("max_steps", "eval_every", "patience"):
             v = getattr(self, name)
             if v is None and name != "eval_every":
@@ -98,29 +103,17 @@ class TrainResult:
     steps: int
     items: int
     sequences: int
-    seconds: float
+    seconds: float  # of this fit(), the final validation included
     stop_reason: str  # "max_steps", "max_time", "early_stopping", "callback"
-    train_loss: float
+    train_loss: float  # the last update's loss
     val: dict[str, float]  # the last validation's metrics
     best: float | None  # the best value of ``monitor`` seen
     history: list[dict]
+    train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
-
-
-class Callback:
-    """Hooks into the loop; override what you need. Set ``trainer.should_stop = True`` to stop."""
-
-    def on_step(self, trainer: "Trainer", record: dict) -> None:
-        """After every update, with its log record."""
-
-    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
-        """After every validation."""
-
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
-        """After a checkpoint was written to ``path``."""
 
 
 def seed_everything(seed: int) -> None:
@@ -148,10 +141,15 @@ def _cycle(data: Iterable) -> Iterator[tuple[int, Any]]:
 class Trainer:
     """Trains ``model`` by repeating: batch → ``step_fn`` → backward → clip → optimizer step.
 
+    Everything else a run does (the log file, validation's early stopping, checkpoints, the
+    plot, the progress bar, printed samples) is a :class:`~rnnkit.train.callbacks.Callback`.
+
     Args:
         model: any ``nn.Module``.
         optimizer: a torch optimizer over the model's parameters.
-        step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss.
+        step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss. If it is
+            an object with ``state_dict``/``load_state_dict`` (state carried from one batch to
+            the next, e.g. truncated BPTT's hidden state), that state is saved in checkpoints.
         data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
             before each pass when the source has it. With several processes, each one's own
             shard of every global batch, or None where its shard of a batch is empty. Batches
@@ -161,7 +159,8 @@ class Trainer:
         evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
             updates and at the end (in ``eval()`` mode, without gradients).
         scheduler: a torch LR scheduler, stepped after every update.
-        callbacks: :class:`Callback` objects.
+        callbacks: :class:`~rnnkit.train.callbacks.Callback` objects, called after the ones the
+            config asks for; one of the same type as a built-in one replaces it.
         meta: JSON-able facts saved in every checkpoint (the task's config, vocabulary…).
     """
 
@@ -181,7 +180,8 @@ class Trainer:
         self.config = (config or TrainConfig()).validate()
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step_fn, self.data, self.evaluate_fn = step_fn, data, evaluate
-        self.callbacks = list(callbacks)
+        self.given_callbacks = list(callbacks)
+        self.callbacks = _replace_builtins(default_callbacks(self.config), self.given_callbacks)
         self.meta = dict(meta or {})
         self.out = Path(self.config.out) if self.config.out else None
         self.step = 0
@@ -189,10 +189,13 @@ class Trainer:
         self.sequences = 0
         self.history: list[dict] = []
         self.best: float | None = None
-        self.bad_validations = 0
+        self.improved = False  # whether the last validation improved the monitored metric
         self.should_stop = False
         self.stop_reason: str | None = None
         self.last_val: dict[str, float] = {}
+        self.validation_seconds = 0.0  # what the last validation and its checkpoints took
+        self._started = time.monotonic()
+        self._time_before = 0.0  # seconds of training before this fit() (a resumed run's)
         self._process_rng = _ProcessRNG()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -200,14 +203,46 @@ class Trainer:
         """Train until max_steps, max_time, early stopping or a callback says stop.
 
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
-        states and progress are restored, the batches already seen are skipped, and the log is
-        continued from that step.
+        states, progress and the callbacks' state are restored, the batches already seen are
+        skipped, and the log is continued from that step. ``max_steps`` counts every update of
+        the run; ``max_time`` is this call's budget, the final validation included.
 
         In a process group (torchrun) every process calls ``fit`` with its shard of the data;
         the model is wrapped in DistributedDataParallel for the loop and left unwrapped after.
         """
-        cfg = self.config
-        rank, main = distributed.rank(), distributed.is_main()
+        batches = self._start(resume_from)
+        try:
+            while not self._finished():
+                epoch, batch = next(batches)
+                record = self._update(epoch, batch)  # forward, backward, clip, optimizer step
+                self._call("on_step", record)
+                # one collective: a clock read or a callback's stop on any process holds for all
+                out_of_time, self.should_stop = distributed.agree(self._out_of_time(), self.should_stop)
+                if out_of_time and not self.should_stop:
+                    self.stop("max_time")
+                if self.step % self.config.eval_every == 0 and not self._finished():
+                    self._validate()
+            if self.step and not self._validated_now():  # every run ends validated and saved
+                self._validate()
+        finally:
+            self._call("on_fit_end")
+        train = [r["loss"] for r in self.history if r.get("kind") == "train"]
+        return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
+                           train[-1] if train else math.nan, dict(self.last_val), self.best, self.history,
+                           _mean(train[-SMOOTHING:]))
+
+    def stop(self, reason: str = "callback") -> None:
+        """End training after the current update, saying why (``TrainResult.stop_reason``)."""
+        self.should_stop = True
+        self.stop_reason = self.stop_reason or reason
+
+    def elapsed(self) -> float:
+        """Seconds since this ``fit()`` began."""
+        return time.monotonic() - self._started
+
+    # -- the loop's parts ------------------------------------------------------------------------
+    def _start(self, resume_from: str | Path | None) -> Iterator[tuple[int, Any]]:
+        cfg, rank = self.config, distributed.rank()
         if cfg.seed is not None:
             seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
         batches = _cycle(self.data)
@@ -218,96 +253,89 @@ class Trainer:
             for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
                 next(batches)
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
-        replicas = distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters) if distributed.is_distributed() else None
-        device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
-        log = RunLog(self.out, cfg.log_format, keep=self.history) if self.out and main else None
-        bar = _progress(cfg, show=main)
-        start = time.monotonic() - (self.history[-1]["time"] if self.history else 0.0)
-        stop_reason, loss_value = "max_steps", float("nan")
-        # a stop said by any process holds for all: every process must leave after the same update
-        out_of_time = distributed.agree(cfg.max_time is not None and time.monotonic() - start >= cfg.max_time)[0]
-        try:
-            while True:
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                    stop_reason = "max_steps"
-                    break
-                if out_of_time:
-                    stop_reason = "max_time"
-                    break
-                epoch, batch = next(batches)
-                tick = time.monotonic()
-                batch = to_device(batch, device)  # also under DDP: StepModule hands it on as it is
-                self.model.train()
-                if replicas is None:
-                    result = self.step_fn(self.model, batch)
-                    loss_value, loss = float(result.loss.detach()), result.loss
-                    items = int(result.items)
-                    sequences = int(result.items if result.sequences is None else result.sequences)
-                    metrics = {k: float(v) for k, v in result.metrics.items()}
-                else:
-                    result = replicas(batch)
-                    # one collective: the global loss and metrics, and this shard's share of them
-                    step = distributed.combine(_shard_of(result))
-                    loss_value, items, sequences, metrics = step.loss, step.items, step.sequences, step.metrics
-                    loss = result.loss * step.scale  # DDP's mean over N gradients becomes the global batch's gradient
-                if not math.isfinite(loss_value):  # the same global value on every process: all stop here
-                    raise TrainingDiverged(self._diverged("loss", loss_value))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # clip before the update; the norm logged is the one before clipping
-                grad_norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
-                if not math.isfinite(grad_norm):
-                    raise TrainingDiverged(self._diverged("gradient norm", grad_norm))
-                self.optimizer.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.step += 1
-                self.items += items
-                self.sequences += sequences
-                now = time.monotonic()
-                record = {
-                    "kind": "train",
-                    "step": self.step,
-                    "epoch": epoch,
-                    "time": round(now - start, 4),
-                    "loss": loss_value,
-                    "grad_norm": grad_norm,
-                    "clip": cfg.clip_norm,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "items_per_s": items / max(now - tick, 1e-9),
-                    **metrics,
-                }
-                self.history.append(record)
-                if log:
-                    log.write(record)
-                bar.advance(self.step, now - start, loss_value, record["items_per_s"])
-                for cb in self.callbacks:
-                    cb.on_step(self, record)
-                out_of_time, self.should_stop = distributed.agree(
-                    cfg.max_time is not None and time.monotonic() - start >= cfg.max_time, self.should_stop)
-                last = (cfg.max_steps is not None and self.step >= cfg.max_steps) or out_of_time
-                if self.step % cfg.eval_every == 0 and not last:
-                    self._validate_and_checkpoint(log, now - start)
-                if self.should_stop:
-                    stop_reason = self.stop_reason or "callback"
-                    break
-            if self.step and not (self.history and self.history[-1].get("kind") == "val" and self.history[-1]["step"] == self.step):
-                self._validate_and_checkpoint(log, time.monotonic() - start)
-        finally:
-            bar.close()
-            if log:
-                log.close()
-        return TrainResult(self.step, self.items, self.sequences, time.monotonic() - start, stop_reason, loss_value,
-                           dict(self.last_val), self.best, self.history)
+        self._replicas = (distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
+                          if distributed.is_distributed() else None)
+        self._device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
+        self._time_before = self.history[-1]["time"] if self.history else 0.0
+        self.should_stop, self.stop_reason = False, None
+        self._started = time.monotonic()
+        self._call("on_fit_start")
+        if distributed.agree(self._out_of_time())[0]:
+            self.stop("max_time")
+        return batches
 
-    # -- validation, early stopping, checkpoints -------------------------------------------------
-    def _validate_and_checkpoint(self, log: RunLog | None, elapsed: float) -> None:
+    def _finished(self) -> bool:
+        if self.should_stop:  # set by a callback directly, or by stop()
+            self.stop_reason = self.stop_reason or "callback"
+            return True
+        if self.config.max_steps is not None and self.step >= self.config.max_steps:
+            self.stop_reason = self.stop_reason or "max_steps"
+            return True
+        return False
+
+    def _out_of_time(self) -> bool:
+        """Whether the budget is spent, counting the final validation as the last one took."""
+        budget = self.config.max_time
+        return budget is not None and self.elapsed() + self.validation_seconds >= budget
+
+    def _validated_now(self) -> bool:
+        return bool(self.history) and self.history[-1].get("kind") == "val" and self.history[-1]["step"] == self.step
+
+    def _update(self, epoch: int, batch: Any) -> dict:
+        """One optimizer update on ``batch``; returns its log record."""
         cfg = self.config
-        main = distributed.is_main()
-        improved = False
+        tick = time.monotonic()
+        batch = to_device(batch, self._device)  # also under DDP: StepModule hands it on as it is
+        self.model.train()
+        if self._replicas is None:
+            result = self.step_fn(self.model, batch)
+            loss_value, loss = float(result.loss.detach()), result.loss
+            items = int(result.items)
+            sequences = int(result.items if result.sequences is None else result.sequences)
+            metrics = {k: float(v) for k, v in result.metrics.items()}
+        else:
+            result = self._replicas(batch)
+            # one collective: the global loss and metrics, and this shard's share of them
+            step = distributed.combine(_shard_of(result))
+            loss_value, items, sequences, metrics = step.loss, step.items, step.sequences, step.metrics
+            loss = result.loss * step.scale  # DDP's mean over N gradients becomes the global batch's gradient
+        if not math.isfinite(loss_value):  # the same global value on every process: all stop here
+            raise TrainingDiverged(self._diverged("loss", loss_value))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # clip before the update; the norm logged is the one before clipping
+        grad_norm = clip_gradients(self.model.parameters(), cfg.clip_norm, cfg.clip_value)
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(self._diverged("gradient norm", grad_norm))
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        self.items += items
+        self.sequences += sequences
+        now = time.monotonic()
+        record = {
+            "kind": "train",
+            "step": self.step,
+            "epoch": epoch,
+            "time": round(self._time_before + now - self._started, 4),  # seconds of training in the whole run
+            "loss": loss_value,
+            "grad_norm": grad_norm,
+            "clip": cfg.clip_norm,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "items_per_s": items / max(now - tick, 1e-9),
+            **metrics,
+        }
+        self.history.append(record)
+        return record
+
+    def _validate(self) -> None:
+        """Validate (rank 0; the others take its numbers), tell the callbacks, then save."""
+        cfg, tick = self.config, time.monotonic()
+        self.improved = False
         if self.evaluate_fn is not None:
             metrics = None
-            if main:  # the replicas are equal: rank 0 validates, the others take its numbers
+            if distributed.is_main():  # the replicas are equal: rank 0 validates, the others take its numbers
                 self.model.eval()
                 with torch.no_grad():
                     metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
@@ -317,76 +345,103 @@ class Trainer:
                 raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}")
             self.last_val = metrics
             value = metrics[cfg.monitor]
-            improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
-            if improved:
-                self.best, self.bad_validations = value, 0
-            else:
-                self.bad_validations += 1
-                if cfg.patience is not None and self.bad_validations >= cfg.patience:
-                    self.should_stop, self.stop_reason = True, "early_stopping"
-            record = {"kind": "val", "step": self.step, "time": round(elapsed, 4), **{f"val_{k}": v for k, v in metrics.items()}}
-            self.history.append(record)
-            if log:
-                log.write(record)
-            for cb in self.callbacks:
-                cb.on_validation(self, metrics)
+            self.improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
+            if self.improved:
+                self.best = value
+            self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
+                                 **{f"val_{k}": v for k, v in metrics.items()}})
+            self._call("on_validation", metrics)
             self.should_stop = distributed.agree(self.should_stop)[0]  # a callback's stop holds for all processes
-        if self.out:
-            distributed.merge_states(self._stateful())  # state held in shards is saved whole
-        if self.out and main:
-            paths = [self.save(self.out / "latest.safetensors")]
-            if improved or self.evaluate_fn is None:
-                paths.append(self.save(self.out / "best.safetensors"))
-            if log:
-                log.flush()
-            plot_curves(self.history, self.out / "curves.png", monitor=cfg.monitor)
-            for path in paths:
-                for cb in self.callbacks:
-                    cb.on_checkpoint(self, path)
+        self._call("on_save")
+        self.validation_seconds = time.monotonic() - tick
 
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- checkpoints -----------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
         from ..checkpoint import load_checkpoint
+        from .logs import read_log
 
         meta = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               restore_rng=True, extra=self._stateful())
+                               restore_rng=True, extra=self.stateful())
         state = meta["trainer"]
         self.step, self.items, self.best = state["step"], state["items"], state["best"]
         self.sequences = state["sequences"]
-        self.bad_validations, self.last_val = state["bad_validations"], meta.get("val", {})
+        self.last_val = meta.get("val", {})
         log_path = path.parent / f"metrics.{self.config.log_format}"
         if log_path.is_file():
-            from .logs import read_log
-
             self.history = [r for r in read_log(log_path) if r["step"] <= self.step]
 
     def save(self, path: Path) -> Path:
-        """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta."""
+        """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta,
+        and the state of the step function and callbacks that carry any."""
         from ..checkpoint import save_checkpoint
 
         meta = {
             **self.meta,
             "trainer": {"step": self.step, "items": self.items, "sequences": self.sequences, "best": self.best,
-                        "bad_validations": self.bad_validations, "config": asdict(self.config)},
+                        "config": asdict(self.config)},
             "val": self.last_val,
         }
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta,
-                               extra=self._stateful())
+                               extra=self.stateful())
 
-    def _stateful(self) -> dict[str, Any]:
-        """The step function (or the object whose method it is) and callbacks that carry state
-        between updates (they have
-        ``state_dict``/``load_state_dict``: e.g. truncated BPTT's carried hidden state, a sampling
-        callback's generator); saved with every checkpoint so a resumed run continues exactly."""
-        owner = getattr(self.step_fn, "__self__", self.step_fn)  # a bound method's object (e.g. a task)
-        objects = {"step_fn": owner, **{f"callback.{i}": cb for i, cb in enumerate(self.callbacks)},
-                   "process_rng": self._process_rng}
-        return {name: obj for name, obj in objects.items()
-                if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))}
+    def stateful(self) -> dict[str, Any]:
+        """What carries state between updates and is saved with every checkpoint, so a resumed
+        run continues exactly: the step function if it is an object with
+        ``state_dict``/``load_state_dict`` (e.g. truncated BPTT's carried hidden state), every
+        callback that has them (e.g. a sampling callback's generator), each process's RNGs."""
+        step_fn = self.step_fn
+        if not _has_state(step_fn) and _has_state(getattr(step_fn, "__self__", None)):
+            warnings.warn("Trainer: the state of a bound method's object is saved for now, but will not be from the "
+                          "next release; pass the stateful object itself as step_fn (callable) or its state through "
+                          "a callback", DeprecationWarning, stacklevel=3)
+            step_fn = step_fn.__self__
+        objects = {"step_fn": step_fn}
+        for i, cb in enumerate(self.callbacks):
+            given = next((k for k, c in enumerate(self.given_callbacks) if c is cb), None)
+            objects[cb.state_key or f"callback.{i if given is None else given}"] = cb
+        objects["process_rng"] = self._process_rng
+        return {name: obj for name, obj in objects.items() if _has_state(obj)}
 
     def _diverged(self, what: str, value: float) -> str:
-        kept = f"; the last good checkpoint is kept in {self.out}" if self.out and (self.out / "latest.safetensors").exists() else ""
+        kept = f"; the last good checkpoint is kept in {self.out}" if self.out and RunFolder(self.out).latest.exists() else ""
         return (f"training diverged at step {self.step + 1}: the {what} is {value}{kept}. "
                 f"Try a lower learning rate or gradient clipping (clip_norm, now {self.config.clip_norm}).")
+
+
+SMOOTHING = 20  # updates in TrainResult.train_loss_smoothed
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _has_state(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """The callbacks a config asks for: early stopping, the log file, checkpoints, the plot,
+    the progress bar."""
+    found: list[Callback] = []
+    if cfg.patience is not None:
+        found.append(EarlyStopping(cfg.patience))
+    if cfg.out:
+        run = RunFolder(cfg.out)
+        found += [LogFile(run.path, cfg.log_format), Checkpoints(run.path, cfg.keep_checkpoints),
+                  Plot(run.curves, cfg.monitor)]
+    if cfg.progress:
+        found.append(ProgressBar(cfg.max_steps, cfg.max_time))
+    return found
+
+
+def _replace_builtins(defaults: list[Callback], given: list[Callback]) -> list[Callback]:
+    """The defaults, each replaced by a given callback of its type, then the other given ones."""
+    swapped = {type(d): next((g for g in given if type(g) is type(d)), None) for d in defaults}
+    return [swapped[type(d)] or d for d in defaults] + [g for g in given if g not in swapped.values()]
 
 
 def _empty_shard(zero: Tensor) -> StepResult:
@@ -430,29 +485,3 @@ class _ProcessRNG:
         self.restored = mine is not None
         if mine is not None:
             set_rng_state(mine)
-
-
-class _progress:
-    """tqdm bar over updates (with max_steps) or seconds (with only max_time)."""
-
-    def __init__(self, cfg: TrainConfig, show: bool = True) -> None:
-        from tqdm.auto import tqdm
-
-        self.by_steps = cfg.max_steps is not None
-        total = cfg.max_steps if self.by_steps else cfg.max_time
-        # by time, the count is fractional seconds: shown rounded ("41/120 s"), not "41.0371/120.0"
-        fmt = None if self.by_steps else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
-        self.bar = tqdm(total=total, disable=not (cfg.progress and show), unit="step" if self.by_steps else "s",
-                        dynamic_ncols=True, leave=False, bar_format=fmt)
-        self.done = 0.0
-
-    def advance(self, step: int, elapsed: float, loss: float, rate: float) -> None:
-        if self.bar.disable:
-            return
-        now = step if self.by_steps else min(elapsed, self.bar.total)
-        self.bar.update(now - self.done)
-        self.done = now
-        self.bar.set_postfix(loss=f"{loss:.4f}", items_s=f"{rate:,.0f}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
