@@ -161,16 +161,16 @@ class Bidirectional(nn.Module):
             raise ValueError(
                 f"Bidirectional: both cells must read the same input, got input_size {cell.input_size} and {backward_cell.input_size}"
             )
-        if merge == "sum" and backward_cell.hidden_size != cell.hidden_size:
+        if merge == "sum" and backward_cell.output_size != cell.output_size:
             raise ValueError(
-                f"Bidirectional: merge='sum' needs equal hidden sizes, got {cell.hidden_size} and {backward_cell.hidden_size}"
+                f"Bidirectional: merge='sum' needs equal output sizes, got {cell.output_size} and {backward_cell.output_size}"
             )
         self.forward_layer = Recurrent(cell)
         self.backward_layer = Recurrent(backward_cell, reverse=True)
         self.batch_first = bool(batch_first)
         self.input_size = cell.input_size
         self.hidden_size = cell.hidden_size
-        self.output_size = cell.hidden_size + backward_cell.hidden_size if merge == "concat" else cell.hidden_size
+        self.output_size = cell.output_size + backward_cell.output_size if merge == "concat" else cell.output_size
         self.last_engine: str | None = None
 
     def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:

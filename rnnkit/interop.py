@@ -3,7 +3,8 @@
 Parameter names and layouts are torch's (``weight_ih``, ``weight_hh``, ``bias_ih``,
 ``bias_hh``; gate order i, f, g, o and r, z, n), so a conversion is a rename of each layer's
 tensors: torch's ``weight_ih_l{k}`` (``…_reverse`` for the backward direction) is layer k's
-``cell.weight_ih``.
+``cell.weight_ih``. A projected LSTM (``proj_size=P``) also has ``weight_hr_l{k}``, the
+projection of :class:`~rnnkit.cells.LSTMCell` ``(proj_size=P)``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from .cells import ElmanCell, GRUCell, LSTMCell, RecurrentCell
 from .compose import Bidirectional, Stack
 from .recurrent import Recurrent
 
-_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # weight_hr: projected LSTMs only
 _MODULES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}  # torch kernel -> torch.nn module
 
 
-def _cell_like(mode: str, input_size: int, hidden_size: int, bias: bool) -> RecurrentCell:
+def _cell_like(mode: str, input_size: int, hidden_size: int, bias: bool, proj_size: int = 0) -> RecurrentCell:
     if mode in ("RNN_TANH", "RNN_RELU"):
         return ElmanCell(input_size, hidden_size, bias=bias, nonlinearity="tanh" if mode == "RNN_TANH" else "relu")
     if mode == "LSTM":
-        return LSTMCell(input_size, hidden_size, bias=bias, forget_bias=None)
+        return LSTMCell(input_size, hidden_size, bias=bias, forget_bias=None, proj_size=proj_size)
     if mode == "GRU":
         return GRUCell(input_size, hidden_size, bias=bias)
     raise ValueError(f"from_torch: unknown torch RNN mode {mode!r}")
@@ -32,7 +33,7 @@ def _cell_like(mode: str, input_size: int, hidden_size: int, bias: bool) -> Recu
 def _copy_params(dst: nn.Module, src: nn.Module, suffix: str = "") -> None:
     with torch.no_grad():
         for name in _PARAMS:
-            target = getattr(dst, name)
+            target = getattr(dst, name, None)
             if target is not None:
                 target.copy_(getattr(src, name + suffix))
 
@@ -41,12 +42,13 @@ def from_torch(module: nn.Module) -> Stack | RecurrentCell:
     """The rnnkit equivalent of a torch.nn recurrent module, with its weights copied.
 
     * ``nn.RNN``, ``nn.LSTM``, ``nn.GRU`` (any ``num_layers``, ``bidirectional``,
-      ``batch_first``, ``bias``, ``dropout``) → a :class:`~rnnkit.Stack` of ``Recurrent`` or
+      ``batch_first``, ``bias``, ``dropout``, and an LSTM's ``proj_size``, which becomes
+      ``LSTMCell(proj_size=…)``) → a :class:`~rnnkit.Stack` of ``Recurrent`` or
       ``Bidirectional`` layers that computes the same outputs and states; its ``to_torch()``
       gives back an equal torch module.
     * ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell`` → the matching rnnkit cell.
 
-    The result has the module's dtype and device. LSTMs with ``proj_size > 0`` are refused.
+    The result has the module's dtype and device.
     """
     cells = {nn.RNNCell: "RNN", nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}
     if type(module) in cells:
@@ -62,16 +64,15 @@ def from_torch(module: nn.Module) -> Stack | RecurrentCell:
         raise TypeError(
             f"from_torch: expected torch.nn.RNN, LSTM, GRU or their Cell versions, got {type(module).__name__}"
         )
-    if getattr(module, "proj_size", 0):
-        raise ValueError(f"from_torch: LSTM with proj_size={module.proj_size} has no rnnkit equivalent")
+    proj_size = getattr(module, "proj_size", 0)  # only nn.LSTM has one
     layers = []
     size = module.input_size
     weight = module.weight_ih_l0
     for k in range(module.num_layers):
-        fwd = _cell_like(module.mode, size, module.hidden_size, module.bias).to(dtype=weight.dtype, device=weight.device)
+        fwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(dtype=weight.dtype, device=weight.device)
         _copy_params(fwd, module, f"_l{k}")
         if module.bidirectional:
-            bwd = _cell_like(module.mode, size, module.hidden_size, module.bias).to(dtype=weight.dtype, device=weight.device)
+            bwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(dtype=weight.dtype, device=weight.device)
             _copy_params(bwd, module, f"_l{k}_reverse")
             layer = Bidirectional(fwd, bwd, merge="concat", batch_first=module.batch_first)
         else:
@@ -100,7 +101,8 @@ def to_torch(model: Stack | Recurrent | Bidirectional) -> nn.RNNBase:
     """The torch.nn.RNN/LSTM/GRU that computes what ``model`` does, with its weights copied.
 
     ``model`` is a Stack (or a single layer) of plain Elman, LSTM or GRU cells — all of one
-    kind and hidden size, with bias on all or none, bidirectional layers merging by concat.
+    kind, hidden size and projection size (``LSTMCell(proj_size=P)`` gives
+    ``nn.LSTM(proj_size=P)``), with bias on all or none, bidirectional layers merging by concat.
     Anything torch's kernel does not compute is refused with an error naming the layer.
     """
     layers = list(model.layers) if isinstance(model, Stack) else [model]
@@ -129,6 +131,10 @@ def to_torch(model: Stack | Recurrent | Bidirectional) -> nn.RNNBase:
     hidden = {c.hidden_size for c in cells}
     if len(hidden) != 1:
         raise ValueError(f"to_torch: torch needs one hidden size in every layer, got {sorted(hidden)}")
+    projections = {getattr(c, "proj_size", 0) for c in cells}
+    if len(projections) != 1:
+        raise ValueError(f"to_torch: torch needs one proj_size in every layer, got {sorted(projections)}")
+    proj_size = projections.pop()
     biases = {c.bias for c in cells}
     if len(biases) != 1:
         raise ValueError("to_torch: torch needs bias in every layer or in none")
@@ -146,14 +152,16 @@ def to_torch(model: Stack | Recurrent | Bidirectional) -> nn.RNNBase:
     )
     if mode.startswith("RNN"):
         module = nn.RNN(nonlinearity="tanh" if mode == "RNN_TANH" else "relu", **kwargs)
+    elif mode == "LSTM":
+        module = nn.LSTM(proj_size=proj_size, **kwargs)
     else:
-        module = (nn.LSTM if mode == "LSTM" else nn.GRU)(**kwargs)
+        module = nn.GRU(**kwargs)
     with torch.no_grad():
         for k, (fwd, bwd) in enumerate(per_layer):
             for suffix, cell in ((f"_l{k}", fwd), (f"_l{k}_reverse", bwd)):
                 if cell is None:
                     continue
                 for name in _PARAMS:
-                    if getattr(cell, name) is not None:
+                    if getattr(cell, name, None) is not None:
                         getattr(module, name + suffix).copy_(getattr(cell, name))
     return module

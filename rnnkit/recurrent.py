@@ -149,7 +149,7 @@ class Recurrent(nn.Module):
         self.reverse = bool(reverse)
         self.input_size = cell.input_size
         self.hidden_size = cell.hidden_size
-        self.output_size = cell.hidden_size
+        self.output_size = cell.output_size  # H, or a projected LSTM's P
 
     def forward(self, x: Tensor, state: Any = None, lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Any]:
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"

@@ -61,7 +61,7 @@ def test_stack_bad_arguments():
         Stack.build(GRUCell, 3, 4, num_layers=0)
     with pytest.raises(TypeError, match="state must be a tuple of 2 layer states, got list of length 1"):
         Stack.build(GRUCell, 3, 4, num_layers=2)(torch.randn(4, 2, 3), [None])
-    with pytest.raises(ValueError, match="merge='sum' needs equal hidden sizes, got 4 and 5"):
+    with pytest.raises(ValueError, match="merge='sum' needs equal output sizes, got 4 and 5"):
         Bidirectional(GRUCell(3, 4), GRUCell(3, 5), merge="sum")
     with pytest.raises(ValueError, match="merge must be one of 'concat', 'sum'"):
         Bidirectional(GRUCell(3, 4), merge="max")

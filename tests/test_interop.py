@@ -70,6 +70,46 @@ def test_from_torch_equals_torch(kind, config, dtype):
         assert getattr(back, attr) == getattr(theirs, attr)
 
 
+PROJ_CONFIGS = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+                for L, bi, bf, bias in [(1, False, False, True), (2, False, True, True), (2, True, False, True), (3, True, True, False)]]
+
+
+@pytest.mark.parametrize("engine", ["auto", "reference", "fused"])
+@pytest.mark.parametrize("config", PROJ_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_projected_lstm_from_torch_equals_torch_and_converts_back(config, engine):
+    """LSTMP: nn.LSTM(proj_size=P) → Stack of LSTMCell(proj_size=P), equal in outputs, h_n (L·D, B, P),
+    c_n (L·D, B, H) and every gradient in float64, on torch's kernel (auto: one native call) and on
+    the reference loop and the fused engine; then back to an equal nn.LSTM."""
+    H, P, I, B, T = 6, 3, 4, 3, 5
+    theirs = randomize_(torch.nn.LSTM(input_size=I, hidden_size=H, proj_size=P, **config), scale=0.4, seed=7).double()
+    ours = from_torch(theirs)
+    for layer in rnnkit.compose._recurrent_layers(ours.layers):
+        assert layer.cell.proj_size == P and layer.output_size == P
+        layer.engine = engine
+    L, D = config["num_layers"], 2 if config["bidirectional"] else 1
+    assert ours.output_size == D * P
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((B, T, I) if config["batch_first"] else (T, B, I), generator=gen, dtype=torch.float64)
+    h0 = torch.randn(L * D, B, P, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(L * D, B, H, generator=gen, dtype=torch.float64)
+
+    def run_ours(x, h0, c0):
+        cells = [rnnkit.cells.LSTMState(h0[k], c0[k]) for k in range(L * D)]
+        state = tuple(rnnkit.BidirectionalState(*cells[2 * l:2 * l + 2]) for l in range(L)) if D == 2 else tuple(cells)
+        y, s = ours(x, state)
+        return y, torch_state(s, True, D == 2)
+
+    assert_same_computation(run_ours, lambda x, h0, c0: theirs(x, (h0, c0)), [x, h0, c0],
+                            list(ours.parameters()), list(theirs.parameters()))
+    assert ours.last_engine == ("native" if engine == "auto" else "layers")
+    if engine != "auto":
+        assert {layer.last_engine for layer in rnnkit.compose._recurrent_layers(ours.layers)} == {engine}
+    back = ours.to_torch()
+    assert back.proj_size == P
+    for (name_a, a), (name_b, b) in zip(back.named_parameters(), theirs.named_parameters(), strict=True):
+        assert name_a == name_b and torch.equal(a, b)
+
+
 def test_bidirectional_with_lengths_equals_torch_packed():
     theirs = randomize_(torch.nn.GRU(3, 4, num_layers=2, bidirectional=True).double(), seed=5)
     ours = from_torch(theirs)
@@ -124,8 +164,10 @@ def test_to_torch_refuses_what_torch_cannot_compute():
         to_torch(Recurrent(GRUCell(3, 4), reverse=True))
     with pytest.raises(TypeError, match="expected torch.nn.RNN, LSTM, GRU"):
         from_torch(torch.nn.Linear(3, 4))
-    with pytest.raises(ValueError, match="proj_size=2 has no rnnkit equivalent"):
-        from_torch(torch.nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(ValueError, match=r"one proj_size in every layer, got \[0, 2\]"):
+        Stack([Recurrent(LSTMCell(3, 4, proj_size=2)), Recurrent(LSTMCell(2, 4))]).to_torch()
+    with pytest.raises(ValueError, match="layer 0 is an LSTMCell with peephole=True"):
+        to_torch(Recurrent(LSTMCell(3, 4, proj_size=2, peephole=True)))
 
 
 def test_single_layer_to_torch():

@@ -174,7 +174,7 @@ class RecurrentCell(nn.Module):
 
     Subclasses set ``input_size``, ``hidden_size``, ``projection_size`` and implement
     ``init_state``, ``input_projection`` and ``recurrence``. The output of every cell is its new
-    hidden vector h, of shape (B, H). A subclass describes itself by overriding
+    hidden vector h, of shape (B, H) — (B, :attr:`output_size`) in general. A subclass describes itself by overriding
     :attr:`structure`; the default here is derived from what any cell has.
     """
 
@@ -204,6 +204,11 @@ class RecurrentCell(nn.Module):
     def output_of(self, state: Any) -> Tensor:
         """The output carried in a state (its hidden vector h)."""
         return state[0]
+
+    @property
+    def output_size(self) -> int:
+        """The width of the output h: H, except for a projected LSTM (``LSTMCell(proj_size=P)``: P)."""
+        return self.hidden_size
 
     @property
     def structure(self) -> CellStructure:

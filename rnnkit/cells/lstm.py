@@ -39,7 +39,7 @@ class LSTMCell(RecurrentCell):
         c' &= f \odot c + i \odot g \qquad (\text{without forget gate: } c' = c + i \odot g) \\
         c' &\leftarrow \mathrm{clamp}(c', -\kappa, \kappa) \quad (\text{if } \kappa = \texttt{cell\_clip}) \\
         o &= \sigma(W_{io} x + b_{io} + W_{ho} h + b_{ho} + p_o \odot c') \\
-        h' &= o \odot \tanh(c')
+        h' &= o \odot \tanh(c') \qquad (\text{projected: } h' = W_{hr} (o \odot \tanh(c')))
 
     The variants, all options of this one class:
 
@@ -56,12 +56,19 @@ class LSTMCell(RecurrentCell):
       vectors i, f, o have H/k entries, each repeated over its block's k cells; the cell input g
       keeps H entries. A peephole into a block's gate sums ``p ⊙ c`` over the block's cells.
       ``block_size=1`` is the ordinary LSTM.
+    * ``proj_size=P`` — the projected LSTM, LSTMP (Sak, Senior & Beaufays 2014, "Long Short-Term
+      Memory Recurrent Neural Network Architectures for Large Scale Acoustic Modeling"), as
+      ``torch.nn.LSTM(proj_size=P)`` computes it: the output and recurrent state is
+      ``h' = W_hr (o ⊙ tanh(c'))`` of width P < H, so the recurrent matrix is 4H × P instead of
+      4H × H; the cell state c keeps its H cells. Combines with every other option.
 
     Parameters (gate order i, f, g, o as torch.nn; f absent without forget gate; n = H/k):
         * ``weight_ih`` (n·(2 or 3) + H, I) stacked ``[W_ii | W_if | W_ig | W_io]``
-        * ``weight_hh`` (n·(2 or 3) + H, H) stacked ``[W_hi | W_hf | W_hg | W_ho]``
+        * ``weight_hh`` (n·(2 or 3) + H, P) stacked ``[W_hi | W_hf | W_hg | W_ho]`` (P = H
+          without projection)
         * ``bias_ih``, ``bias_hh`` of the same row count
         * ``weight_ci``, ``weight_cf``, ``weight_co`` (H,) — the peepholes ``p_i, p_f, p_o``
+        * ``weight_hr`` (P, H) — the projection ``W_hr``, named as torch.nn.LSTM names it
 
     All start from U(−1/√H, 1/√H) (torch's init); then the forget gate's effective bias
     ``b_if + b_hf`` is set to ``forget_bias`` (1.0 by default, as Jozefowicz et al. 2015
@@ -76,13 +83,16 @@ class LSTMCell(RecurrentCell):
         block_size: cells per memory block, k; must divide H.
         cell_clip: if given, κ > 0: clamp c' to [−κ, κ].
         forget_bias: the initial effective forget-gate bias, or None.
+        proj_size: P, the width of the projected output; 0 (torch's default) for none. Must be
+            < H, as torch requires.
 
-    Shapes: x (B, I); state ``LSTMState(h, c)`` with h, c (B, H); output h' (B, H).
+    Shapes: x (B, I); state ``LSTMState(h, c)`` with h (B, P) and c (B, H) (P = H without
+    projection); output h' (B, P). ``output_size`` is P, ``hidden_size`` H.
 
     Structure (:attr:`structure`): gates ``i, f, g, o`` as ``gate_slices`` lays them out, f the
     gate that keeps the past; recurrent matrix ``weight_hh``; torch kernel ``"lstm"`` with the
-    forget gate and no peepholes, blocks or clipping — otherwise those options are the
-    structure's ``kernel_extras``.
+    forget gate and no peepholes, blocks or clipping, projected or not — otherwise those options
+    are the structure's ``kernel_extras``.
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class LSTMCell(RecurrentCell):
         block_size: int = 1,
         cell_clip: float | None = None,
         forget_bias: float | None = DEFAULT_FORGET_BIAS,
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -104,6 +115,9 @@ class LSTMCell(RecurrentCell):
         self.block_size = k = check_size(block_size, "block_size", owner)
         if H % k:
             raise ValueError(f"{owner}: block_size={k} must divide hidden_size={H}")
+        self.proj_size = P = check_size(proj_size, "proj_size", owner, minimum=0)
+        if P >= H:
+            raise ValueError(f"{owner}: proj_size must be < hidden_size={H} (as in torch.nn.LSTM), got {P}")
         if cell_clip is not None and not (isinstance(cell_clip, (int, float)) and cell_clip > 0):
             raise ValueError(f"{owner}: cell_clip must be a number > 0 or None, got {cell_clip!r}")
         if forget_bias is not None and not bias:
@@ -127,6 +141,9 @@ class LSTMCell(RecurrentCell):
             start += size
         self.projection_size = rows = start
         self._make_parameters(rows, bias)
+        if P:
+            self.weight_hh = nn.Parameter(torch.empty(rows, P))  # W_h· read the projected h
+            self.weight_hr = nn.Parameter(torch.empty(P, H))
         if peephole:
             self.weight_ci = nn.Parameter(torch.empty(H))
             if forget_gate:
@@ -142,10 +159,16 @@ class LSTMCell(RecurrentCell):
             f = self.gate_slices["f"]
             set_gate_bias(self, f.start, f.stop, self.forget_bias)
 
+    @property
+    def output_size(self) -> int:
+        """The width of h: P with a projection, else H."""
+        return self.proj_size or self.hidden_size
+
     def init_state(self, batch_size, *, dtype=None, device=None) -> LSTMState:
         dtype, device = self._dtype_device(dtype, device)
-        zeros = torch.zeros(batch_size, self.hidden_size, dtype=dtype, device=device)
-        return LSTMState(zeros, zeros.clone())
+        h = torch.zeros(batch_size, self.output_size, dtype=dtype, device=device)  # (B, P)
+        c = torch.zeros(batch_size, self.hidden_size, dtype=dtype, device=device)  # (B, H)
+        return LSTMState(h, c)
 
     def input_projection(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih)
@@ -185,6 +208,8 @@ class LSTMCell(RecurrentCell):
             o = o + self._peep(self.weight_co, c)
         o = self._expand(torch.sigmoid(o))
         h = o * torch.tanh(c)
+        if self.proj_size:
+            h = F.linear(h, self.weight_hr)  # (B, P)
         return h, LSTMState(h, c)
 
     def kernel_extras(self) -> tuple[str, ...]:
@@ -224,6 +249,8 @@ class LSTMCell(RecurrentCell):
             opts.append(f"block_size={self.block_size}")
         if self.cell_clip is not None:
             opts.append(f"cell_clip={self.cell_clip}")
+        if self.proj_size:
+            opts.append(f"proj_size={self.proj_size}")
         if not self.bias:
             opts.append("bias=False")
         return ", ".join(opts)

@@ -2,7 +2,8 @@
 
 A cell qualifies when torch's kernel computes exactly its equations, as the cell's structure
 says (``CellStructure.torch_kernel``): ``ElmanCell`` (tanh or ReLU; the init does not matter),
-``LSTMCell`` with forget gate and no peephole, blocks or clipping, and ``GRUCell``. Variable
+``LSTMCell`` with forget gate and no peephole, blocks or clipping (projected or not: torch's
+kernel computes ``proj_size``), and ``GRUCell``. Variable
 lengths go through torch's packed sequences; a reversed layer reverses each sequence within its
 length around the forward kernel.
 
@@ -35,10 +36,14 @@ def native_kind(cell: RecurrentCell) -> str | None:
 
 
 def flat_weights(cell: RecurrentCell) -> list[Tensor]:
-    """The cell's parameters in the order torch's kernels take them."""
+    """The cell's parameters in the order torch's kernels take them (torch.nn's ``_flat_weights``
+    of one layer and direction): ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]`` — the
+    projection last, for a projected LSTM."""
     params = [cell.weight_ih, cell.weight_hh]
     if cell.bias:
         params += [cell.bias_ih, cell.bias_hh]
+    if getattr(cell, "proj_size", 0):
+        params.append(cell.weight_hr)
     return params
 
 
@@ -46,8 +51,8 @@ def native_stack_kind(layer_cells: list[list[RecurrentCell]]) -> str | None:
     """The kernel that runs these layers in one call, or None.
 
     ``layer_cells[k]`` is layer k's cells: ``[cell]``, or ``[forward, backward]`` for a
-    bidirectional layer. One call needs one kernel kind, one hidden size, bias in every cell or
-    none, every layer bidirectional or none, and one dtype and device.
+    bidirectional layer. One call needs one kernel kind, one hidden size (and one projection
+    size), bias in every cell or none, every layer bidirectional or none, and one dtype and device.
     """
     cells = [c for layer in layer_cells for c in layer]
     kinds = {native_kind(c) for c in cells}
@@ -55,7 +60,7 @@ def native_stack_kind(layer_cells: list[list[RecurrentCell]]) -> str | None:
         return None
     if len({len(layer) for layer in layer_cells}) != 1:
         return None
-    if len({c.hidden_size for c in cells}) != 1 or len({c.bias for c in cells}) != 1:
+    if len({(c.hidden_size, c.output_size) for c in cells}) != 1 or len({c.bias for c in cells}) != 1:
         return None
     if len({c.weight_ih.dtype for c in cells}) != 1 or len({c.weight_ih.device for c in cells}) != 1:
         return None
@@ -74,8 +79,8 @@ def run_native_layers(
 
     x (T, B, I) time-major; ``states[k][d]`` the checked initial state of layer k, direction d.
     Dropout with probability ``dropout`` applies to every layer's outputs but the last, in
-    training only, as torch.nn does. Returns outputs (T, B, D·H) and the final states in the
-    structure of ``states``.
+    training only, as torch.nn does. Returns outputs (T, B, D·P) (P = H but for a projected
+    LSTM) and the final states in the structure of ``states``.
     """
     kind = native_kind(layer_cells[0][0])
     lstm = kind == "lstm"
@@ -83,7 +88,7 @@ def run_native_layers(
     cells = [c for layer in layer_cells for c in layer]  # torch's order: l0, l0_reverse, l1, ...
     num_layers, bidirectional = len(layer_cells), len(layer_cells[0]) == 2
     flat = [s for layer in states for s in layer]
-    h0 = torch.stack([s.h for s in flat])  # (L·D, B, H)
+    h0 = torch.stack([s.h for s in flat])  # (L·D, B, P): torch reads a projection from h0's width
     hx = (h0, torch.stack([s.c for s in flat])) if lstm else h0
     weights = [w for c in cells for w in flat_weights(c)]
     has_bias = cells[0].bias

@@ -55,13 +55,15 @@ def reference_step(cell: LSTMCell, x, h, c):
         h_cols.append(sig(o_pre)[:, None] * tanh(c_new))
         new_c_cols.append(c_new)
     h, c = torch.cat(h_cols, 1), torch.cat(new_c_cols, 1)
+    if cell.proj_size:
+        h = torch.einsum("ph,bh->bp", cell.weight_hr, h)  # LSTMP: h' = W_hr (o ⊙ tanh(c'))
     return h, (h, c)
 
 
 OPTIONS = [
     dict(forget_gate=fg, peephole=ph, block_size=bs, cell_clip=cc)
     for fg, ph, bs, cc in itertools.product([True, False], [False, True], [1, 3], [None, 1.5])
-]
+] + [dict(proj_size=4), dict(proj_size=2, peephole=True, block_size=3), dict(proj_size=5, forget_gate=False, cell_clip=1.5)]
 
 
 def _name(opts):
@@ -73,7 +75,7 @@ def test_every_lstm_variant_equals_the_unvectorised_reference(opts):
     cell = randomize_(LSTMCell(4, 6, **opts).double(), scale=0.7, seed=3)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(8, 3, 4, generator=gen, dtype=torch.float64) * 2
-    h0 = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(3, cell.output_size, generator=gen, dtype=torch.float64)
     c0 = torch.randn(3, 6, generator=gen, dtype=torch.float64) * 2
     params = list(cell.parameters())
     assert_same_computation(
@@ -162,3 +164,31 @@ def test_lstm_bad_arguments():
         LSTMCell(3, 6, cell_clip=-1)
     with pytest.raises(ValueError, match="hidden_size must be ≥ 1, got -2"):
         LSTMCell(3, -2)
+
+
+def test_projected_lstm_parameters_state_and_structure_follow_torch():
+    cell = LSTMCell(5, 8, proj_size=3)
+    theirs = torch.nn.LSTM(5, 8, proj_size=3)
+    shapes = {n: tuple(p.shape) for n, p in cell.named_parameters()}
+    assert shapes == {n.removesuffix("_l0"): tuple(p.shape) for n, p in theirs.named_parameters()}
+    assert shapes["weight_hh"] == (32, 3) and shapes["weight_hr"] == (3, 8)
+    assert (cell.hidden_size, cell.output_size, cell.proj_size) == (8, 3, 3)
+    h, c = cell.init_state(2)
+    assert h.shape == (2, 3) and c.shape == (2, 8)
+    out, state = cell(torch.randn(2, 5))
+    assert out.shape == (2, 3) and state.h is out and state.c.shape == (2, 8)
+    assert cell.structure.torch_kernel == "lstm" and cell.structure.kernel_extras == ()
+    peep = LSTMCell(5, 8, proj_size=3, peephole=True).structure
+    assert peep.torch_kernel is None and peep.kernel_extras == ("peephole=True",)
+    assert "proj_size=3" in repr(cell) and LSTMCell(5, 8).output_size == 8
+
+
+def test_projected_lstm_bad_arguments():
+    with pytest.raises(ValueError, match=r"proj_size must be < hidden_size=6 \(as in torch.nn.LSTM\), got 6"):
+        LSTMCell(3, 6, proj_size=6)
+    with pytest.raises(ValueError, match="proj_size must be ≥ 0, got -1"):
+        LSTMCell(3, 6, proj_size=-1)
+    with pytest.raises(TypeError, match="proj_size must be an int"):
+        LSTMCell(3, 6, proj_size=2.0)
+    with pytest.raises(ValueError, match=r"state.h has shape \(2, 6\), expected \(2, 2\)"):
+        LSTMCell(3, 6, proj_size=2)(torch.randn(2, 3), (torch.randn(2, 6), torch.randn(2, 6)))

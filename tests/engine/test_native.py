@@ -62,3 +62,25 @@ def test_native_refuses_other_cells():
         Recurrent(LSTMCell(3, 4, block_size=2), engine="native")
     with pytest.raises(ValueError, match="engine must be one of 'auto', 'native', 'fused', 'reference', got 'fast'"):
         Recurrent(GRUCell(3, 4), engine="fast")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_projected_lstm_native_equals_reference(seed):
+    """LSTMP on torch's kernel (which reads the projection from h0's width and takes weight_hr
+    last in each layer's weights) equals the reference loop, lengths and reverse included."""
+    gen = torch.Generator().manual_seed(seed)
+    T, B, I = (int(v) for v in torch.randint(1, 8, (3,), generator=gen))
+    H, P = 6, 1 + seed  # P < H
+    cell = randomize_(LSTMCell(I, H, bias=bool(seed % 2), proj_size=P).double(), scale=0.5, seed=seed)
+    assert native_kind(cell) == "lstm"
+    lengths = torch.randint(1, T + 1, (B,), generator=gen) if seed != 1 else None
+    reverse = seed >= 2
+    x = torch.randn(T, B, I, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(B, P, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(B, H, generator=gen, dtype=torch.float64)
+    native = Recurrent(cell, reverse=reverse, engine="native")
+    reference = Recurrent(cell, reverse=reverse, engine="reference")
+    params = list(cell.parameters())
+    assert_same_computation(lambda x, h0, c0: native(x, (h0, c0), lengths),
+                            lambda x, h0, c0: reference(x, (h0, c0), lengths), [x, h0, c0], params, params)
+    assert native.last_engine == "native"
