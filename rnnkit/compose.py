@@ -11,12 +11,13 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .cells.base import RecurrentCell, check_choice, check_size
 from .cells.state import is_state
 from .engine.choose import stack_may_run_native
 from .engine.native import native_stack_kind, run_native_layers
-from .recurrent import Recurrent, check_lengths
+from .recurrent import Recurrent, check_lengths, repack_output, unpack_input
 
 
 def _native_eligible(layer: Recurrent) -> bool:
@@ -137,7 +138,8 @@ class Bidirectional(nn.Module):
         batch_first: inputs and outputs are (B, T, ·).
 
     Shapes: x (T, B, I); outputs (T, B, D·H) for concat, (T, B, H) for sum;
-    state ``BidirectionalState(forward, backward)`` of the two cells' states.
+    state ``BidirectionalState(forward, backward)`` of the two cells' states. As for
+    :class:`~rnnkit.Recurrent`, x may be a PackedSequence, and the outputs then are one.
     """
 
     def __init__(
@@ -173,7 +175,11 @@ class Bidirectional(nn.Module):
         self.output_size = cell.output_size + backward_cell.output_size if merge == "concat" else cell.output_size
         self.last_engine: str | None = None
 
-    def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, BidirectionalState]:
+    def forward(self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, BidirectionalState]:
+        if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
+            padded, lengths = unpack_input(x, lengths, self.batch_first, "Bidirectional")
+            y, state = self.forward(padded, state, lengths)
+            return repack_output(y, lengths, x, self.batch_first), state
         lengths = _checked_lengths("Bidirectional", x, lengths, self.batch_first)
         state = _check_pair_state("Bidirectional", state)
         layer_cells = _layer_cells([self], x, lengths)
@@ -227,7 +233,8 @@ class Stack(nn.Module):
         dropout: between layers, in [0, 1).
 
     Shapes: x (T, B, I) (or (B, T, I) if the layers are batch_first); outputs those of the last
-    layer; state a tuple with one state per layer.
+    layer; state a tuple with one state per layer. As for :class:`~rnnkit.Recurrent`, x may be a
+    PackedSequence, and the outputs then are one.
     """
 
     def __init__(self, layers: Sequence[nn.Module], dropout: float = 0.0) -> None:
@@ -289,7 +296,11 @@ class Stack(nn.Module):
             size = layer.output_size
         return cls(layers, dropout=dropout)
 
-    def forward(self, x: Tensor, state: Sequence[Any] | None = None, lengths: Any = None) -> tuple[Tensor, tuple]:
+    def forward(self, x: Tensor | PackedSequence, state: Sequence[Any] | None = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, tuple]:
+        if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
+            padded, lengths = unpack_input(x, lengths, self.batch_first, "Stack")
+            y, state = self.forward(padded, state, lengths)
+            return repack_output(y, lengths, x, self.batch_first), state
         L = len(self.layers)
         if state is None:
             state = [None] * L

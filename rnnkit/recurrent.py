@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .cells.base import RecurrentCell
 from .cells.state import where_state
@@ -76,6 +77,28 @@ def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.devic
     return torch.tensor(ints, dtype=torch.long, device=device)
 
 
+def unpack_input(x: PackedSequence, lengths: Any, batch_first: bool, owner: str) -> tuple[Tensor, Tensor]:
+    """A PackedSequence input as the padded batch and lengths the layers run on.
+
+    The padded batch is in the caller's batch order (torch's ``unsorted_indices`` applied), so
+    an initial state and the final state are in that order too, as torch.nn takes and gives
+    them; (T, B, ·), or (B, T, ·) if ``batch_first``. ``lengths`` must not be given as well.
+    """
+    if lengths is not None:
+        raise ValueError(f"{owner}: x is a PackedSequence, which carries its own lengths; got lengths as well")
+    return pad_packed_sequence(x, batch_first=batch_first)  # padded (T, B, ·), lengths (B,) int64 on the CPU
+
+
+def repack_output(y: Tensor, lengths: Tensor, like: PackedSequence, batch_first: bool) -> PackedSequence:
+    """The padded outputs ``y`` of a PackedSequence input ``like`` packed as ``like`` is: the
+    same ``batch_sizes``, ``sorted_indices`` and ``unsorted_indices``, as torch.nn returns them."""
+    if like.sorted_indices is not None:
+        y = y.index_select(0 if batch_first else 1, like.sorted_indices)  # the packing's order
+        lengths = lengths.index_select(0, like.sorted_indices.cpu())
+    packed = pack_padded_sequence(y, lengths, batch_first=batch_first, enforce_sorted=True)
+    return PackedSequence(packed.data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
 class Recurrent(nn.Module):
     r"""Runs a cell over time: ``forward(x, state=None, lengths=None) -> (outputs, final_state)``.
 
@@ -91,6 +114,12 @@ class Recurrent(nn.Module):
     order, no sorting needed). Its state stops changing after its last step, so the final state
     is taken there; outputs past its end are zero; with ``reverse=True`` it is read backward
     from its own last step. A padded batch gives exactly what running each sequence alone does.
+
+    PackedSequence: as torch.nn's modules do, ``x`` may be a
+    ``torch.nn.utils.rnn.PackedSequence`` (packed with ``enforce_sorted`` True or False); the
+    outputs are then a PackedSequence packed like it, and the states are in the batch order the
+    sequences were given in. It runs as the padded batch with ``lengths`` would — the same
+    engines, the same numbers.
 
     Engines — three paths compute the same thing; ``last_engine`` says which one the last call ran:
 
@@ -124,11 +153,12 @@ class Recurrent(nn.Module):
         engine: ``"auto"``, ``"native"``, ``"fused"`` or ``"reference"``.
 
     Shapes:
-        x: (T, B, I), or (B, T, I) if batch_first.
+        x: (T, B, I), or (B, T, I) if batch_first; or a PackedSequence of (·, I) rows.
         state: the cell's state (e.g. ``LSTMState(h, c)``, tensors (B, H)), or None for zeros.
         lengths: (B,) integers in [1, T] in any order — a tensor on any device, a NumPy array
-            or a list — or None for all T.
-        outputs: (T, B, H), or (B, T, H) if batch_first.
+            or a list — or None for all T (and None with a PackedSequence).
+        outputs: (T, B, H), or (B, T, H) if batch_first, H being the cell's ``output_size``
+            (a projected LSTM's P); a PackedSequence for a PackedSequence x.
         final_state: the cell's state after each sequence's last step.
     """
 
@@ -151,7 +181,12 @@ class Recurrent(nn.Module):
         self.hidden_size = cell.hidden_size
         self.output_size = cell.output_size  # H, or a projected LSTM's P
 
-    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Any]:
+    def forward(self, x: Tensor | PackedSequence, state: Any = None,
+                lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor | PackedSequence, Any]:
+        if isinstance(x, PackedSequence):
+            padded, lengths = unpack_input(x, lengths, self.batch_first, "Recurrent")
+            y, state = self.forward(padded, state, lengths)
+            return repack_output(y, lengths, x, self.batch_first), state
         layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
         self.cell.check_input(x, expected_dim=3, layout=layout)
         if self.batch_first:

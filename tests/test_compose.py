@@ -215,3 +215,95 @@ def test_native_stack_checks_its_arguments(monkeypatch):
         stack(x, (torch.zeros(2, 4), None))
     with pytest.raises(ValueError, match=r"state\.h has shape \(3, 4\), expected \(2, 4\)"):
         stack(x, (None, BidirectionalState(LSTMState(torch.zeros(3, 4), torch.zeros(3, 4)), None)))
+
+
+# -- PackedSequence in and out ---------------------------------------------------------------------
+
+PACKED_KINDS = {
+    "lstm": lambda **kw: torch.nn.LSTM(3, 5, **kw),
+    "lstmp": lambda **kw: torch.nn.LSTM(3, 5, proj_size=2, **kw),
+    "gru": lambda **kw: torch.nn.GRU(3, 5, **kw),
+    "rnn_relu": lambda **kw: torch.nn.RNN(3, 5, nonlinearity="relu", **kw),
+}
+
+
+def flat_torch_state(state, bidirectional):
+    """rnnkit's per-layer states → torch's stacked (L·D, B, ·) tensors, one per state field."""
+    per_dir = [s for layer in state for s in (layer if bidirectional else [layer])]
+    return tuple(torch.stack(field) for field in zip(*per_dir))
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("kind", list(PACKED_KINDS))
+def test_packed_sequence_in_and_out_equals_torch_and_the_lengths_path(kind, num_layers, bidirectional, enforce_sorted):
+    """A PackedSequence through rnnkit gives torch.nn's PackedSequence (data, batch_sizes, indices),
+    its final states in the caller's batch order and every gradient, float64; for a Stack and, with
+    one layer, for the Recurrent or Bidirectional layer alone; and the same numbers as the padded
+    batch with lengths."""
+    pack = torch.nn.utils.rnn.pack_padded_sequence
+    theirs = randomize_(PACKED_KINDS[kind](num_layers=num_layers, bidirectional=bidirectional).double(), scale=0.4, seed=3)
+    stack = from_torch(theirs)
+    models = [stack] + ([stack.layers[0]] if num_layers == 1 else [])
+    lengths = torch.tensor([6, 4, 4, 1] if enforce_sorted else [2, 6, 1, 4])
+    B, T, D = 4, 6, 2 if bidirectional else 1
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(T, B, 3, generator=gen, dtype=torch.float64)
+    fields = [torch.randn(num_layers * D, B, n, generator=gen, dtype=torch.float64)
+              for n in ([2, 5] if kind == "lstmp" else [5, 5] if kind == "lstm" else [5])]
+    State = LSTMState if kind.startswith("lstm") else RNNState
+
+    def theirs_run(x, *hx):
+        y, h = theirs(pack(x, lengths, enforce_sorted=enforce_sorted), hx if len(hx) == 2 else hx[0])
+        return y.data, h
+
+    for ours in models:
+        def ours_state(hx):
+            cells = [State(*(f[k] for f in hx)) for k in range(num_layers * D)]  # torch's order: l0, l0_reverse, l1, …
+            per_layer = [BidirectionalState(*cells[2 * l:2 * l + 2]) if bidirectional else cells[l] for l in range(num_layers)]
+            return tuple(per_layer) if ours is stack else per_layer[0]
+
+        def ours_run(x, *hx):
+            packed = pack(x, lengths, enforce_sorted=enforce_sorted)
+            y, state = ours(packed, ours_state(hx))
+            assert torch.equal(y.batch_sizes, packed.batch_sizes)
+            for a, b in ((y.sorted_indices, packed.sorted_indices), (y.unsorted_indices, packed.unsorted_indices)):
+                assert (a is None and b is None) or torch.equal(a, b)
+            return y.data, flat_torch_state(state if ours is stack else (state,), bidirectional)
+
+        assert_same_computation(ours_run, theirs_run, [x, *fields], list(ours.parameters()), list(theirs.parameters()))
+        y_packed, state_packed = ours(pack(x, lengths, enforce_sorted=enforce_sorted))
+        y_lengths, state_lengths = ours(x, lengths=lengths)  # the same engines run: the same numbers
+        padded, got_lengths = torch.nn.utils.rnn.pad_packed_sequence(y_packed, total_length=T)
+        assert torch.equal(got_lengths, lengths)
+        torch.testing.assert_close(padded, y_lengths, rtol=0, atol=0)
+        for a, b in zip(flat_torch_state(state_packed if ours is stack else (state_packed,), bidirectional),
+                        flat_torch_state(state_lengths if ours is stack else (state_lengths,), bidirectional)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_packed_sequence_through_a_variant_cell_stack_equals_the_lengths_path(batch_first):
+    """Cells torch has no module for (a peephole LSTM, a leaky GRU) take packed input too; a
+    PackedSequence is batch-order free, so batch_first layers take it unchanged, as in torch.nn."""
+    torch.manual_seed(0)
+    stack = Stack([Bidirectional(LSTMCell(3, 4, peephole=True), batch_first=batch_first),
+                   Recurrent(LeakyCell(GRUCell(8, 5), alpha=0.3), batch_first=batch_first)]).double()
+    lengths = torch.tensor([3, 7, 5])
+    x = torch.randn(7, 3, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    y, state = stack(packed)
+    assert isinstance(y, torch.nn.utils.rnn.PackedSequence) and y.data.shape == (15, 5)
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(y)
+    y_ref, state_ref = stack(x.transpose(0, 1) if batch_first else x, lengths=lengths)
+    torch.testing.assert_close(padded, y_ref.transpose(0, 1) if batch_first else y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(state[1].h, state_ref[1].h, rtol=0, atol=0)
+    torch.testing.assert_close(state[0].backward.c, state_ref[0].backward.c, rtol=0, atol=0)
+
+
+def test_packed_sequence_with_lengths_too_is_refused():
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
+    for owner, module in [("Recurrent", Recurrent(GRUCell(3, 4))), ("Bidirectional", Bidirectional(GRUCell(3, 4))),
+                          ("Stack", Stack.build(GRUCell, 3, 4))]:
+        with pytest.raises(ValueError, match=f"{owner}: x is a PackedSequence, which carries its own lengths; got lengths as well"):
+            module(packed, lengths=[4, 2])
