@@ -5,6 +5,7 @@ Each task module defines a :class:`~rnnkit.tasks.base.Task` subclass and its con
 """
 
 from .base import Task, TaskConfig, load_run, run_task
+from .caption import CaptionTask
 from .charlm import CharLMTask
 from .digits import DigitsTask
 from .longlag import AddingTask, CopyTask, TemporalOrderTask
@@ -13,7 +14,7 @@ from .sunspots import SunspotsTask
 from .tagging import TaggingTask
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (CharLMTask, DigitsTask, SunspotsTask, Seq2SeqTask, TaggingTask,
-                                                         AddingTask, TemporalOrderTask, CopyTask)}
+                                                         CaptionTask, AddingTask, TemporalOrderTask, CopyTask)}
 
 __all__ = ["TASKS", "Task", "TaskConfig", "run_task", "load_run", "CharLMTask", "DigitsTask", "SunspotsTask", "Seq2SeqTask", "TaggingTask",
-           "AddingTask", "TemporalOrderTask", "CopyTask"]
+           "CaptionTask", "AddingTask", "TemporalOrderTask", "CopyTask"]
