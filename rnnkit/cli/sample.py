@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 import torch
 
@@ -21,6 +22,9 @@ def add_parser(subs) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability ≥ p")
     p.add_argument("--beam-width", type=int, default=4, help="hypotheses kept by --method beam")
+    p.add_argument("--n-best", type=int, default=1, metavar="K",
+                   help="with --method beam, print the K best hypotheses with their scores (K ≤ --beam-width; "
+                        "tasks that decode a whole answer: caption, seq2seq)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="auto", help="where the model runs: auto (CUDA if available), cpu, cuda or cuda:N")
 
@@ -35,15 +39,27 @@ def run(args) -> int:
         ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "≥ 1"),
         ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]"),
         ("--temperature", args.temperature, args.temperature > 0, "> 0"),
+        ("--n-best", args.n_best, args.n_best >= 1, "≥ 1"),
     ]:
         if not ok:  # checked whatever --method is, so a typo never passes silently
             raise UsageError(f"rnnkit sample: {flag} must be {want}, got {value}")
+    if args.n_best > 1 and args.method != "beam":
+        raise UsageError(f"rnnkit sample: --n-best {args.n_best} lists beam search's best hypotheses; add --method beam "
+                         f"(got --method {args.method})")
+    if args.n_best > args.beam_width:
+        raise UsageError(f"rnnkit sample: --n-best must be ≤ --beam-width (the beam holds the candidates), "
+                         f"got --n-best {args.n_best} and --beam-width {args.beam_width}")
     task, model, _ = load_run(args.checkpoint, device=args.device)
     if not hasattr(task, "sample_text"):
         raise UsageError(f"rnnkit sample: the {task.name!r} task does not generate text")
+    n_best = {}
+    if args.n_best > 1:  # only tasks whose sample_text names n_best can list hypotheses
+        if "n_best" not in inspect.signature(task.sample_text).parameters:
+            raise UsageError(f"rnnkit sample: the {task.name!r} task prints one sample, not an n-best list; drop --n-best")
+        n_best = {"n_best": args.n_best}
     gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same draws whatever --device is
     text = task.sample_text(model, prime=args.prime, length=args.length, method=args.method,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            beam_width=args.beam_width, generator=gen)
+                            beam_width=args.beam_width, generator=gen, **n_best)
     print(text)
     return 0

@@ -223,13 +223,20 @@ class Seq2SeqTask(Task):
         return out
 
     def sample_text(self, model: Seq2Seq, prime: str = "1234", length: int = 200, method: str = "greedy",
-                    beam_width: int = 4, **sampling) -> str:
+                    beam_width: int = 4, n_best: int = 1, **sampling) -> str:
         """The translation of ``prime`` (a number in digits; blank: 1234), up to ``length``
-        characters: ``"1234 → one thousand two hundred thirty-four"``."""
+        characters: ``"1234 → one thousand two hundred thirty-four"``; with ``n_best`` > 1 (beam
+        search) the n best translations, one a line, each with its score (log p / L^α)."""
         number = prime.strip() or "1234"
         if not set(number) <= set("0123456789"):
             raise DataError(f"seq2seq: the prime must be a number written in digits, got {number!r}")
         src = torch.tensor(self.source_vocab.encode(number)).view(-1, 1)  # (S, 1)
+        if n_best > 1:
+            src, lengths = to_device((src, torch.tensor([src.shape[0]])), model_device(model))
+            best = generate(model, max_length=length, method=method, beam_width=beam_width, n_best=n_best, end="eos",
+                            context=model.encode(src, lengths))
+            return "\n".join(f"{number} → {self.target_vocab.decode(row[:n])}  ({score:.3f})"
+                             for row, n, score in zip(best.tokens[0], best.lengths[0].tolist(), best.scores[0].tolist()) if n > 0)
         text = translate(model, self.target_vocab, src, torch.tensor([src.shape[0]]), max_length=length,
                          method=method, beam_width=beam_width, **sampling)[0]
         return f"{number} → {text}"

@@ -51,6 +51,20 @@ def test_trains_through_the_cli_then_eval_sample_and_resume_with_the_curriculum_
     assert probs == pytest.approx([max(0.0, 1 - 0.3 * i) for i in range(5)])
 
 
+def test_sample_lists_the_n_best_translations_of_beam_search_with_their_scores(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "seq2seq", "--out", str(out), "--max-steps", "2", *SMALL]) == 0
+    capsys.readouterr()
+    args = ["sample", str(out), "--prime", "305", "--method", "beam", "--beam-width", "4", "--length", "12"]
+    assert main([*args, "--n-best", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("305 → ") for line in lines)
+    scores = [float(line.rsplit("(", 1)[1].rstrip(")")) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    assert main(args) == 0  # the single answer is the list's first
+    assert capsys.readouterr().out.strip() == lines[0].rsplit("  (", 1)[0].rstrip()
+
+
 class Oracle(nn.Module):
     """A model that knows an answer for every source: teacher forcing and stepping both emit it
     (one-hot logits), so every metric of the evaluation is known in advance."""
