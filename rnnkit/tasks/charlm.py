@@ -8,14 +8,22 @@ library's own source.
 trained by truncated BPTT over lanes of whole files (a lane's state is reset where a file
 ends). The metric is bits per character on held-out files; the baseline the unigram entropy.
 
+Every ``holdout_every``-th file is held out (of a single file or a few, each one's tail); the
+held-out files alternate between the validation split (watched during training) and the test
+split (``rnnkit eval --split test``), so the training text is the same with or without a test
+split. With a single held-out file or tails there is no test split, and asking for it is an
+error.
+
 Symbols: T chunk length, B lanes (batch), E embedding size, H hidden size, V vocabulary.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+import sys
+import warnings
+from dataclasses import InitVar, dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +48,7 @@ class CharLMConfig(TaskConfig):
     max_chars: int = 4_000_000  # cap on the corpus size, in characters
     embedding_size: int = 64  # character embedding width
     seq_length: int = 100  # truncated BPTT: steps per chunk (shorter where a file ends)
-    val_every: int = 20  # hold out every n-th file of a folder or the stdlib (else a file's tail)
+    holdout_every: int = 20  # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
     sample_length: int = 200  # characters printed at each validation
     temperature: float = 0.8  # sampling temperature of the printed samples
     hidden_size: int = 256  # units per recurrent layer (char-rnn's rnn_size)
@@ -49,14 +57,23 @@ class CharLMConfig(TaskConfig):
     max_steps: int | None = None  # updates; None: until max_time
     max_time: float | None = 120.0  # seconds of training
     batch_size: int = 32  # parallel lanes of the stream
+    renamed: ClassVar[dict[str, str]] = {"val_every": "holdout_every"}  # config keys and flags still accepted
+    val_every: InitVar[int | None] = None  # deprecated: the old name of holdout_every, easily confused with eval_every
+
+    def __post_init__(self, val_every: int | None) -> None:
+        if val_every is not None:
+            warnings.warn("CharLMConfig: val_every is now holdout_every (how often a file is held out; eval_every "
+                          "is how often to validate); the old name goes in the next release", DeprecationWarning,
+                          stacklevel=3)
+            self.holdout_every = val_every
 
     def check(self) -> None:
         super().check()
         for name in ("max_chars", "embedding_size", "seq_length", "sample_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.val_every < 2:
-            raise ValueError(f"val_every must be ≥ 2, got {self.val_every}")
+        if self.holdout_every < 2:
+            raise ValueError(f"holdout_every must be ≥ 2, got {self.holdout_every}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -158,13 +175,29 @@ class TBPTTStep:
         return merge_carried(states)
 
 
+def _capped(docs: list[Tensor], limit: int) -> list[Tensor]:
+    """Whole documents up to ``limit`` characters in all (the last one cut), none under 2."""
+    kept, total = [], 0
+    for d in docs:
+        kept.append(d[: limit - total])
+        total += len(kept[-1])
+        if total >= limit:
+            break
+    return [d for d in kept if len(d) >= 2]
+
+
 @torch.no_grad()
-def evaluate_stream(model: CharLM, stream: LaneStream) -> dict[str, float]:
+def evaluate_stream(model: CharLM, stream: LaneStream, progress: bool = False) -> dict[str, float]:
     """Loss (nats/char), bits per character and per-character perplexity over a stream, the state
-    carried across chunks."""
+    carried across chunks; ``progress``: a bar on stderr over the chunks (where it is a terminal)."""
     state, previous, total, count = None, None, 0.0, 0
     device = model_device(model)
-    for chunk in stream:
+    chunks = stream
+    if progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(stream, desc="evaluating", unit="chunk", leave=False, dynamic_ncols=True)
+    for chunk in chunks:
         chunk = to_device(chunk, device)
         state = LaneStream.carry(state, previous, chunk)
         logits, state = model(chunk.inputs, state, full_or_lengths(chunk))
@@ -209,6 +242,7 @@ class CharLMTask(Task):
     summary = "character-level language model on the stdlib's Python source or --data (bits/char vs unigram)"
     Config = CharLMConfig
     metric = "bpc"
+    metric_label = "bits per character"
 
     def __init__(self, cfg: CharLMConfig, vocab: CharVocab | None = None) -> None:
         super().__init__(cfg)
@@ -221,12 +255,16 @@ class CharLMTask(Task):
             docs = read_documents(cfg.data, cfg.max_chars)
         else:
             docs = stdlib_documents(cfg.max_chars)
-        if len(docs) >= cfg.val_every:
-            train_docs = [d for k, d in enumerate(docs) if k % cfg.val_every != cfg.val_every - 1]
-            val_docs = [d for k, d in enumerate(docs) if k % cfg.val_every == cfg.val_every - 1]
+        n = cfg.holdout_every
+        if len(docs) >= n:
+            train_docs = [d for k, d in enumerate(docs) if k % n != n - 1]
+            held = [d for k, d in enumerate(docs) if k % n == n - 1]
         else:  # one or a few files: hold out each one's tail
-            cut = [len(d) - max(len(d) // cfg.val_every, 2) for d in docs]
-            train_docs, val_docs = [d[:c] for d, c in zip(docs, cut)], [d[c:] for d, c in zip(docs, cut)]
+            cut = [len(d) - max(len(d) // n, 2) for d in docs]
+            train_docs, held = [d[:c] for d, c in zip(docs, cut)], [d[c:] for d, c in zip(docs, cut)]
+        # whole held-out files alternate between validation and test; tails all validate
+        split = len(docs) >= n and len(held) >= 2
+        val_docs, test_docs = (held[0::2], held[1::2]) if split else (held, [])
         text = "".join(docs)
         if self.vocab is None:
             self.vocab = CharVocab.from_text(text)
@@ -243,18 +281,21 @@ class CharLMTask(Task):
                 f"(2 characters) in the training part and 2 characters held out"
             )
         self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length, split_documents=True)
-        val_cut, total = [], 0
-        for d in val:  # whole held-out files up to VAL_CHARS
-            val_cut.append(d[: VAL_CHARS - total])
-            total += len(val_cut[-1])
-            if total >= VAL_CHARS:
-                break
-        self.val_stream = LaneStream([d for d in val_cut if len(d) >= 2], cfg.batch_size, cfg.seq_length)
         all_train = torch.cat(train)
-        self.baseline = {"bpc": unigram_bpc(all_train, torch.cat(val_cut), len(self.vocab))}
+        self.streams, self.baselines = {}, {}
+        for name, part in (("val", val), ("test", [self.vocab.encode(d) for d in test_docs if len(d) >= 2])):
+            if not part:
+                continue
+            cut = _capped(part, VAL_CHARS)
+            self.streams[name] = LaneStream(cut, cfg.batch_size, cfg.seq_length)
+            self.baselines[name] = {"bpc": unigram_bpc(all_train, torch.cat(cut), len(self.vocab))}
+        self.val_stream = self.streams["val"]
+        self.baseline = self.baselines["val"]
         source = cfg.data or "the Python standard library's source"
+        held_out = (f"{len(val_docs)} validation and {len(test_docs)} test files held out" if split
+                    else f"{'1 file' if len(docs) >= n else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split")
         log(f"corpus: {source}, {len(docs):,} files, {len(text):,} characters, vocabulary {len(self.vocab)}; "
-            f"unigram baseline {self.baseline['bpc']:.3f} bits/char")
+            f"{held_out}; unigram baseline {self.baseline['bpc']:.3f} bits/char")
 
     def build_model(self) -> CharLM:
         self.model = CharLM(len(self.vocab), self.cfg)
@@ -270,7 +311,7 @@ class CharLMTask(Task):
         if not encoded:
             raise DataError(f"{data}: nothing to evaluate (needs at least 2 characters)")
         self.val_stream = LaneStream(encoded, self.cfg.batch_size, self.cfg.seq_length)
-        self.baseline = {}
+        self.streams, self.baselines, self.baseline = {"val": self.val_stream}, {"val": {}}, {}
 
     def sample_text(self, model, prime: str = "\n", length: int = 500, **opts) -> str:
         """``prime`` followed by ``length`` generated characters."""
@@ -302,7 +343,16 @@ class CharLMTask(Task):
         return self._step.merge_state_dicts(states)
 
     def evaluate(self, model, split: str = "val") -> dict[str, float]:
-        return evaluate_stream(model, self.val_stream)
+        """Loss, bits per character and perplexity on ``split`` ("val" or "test"); ``baseline``
+        becomes that split's. A run whose corpus held out too little for a test split says so."""
+        if split not in ("val", "test"):
+            raise ValueError(f"charlm: split must be 'val' or 'test', got {split!r}")
+        if split not in self.streams:
+            raise ValueError("charlm: this run has no test split: its corpus held out a single file or the tails of "
+                             f"files (a test split needs ≥ {2 * self.cfg.holdout_every} files, every "
+                             f"{self.cfg.holdout_every}th held out); use --split val")
+        self.baseline = self.baselines[split]
+        return evaluate_stream(model, self.streams[split], progress=self.show_progress)
 
     def callbacks(self, log):
         return [_PrintSamples(self, log)]

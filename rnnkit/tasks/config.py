@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,15 @@ class ConfigError(ValueError):
 
 
 def field_types(cls: type) -> dict[str, Any]:
-    """Each field's type, resolved from its annotation."""
-    return typing.get_type_hints(cls)
+    """Each field's type, resolved from its annotation (fields only: no InitVar, no ClassVar)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def renamed_fields(cls: type) -> dict[str, str]:
+    """``{old name: new name}`` of the settings renamed within the last release (``cls.renamed``);
+    the old names are still accepted, with a deprecation warning."""
+    return dict(getattr(cls, "renamed", {}))
 
 
 def _allowed(tp: Any) -> tuple[set[type], bool]:
@@ -75,6 +83,15 @@ def check_config(cls: type, values: dict, source: str = "config", base: Any = No
         raise ConfigError(f"{source}: expected a table of settings, got {type(values).__name__}")
     hints = field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    renamed = renamed_fields(cls)
+    values = dict(values)
+    for old in [k for k in values if k in renamed and k not in hints]:
+        new = renamed[old]
+        if source != "checkpoint":  # a run saved before the rename is not the user's to fix
+            warnings.warn(f"{source}: {old!r} is now {new!r}; the old name goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+        value = values.pop(old)
+        values.setdefault(new, value)
     unknown = [k for k in values if k not in hints]
     if unknown:
         close = {k: difflib.get_close_matches(k.replace("-", "_"), names, n=1) for k in unknown}
@@ -85,9 +102,13 @@ def check_config(cls: type, values: dict, source: str = "config", base: Any = No
     return cls(**merged)
 
 
-def read_config_file(path: str | Path) -> dict:
+def read_config_file(path: str | Path, task: str | None = None) -> dict:
     """Settings from a ``.toml``, ``.json`` or ``.yaml``/``.yml`` file (a flat table, or one table
-    named ``train``), with keys in snake_case or kebab-case."""
+    named ``train``), with keys in snake_case or kebab-case.
+
+    A run's own ``config.json`` (``{"task": …, "config": {…}, …}``) gives its settings, all but
+    ``out``: a config file starts a new run, in a folder of its own. With ``task``, a run of
+    another task is refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {str(path)!r}")
@@ -114,6 +135,11 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {e}") from None
     if isinstance(data, dict) and set(data) == {"train"}:
         data = data["train"]
+    if isinstance(data, dict) and "task" in data and isinstance(data.get("config"), dict):  # a run's config.json
+        if task is not None and data["task"] != task:
+            raise ConfigError(f"{path}: the settings of a {data['task']!r} run, not {task!r}: "
+                              f"rnnkit train {data['task']} --config {path}")
+        data = {k: v for k, v in data["config"].items() if k != "out"}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {type(data).__name__}")
     return {k.replace("-", "_"): v for k, v in data.items()}

@@ -178,6 +178,12 @@ class RunFolder:
                                     f"(no {name}[-k]/{LATEST}); give --out")
         return runs[-1]
 
+    @staticmethod
+    def choose(name: str, resume: bool = False, root: str | os.PathLike = "runs") -> "RunFolder":
+        """Where a run of task ``name`` goes when no folder is given: :meth:`to_resume` when
+        resuming, else :meth:`free`."""
+        return RunFolder.to_resume(name, root) if resume else RunFolder.free(name, root)
+
     # -- resuming --------------------------------------------------------------------------------
     def resume_meta(self, task: str) -> dict:
         """The latest checkpoint's meta, after checking it is a ``task`` run."""

@@ -46,15 +46,51 @@ def test_stepping_equals_the_forward_pass(cell):
         torch.testing.assert_close(out.logits, logits[t], rtol=1e-5, atol=1e-6)
 
 
-def test_every_nth_file_is_held_out_whole(tmp_path):
-    for k in range(6):
+def test_every_nth_file_is_held_out_whole_alternately_for_validation_and_test(tmp_path):
+    for k in range(9):
         (tmp_path / f"m{k}.py").write_text(f"x{k} = {k}\n" * 50)
-    task = CharLMTask(CharLMConfig(data=str(tmp_path), val_every=3, seq_length=10, batch_size=2))
+    task = CharLMTask(CharLMConfig(data=str(tmp_path), holdout_every=3, seq_length=10, batch_size=2))
     task.prepare(lambda s: None)
-    held = {tuple(d.tolist()) for d in task.val_stream.documents}
-    for k in range(6):
+    val = {tuple(d.tolist()) for d in task.streams["val"].documents}
+    test = {tuple(d.tolist()) for d in task.streams["test"].documents}
+    trained = {tuple(d.tolist()) for d in task.train_stream.documents}
+    for k in range(9):
         doc = tuple(task.vocab.encode(f"x{k} = {k}\n" * 50).tolist())
-        assert (doc in held) == (k % 3 == 2)
+        assert (doc in val, doc in test, doc in trained) == (k in (2, 8), k == 5, k % 3 != 2), k
+
+
+def test_a_test_split_leaves_the_training_text_as_it_was(tmp_path):
+    """The held-out files alternate between validation and test: training reads the same files."""
+    for k in range(6):
+        (tmp_path / f"m{k}.py").write_text(f"y{k} = {k}\n" * 40)
+    task = CharLMTask(CharLMConfig(data=str(tmp_path), holdout_every=3, seq_length=10, batch_size=2))
+    task.prepare(lambda s: None)
+    trained = sorted(tuple(d.tolist()) for d in task.train_stream.documents)
+    expect = sorted(tuple(task.vocab.encode(f"y{k} = {k}\n" * 40).tolist()) for k in (0, 1, 3, 4))
+    assert trained == expect and set(task.streams) == {"val", "test"}
+    model = task.build_model().eval()
+    val, test = task.evaluate(model, "val"), task.evaluate(model, "test")
+    assert val["bpc"] != test["bpc"]  # two different files, each its own measurement
+    assert task.baseline == task.baselines["test"]
+
+
+def test_without_enough_files_there_is_no_test_split_and_asking_says_so(tmp_path):
+    (tmp_path / "one.txt").write_text("abc def\n" * 100)
+    task = CharLMTask(CharLMConfig(data=str(tmp_path / "one.txt"), seq_length=10, batch_size=2, hidden_size=8,
+                                   num_layers=1, embedding_size=4))
+    task.prepare(lambda s: None)
+    with pytest.raises(ValueError, match="this run has no test split.*use --split val"):
+        task.evaluate(task.build_model(), "test")
+
+
+def test_the_old_name_val_every_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="val_every is now holdout_every"):
+        cfg = CharLMConfig(val_every=5)
+    assert cfg.holdout_every == 5
+    from rnnkit.tasks.config import check_config
+
+    with pytest.warns(DeprecationWarning, match="'val_every' is now 'holdout_every'"):
+        assert check_config(CharLMConfig, {"val_every": 4}, source="run.toml").holdout_every == 4
 
 
 def test_prime_outside_the_vocabulary_is_refused():
@@ -82,6 +118,6 @@ def test_a_folder_with_empty_files_trains_on_the_others(tmp_path):
     (tmp_path / "pkg" / "__init__.py").write_text("")  # a package's empty __init__.py is no reason to fail
     for k in range(3):
         (tmp_path / "pkg" / f"m{k}.py").write_text(f"x{k} = {k}\n" * 20)
-    task = CharLMTask(CharLMConfig(data=str(tmp_path), val_every=3, seq_length=10, batch_size=2))
+    task = CharLMTask(CharLMConfig(data=str(tmp_path), holdout_every=3, seq_length=10, batch_size=2))
     task.prepare(lambda s: None)
     assert len(task.train_stream.documents) == 2 and len(task.val_stream.documents) == 1
