@@ -38,7 +38,7 @@ def run(args) -> int:
         ("--beam-width", args.beam_width, args.beam_width >= 1, "≥ 1"),
         ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "≥ 1"),
         ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]"),
-        ("--temperature", args.temperature, args.temperature > 0, "> 0"),
+        ("--temperature", args.temperature, args.temperature > 0, "> 0 (for the most likely token at every step, --method greedy)"),
         ("--n-best", args.n_best, args.n_best >= 1, "≥ 1"),
     ]:
         if not ok:  # checked whatever --method is, so a typo never passes silently
@@ -50,7 +50,7 @@ def run(args) -> int:
         raise UsageError(f"rnnkit sample: --n-best must be ≤ --beam-width (the beam holds the candidates), "
                          f"got --n-best {args.n_best} and --beam-width {args.beam_width}")
     task, model, _ = load_run(args.checkpoint, device=args.device)
-    if not hasattr(task, "sample_text"):
+    if not task.can_sample:  # declared on the task's type
         raise UsageError(f"rnnkit sample: the {task.name!r} task does not generate text")
     n_best = {}
     if args.n_best > 1:  # only tasks whose sample_text names n_best can list hypotheses
