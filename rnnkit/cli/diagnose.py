@@ -26,8 +26,8 @@ def add_parser(subs) -> None:
                    help="a .safetensors checkpoint or the run folder `rnnkit train` wrote; omit to compare fresh cells")
     p.add_argument("--cell", action="append", choices=list(CELLS), default=None, metavar="NAME",
                    help="a cell to compare (repeatable; default: elman irnn gru lstm)")
-    p.add_argument("--hidden-size", type=int, default=None, help=f"hidden units of the compared cells (default {DEFAULTS['hidden_size']})")
-    p.add_argument("--input-size", type=int, default=None, help=f"input width of the compared cells (default {DEFAULTS['input_size']})")
+    p.add_argument("--hidden-size", type=int, default=None, help=f"hidden units of the compared cells (default: {DEFAULTS['hidden_size']})")
+    p.add_argument("--input-size", type=int, default=None, help=f"input width of the compared cells (default: {DEFAULTS['input_size']})")
     p.add_argument("--steps", type=int, default=100, help="time steps T of the input; lags run 0 … T")
     p.add_argument("--batch", type=int, default=8, help="sequences averaged over")
     p.add_argument("--jacobian-batch", type=int, default=2,
@@ -98,10 +98,11 @@ def run(args) -> int:
     _check(args)
     log_path = Path(args.log) if args.log else None
     if args.checkpoint is not None and log_path is None:
-        path = Path(args.checkpoint)
-        folder = path if path.is_dir() else path.parent
-        if (folder / "metrics.jsonl").is_file():  # the run's own log, beside its checkpoints
-            log_path = folder / "metrics.jsonl"
+        from ..train import RunFolder
+
+        own = RunFolder.of(args.checkpoint).log("jsonl")
+        if own.is_file():  # the run's own log, beside its checkpoints
+            log_path = own
     log = read_training_log(log_path) if log_path is not None else None  # read first: a bad log fails fast
     settings = {"steps": args.steps, "batch": args.batch, "jacobian_batch": args.jacobian_batch, "loss": args.loss,
                 "seed": args.seed, "log": None if log_path is None else str(log_path)}
