@@ -35,6 +35,8 @@ def _layer_cells(layers: Sequence[nn.Module], x: Any, lengths: Any) -> list[list
     """
     if not stack_may_run_native([layer.engine for layer in _recurrent_layers(layers)], lengths, x):
         return None
+    if lengths is not None and torch.compiler.is_exporting():
+        return None  # torch's kernels take lengths packed, by their values: export runs each layer's reference loop
     out = []
     for layer in layers:
         if isinstance(layer, Recurrent):

@@ -37,7 +37,9 @@ def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.devic
     ``lengths`` may be a 1-D integer tensor on any device (it is moved to ``device``, x's), a
     NumPy integer array, or a sequence of ints (Python, NumPy or 0-d integer tensors).
     TypeError for values that are not integers; ValueError for a count other than B or a length
-    outside [1, T]; each message names ``lengths``, what was expected and what came.
+    outside [1, T]; each message names ``lengths``, what was expected and what came. While
+    ``torch.export`` traces, a tensor's values are the program's future input, so only its dtype
+    and shape are checked.
     """
     if lengths is None:
         return None
@@ -56,6 +58,8 @@ def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.devic
         if lengths.dim() != 1 or lengths.shape[0] != batch_size:
             raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got {tuple(lengths.shape)}")
         lengths = lengths.to(device=device, dtype=torch.long)
+        if torch.compiler.is_exporting():
+            return lengths  # the values are the exported program's input, not known while tracing
         out_of_range = (lengths < 1) | (lengths > steps)
         if batch_size and bool(out_of_range.any()):
             i = int(out_of_range.nonzero()[0, 0])
@@ -144,7 +148,8 @@ class Recurrent(nn.Module):
     (``"auto"`` then falls back with one warning per process). The environment variable
     ``RNNKIT_ENGINE=reference`` (or ``native``: no fused engine) restricts every ``"auto"``
     layer, e.g. to rule out a fast path while debugging. :mod:`rnnkit.engine.choose` makes the
-    choice.
+    choice. While ``torch.export`` traces the layer (:func:`rnnkit.export.export`), whatever
+    ``engine`` says, it runs torch's kernel (native cells, no lengths) or the reference loop.
 
     Args:
         cell: any rnnkit cell.
@@ -209,7 +214,16 @@ class Recurrent(nn.Module):
         return outputs, state
 
     def _choose_path(self, x: Tensor, lengths: Tensor | None) -> str:
-        """Which engine runs this call (see the class docstring and :mod:`rnnkit.engine.choose`)."""
+        """Which engine runs this call (see the class docstring and :mod:`rnnkit.engine.choose`).
+
+        While ``torch.export`` traces (:mod:`rnnkit.export`), only paths made of torch
+        operations can be recorded: torch's kernel for a native cell without lengths (one
+        ``aten.lstm``/``gru``/``rnn`` node; with lengths it would pack, which depends on their
+        values), else the reference loop — never the fused engine, an opaque C++ function.
+        """
+        if torch.compiler.is_exporting():
+            native = self.engine in ("auto", "native") and native_kind(self.cell) is not None
+            return "native" if native and lengths is None else "reference"
         return choose_engine(self.cell, self.engine, x, lengths)
 
     def reference(self, x: Tensor, state: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
