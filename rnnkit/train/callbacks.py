@@ -155,9 +155,11 @@ class ProgressBar(Callback):
     showing the loss of the update just made; only where stderr is a terminal, so a log file
     gets no ``\\r`` frames. Print beside it with :func:`write`, which lifts the bar first."""
 
-    def __init__(self, max_steps: int | None, max_time: float | None, *, force: bool = False) -> None:
+    def __init__(self, max_steps: int | None, max_time: float | None, *, force: bool = False,
+                 mininterval: float = 0.1) -> None:
+        """``force``: show the bar whatever stderr is; ``mininterval``: seconds between redraws."""
         self.max_steps, self.max_time, self.force, self.bar = max_steps, max_time, force, None
-        self.shown = 0
+        self.mininterval, self.shown = mininterval, 0
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         if not distributed.is_main() or not (self.force or _is_terminal(sys.stderr)):
@@ -168,7 +170,7 @@ class ProgressBar(Callback):
         self.shown = trainer.step if by_steps else 0
         total = self.max_steps if by_steps else int(round(self.max_time))
         self.bar = tqdm(total=total, initial=self.shown, unit="step" if by_steps else "s", dynamic_ncols=True,
-                        leave=False, file=sys.stderr,
+                        leave=False, file=sys.stderr, mininterval=self.mininterval, miniters=1,
                         bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]")
 
     def on_step(self, trainer: "Trainer", record: dict) -> None:

@@ -29,7 +29,18 @@ def _log_if_spread(ax, *series) -> None:
 
 def plot_curves(history: list[dict], path: str | Path, monitor: str = "loss", *, metric: str | None = None,
                 baseline: float | None = None, title: str | None = None, metric_label: str | None = None) -> Path:
-    """Write the curves of a run's log records to ``path`` (PNG).
+    """Write the curves of a run's log records to ``path`` (PNG; see :func:`curves_figure`)."""
+    fig = curves_figure(history, monitor, metric=metric, baseline=baseline, title=title, metric_label=metric_label)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+def curves_figure(history: list[dict], monitor: str = "loss", *, metric: str | None = None,
+                  baseline: float | None = None, title: str | None = None, metric_label: str | None = None):
+    """A matplotlib ``Figure`` of a run's log records: loss, the task's metric, gradient norm.
 
     ``metric``: the task's headline metric (``bpc``, ``accuracy``…), drawn from the training
     records that hold it and from the validations (``val_<metric>``), with ``baseline`` as a
@@ -82,8 +93,4 @@ def plot_curves(history: list[dict], path: str | Path, monitor: str = "loss", *,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return fig
