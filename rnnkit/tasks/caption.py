@@ -166,17 +166,18 @@ class CaptionTask(Task):
 
     def prepare(self, log) -> None:
         cfg = self.cfg
-        data = digits("rows", seed=cfg.seed)
-        self.splits = {s: as_images(getattr(data, s)) for s in ("train", "val", "test")}
+        rows = digits("rows", seed=cfg.seed)
+        self.data = {s: as_images(getattr(rows, s)) for s in ("train", "val", "test")}  # split → Images
         self.max_length = int(CAPTION_LENGTHS.max()) + LENGTH_MARGIN
-        self.majority = NAMES[int(torch.bincount(self.splits["train"].labels, minlength=len(NAMES)).argmax())]  # ties: the lowest digit
+        counts = torch.bincount(self.data["train"].labels, minlength=len(NAMES))
+        self.majority = NAMES[int(counts.argmax())]  # on a tie the lowest digit (argmax takes the first)
         self.baselines = {}
         for s in ("val", "test"):
             refs = self.references(s)
             guess = [self.majority] * len(refs)
             self.baselines[s] = {"exact_match": exact_match(guess, refs), "cer": char_error_rate(guess, refs)}
         self.baseline = self.baselines["val"]
-        n = {s: split.labels.numel() for s, split in self.splits.items()}
+        n = {s: split.labels.numel() for s, split in self.data.items()}
         log(f"caption: {n['train']} / {n['val']} / {n['test']} images (8×8, v = {PIXELS} pixels) → their names, "
             f"vocabulary {len(VOCAB)}; the image enters the decoder as {cfg.condition}")
         log(f"  baseline (always {self.majority!r}, the most frequent training caption): " + "; ".join(
@@ -184,7 +185,7 @@ class CaptionTask(Task):
 
     def references(self, split: str) -> list[str]:
         """The true captions of a split's images."""
-        return [NAMES[k] for k in self.splits[split].labels.tolist()]
+        return [NAMES[k] for k in self.data[split].labels.tolist()]
 
     def build_model(self) -> VectorToSequence:
         cfg = self.cfg
@@ -199,7 +200,7 @@ class CaptionTask(Task):
         return f"{super().describe(model)}; image as {self.cfg.condition}"
 
     def batches(self) -> Minibatches:
-        train = self.splits["train"]
+        train = self.data["train"]
         return Minibatches(train.labels.numel(), self.cfg.batch_size, self.cfg.seed, lambda idx, _: take(train, idx))
 
     def step(self, model: VectorToSequence, batch: Batch) -> StepResult:
@@ -214,7 +215,7 @@ class CaptionTask(Task):
         if split not in ("val", "test"):
             raise ValueError(f"caption: split must be 'val' or 'test', got {split!r}")
         self.baseline = self.baselines[split]
-        data = self.splits[split]
+        data = self.data[split]
         total, count = 0.0, 0
         device = model_device(model)
         for s in chunks(data.labels.numel(), EVAL_BATCH):
@@ -233,9 +234,9 @@ class CaptionTask(Task):
 
     def _test_images(self) -> Images:
         """The test split, read again when the task came from a checkpoint (no prepare)."""
-        if not hasattr(self, "splits"):
-            self.splits = {"test": as_images(digits("rows", seed=self.cfg.seed).test)}
-        return self.splits["test"]
+        if not hasattr(self, "data"):
+            self.data = {"test": as_images(digits("rows", seed=self.cfg.seed).test)}
+        return self.data["test"]
 
     def sample_text(self, model: VectorToSequence, prime: str = "", length: int = 20, method: str = "greedy",
                     beam_width: int = 4, n_best: int = 1, **sampling) -> str:
@@ -266,7 +267,7 @@ class CaptionTask(Task):
 
     def final_sample(self, result: dict) -> str:
         """The first test images captioned by the trained model (greedy), marked right or wrong."""
-        test = self.splits["test"]
+        test = self.data["test"]
         found = caption(self.model, test.images[:SHOWN], max_length=self.max_length)
         blocks = []
         for image, label, hyps in zip(test.images, test.labels.tolist(), found):

@@ -117,7 +117,7 @@ class Oracle(nn.Module):
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_evaluation_scores_the_captions_by_exact_match_and_character_error_rate(split):
     task = prepared()
-    data = task.splits[split]
+    data = task.data[split]
     refs = [NAMES[k] for k in data.labels.tolist()]
     keys = [row.numpy().tobytes() for row in data.images]
     assert len(set(keys)) == len(keys)  # the oracle tells the images apart
@@ -127,7 +127,7 @@ def test_evaluation_scores_the_captions_by_exact_match_and_character_error_rate(
     for prefix in ("", "beam_"):  # one-hot logits: beam search finds the greedy answer too
         assert got[f"{prefix}exact_match"] == pytest.approx(1 - wrong / len(refs), abs=1e-12)
         assert got[f"{prefix}cer"] == pytest.approx(wrong / sum(map(len, refs)), abs=1e-12)
-    majority = max(range(10), key=lambda k: (task.splits["train"].labels == k).sum())
+    majority = max(range(10), key=lambda k: (task.data["train"].labels == k).sum())
     assert task.baseline["exact_match"] == pytest.approx(refs.count(NAMES[majority]) / len(refs), abs=1e-12)
     assert task.baseline["cer"] == pytest.approx(sum(lev(NAMES[majority], r) for r in refs) / sum(map(len, refs)), abs=1e-12)
 
@@ -158,7 +158,7 @@ def test_the_teacher_forced_loss_equals_stepping_the_decoder_by_hand(condition):
     assert model.context_mode == condition
     assert model.layer.input_size == 4 + (PIXELS if condition != "init" else 0)  # E, + C where v is an input
     assert (model.bridge is not None) == (condition != "input")  # h(0) from v, or zero
-    batch = take(task.splits["train"], torch.arange(12))
+    batch = take(task.data["train"], torch.arange(12))
     v = batch.images.double()
     teacher = model(batch.captions, v, batch.lengths).logits  # (U, B, V)
     state, y = model.start(context=v), torch.full((12,), BOS)
