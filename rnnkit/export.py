@@ -21,7 +21,7 @@ choice of path.
 
 **Which engine is exported.** The fused engine is a C++ autograd function that ``torch.export``
 cannot look into, so while exporting every layer takes a path made of torch operations
-(:meth:`rnnkit.Recurrent._choose_path`): torch's own kernel for plain Elman, LSTM (projected
+(``Recurrent._choose_path``): torch's own kernel for plain Elman, LSTM (projected
 too) and GRU layers given no lengths — one ``aten.lstm``/``gru``/``rnn_*`` node, a whole stack
 in one — and the reference loop otherwise, unrolled over the steps. Both compute what the fused
 engine computes (the tests hold them to it), so the program's outputs equal the model's; the
@@ -167,7 +167,7 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict:
 
 def check_exported(program: ExportedProgram, model: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
     """Raise ``AssertionError`` unless ``program`` and ``model`` (in its current mode) give equal
-    outputs on ``args``/``kwargs`` (tolerances: :data:`TOLERANCES` by dtype)."""
+    outputs on ``args``/``kwargs`` (tolerances by dtype: ``TOLERANCES``)."""
     kwargs = plain(dict(kwargs or {}))
     args = plain(tuple(args))
     with torch.no_grad():

@@ -207,7 +207,7 @@ class RecurrentCell(nn.Module):
 
     @property
     def output_size(self) -> int:
-        """The width of the output h: H, except for a projected LSTM (``LSTMCell(proj_size=P)``: P)."""
+        """The width of the output h — H, except for a projected LSTM (P of ``LSTMCell(proj_size=P)``)."""
         return self.hidden_size
 
     @property

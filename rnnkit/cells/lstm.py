@@ -161,7 +161,7 @@ class LSTMCell(RecurrentCell):
 
     @property
     def output_size(self) -> int:
-        """The width of h: P with a projection, else H."""
+        """The width of h — P with a projection, else H."""
         return self.proj_size or self.hidden_size
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> LSTMState:
