@@ -36,7 +36,7 @@ from .cells import (
 )
 from .compose import Bidirectional, BidirectionalState, Stack
 from .interop import from_torch, to_torch
-from .generate import Generated, generate
+from .generate import Generated, NBest, generate
 from .models import (
     Encoder,
     JordanNetwork,
@@ -82,6 +82,7 @@ __all__ = [
     "sequence_loss",
     "generate",
     "Generated",
+    "NBest",
     "Trainer",
     "TrainConfig",
     "ElmanCell",

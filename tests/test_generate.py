@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from rnnkit.generate import generate, next_tokens, top_k_filter, top_p_filter
+from rnnkit.generate import Generated, NBest, generate, next_tokens, top_k_filter, top_p_filter
 
 from .decoders import Scripted, TinyDecoder
 
@@ -93,7 +93,7 @@ def test_n_best_leads_with_the_single_answer_and_ranks_by_score(alpha):
     ctx = torch.randn(3, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     one = generate(model, max_length=8, method="beam", beam_width=4, length_penalty=alpha, context=ctx)
     best = generate(model, max_length=8, method="beam", beam_width=4, length_penalty=alpha, context=ctx, n_best=3)
-    assert type(one).__name__ == "Generated" and type(best).__name__ == "NBest"
+    assert isinstance(one, Generated) and isinstance(best, NBest)  # n_best=1 keeps the return type
     torch.testing.assert_close(best.lengths[:, 0], one.lengths)
     torch.testing.assert_close(best.scores[:, 0], one.scores, rtol=0, atol=0)
     for b in range(3):
