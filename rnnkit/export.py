@@ -12,12 +12,12 @@ and anything with PyTorch loads and runs it, rnnkit not installed::
 
 **Why torch.export.** It ships with torch, so exporting adds no dependency, and the program it
 makes is checked here against the model it came from, in the same process, before it is
-written. The ``.pt2`` file runs in Python with ``torch.export.load``, compiles ahead of time
-for a C++ server with AOTInductor (``torch._inductor.aoti_compile_and_package``), and is the
-input of torch's own ONNX exporter (``torch.onnx.export(program, …)``, which needs the
-``onnx`` and ``onnxscript`` packages) — so ONNX stays one step away for those who need it,
-without rnnkit depending on it. TorchScript is in maintenance, and cannot script the engines'
-choice of path.
+written — ONNX would need ``onnx``, ``onnxscript`` and ``onnxruntime`` to make and check the
+same, for every user. The ``.pt2`` file runs in Python with ``torch.export.load``; the same
+program is the input of torch's ahead-of-time compiler for C++ servers (AOTInductor,
+``torch._inductor.aoti_compile_and_package``) and of torch's ONNX exporter
+(``torch.onnx.export(program, …)``), so both stay one step away without rnnkit depending on
+them (those steps are torch's; rnnkit's tests do not run them). TorchScript is in maintenance.
 
 **Which engine is exported.** The fused engine is a C++ autograd function that ``torch.export``
 cannot look into, so while exporting every layer takes a path made of torch operations
