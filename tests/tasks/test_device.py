@@ -172,6 +172,7 @@ TINY = {  # (task, settings): every task, and the step variants that take anothe
                                         attention=False, context="both", batch_size=8, beam_width=2,
                                         teacher_schedule="constant", teacher_param=0.5)),
     "tagging": ("tagging", dict(every=5, chunk_length=40, hidden_size=6, embedding_size=5, batch_size=4)),
+    "caption": ("caption", dict(hidden_size=6, embedding_size=4, batch_size=8, beam_width=2, condition="both")),
     "adding": ("adding", dict(length=20, hidden_size=6, heldout_size=40, batch_size=8)),
     "temporal-order": ("temporal-order", dict(hidden_size=6, heldout_size=40, batch_size=8)),
     "copy": ("copy", dict(delay=5, hidden_size=6, heldout_size=40, batch_size=8)),
