@@ -4,8 +4,8 @@ at batch sizes and lengths other than the example's, after a save and load."""
 import pytest
 import torch
 
-from rnnkit import ManyToOne, Recurrent, Stack
-from rnnkit.cells import LayerNormLSTMCell, LSTMCell
+from rnnkit import Encoder, ManyToOne, Recurrent, Seq2Seq, Stack, Tagger
+from rnnkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell
 from rnnkit.export import check_exported, describe_inputs, example_inputs, export, load, plain, save
 from rnnkit.tasks.charlm import CharLM, CharLMConfig
 from tests.helpers import TOL, randomize_
@@ -98,10 +98,29 @@ def test_variant_cell_classifier_program_equals_the_model(make_cell, bidirection
         assert (layer.forward_layer if bidirectional else layer).last_engine == "fused"
 
 
-def test_layer_program_returns_plain_states_and_a_float32_program_matches_to_1e_5():
-    """A single layer exports too; states come out as plain tuples in LSTMState's field order."""
+def test_token_models_export_a_tagger_and_an_attention_seq2seq():
+    """Models that check their token ids check only dtype and shape while tracing (the ids are the
+    program's input): a bidirectional tagger and a seq2seq with attention, equal to the model
+    at another batch size."""
     torch.manual_seed(0)
-    layer = Recurrent(LSTMCell(3, 5, cell_clip=1.0))
+    tagger = randomize_(Tagger(Stack.build(GRUCell, 4, 5, 2, bidirectional=True), 3, vocab_size=9), seed=1).double()
+    seq2seq = randomize_(Seq2Seq(Encoder(Recurrent(LSTMCell(4, 6)), vocab_size=9), LSTMCell(4 + 6, 6), vocab_size=9,
+                                 embedding_size=4, bos=0, eos=1, attention_size=5), seed=2).double()
+    gen = torch.Generator().manual_seed(3)
+    tokens = lambda T, B: torch.randint(0, 9, (T, B), generator=gen)  # noqa: E731
+    tag = export(tagger, (tokens(6, 2), torch.tensor([6, 4]))).module()
+    translate = export(seq2seq, (tokens(5, 2), tokens(4, 2))).module()
+    x, lengths = tokens(6, 5), torch.tensor([1, 6, 3, 6, 2])
+    torch.testing.assert_close(tag(x, lengths), tagger.eval()(x, lengths), **F64)
+    src, tgt = tokens(5, 3), tokens(4, 3)
+    torch.testing.assert_close(translate(src, tgt)[0], seq2seq.eval()(src, tgt).logits, **F64)
+
+
+def test_layer_program_returns_plain_states_and_a_float32_program_matches_to_1e_5():
+    """A single layer exports too, also one asked to run fused (the program runs its reference
+    loop); states come out as plain tuples in LSTMState's field order."""
+    torch.manual_seed(0)
+    layer = Recurrent(LSTMCell(3, 5, cell_clip=1.0), engine="fused")
     x = torch.randn(4, 2, 3)
     program = export(layer, (x,)).module()
     x = torch.randn(4, 6, 3)
