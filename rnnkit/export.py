@@ -55,7 +55,7 @@ from torch.export import Dim, ExportedProgram
 
 from .cells.state import is_state
 
-__all__ = ["export", "save", "load", "plain", "check_exported", "example_inputs", "describe_inputs"]
+__all__ = ["export", "save", "load", "plain", "check_exported", "example_inputs", "free_batch_size", "describe_inputs"]
 
 # What "equal" means between the program and the model: the program may run the reference loop
 # where the model ran the fused engine, the same operations in another order.
@@ -126,7 +126,9 @@ def export(model: nn.Module, args: tuple, kwargs: dict | None = None, *, check: 
     Args:
         model: any module built from rnnkit layers (or one layer).
         args, kwargs: example inputs, as the model's ``forward`` takes them; their T is the
-            program's, their batch size (≥ 2, ≠ T) one example of a size left free.
+            program's, their batch size one example of a size left free — ≥ 2 and unlike any
+            other size of the inputs and weights (:func:`free_batch_size` picks one), or
+            ``torch.export`` takes the two for one and fixes both.
         check: run the program on the example and raise ``AssertionError`` unless its outputs
             equal the model's (float64 to 1e-10, float32 to 1e-5; the model runs on its usual
             engines, so this checks the exported path against them).
@@ -191,6 +193,13 @@ def load(path: str | Path) -> nn.Module:
     """The callable module of a program :func:`save` wrote (``torch.export.load(path).module()``);
     needs only torch."""
     return torch.export.load(Path(path)).module()
+
+
+def free_batch_size(model: nn.Module, steps: int, avoid: int = 0) -> int:
+    """The smallest batch size ≥ 2 unlike ``steps``, ``avoid`` and every size of the model's
+    parameters: an example batch that ``torch.export`` keeps apart from the other dimensions."""
+    taken = {steps, avoid} | {n for p in model.parameters() for n in p.shape}
+    return next(b for b in range(2, 2 + len(taken) + 1) if b not in taken)
 
 
 def example_inputs(model: nn.Module, steps: int, batch_size: int = 2, seed: int = 0) -> tuple[tuple, dict]:

@@ -6,7 +6,7 @@ import torch
 
 from rnnkit import Encoder, ManyToOne, Recurrent, Seq2Seq, Stack, Tagger
 from rnnkit.cells import GRUCell, LayerNormLSTMCell, LSTMCell
-from rnnkit.export import check_exported, describe_inputs, example_inputs, export, load, plain, save
+from rnnkit.export import check_exported, describe_inputs, example_inputs, export, free_batch_size, load, plain, save
 from rnnkit.tasks.charlm import CharLM, CharLMConfig
 from tests.helpers import TOL, randomize_
 
@@ -129,6 +129,18 @@ def test_layer_program_returns_plain_states_and_a_float32_program_matches_to_1e_
     torch.testing.assert_close(y, want_y, **TOL[torch.float32])
     torch.testing.assert_close(h, want.h, **TOL[torch.float32])
     torch.testing.assert_close(c, want.c, **TOL[torch.float32])
+
+
+def test_free_batch_size_keeps_the_batch_apart_from_every_other_size():
+    """An example batch equal to another size (here H = 2) would let torch.export take the two for
+    one and fix the batch; free_batch_size picks one unlike T and every weight's sizes."""
+    layer = Recurrent(LSTMCell(3, 2))  # weights (8, 3), (8, 2), (8,)
+    assert free_batch_size(layer, steps=4) == 5 and free_batch_size(layer, steps=4, avoid=5) == 6
+    x = torch.randn(4, free_batch_size(layer, steps=4), 3)
+    program = export(layer, (x,)).module()
+    for batch in (1, 2, 8):
+        x = torch.randn(4, batch, 3)
+        torch.testing.assert_close(program(x)[0], layer(x)[0], **TOL[torch.float32])
 
 
 def test_check_exported_names_the_output_that_differs():

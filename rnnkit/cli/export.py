@@ -1,8 +1,8 @@
 """``rnnkit export RUN``: write a trained run's model as a ``torch.export`` program (``.pt2``),
 which anything with PyTorch runs without rnnkit: ``torch.export.load(FILE).module()``.
 
-The program is checked against the model before it is written (equal outputs on an example
-batch). It runs sequences of exactly ``--steps`` T steps and any batch size; shorter sequences
+The program is made on the CPU and checked against the model before it is written (equal
+outputs at two batch sizes). It runs sequences of exactly ``--steps`` T steps and any batch size; shorter sequences
 go in padded, with their ``lengths``. A model that generates (the char-LM) is exported as one
 step of generation by default, T = 1 with its state in and out, to be called once per token.
 Why ``torch.export`` and which engine is exported: :mod:`rnnkit.export`.
@@ -31,7 +31,7 @@ def add_parser(subs) -> None:
 
 def run(args) -> int:
     """Run ``rnnkit export`` with parsed ``args``; returns the exit code."""
-    from ..export import describe_inputs, example_inputs, export, save
+    from ..export import check_exported, describe_inputs, example_inputs, export, free_batch_size, save
     from . import UsageError
 
     source = Path(args.checkpoint)
@@ -47,14 +47,17 @@ def run(args) -> int:
             raise UsageError(f"rnnkit export: the {task.name!r} model reads whole sequences; give their length "
                              "with --steps T (shorter ones run padded, with lengths)")
         steps = 1
-    batch = 3 if steps == 2 else 2  # the example's batch size must differ from T to stay free
+    batch = free_batch_size(model, steps)  # unlike every other size, so that it stays free
     try:
         inputs, kwargs = example_inputs(model, steps, batch)
     except ValueError as e:
         raise UsageError(f"rnnkit export: the {task.name!r} task's model cannot be exported from the command line: {e}") from None
     program = export(model, inputs, kwargs)
+    other = free_batch_size(model, steps, avoid=batch)  # and checked at a second batch size: it is free
+    check_exported(program, model, *example_inputs(model, steps, other, seed=1))
     save(program, out)
     print(f"wrote {out}: the {task.name!r} model ({type(model).__name__}) as a torch.export program, checked "
-          f"equal to it; inputs {describe_inputs(model, inputs, kwargs, batch)}; T = {steps}, any batch size B")
+          f"equal to it at batch sizes {batch} and {other}; inputs {describe_inputs(model, inputs, kwargs, batch)}; "
+          f"T = {steps}, any batch size B")
     print(f"run it with: torch.export.load({str(out)!r}).module()")
     return 0
