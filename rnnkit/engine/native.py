@@ -3,9 +3,8 @@
 A cell qualifies when torch's kernel computes exactly its equations, as the cell's structure
 says (``CellStructure.torch_kernel``): ``ElmanCell`` (tanh or ReLU; the init does not matter),
 ``LSTMCell`` with forget gate and no peephole, blocks or clipping (projected or not: torch's
-kernel computes ``proj_size``), and ``GRUCell``. Variable
-lengths go through torch's packed sequences; a reversed layer reverses each sequence within its
-length around the forward kernel.
+kernel computes ``proj_size``), and ``GRUCell``. Variable lengths go through torch's packed
+sequences; a reversed layer reverses each sequence within its length around the forward kernel.
 
 Whole stacks and bidirectional layers of such cells — one kind, one hidden size, bias in all or
 none — run as one kernel call with torch's ``num_layers`` and ``bidirectional``
