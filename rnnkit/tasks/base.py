@@ -269,7 +269,7 @@ def resume_plan(run: RunFolder, meta: dict, cfg: TaskConfig) -> str:
     step = int(meta["trainer"]["step"])
     limits = ([f"to update {cfg.max_steps}"] if cfg.max_steps is not None else []) + \
              ([f"for at most {cfg.max_time:g} s more"] if cfg.max_time is not None else [])
-    return f"resuming {run} at update {step}: training {' or '.join(limits)}, whichever comes first"
+    return f"resuming {run} at update {step}: training {' or '.join(limits)}" + (", whichever comes first" if len(limits) > 1 else "")
 
 
 def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False,
