@@ -35,7 +35,7 @@ class Callback:
     """Hooks into the loop; override what you need. ``trainer.stop(reason)`` ends training after
     the current update (setting ``trainer.should_stop = True`` does the same)."""
 
-    #: the name this callback's state is saved under in a checkpoint (None: ``callback.<i>``)
+    #: the name this callback's state is saved under in a checkpoint (if None, ``callback.<i>``)
     state_key: ClassVar[str | None] = None
 
     def on_fit_start(self, trainer: "Trainer") -> None:

@@ -48,7 +48,7 @@ class RunFolder:
     # -- names -----------------------------------------------------------------------------------
     @property
     def latest(self) -> Path:
-        """The most recent checkpoint: what ``--resume`` continues from."""
+        """The most recent checkpoint, which ``--resume`` continues from."""
         return self.path / LATEST
 
     @property
