@@ -179,3 +179,15 @@ def test_projected_lstm_runs_fused_equal_to_the_reference_loop(options, reverse)
     auto = Recurrent(cell)
     auto(x)
     assert auto.last_engine == ("native" if not options else "fused")
+
+
+def test_layers_size_their_outputs_by_the_cells_output_size():
+    """Recurrent and Bidirectional read a cell's output_size: P for a projected LSTM, H by default,
+    and whatever a cell of another width sets."""
+    assert Recurrent(LSTMCell(3, 6, proj_size=2)).output_size == 2 and Recurrent(GRUCell(3, 6)).output_size == 6
+    cell = GRUCell(3, 6)
+    cell.output_size = 4  # a cell may declare its width (here wrongly: only the attribute is read)
+    assert Recurrent(cell).output_size == 4 and GRUCell(3, 6).output_size == 6
+    from rnnkit import Bidirectional
+
+    assert Bidirectional(LSTMCell(3, 6, proj_size=2), LSTMCell(3, 6)).output_size == 8

@@ -207,8 +207,14 @@ class RecurrentCell(nn.Module):
 
     @property
     def output_size(self) -> int:
-        """The width of the output h — H, except for a projected LSTM (P of ``LSTMCell(proj_size=P)``)."""
-        return self.hidden_size
+        """The width of the output h — H, except for a projected LSTM (P of ``LSTMCell(proj_size=P)``).
+
+        A cell whose output is not H wide sets it (``self.output_size = P``) or overrides it."""
+        return self.__dict__.get("_output_size", self.hidden_size)
+
+    @output_size.setter
+    def output_size(self, value: int) -> None:
+        self.__dict__["_output_size"] = value
 
     @property
     def structure(self) -> CellStructure:
