@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnnkit import Recurrent
+from rnnkit import Bidirectional, Recurrent
 from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
 from rnnkit.cells.state import state_tensors
 from tests.helpers import TOL, assert_same_computation, randomize_, step_loop
@@ -188,6 +188,4 @@ def test_layers_size_their_outputs_by_the_cells_output_size():
     cell = GRUCell(3, 6)
     cell.output_size = 4  # a cell may declare its width (here wrongly: only the attribute is read)
     assert Recurrent(cell).output_size == 4 and GRUCell(3, 6).output_size == 6
-    from rnnkit import Bidirectional
-
     assert Bidirectional(LSTMCell(3, 6, proj_size=2), LSTMCell(3, 6)).output_size == 8
