@@ -29,8 +29,9 @@ fused engine is left as it was for the model itself.
 
 **Shapes.** The batch size is free: :func:`export` marks every dimension of every input as
 ``torch.export.Dim.AUTO``, and those that the computation does not fix stay symbolic (so give
-an example batch of at least 2, and different from the number of steps). The number of steps T
-is fixed at the example's: the reference loop is unrolled, and torch specialises T in its own
+an example batch of at least 2 and unlike every other size: :func:`free_batch_size`). The
+number of steps T is fixed at the example's: the reference loop is unrolled (so the program,
+and the time to export it, grow with T times the layers), and torch specialises T in its own
 ``aten.lstm`` under export too (as it does for ``torch.nn.LSTM``). Sequences of different
 lengths up to T run as one padded batch with ``lengths``; to run longer ones, export with a
 larger T, or export a one-step program (T = 1, state in and out) and loop over it — a
@@ -52,8 +53,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
-
-from .cells.state import is_state
 
 __all__ = ["export", "save", "load", "plain", "check_exported", "example_inputs", "free_batch_size", "describe_inputs"]
 
