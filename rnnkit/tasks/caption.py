@@ -226,8 +226,8 @@ class CaptionTask(Task):
         out = {"loss": total / count}
         refs = self.references(split)
         for method, prefix in (("greedy", ""), ("beam", "beam_")):
-            hyps = [c[0][0] for c in caption(model, data.images, max_length=self.max_length, method=method,
-                                             beam_width=self.cfg.beam_width)]
+            found = caption(model, data.images, max_length=self.max_length, method=method, beam_width=self.cfg.beam_width)
+            hyps = [c[0][0] if c else "" for c in found]  # none: no hypothesis ended (beam search, all −∞)
             out[f"{prefix}exact_match"] = exact_match(hyps, refs)
             out[f"{prefix}cer"] = char_error_rate(hyps, refs)
         return out
