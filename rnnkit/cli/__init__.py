@@ -28,8 +28,11 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text:
             return text
+        if isinstance(default, str) and not default.strip():  # a newline or a space, shown as such
+            return f"{text} (default: {default!r})".replace("%", "%%")
         return super()._get_help_string(action)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -189,6 +190,9 @@ def run(args) -> int:
     sample_text = task.final_sample(result)
     metric, base, out = result["metric"], result["baseline"], result["out"]
     budget = "" if cfg.max_time is None else f"; budget {cfg.max_time:g} s, final validation included"
+    over = result["training_time"] - (cfg.max_time or math.inf)
+    if over > 0:  # the first validation came after the budget, so it could not be planned for: say so
+        budget += f", over by {over:.0f} s: the final validation took {result['validation_time']:.0f} s"
     print(f"\nfinished: {result['steps']} updates in {result['training_time']:.0f} s of training "
           f"({result['stop_reason']}{budget}; {result['wall_time']:.0f} s in all, reading the data included); "
           f"validation {metric} {result[metric]:.4g}" + (f" (baseline {base:.4g})" if base is not None else ""))

@@ -288,7 +288,7 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     The result (also what ``--json`` prints): task, cell, steps, sequences_seen, items_seen,
     train_loss (the mean of the last 20 updates), train_loss_last (the last update's), val_loss,
     the headline metric, its baseline, training_time (seconds of training in this call, the
-    final validation included), wall_time (also reading the data and building the model), out,
+    final validation included), validation_time (what that validation took), wall_time (also reading the data and building the model), out,
     stop_reason, device.
 
     Under torchrun (a process group of N, see :mod:`rnnkit.train.distributed`) every process
@@ -341,6 +341,7 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
         task.metric: final[task.metric],
         "baseline": task.baseline.get(task.metric),
         "training_time": round(result.seconds, 2),
+        "validation_time": round(trainer.validation_seconds, 2),  # the last validation and its checkpoints
         "max_time": cfg.max_time,
         "wall_time": round(time.monotonic() - start, 2),
         "stop_reason": result.stop_reason,
