@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import CellStructure, RecurrentCell, check_size
+from .base import CellStructure, RecurrentCell, check_size, check_wrappable
 from .state import is_state
 
 
@@ -64,6 +64,7 @@ class AttentionCell(RecurrentCell):
         owner = type(self).__name__
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"{owner}: cell must be an rnnkit cell, got {type(cell).__name__}")
+        check_wrappable(cell, owner)
         self.memory_size = M = check_size(memory_size, "memory_size", owner)
         self.attention_size = A = check_size(attention_size, "attention_size", owner)
         if cell.input_size <= M:

@@ -54,6 +54,16 @@ def check_choice(value: Any, name: str, owner: str, choices: tuple[str, ...]) ->
     return value
 
 
+def check_wrappable(cell: Any, owner: str) -> None:
+    """Refuse a cell whose output is not its hidden width (a projected LSTM) for a wrapper that
+    reads the output where the state's width is expected (leak, delay line, attention query, MLP)."""
+    if cell.output_size != cell.hidden_size:
+        raise ValueError(
+            f"{owner}: the wrapped {type(cell).__name__} outputs {cell.output_size} values per step but its state "
+            f"is {cell.hidden_size} wide (a projected LSTM); {owner} needs a cell whose output is its hidden vector"
+        )
+
+
 def uniform_(params: list[Tensor], hidden_size: int) -> None:
     """torch.nn's RNN initialisation: every parameter from U(−1/√H, 1/√H)."""
     bound = 1.0 / math.sqrt(hidden_size)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import CellStructure, RecurrentCell, check_choice, check_size
+from .base import CellStructure, RecurrentCell, check_choice, check_size, check_wrappable
 from .state import is_state
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu}
@@ -93,6 +93,7 @@ class DeepTransitionCell(RecurrentCell):
         owner = type(self).__name__
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"{owner}: cell must be an rnnkit cell, got {type(cell).__name__}")
+        check_wrappable(cell, owner)
         input_layers, transition_layers = tuple(input_layers), tuple(transition_layers)
         if input_size is None:
             if input_layers:

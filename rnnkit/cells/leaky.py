@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import CellStructure, RecurrentCell
+from .base import CellStructure, RecurrentCell, check_wrappable
 from .state import map_state
 
 
@@ -67,6 +67,7 @@ class LeakyCell(RecurrentCell):
         owner = type(self).__name__
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"{owner}: cell must be an rnnkit cell, got {type(cell).__name__}")
+        check_wrappable(cell, owner)
         from .skip import SkipCell
 
         if isinstance(cell, SkipCell):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CellStructure, RecurrentCell, check_size, uniform_
+from .base import CellStructure, RecurrentCell, check_size, check_wrappable, uniform_
 
 
 class SkipState(NamedTuple):
@@ -52,6 +52,7 @@ class SkipCell(RecurrentCell):
         owner = type(self).__name__
         if not isinstance(cell, RecurrentCell):
             raise TypeError(f"{owner}: cell must be an rnnkit cell, got {type(cell).__name__}")
+        check_wrappable(cell, owner)
         self.delay = check_size(delay, "delay", owner, minimum=2)
         self.cell = cell
         self.input_size, self.hidden_size = cell.input_size, cell.hidden_size
