@@ -29,7 +29,7 @@ def last_json(text):
 
 def test_train_checkpoint_sample_eval_resume_through_the_console_entry_point(tmp_path, corpus, capsys):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(out), "--json", "--val-every", "3", *TINY]
+    cmd = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(out), "--json", "--holdout-every", "3", *TINY]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)

@@ -32,7 +32,7 @@ def run_folder(tmp_path_factory):
         (corpus / f"f{k}.py").write_text(f"def add{k}(a, b):\n    return a + b * {k}\n\n" * 40)
     out = root / "run"
     argv = ["train", "--data", str(corpus), "--out", str(out), "--hidden-size", "6", "--num-layers", "2", "--seq-length", "10",
-            "--batch-size", "2", "--max-steps", "2", "--eval-every", "2", "--val-every", "3", "--no-progress"]
+            "--batch-size", "2", "--max-steps", "2", "--eval-every", "2", "--holdout-every", "3", "--no-progress"]
     assert main(argv) == 0
     return out, corpus
 

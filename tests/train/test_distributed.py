@@ -306,7 +306,7 @@ def corpus(folder: Path) -> Path:
 
 
 def flags(data: Path, out: Path, steps: int) -> list[str]:
-    return ["--data", str(data), "--val-every", "3", "--cell", "lstm", "--hidden-size", "12", "--num-layers", "2",
+    return ["--data", str(data), "--holdout-every", "3", "--cell", "lstm", "--hidden-size", "12", "--num-layers", "2",
             "--embedding-size", "6", "--batch-size", "4", "--seq-length", "16", "--max-steps", str(steps),
             "--max-time", "none", "--eval-every", "4", "--no-progress", "--out", str(out)]
 
