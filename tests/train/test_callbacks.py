@@ -9,7 +9,6 @@ import re
 import sys
 
 import pytest
-import torch
 
 from rnnkit.checkpoint import load_checkpoint, read_meta
 from rnnkit.train import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar, RunFolder, TrainConfig
@@ -73,7 +72,7 @@ def test_keep_checkpoints_keeps_the_last_n_named_with_update_and_metric(tmp_path
 
 
 class FakeClock:
-    """time.monotonic for the trainer: each update takes 1 s, each validation 5 s."""
+    """time.monotonic for the trainer, moved on by hand."""
 
     def __init__(self):
         self.now = 1000.0
