@@ -143,3 +143,27 @@ def test_curves_show_the_metric_with_its_baseline_units_the_run_name_and_a_log_a
     assert grad_ax.get_yscale() == "linear"  # 1 to 3: a log axis would not help
     flat = curves_figure([{"kind": "train", "step": s, "loss": 2.0 + s / 100} for s in range(1, 50)])
     assert flat.axes[0].get_yscale() == "linear" and len(flat.axes) == 2
+
+
+def test_a_run_ended_by_its_time_budget_resumes_with_a_fresh_budget_to_a_larger_max_steps(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr("rnnkit.train.trainer.time.monotonic", clock)
+
+    def timed(trainer):
+        step = trainer.step_fn
+
+        def one_second(model, batch):
+            clock.now += 1.0
+            return step(model, batch)
+        trainer.step_fn = one_second
+        return trainer
+
+    first = timed(trainer_for(tmp_path, max_steps=None, max_time=10, eval_every=1000)).fit()
+    assert first.stop_reason == "max_time" and 1 <= first.steps <= 10
+    # the same budget again, and a step limit: the run goes on to it (it did nothing before: issue 15, point 3)
+    again = timed(trainer_for(tmp_path, max_steps=first.steps + 4, max_time=10, eval_every=1000))
+    result = again.fit(resume_from=RunFolder(tmp_path).latest)
+    assert result.stop_reason == "max_steps" and result.steps == first.steps + 4
+    train = [r for r in again.history if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, first.steps + 5))
+    assert train[-1]["time"] > train[first.steps - 1]["time"]  # the log's clock runs on over the whole run
