@@ -3,8 +3,8 @@
 ``--split val`` (the default) is the validation split the run watched while training; ``--split
 test`` is held out from training and validation both (for the char-LM: every other held-out
 file, which a corpus of fewer than 2 × holdout_every files does not have — then it is refused).
-``--data`` evaluates a text file or folder instead, for tasks that read text. Progress goes to
-stderr: what is being read, and a bar over the evaluation where stderr is a terminal.
+``--data`` evaluates a text file or folder instead, for tasks that read text. Where stderr is a
+terminal, it says what is being read and shows a bar over a long evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def add_parser(subs) -> None:
 
 
 def _progress(text: str) -> None:
-    print(f"rnnkit eval: {text}", file=sys.stderr, flush=True)
+    """A line for the user waiting at a terminal; none where stderr is a file or a pipe, which
+    hold only what went wrong (one line)."""
+    if sys.stderr.isatty():
+        print(f"rnnkit eval: {text}", file=sys.stderr, flush=True)
 
 
 def run(args) -> int:

@@ -236,12 +236,16 @@ def test_the_old_val_every_flag_still_works_and_warns(tmp_path, corpus, capsys):
 
 
 # 11 ---------------------------------------------------------------------------------------------
-def test_eval_says_what_it_is_doing_before_the_long_part(tmp_path, corpus, capsys):
+def test_eval_says_what_it_is_doing_before_the_long_part(tmp_path, corpus, capsys, monkeypatch):
     assert train(corpus, tmp_path / "r", "--max-steps", "1") == 0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().err == ""  # stderr to a file or pipe: only errors
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a user watching a terminal
+    assert main(["eval", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert "rnnkit eval: preparing the charlm data" in err and "rnnkit eval: evaluating on the val split" in err
+    assert "evaluating:" in err  # the bar over the chunks
 
 
 # 12 ---------------------------------------------------------------------------------------------
