@@ -35,29 +35,25 @@ from .run_folder import RunFolder
 
 
 @dataclass
-class TrainConfig:
-    """How long and how to train; every task's config embeds one."""
+class TrainingSettings:
+    """How long and how to train: the settings a task's config shares with :class:`TrainConfig`
+    (every task config inherits them, so each is defined and checked here once)."""
 
-    max_steps: int | None = 1000  # updates; None: until max_time runs out
-    max_time: float | None = None  # seconds of training in this fit(), the final validation included; None: until max_steps
-    clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it
-    clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm)
+    max_steps: int | None = 1000  # updates, counted over the whole run (a resumed run goes on to this); None: until max_time runs out
+    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: until max_steps
+    clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
+    clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints)
     patience: int | None = None  # early stopping: validations without improvement; None: never
-    monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
-    mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
-    keep_checkpoints: int = 0  # also keep the last n checkpoints as step-<update>-<monitor>-<value>.safetensors; 0: none
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
-    progress: bool = True  # a progress bar on stderr
+    progress: bool = True  # a progress bar on stderr (only where stderr is a terminal)
     seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
-    find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
+    keep_checkpoints: int = 0  # also keep the last n checkpoints as step-<update>-<metric>-<value>.safetensors; 0: none
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> "TrainingSettings":
         """Return self if every setting is allowed, else raise naming the first that is not."""
-        owner = "TrainConfig"
-        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
-            raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
+        owner = type(self).__name__
         for name in ("max_steps", "eval_every", "patience"):
             v = getattr(self, name)
             if v is None and name != "eval_every":
@@ -68,12 +64,29 @@ class TrainConfig:
             raise ValueError(f"{owner}: max_time must be a number of seconds > 0 or None, got {self.max_time!r}")
         if self.max_steps is None and self.max_time is None:
             raise ValueError(f"{owner}: give max_steps or max_time (or both), got neither")
+        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
+            raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
         check_clip(self.clip_norm, "clip_norm")
         check_clip(self.clip_value, "clip_value")
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"{owner}: mode must be 'min' or 'max', got {self.mode!r}")
         if self.log_format not in ("jsonl", "csv"):
             raise ValueError(f"{owner}: log_format must be 'jsonl' or 'csv', got {self.log_format!r}")
+        return self
+
+
+@dataclass
+class TrainConfig(TrainingSettings):
+    """The trainer's config: the shared :class:`TrainingSettings`, and what a task decides for
+    its runs (the metric watched, several processes' DDP setting)."""
+
+    monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
+    mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
+    find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
+
+    def validate(self) -> "TrainConfig":
+        """Return self if every setting is allowed, else raise naming the first that is not."""
+        super().validate()
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"TrainConfig: mode must be 'min' or 'max', got {self.mode!r}")
         return self
 
 
@@ -257,6 +270,7 @@ class Trainer:
                           if distributed.is_distributed() else None)
         self._device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
         self._time_before = self.history[-1]["time"] if self.history else 0.0
+        self.validation_seconds = _last_validation_seconds(self.history)  # a resumed run knows from its log
         self.should_stop, self.stop_reason = False, None
         self._started = time.monotonic()
         self._call("on_fit_start")
@@ -417,6 +431,14 @@ SMOOTHING = 20  # updates in TrainResult.train_loss_smoothed
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def _last_validation_seconds(history: list[dict]) -> float:
+    """How long the last validation in a log took: its record's time less the update's before it."""
+    for i in range(len(history) - 1, 0, -1):
+        if history[i].get("kind") == "val" and history[i - 1].get("kind") == "train":
+            return max(0.0, history[i]["time"] - history[i - 1]["time"])
+    return 0.0
 
 
 def _has_state(obj: Any) -> bool:
