@@ -17,10 +17,10 @@ from .feedback import Rollout, k_step_ahead_loss, rollout
 from .run_folder import RunFolder
 from .schedules import SCHEDULES, Constant, Exponential, InverseSigmoid, Linear
 from .tbptt import Chunk, LaneStream
-from .trainer import StepResult, TrainConfig, Trainer, TrainingDiverged, TrainResult, seed_everything
+from .trainer import StepResult, TrainConfig, Trainer, TrainingDiverged, TrainingSettings, TrainResult, seed_everything
 
 __all__ = [
-    "Trainer", "TrainConfig", "StepResult", "TrainResult", "TrainingDiverged", "seed_everything",
+    "Trainer", "TrainConfig", "TrainingSettings", "StepResult", "TrainResult", "TrainingDiverged", "seed_everything",
     "Callback", "EarlyStopping", "LogFile", "Checkpoints", "Plot", "ProgressBar", "RunFolder",
     "LaneStream", "Chunk", "rollout", "Rollout", "k_step_ahead_loss",
     "SCHEDULES", "Constant", "Linear", "Exponential", "InverseSigmoid", "clip_gradients",
