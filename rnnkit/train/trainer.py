@@ -230,10 +230,11 @@ class Trainer:
                 record = self._update(epoch, batch)  # forward, backward, clip, optimizer step
                 self._call("on_step", record)
                 # one collective: a clock read or a callback's stop on any process holds for all
-                out_of_time, self.should_stop = distributed.agree(self._out_of_time(), self.should_stop)
+                out_of_time, self.should_stop, halfway = distributed.agree(
+                    self._out_of_time(), self.should_stop, self._halfway_unmeasured())
                 if out_of_time and not self.should_stop:
                     self.stop("max_time")
-                if self.step % self.config.eval_every == 0 and not self._finished():
+                if (self.step % self.config.eval_every == 0 or halfway) and not self._finished():
                     self._validate()
             if self.step and not self._validated_now():  # every run ends validated and saved
                 self._validate()
@@ -291,6 +292,12 @@ class Trainer:
         """Whether the budget is spent, counting the final validation as the last one took."""
         budget = self.config.max_time
         return budget is not None and self.elapsed() + self.validation_seconds >= budget
+
+    def _halfway_unmeasured(self) -> bool:
+        """Half the time budget spent without a validation to tell what the final one will cost:
+        validate now, so the rest of the budget can be planned with it."""
+        budget = self.config.max_time
+        return budget is not None and not self.validation_seconds and self.elapsed() >= budget / 2
 
     def _validated_now(self) -> bool:
         return bool(self.history) and self.history[-1].get("kind") == "val" and self.history[-1]["step"] == self.step
@@ -367,7 +374,7 @@ class Trainer:
             self._call("on_validation", metrics)
             self.should_stop = distributed.agree(self.should_stop)[0]  # a callback's stop holds for all processes
         self._call("on_save")
-        self.validation_seconds = time.monotonic() - tick
+        self.validation_seconds = max(time.monotonic() - tick, 1e-9)  # > 0: measured
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:

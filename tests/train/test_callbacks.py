@@ -103,6 +103,27 @@ def test_the_time_budget_holds_the_final_validation(monkeypatch):
     assert result.steps == 20 and trainer.history[-1] == {**trainer.history[-1], "kind": "val", "step": 20}
 
 
+def test_with_no_validation_by_half_the_budget_one_runs_then_so_the_last_can_be_planned(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr("rnnkit.train.trainer.time.monotonic", clock)
+    trainer = trainer_for(max_steps=None, max_time=30, eval_every=1000)
+    step, evaluate = trainer.step_fn, trainer.evaluate_fn
+
+    def slow_step(model, batch):
+        clock.now += 1.0
+        return step(model, batch)
+
+    def slow_evaluate(model):
+        clock.now += 5.0
+        return evaluate(model)
+
+    trainer.step_fn, trainer.evaluate_fn = slow_step, slow_evaluate
+    result = trainer.fit()
+    # validated at 15 s (update 15), which says a validation takes 5 s: stops after update 20
+    assert [r["step"] for r in trainer.history if r["kind"] == "val"] == [15, 20]
+    assert result.seconds <= 30 and result.stop_reason == "max_time"
+
+
 def test_the_bar_shows_whole_counts_and_the_loss_of_the_update_just_made(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
