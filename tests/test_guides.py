@@ -139,7 +139,7 @@ def test_shown_command_parses(where, command, monkeypatch, capsys):
 
     def record(args):
         if args.command == "train" and not args.resume:
-            resolve_config(TASKS[args.task], args)  # types, unknown values and the task's own checks
+            resolve_config(TASKS[args.task], args).check()  # types and unknown keys, then the task's own checks
         seen.append(args)
         return 0
 
@@ -162,7 +162,7 @@ def test_a_mistyped_command_is_caught(monkeypatch, capsys):
 
     args = cli.build_parser().parse_args(["train", "adding", "--cell", "lstmm"])
     with pytest.raises(ValueError, match="unknown cell 'lstmm'"):
-        resolve_config(TASKS["adding"], args)
+        resolve_config(TASKS["adding"], args).check()
 
 
 if __name__ == "__main__":  # one page at full size, in the current folder, output shown as it runs

@@ -78,7 +78,8 @@ def coerce(name: str, value: Any, tp: Any, source: str) -> Any:
 
 def check_config(cls: type, values: dict, source: str = "config", base: Any = None) -> Any:
     """Build ``cls`` from ``values`` (over ``base`` or the defaults): unknown keys and wrong types
-    are refused naming the key; the result's own ``check()`` runs if it has one."""
+    are refused naming the key. The settings' own ``check()`` is not run here: ``run_task`` runs
+    it once, with the other checks of a run."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: expected a table of settings, got {type(values).__name__}")
     hints = field_types(cls)
