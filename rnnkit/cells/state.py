@@ -54,6 +54,21 @@ def state_tensors(state: Any) -> list[Tensor]:
     return out
 
 
+def rebuild_state(template: Any, tensors: Any) -> Any:
+    """The inverse of :func:`state_tensors`: a state shaped like ``template`` whose tensors are
+    taken, depth first in field order, from the iterable ``tensors``."""
+    it = iter(tensors)
+
+    def build(t: Any) -> Any:
+        if isinstance(t, Tensor):
+            return next(it)
+        if is_state(t):
+            return type(t)(*(build(f) for f in t))
+        return type(t)(build(f) for f in t)
+
+    return build(template)
+
+
 def where_state(keep_new: Tensor, new: Any, old: Any) -> Any:
     """Per batch row, take ``new`` where ``keep_new`` (shape (B,), bool) is true, else ``old``."""
 

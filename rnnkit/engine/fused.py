@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from ..cells.base import RecurrentCell
-from ..cells.state import state_tensors
+from ..cells.state import rebuild_state, state_tensors
 from .build import build_error, engine_override, is_built, load_extension, warn_fallback_once
 from .plan import Plan, plan
 from .sequence import reverse_padded
@@ -253,14 +253,5 @@ def run_fused(cell: RecurrentCell, x: Tensor, state: Any, lengths: Tensor | None
         y = reverse_padded(y, lengths)
     steps = lengths if lengths is not None else T
     new = [fin if f.kind != "counter" else t + steps for f, t, fin in zip(fields, tensors, finals)]
-    return y, _restate(state, iter(new))
+    return y, rebuild_state(state, new)
 
-
-def _restate(template: Any, it) -> Any:
-    from ..cells.state import is_state
-
-    if isinstance(template, Tensor):
-        return next(it)
-    if is_state(template):
-        return type(template)(*(_restate(t, it) for t in template))
-    return type(template)(_restate(t, it) for t in template)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from ..cells.state import is_state, state_tensors
+from ..cells.state import rebuild_state, state_tensors
 
 TRACE_BATCH = 5  # rows of the trace's example batch: any number works, the program is per row
 
@@ -605,7 +605,7 @@ def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
         else:
             raise Untraceable(f"a state tensor of shape (B, {', '.join(map(str, t.shape[1:]))}) and dtype {t.dtype}")
         inputs.append(ex)
-    state = _rebuild(template, iter(inputs))
+    state = rebuild_state(template, inputs)
     gi = torch.randn(TRACE_BATCH, cell.projection_size, generator=gen, dtype=dtype)
     tracer.dyn("gi", (), cell.projection_size, gi, grad=True)
     try:
@@ -640,10 +640,3 @@ def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
         raise Untraceable("the step's output is not a value of the step")
     return Trace(fields, tracer.nodes, tracer.static_values, tracer.recipes, o, new_fields, pushes, template, tracer.ops)
 
-
-def _rebuild(template: Any, it) -> Any:
-    if isinstance(template, Tensor):
-        return next(it)
-    if is_state(template):
-        return type(template)(*(_rebuild(t, it) for t in template))
-    return type(template)(_rebuild(t, it) for t in template)

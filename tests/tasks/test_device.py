@@ -161,7 +161,7 @@ def data(tmp_path_factory):
 
 RUN = dict(max_steps=3, max_time=None, eval_every=2, progress=False, seed=3)
 TINY = {  # (task, settings): every task, and the step variants that take another path
-    "charlm": ("charlm", dict(hidden_size=8, num_layers=2, embedding_size=4, seq_length=12, batch_size=4, val_every=3,
+    "charlm": ("charlm", dict(hidden_size=8, num_layers=2, embedding_size=4, seq_length=12, batch_size=4, holdout_every=3,
                               sample_length=5)),
     "digits": ("digits", dict(hidden_size=6, batch_size=8, bidirectional=True)),
     "sunspots": ("sunspots", dict(hidden_size=4, window=8, horizon=3, batch_size=8)),
