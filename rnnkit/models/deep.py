@@ -20,10 +20,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..cells.base import RecurrentCell, check_choice, check_size
 from ..cells.deep import DeepTransitionCell
-from ..recurrent import Recurrent
+from ..recurrent import Recurrent, repack_output, unpack_input
 from .base import as_layer, final_output, layer_init_state, layer_step
 
 CONNECTIONS = ("residual", "skip")
@@ -155,8 +156,13 @@ class ResidualStack(nn.Module):
         y = u if self.connections == "residual" else torch.cat(outs, dim=-1)
         return y, tuple(finals)
 
-    def forward(self, x: Tensor, state: Any = None, lengths: Any = None) -> tuple[Tensor, tuple]:
-        """Whole sequences: x (T, B, I), lengths (B,) → y (T, B, ·) and each layer's final state."""
+    def forward(self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, tuple]:
+        """Whole sequences: x (T, B, I), lengths (B,) → y (T, B, ·) and each layer's final state.
+        x may be a PackedSequence, as for :class:`rnnkit.Stack`; y is then one, packed like x."""
+        if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
+            padded, lengths = unpack_input(x, lengths, False, "ResidualStack")
+            y, state = self.forward(padded, state, lengths)
+            return repack_output(y, lengths, x, False), state
         return self._run(x, state, lambda layer, inp, s: layer(inp, s, lengths))
 
     def step(self, x: Tensor, state: Any) -> tuple[Tensor, tuple]:
