@@ -287,7 +287,10 @@ class CharLMTask(Task):
             if not part:
                 continue
             cut = _capped(part, VAL_CHARS)
-            self.streams[name] = LaneStream(cut, cfg.batch_size, cfg.seq_length)
+            # B equal lanes, as training reads and char-rnn validates: whole files per lane left a
+            # handful of lanes (the held-out files), so validation ran at a few sequences per step
+            # and took most of a short run's time budget; the cuts cost a zero state at B points
+            self.streams[name] = LaneStream(cut, cfg.batch_size, cfg.seq_length, split_documents=True)
             self.baselines[name] = {"bpc": unigram_bpc(all_train, torch.cat(cut), len(self.vocab))}
         self.val_stream = self.streams["val"]
         self.baseline = self.baselines["val"]
