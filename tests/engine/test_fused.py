@@ -52,13 +52,7 @@ class SineCell(ElmanCell):
         return h, RNNState(h)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension():
-    """Build (or load the cached) extension once for the whole module; fail loudly if it cannot be built."""
-    ext = fused.load_extension()
-    if ext is None:
-        pytest.fail(f"the fused engine could not be built: {fused.build_error()}")
-    return ext
+pytestmark = pytest.mark.usefixtures("fused_extension")  # tests/engine/conftest.py: built, or fail loudly
 
 
 def random_state(cell, batch, gen, dtype):

@@ -39,8 +39,7 @@ from rnnkit.cells.base import uniform_
 from rnnkit.cells.state import map_state, state_tensors
 from rnnkit.engine import fused
 from tests.cells.test_new_cells import VARIANTS as PAPER_STEPS
-from tests.engine.test_fused import random_state
-from tests.engine.test_fused import FUSED_CELLS
+from tests.engine.test_fused import FUSED_CELLS, random_state
 from tests.helpers import TOL, assert_same_computation, randomize_, step_loop
 
 F64 = torch.float64
@@ -276,13 +275,7 @@ def make(name: str, i: int, h: int, seed: int, dtype=F64) -> RecurrentCell:
     return randomize_({**CELLS, **ZOO}[name](i, h), seed=seed).to(dtype)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def extension():
-    """Build (or load) the extension once; fail loudly if it cannot be built."""
-    ext = fused.load_extension()
-    if ext is None:
-        pytest.fail(f"the fused engine could not be built: {fused.build_error()}")
-    return ext
+pytestmark = pytest.mark.usefixtures("fused_extension")  # tests/engine/conftest.py: built, or fail loudly
 
 
 # -- comparing a module on the two engines ---------------------------------------------------------
