@@ -86,7 +86,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import safetensors.torch
@@ -349,6 +349,7 @@ def save_checkpoint(
     rng: bool = True,
     generators: Mapping[str, torch.Generator] | None = None,
     extra: Mapping[str, Any] | None = None,
+    also: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Write one checkpoint file atomically; return its path.
 
@@ -365,6 +366,8 @@ def save_checkpoint(
         extra: named objects with ``state_dict()`` whose state a run needs to continue exactly
             (JSON values and tensors, like a scheduler's), e.g. the state a truncated-BPTT step
             carries across chunks, or a sampling callback's generator.
+        also: more paths to write the same bytes to (each atomically, after ``path``), so a
+            checkpoint kept under two names is serialised once.
 
     Writes ``.<name>.tmp-<pid>`` in the same folder, fsyncs it, renames it onto ``path`` and
     fsyncs the folder: a kill at any moment leaves the previous file intact. On any error the
@@ -433,6 +436,9 @@ def save_checkpoint(
         raise CheckpointError(f"{path}: safetensors cannot store this checkpoint: {e}") from e
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, blob)
+    for other in also:
+        Path(other).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(other, blob)
     return path
 
 

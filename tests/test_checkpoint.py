@@ -720,3 +720,17 @@ def test_extra_objects_round_trip_and_are_checked_by_name_and_class(tmp_path):
     with pytest.raises(CheckpointError, match="extra must map names to objects with state_dict\\(\\), got 'x': an int"):
         save_checkpoint(tmp_path / "bad.safetensors", model=model, extra={"x": 3})
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_also_writes_the_same_checkpoint_under_more_names(tmp_path):
+    """One serialisation, several files (``latest`` and ``best``): each byte-identical to the
+    first and loading to the same weights; a missing folder of one of them is created."""
+    model = TinyLM(seed=3)
+    opt = torch.optim.Adam(model.parameters())
+    first, second = tmp_path / "latest.safetensors", tmp_path / "keep" / "best.safetensors"
+    save_checkpoint(first, model=model, optimizer=opt, meta={"step": 4}, also=[second])
+    assert first.read_bytes() == second.read_bytes()
+    other = TinyLM(seed=9)
+    load_checkpoint(second, model=other)
+    assert_identical(snapshot(other), snapshot(model))
+    assert not leftover_temp_files(tmp_path) and not leftover_temp_files(tmp_path / "keep")

@@ -193,9 +193,10 @@ def run(args) -> int:
     over = result["training_time"] - (cfg.max_time or math.inf)
     if over > 0:  # the first validation came after the budget, so it could not be planned for: say so
         budget += f", over by {over:.0f} s: the final validation took {result['validation_time']:.0f} s"
+    validating = f"validating took {result['evaluation_time']:.1f} s, {100 * result['evaluation_share']:.1f} %"
     print(f"\nfinished: {result['steps']} updates in {result['training_time']:.0f} s of training "
-          f"({result['stop_reason']}{budget}; {result['wall_time']:.0f} s in all, reading the data included); "
-          f"validation {metric} {result[metric]:.4g}" + (f" (baseline {base:.4g})" if base is not None else ""))
+          f"({result['stop_reason']}{budget}; {result['wall_time']:.0f} s in all, reading the data included; "
+          f"{validating}); validation {metric} {result[metric]:.4g}" + (f" (baseline {base:.4g})" if base is not None else ""))
     run = RunFolder(out)
     print(f"checkpoints: {run.best}, {run.latest.name}; log: {run.log(cfg.log_format).name}; plot: {run.curves.name}")
     prog = invocation()

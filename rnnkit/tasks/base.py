@@ -220,7 +220,7 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
 #: Everything else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights,
 #: optimizer state and data position only mean something with it, and a changed learning rate
 #: would be overwritten by the optimizer state anyway.
-RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length",
+RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "eval_budget", "patience", "progress", "out", "sample_length",
                                "temperature", "device", "keep_checkpoints"})
 
 
@@ -288,7 +288,10 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     The result (also what ``--json`` prints): task, cell, steps, sequences_seen, items_seen,
     train_loss (the mean of the last 20 updates), train_loss_last (the last update's), val_loss,
     the headline metric, its baseline, training_time (seconds of training in this call, the
-    final validation included), validation_time (what that validation took), wall_time (also reading the data and building the model), out,
+    final validation included), validation_time (what that validation took), evaluation_time and
+    evaluation_share (every validation of the call together, with its samples and checkpoints,
+    in seconds and as a share of training_time: ``eval_budget`` keeps the periodic ones within
+    it), wall_time (also reading the data and building the model), out,
     stop_reason, device.
 
     Under torchrun (a process group of N, see :mod:`rnnkit.train.distributed`) every process
@@ -342,6 +345,8 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
         "baseline": task.baseline.get(task.metric),
         "training_time": round(result.seconds, 2),
         "validation_time": round(trainer.validation_seconds, 2),  # the last validation and its checkpoints
+        "evaluation_time": round(result.evaluation_seconds, 2),  # every validation of this call, samples and checkpoints included
+        "evaluation_share": round(result.evaluation_seconds / max(result.seconds, 1e-9), 4),
         "max_time": cfg.max_time,
         "wall_time": round(time.monotonic() - start, 2),
         "stop_reason": result.stop_reason,

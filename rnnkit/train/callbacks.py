@@ -122,12 +122,14 @@ class Checkpoints(Callback):
         distributed.merge_states(trainer.stateful())  # a collective: state held in shards is saved whole
         if not distributed.is_main():
             return
-        paths = [trainer.save(self.run.latest)]
+        paths = [self.run.latest]
         if trainer.improved or trainer.evaluate_fn is None:
-            paths.append(trainer.save(self.run.best))
+            paths.append(self.run.best)
         if self.keep:
             monitor = trainer.config.monitor
-            paths.append(trainer.save(self.run.kept(trainer.step, monitor, trainer.last_val.get(monitor))))
+            paths.append(self.run.kept(trainer.step, monitor, trainer.last_val.get(monitor)))
+        trainer.save(paths[0], also=paths[1:])  # serialised once, written under each name
+        if self.keep:
             for old in self.run.kept_checkpoints()[: -self.keep]:
                 old.unlink(missing_ok=True)
         for path in paths:
@@ -136,18 +138,36 @@ class Checkpoints(Callback):
 
 
 class Plot(Callback):
-    """``curves.png`` at every validation: the loss (nats), the task's metric with its baseline,
-    and the gradient norm (see :func:`~rnnkit.train.plots.plot_curves`)."""
+    """``curves.png``: the loss (nats), the task's metric with its baseline, and the gradient norm
+    (see :func:`~rnnkit.train.plots.plot_curves`) — redrawn at a validation when ``every``
+    seconds have passed since it was last drawn, and when training ends. Drawing takes about half
+    a second (more than a char-LM's validation), so redrawing at every validation would spend the
+    evaluation budget on pictures; ``every=0`` redraws at each one."""
 
     def __init__(self, path: str | Path, monitor: str = "loss", *, metric: str | None = None,
-                 baseline: float | None = None, title: str | None = None, metric_label: str | None = None) -> None:
+                 baseline: float | None = None, title: str | None = None, metric_label: str | None = None,
+                 every: float = 60.0) -> None:
         self.path, self.monitor, self.metric, self.baseline = Path(path), monitor, metric, baseline
-        self.title, self.metric_label = title, metric_label
+        self.title, self.metric_label, self.every = title, metric_label, every
+        self.drawn_at, self.drawn_step = 0.0, None  # trainer.elapsed() and step at the last drawing
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.drawn_at, self.drawn_step = 0.0, None
 
     def on_save(self, trainer: "Trainer") -> None:
+        if trainer.elapsed() - self.drawn_at >= self.every:
+            self.draw(trainer)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if self.drawn_step != trainer.step and any(r.get("kind") == "train" for r in trainer.history):
+            self.draw(trainer)
+
+    def draw(self, trainer: "Trainer") -> None:
+        """Write the curves of the run so far."""
         if distributed.is_main():
             plot_curves(trainer.history, self.path, monitor=self.monitor, metric=self.metric, baseline=self.baseline,
                         title=self.title or self.path.parent.name, metric_label=self.metric_label)
+        self.drawn_at, self.drawn_step = trainer.elapsed(), trainer.step
 
 
 class ProgressBar(Callback):

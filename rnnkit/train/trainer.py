@@ -43,7 +43,8 @@ class TrainingSettings:
     max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: until max_steps
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
-    eval_every: int = 100  # updates between validations (and checkpoints)
+    eval_every: int = 100  # updates between validations (and checkpoints), unless eval_budget holds one back
+    eval_budget: float | None = 0.05  # the most of the run's time validation may take (its checkpoints, samples and plot included): a validation due by eval_every waits while it would take more; None: every eval_every updates, whatever it costs
     patience: int | None = None  # early stopping: validations without improvement; None: never
     out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
@@ -66,6 +67,10 @@ class TrainingSettings:
             raise ValueError(f"{owner}: give max_steps or max_time (or both), got neither")
         if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
             raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
+        if self.eval_budget is not None and (isinstance(self.eval_budget, bool) or not isinstance(self.eval_budget, (int, float))
+                                             or not 0 < self.eval_budget <= 1):
+            raise ValueError(f"{owner}: eval_budget must be a share of the run's time in (0, 1] (0.05: 5 %) or None, "
+                             f"got {self.eval_budget!r}")
         check_clip(self.clip_norm, "clip_norm")
         check_clip(self.clip_value, "clip_value")
         if self.log_format not in ("jsonl", "csv"):
@@ -123,6 +128,7 @@ class TrainResult:
     best: float | None  # the best value of ``monitor`` seen
     history: list[dict]
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
+    evaluation_seconds: float = 0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
 
 
 class TrainingDiverged(RuntimeError):
@@ -207,6 +213,8 @@ class Trainer:
         self.stop_reason: str | None = None
         self.last_val: dict[str, float] = {}
         self.validation_seconds = 0.0  # what the last validation and its checkpoints took
+        self.evaluation_seconds = 0.0  # what every validation of this fit() took together
+        self._due = False  # eval_every said validate, and the budget has not allowed it yet
         self._started = time.monotonic()
         self._time_before = 0.0  # seconds of training before this fit() (a resumed run's)
         self._process_rng = _ProcessRNG()
@@ -230,11 +238,12 @@ class Trainer:
                 record = self._update(epoch, batch)  # forward, backward, clip, optimizer step
                 self._call("on_step", record)
                 # one collective: a clock read or a callback's stop on any process holds for all
-                out_of_time, self.should_stop, halfway = distributed.agree(
-                    self._out_of_time(), self.should_stop, self._halfway_unmeasured())
+                self._due = self._due or self.step % self.config.eval_every == 0
+                out_of_time, self.should_stop, halfway, wait = distributed.agree(
+                    self._out_of_time(), self.should_stop, self._halfway_unmeasured(), self._due and self._over_budget())
                 if out_of_time and not self.should_stop:
                     self.stop("max_time")
-                if (self.step % self.config.eval_every == 0 or halfway) and not self._finished():
+                if ((self._due and not wait) or halfway) and not self._finished():
                     self._validate()
             if self.step and not self._validated_now():  # every run ends validated and saved
                 self._validate()
@@ -243,7 +252,7 @@ class Trainer:
         train = [r["loss"] for r in self.history if r.get("kind") == "train"]
         return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
                            train[-1] if train else math.nan, dict(self.last_val), self.best, self.history,
-                           _mean(train[-SMOOTHING:]))
+                           _mean(train[-SMOOTHING:]), self.evaluation_seconds)
 
     def stop(self, reason: str = "callback") -> None:
         """End training after the current update, saying why (``TrainResult.stop_reason``)."""
@@ -272,6 +281,7 @@ class Trainer:
         self._device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
         self._time_before = self.history[-1]["time"] if self.history else 0.0
         self.validation_seconds = _last_validation_seconds(self.history)  # a resumed run knows from its log
+        self.evaluation_seconds, self._due = 0.0, False
         self.should_stop, self.stop_reason = False, None
         self._started = time.monotonic()
         self._call("on_fit_start")
@@ -298,6 +308,14 @@ class Trainer:
         validate now, so the rest of the budget can be planned with it."""
         budget = self.config.max_time
         return budget is not None and not self.validation_seconds and self.elapsed() >= budget / 2
+
+    def _over_budget(self) -> bool:
+        """Whether validating now would take the time spent validating in this fit() past
+        ``eval_budget`` of it, costing what the last validation cost. The first validation is
+        never held back: until one is measured, nothing says what it costs."""
+        budget = self.config.eval_budget
+        cost = self.validation_seconds
+        return budget is not None and self.evaluation_seconds + cost > budget * (self.elapsed() + cost)
 
     def _validated_now(self) -> bool:
         return bool(self.history) and self.history[-1].get("kind") == "val" and self.history[-1]["step"] == self.step
@@ -369,12 +387,19 @@ class Trainer:
             self.improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
             if self.improved:
                 self.best = value
+            took = time.monotonic() - tick
             self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
-                                 **{f"val_{k}": v for k, v in metrics.items()}})
+                                 **{f"val_{k}": v for k, v in metrics.items()},
+                                 # the evaluation itself, and the share of this fit() spent validating so far
+                                 # (this validation's samples and checkpoints count from the next record on)
+                                 "eval_seconds": round(took, 4),
+                                 "eval_share": round((self.evaluation_seconds + took) / max(self.elapsed(), 1e-9), 4)})
             self._call("on_validation", metrics)
             self.should_stop = distributed.agree(self.should_stop)[0]  # a callback's stop holds for all processes
         self._call("on_save")
         self.validation_seconds = max(time.monotonic() - tick, 1e-9)  # > 0: measured
+        self.evaluation_seconds += self.validation_seconds
+        self._due = False
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -395,9 +420,11 @@ class Trainer:
         if log_path.is_file():
             self.history = [r for r in read_log(log_path) if r["step"] <= self.step]
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path, also: Sequence[Path] = ()) -> Path:
         """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta,
-        and the state of the step function and callbacks that carry any."""
+        and the state of the step function and callbacks that carry any. ``also``: more files to
+        hold the same checkpoint (e.g. ``best`` beside ``latest``), written from the same bytes
+        instead of being serialised again."""
         from ..checkpoint import save_checkpoint
 
         meta = {
@@ -407,7 +434,7 @@ class Trainer:
             "val": self.last_val,
         }
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta,
-                               extra=self.stateful())
+                               extra=self.stateful(), also=also)
 
     def stateful(self) -> dict[str, Any]:
         """What carries state between updates and is saved with every checkpoint, so a resumed

@@ -17,7 +17,7 @@ from rnnkit.checkpoint import CheckpointError, load_checkpoint, read_meta
 
 # dropout on, so the masks must come back too; several chunks per file, so the carried state matters
 SETTINGS = ["--hidden-size", "24", "--num-layers", "2", "--dropout", "0.3", "--seq-length", "16", "--batch-size", "3",
-            "--max-steps", "150", "--max-time", "None", "--eval-every", "10", "--sample-length", "40", "--no-progress",
+            "--max-steps", "150", "--max-time", "None", "--eval-every", "10", "--eval-budget", "none", "--sample-length", "40", "--no-progress",
             "--holdout-every", "3", "--seed", "7"]
 
 

@@ -20,7 +20,8 @@ from rnnkit.checkpoint import read_meta
 from rnnkit.cli import invocation, main
 
 TINY = ["--hidden-size", "8", "--num-layers", "1", "--embedding-size", "4", "--seq-length", "10", "--batch-size", "2",
-        "--eval-every", "3", "--no-progress", "--sample-length", "5", "--holdout-every", "3", "--max-time", "none"]
+        "--eval-every", "3", "--eval-budget", "none", "--no-progress", "--sample-length", "5", "--holdout-every", "3",
+        "--max-time", "none"]  # every 3rd update validates and checkpoints, whatever it costs: the tests count them
 
 
 @pytest.fixture

@@ -184,7 +184,7 @@ def evaluate(model):
 def make_trainer(out, source, step=per_token_step, **cfg):
     model = TinyDecoder(vocab=V, seed=4)  # no dropout: the replicas' masks could not match one process's
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    config = TrainConfig(**{"max_steps": 8, "eval_every": 3, "progress": False, "seed": 0, "clip_norm": 0.5,
+    config = TrainConfig(**{"max_steps": 8, "eval_every": 3, "eval_budget": None, "progress": False, "seed": 0, "clip_norm": 0.5,
                             "out": str(out) if out else None, **cfg})
     return Trainer(model, opt, step, source, config, evaluate=evaluate, meta={"task": "test"})
 

@@ -60,7 +60,8 @@ def trainer_for(tmp_path=None, seed=0, **cfg):
     embed = model.embed
     model.embed = nn.Sequential(embed, model.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    config = TrainConfig(**{"max_steps": 30, "eval_every": 10, "progress": False, "seed": seed,
+    # eval_budget=None: these tests count validations; the budget's own tests run on a fake clock
+    config = TrainConfig(**{"max_steps": 30, "eval_every": 10, "eval_budget": None, "progress": False, "seed": seed,
                             "out": str(tmp_path) if tmp_path else None, **cfg})
     return Trainer(model, opt, lm_step, Shuffled(make_data(), 8), config, evaluate=val_fn(make_data(16, seed=9)),
                    meta={"task": "count"})
@@ -190,6 +191,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         (dict(max_steps=0), "max_steps must be an int ≥ 1"),
         (dict(mode="up"), "mode must be 'min' or 'max'"),
         (dict(log_format="xml"), "log_format must be 'jsonl' or 'csv'"),
+        (dict(eval_budget=0), r"eval_budget must be a share of the run's time in \(0, 1\]"),
+        (dict(eval_budget=1.5), r"eval_budget must be a share of the run's time in \(0, 1\]"),
     ],
 )
 def test_bad_settings(cfg, message):
@@ -236,3 +239,61 @@ def test_each_batch_reaches_the_step_on_the_models_device():
     assert x.device.type == "meta" and extra["y"].device.type == "meta" and (x.shape, extra["y"].dtype) == ((3, 2), torch.long)
     assert extra["n"] == 3 and tag == "tag"
     assert batch[0][0].device.type == "cpu"  # the source's own batch is left as it was
+
+
+class FakeClock:
+    """time.monotonic for the trainer: an update costs 1 s, a validation ``eval_cost`` s."""
+
+    def __init__(self, eval_cost):
+        self.now, self.eval_cost = 0.0, eval_cost
+
+    def __call__(self):
+        return self.now
+
+
+def clocked_trainer(monkeypatch, eval_cost, **cfg):
+    clock = FakeClock(eval_cost)
+    monkeypatch.setattr("rnnkit.train.trainer.time.monotonic", clock)
+    trainer = trainer_for(**{"max_steps": 400, "eval_every": 10, **cfg})
+    step, evaluate = trainer.step_fn, trainer.evaluate_fn
+
+    def timed_step(model, batch):
+        clock.now += 1.0
+        return step(model, batch)
+
+    def timed_evaluate(model):
+        clock.now += clock.eval_cost
+        return evaluate(model)
+
+    trainer.step_fn, trainer.evaluate_fn = timed_step, timed_evaluate
+    return trainer
+
+
+def test_eval_budget_holds_validations_back_to_that_share_of_the_run(monkeypatch):
+    """With validation costing 4 updates' time, validations every 10 updates would take 29 % of
+    the run; a 5 % budget lets each one start only once the time spent validating, it included,
+    is at most 5 % of the time so far — and at the first update where it is."""
+    result = clocked_trainer(monkeypatch, eval_cost=4.0, eval_budget=0.05).fit()
+    vals = [r for r in result.history if r["kind"] == "val"]
+    assert vals[0]["step"] == 10  # the first is never held back: nothing says what it costs yet
+    assert vals[-1]["step"] == 400  # every run ends validated
+    periodic = vals[1:-1]
+    assert len(periodic) >= 3
+    for k, r in enumerate(periodic, start=2):
+        assert 4.0 * k <= 0.05 * r["time"] + 1e-9  # allowed when it started
+        assert 4.0 * k > 0.05 * (r["time"] - 1.0)  # and not one update earlier
+        assert r["eval_seconds"] == 4.0 and r["eval_share"] == pytest.approx(4.0 * k / r["time"], abs=1e-4)
+    assert result.evaluation_seconds == 4.0 * len(vals)
+    # the periodic validations' share of the run: 5 %, but for the first one (unplanned)
+    assert 4.0 * (len(vals) - 1) / vals[-2]["time"] <= 0.05 + 4.0 / vals[-2]["time"]
+
+
+def test_without_eval_budget_every_eval_every_updates_validate_whatever_it_costs(monkeypatch):
+    result = clocked_trainer(monkeypatch, eval_cost=4.0, eval_budget=None, max_steps=60).fit()
+    assert [r["step"] for r in result.history if r["kind"] == "val"] == [10, 20, 30, 40, 50, 60]
+    assert result.evaluation_seconds == 24.0
+
+
+def test_cheap_validation_is_never_held_back(monkeypatch):
+    result = clocked_trainer(monkeypatch, eval_cost=0.1, eval_budget=0.05, max_steps=200).fit()
+    assert [r["step"] for r in result.history if r["kind"] == "val"] == list(range(10, 201, 10))
