@@ -119,9 +119,18 @@ def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
 
 
 def full_or_lengths(chunk) -> Tensor | None:
-    """The chunk's lengths, or None when every lane fills it — then the stack runs whole on
-    torch's fused kernels; only chunks where a file ends need per-lane lengths."""
-    return None if bool((chunk.lengths == chunk.inputs.shape[0]).all()) else chunk.lengths
+    """The lengths the model is given for a chunk of a :class:`LaneStream`: None, always — the
+    stack runs every chunk whole on torch's fused kernels, also where a lane's document ends
+    inside it.
+
+    Lengths would matter only for that lane's final state, and it is never used: the stream cuts
+    a lane's chunk short only where its document ends, so its next chunk starts another document
+    from a zero state (``reset``), and the steps past its length are padding that
+    :func:`masked_nll` leaves out of the loss. The outputs at the valid steps do not depend on
+    later steps, so losses, gradients and carried states are those of the exact per-lane run
+    (``tests/tasks/test_charlm.py`` checks it); passing the lengths sent one chunk in ten (every
+    file end) to the slower variable-length path."""
+    return None
 
 
 def masked_nll(logits: Tensor, targets: Tensor, lengths: Tensor) -> tuple[Tensor, int]:

@@ -121,3 +121,39 @@ def test_a_folder_with_empty_files_trains_on_the_others(tmp_path):
     task = CharLMTask(CharLMConfig(data=str(tmp_path), holdout_every=3, seq_length=10, batch_size=2))
     task.prepare(lambda s: None)
     assert len(task.train_stream.documents) == 2 and len(task.val_stream.documents) == 1
+
+
+@pytest.mark.parametrize("split_documents", [True, False])
+def test_chunks_run_whole_without_lengths_as_the_exact_per_lane_run_does(split_documents):
+    """Every chunk runs whole (no lengths, torch's fused kernels) although lanes end inside
+    chunks where their documents end: the losses, gradients and carried states of truncated
+    BPTT over a stream equal those of the run given each lane's length, in float64."""
+    from rnnkit.tasks.charlm import TBPTTStep, masked_nll
+
+    torch.manual_seed(0)
+    model = CharLM(9, CharLMConfig(embedding_size=5, hidden_size=6, num_layers=2)).double()
+    docs = [torch.randint(0, 9, (n,)) for n in (23, 7, 41, 12, 30, 5, 18)]
+    stream = LaneStream(docs, 3, 6, split_documents=split_documents)
+    assert any(bool((c.lengths < c.inputs.shape[0]).any()) for c in stream)  # lanes do end inside chunks
+
+    def run(with_lengths):
+        step, losses, grads = TBPTTStep(), [], []
+        for chunk in stream:
+            model.zero_grad()
+            if with_lengths:  # the exact per-lane run: the final state taken at each lane's length
+                state = LaneStream.carry(step.state, step.previous, chunk)
+                logits, step.state = model(chunk.inputs, state, chunk.lengths)
+                total, n = masked_nll(logits, chunk.targets, chunk.lengths)
+                step.previous, loss = chunk, total / n
+            else:
+                loss = step(model, chunk).loss
+            loss.backward()
+            losses.append(float(loss))
+            grads.append([p.grad.clone() for p in model.parameters()])
+        return losses, grads
+
+    (want, want_grads), (got, got_grads) = run(True), run(False)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
