@@ -236,14 +236,17 @@ class Recurrent(nn.Module):
             x = reverse_padded(x, lengths)
         gi = cell.input_projection(x)  # (T, B, G·H): U x(t) + b for every step at once
         outputs = []
+        # every sequence runs until the shortest ends: only the steps after it need masking
+        # (torch.export cannot branch on the lengths' values: there every step is masked)
+        every = x.shape[0] if lengths is None else 0 if torch.compiler.is_exporting() else int(lengths.min())
         # unbind, not gi[t]: indexing would make backward add each step's gradient into a
         # fresh (T, B, G·H) zero tensor, T² work; unbind's backward stacks them once.
         for t, gi_t in enumerate(gi.unbind(0)):
             out, new = cell.recurrence(gi_t, state)
-            if lengths is not None:
+            if t >= every:
                 valid = t < lengths  # (B,): which sequences are still running
                 state = where_state(valid, new, state)
-                out = torch.where(valid.unsqueeze(1), out, torch.zeros_like(out))
+                out = out * valid.unsqueeze(1).to(out.dtype)  # zeros past each length
             else:
                 state = new
             outputs.append(out)

@@ -70,9 +70,14 @@ def rebuild_state(template: Any, tensors: Any) -> Any:
 
 
 def where_state(keep_new: Tensor, new: Any, old: Any) -> Any:
-    """Per batch row, take ``new`` where ``keep_new`` (shape (B,), bool) is true, else ``old``."""
+    """Per batch row, take ``new`` where ``keep_new`` (shape (B,), bool) is true, else ``old``.
+
+    A field the step left as it was (the same tensor in both, e.g. an attention state's memory)
+    is passed through as it is, not copied."""
 
     def pick(n: Tensor, o: Tensor) -> Tensor:
+        if n is o:
+            return n
         mask = keep_new.view(-1, *([1] * (n.dim() - 1)))  # (B, 1, ...)
         return torch.where(mask, n, o)
 
