@@ -296,7 +296,8 @@ def _step_decode(model, batch_size, max_length, method, temperature, top_k, top_
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for t in range(max_length):
         y = next_tokens(out.logits, method, temperature, top_k, top_p, generator)  # (B,)
-        logp = out.logits.double().log_softmax(-1).gather(1, y.unsqueeze(1)).squeeze(1)
+        logits = out.logits.double()  # scores in float64, as beam search keeps them
+        logp = logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)  # log p(y)
         live = ~done
         tokens[live, t] = y[live]
         lengths += live.long()

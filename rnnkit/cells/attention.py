@@ -137,8 +137,7 @@ class AttentionCell(RecurrentCell):
     def recurrence(self, x: Tensor, state: AttentionState) -> tuple[Tensor, AttentionState]:
         s_prev = self.cell.output_of(state.inner)
         c, _ = self.attend(s_prev, state)
-        gi = self.cell.input_projection(torch.cat([x, c], dim=-1))  # U [x; c] + b
-        s, inner = self.cell.recurrence(gi, state.inner)
+        s, inner = self.cell.step(torch.cat([x, c], dim=-1), state.inner)  # the cell reads U [x; c] + b
         return torch.cat([s, c], dim=-1), state._replace(inner=inner, context=c)  # (B, H + M)
 
     def output_of(self, state: AttentionState) -> Tensor:

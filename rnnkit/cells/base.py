@@ -31,6 +31,10 @@ from torch import Tensor, nn
 
 from .state import coerce_state, is_state
 
+# torch's fused one-step ops, by the structure's torch_kernel name (see RecurrentCell.step)
+_CELL_KERNELS = {"lstm": torch._VF.lstm_cell, "gru": torch._VF.gru_cell, "rnn_tanh": torch._VF.rnn_tanh_cell,
+                 "rnn_relu": torch._VF.rnn_relu_cell}
+
 TORCH_KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 # The methods that make up a cell's step: a subclass that overrides none of them computes what
@@ -271,6 +275,30 @@ class RecurrentCell(nn.Module):
         self.check_input(x, expected_dim=2, layout="(B, I)")
         state = self.prepare_state(state, x.shape[0], x.dtype, x.device)
         return self.recurrence(self.input_projection(x), state)
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One time step without :meth:`forward`'s checks, for loops that built ``state``
+        themselves (decoding one token at a time, an attention cell's inner cell): x (B, I),
+        ``state`` this cell's NamedTuple → ``(output (B, H), new_state)``.
+
+        Where torch has a fused cell op that computes this cell exactly (the structure's
+        ``torch_kernel``: ``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``), one call of it —
+        what ``torch.nn.LSTMCell`` runs — instead of the step's dozen Python-level operations;
+        otherwise ``recurrence(input_projection(x), state)``. Both compute the same function.
+        """
+        kernel = self.__dict__.get("_cell_kernel", False)
+        if kernel is False:  # looked up once: a cell's structure is fixed when it is built
+            kind = self.structure.torch_kernel
+            kernel = _CELL_KERNELS.get(kind) if not getattr(self, "proj_size", 0) else None
+            self.__dict__["_cell_kernel"] = kernel
+        if kernel is None:
+            return self.recurrence(self.input_projection(x), state)
+        biases = (self.bias_ih, self.bias_hh) if self.bias else (None, None)
+        if len(state) == 2:  # (h, c)
+            h, c = kernel(x, tuple(state), self.weight_ih, self.weight_hh, *biases)
+            return h, type(state)(h, c)
+        h = kernel(x, state[0], self.weight_ih, self.weight_hh, *biases)
+        return h, type(state)(h)
 
     def reference_dtype_device(self) -> tuple[torch.dtype, torch.device]:
         """The dtype and device inputs must have: the parameters' (or floating buffers')."""

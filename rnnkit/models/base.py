@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cells.base import RecurrentCell, check_size
-from ..cells.state import map_state, state_tensors
+from ..cells.state import is_state, map_state, state_tensors
 from ..compose import Bidirectional, Stack
 from ..recurrent import Recurrent
 
@@ -129,13 +129,20 @@ def layer_init_state(layer: nn.Module, batch_size: int, dtype: torch.dtype, devi
 
 
 def layer_step(layer: nn.Module, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-    """One time step of a layer: each of its cells' checked ``forward`` called once.
+    """One time step of a layer: each of its cells stepped once (:meth:`RecurrentCell.step
+    <rnnkit.cells.RecurrentCell.step>` on a state the model built, the checked ``forward`` on
+    any other or where the cell has forward hooks).
 
     x (B, I) → output (B, output_size). A stack applies its between-layer dropout as its
     ``forward`` does, so a step in training mode is a step of the same stochastic network.
     """
     if isinstance(layer, Recurrent):
-        return layer.cell(x, state)
+        cell = layer.cell
+        # a state the decoder built (a NamedTuple) takes the unchecked step — unless hooks on the
+        # cell want to see its forward — any other state forward's checks
+        if is_state(state) and not (cell._forward_hooks or cell._forward_pre_hooks):
+            return cell.step(x, state)
+        return cell(x, state)
     if isinstance(layer, Stack):
         finals = []
         y = x

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
+from rnnkit.cells.state import map_state, state_tensors
 
 ALL_CELLS = {
     "elman": lambda: ElmanCell(3, 4),
@@ -94,3 +95,48 @@ def test_cells_move_to_float64_and_keep_working(cell):
     cell = cell.double()
     out, _ = cell(torch.randn(2, 3, dtype=torch.float64))
     assert out.dtype == torch.float64
+
+
+STEP_CASES = {
+    **ALL_CELLS,
+    "elman-relu": lambda: ElmanCell(3, 4, nonlinearity="relu"),
+    "lstm-no-bias": lambda: LSTMCell(3, 4, bias=False),
+    "gru-no-bias": lambda: GRUCell(3, 4, bias=False),
+    "lstm-projected": lambda: LSTMCell(3, 4, proj_size=2),
+}
+
+
+@pytest.mark.parametrize("name", list(STEP_CASES))
+def test_unchecked_step_is_the_checked_step_values_and_gradients(name):
+    """``step`` (torch's fused cell op where the structure names one, else recurrence) computes
+    forward's function: same output, state and gradients, in float64 with random weights."""
+    torch.manual_seed(1)
+    cell = STEP_CASES[name]().double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.uniform_(-0.8, 0.8)
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    state = cell.init_state(5, dtype=torch.float64)
+    state = map_state(lambda t: torch.randn_like(t) if t.is_floating_point() else t, state)
+    got = cell.step(x, state)
+    want = cell.recurrence(cell.input_projection(x), state)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(state_tensors(got[1]), state_tensors(want[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert type(got[1]) is type(want[1])
+    grads = [torch.autograd.grad(out[0].sin().sum(), [x, *cell.parameters()]) for out in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_unchecked_step_of_a_subclass_with_its_own_recurrence_runs_that_recurrence():
+    class Doubled(LSTMCell):  # a user's variant: torch's kernel no longer computes it
+        def recurrence(self, gi, state):
+            return super().recurrence(2 * gi, state)
+
+    torch.manual_seed(0)
+    cell, plain = Doubled(3, 4), LSTMCell(3, 4)
+    plain.load_state_dict(cell.state_dict())
+    x, state = torch.randn(2, 3), cell.init_state(2)
+    torch.testing.assert_close(cell.step(x, state)[0], cell.recurrence(cell.input_projection(x), state)[0])
+    assert not torch.allclose(cell.step(x, state)[0], plain.step(x, state)[0])
