@@ -191,7 +191,12 @@ class FeedbackDecoder(nn.Module):
         if self.context_as_input:
             parts.append(v.unsqueeze(0).expand(T, -1, -1))  # v at every step, (T, B, C)
         state0 = self._initial_layer_state(v, B, memory, memory_mask)
-        h, _ = self.layer(torch.cat(parts, dim=-1), state0, lengths)  # (T, B, H): one Recurrent/Stack pass
+        # one Recurrent/Stack pass, without the lengths: the layer runs forward, so the outputs at
+        # each sequence's valid steps do not depend on them, and they would only mask the final
+        # state (unused here) at every step past the shortest sequence
+        h, _ = self.layer(torch.cat(parts, dim=-1), state0)  # (T, B, H)
+        if lengths is not None:
+            h = h * sequence_mask(lengths, T, B, like.device).unsqueeze(-1).to(h.dtype)  # zeros past each length
         logits, halt = self.readout(h)  # (T, B, V), (T, B)
         length = self.length_head(v) if self.length_head is not None else None  # (B, L)
         return SequenceOutput(logits, halt, length)
