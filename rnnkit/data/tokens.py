@@ -8,7 +8,7 @@ Python loop over characters), into a folder of the cache::
 
     <cache>/<name>-<key>/
         tokens.npy     (C,) uint8 when the vocabulary has ≤ 256 characters, else uint16, else uint32
-        segments.npy   (S, 3) int64 rows (start, stop, split): the documents' parts, in text order
+        segments.npy   (S, 4) int64 rows (start, stop, split, document): the documents' parts, in text order
         meta.json      format version, the vocabulary, the source's identity, the settings,
                        the training part's character counts
 
@@ -182,9 +182,9 @@ def cache_key(source: CorpusSource, max_chars: int | None, holdout_every: int) -
 # -- the split ------------------------------------------------------------------------------------
 
 
-def holdout_segments(lengths: list[int], holdout_every: int) -> list[tuple[int, int, int]]:
-    """The documents (of ``lengths`` characters, in order) cut into (start, stop, split) segments
-    of the concatenated text, the char-LM's held-out split:
+def holdout_segments(lengths: list[int], holdout_every: int) -> list[tuple[int, int, int, int]]:
+    """The documents (of ``lengths`` characters, in order) cut into (start, stop, split, document)
+    segments of the concatenated text, the char-LM's held-out split:
 
     with n = ``holdout_every`` documents or more, every n-th document is held out whole, the held-out
     ones alternating between validation and test (all validation when only one is held out);
@@ -198,12 +198,12 @@ def holdout_segments(lengths: list[int], holdout_every: int) -> list[tuple[int, 
         for k, size in enumerate(lengths):
             part = SPLITS["train"] if k % n != n - 1 else (SPLITS["val"] if not split or held.index(k) % 2 == 0
                                                              else SPLITS["test"])
-            segs.append((start, start + size, part))
+            segs.append((start, start + size, part, k))
             start += size
         return segs
-    for size in lengths:
+    for k, size in enumerate(lengths):
         cut, _, _ = slice(size - max(size // n, 2), None).indices(size)  # Python's slicing of d[:c], d[c:]
-        segs += [(start, start + cut, SPLITS["train"]), (start + cut, start + size, SPLITS["val"])]
+        segs += [(start, start + cut, SPLITS["train"], k), (start + cut, start + size, SPLITS["val"], k)]
         start += size
     return segs
 
@@ -215,7 +215,8 @@ def holdout_segments(lengths: list[int], holdout_every: int) -> list[tuple[int, 
 class TokenCorpus:
     """A prepared corpus: its tokens memory-mapped, its vocabulary and its held-out split.
 
-    tokens: (C,) uint8/16/32, read-only memory map; segments: (S, 3) int64 (start, stop, split);
+    tokens: (C,) uint8/16/32, read-only memory map; segments: (S, 4) int64 (start, stop, split,
+    document);
     vocab: the characters, sorted by code point (the order :meth:`CharVocab.from_text` gives);
     files: how many documents (files) the text has; counts: (V,) int64, how often each character
     occurs in the training part; folder: the cache entry.
@@ -230,8 +231,21 @@ class TokenCorpus:
 
     def parts(self, split: str) -> list[np.ndarray]:
         """The segments of ``split`` ("train", "val", "test") as views of the token file, in order."""
+        if split not in SPLITS:
+            raise ValueError(f"TokenCorpus.parts: split must be one of {', '.join(SPLITS)}, got {split!r}")
         code = SPLITS[split]
-        return [self.tokens[a:b] for a, b, s in self.segments.tolist() if s == code]
+        return [self.tokens[a:b] for a, b, s, _ in self.segments.tolist() if s == code]
+
+    def document_bounds(self) -> list[tuple[int, int]]:
+        """(start, stop) in the tokens of every document (file), held-out parts included."""
+        segs = self.segments
+        ends = np.flatnonzero(np.diff(segs[:, 3], append=-1))  # the last segment of each document
+        begins = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        return list(zip(segs[begins, 0].tolist(), segs[ends, 1].tolist()))
+
+    def documents(self) -> list[np.ndarray]:
+        """Every document (file) whole, held-out parts included, as views of the token file."""
+        return [self.tokens[a:b] for a, b in self.document_bounds()]
 
     def text(self) -> str:
         """The whole text, decoded (for tests and small corpora: it builds the string)."""
@@ -309,10 +323,10 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
             bar.close()
     if at != C:
         raise DataError(f"{source.name}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)")
-    segments = np.array(holdout_segments(lengths, holdout_every), dtype=np.int64).reshape(-1, 3)  # (S, 3)
+    segments = np.array(holdout_segments(lengths, holdout_every), dtype=np.int64).reshape(-1, 4)  # (S, 4)
     counts = np.zeros(len(code_points), dtype=np.int64)
-    for a, b, s in segments.tolist():
-        for lo in range(a, b, BLOCK) if s == SPLITS["train"] else ():
+    for a, b, s, _ in segments.tolist():
+        for lo in range(a, b, BLOCK) if s == SPLITS["train"] and b - a >= 2 else ():  # the parts a model trains on
             counts += np.bincount(tokens[lo : min(lo + BLOCK, b)], minlength=len(code_points))
     tokens.flush()
     del tokens
@@ -347,8 +361,8 @@ def load_corpus(folder: str | os.PathLike) -> TokenCorpus:
         if token_dtype(len(vocab)) != tokens.dtype:
             raise ValueError(f"a vocabulary of {len(vocab)} is not stored as {tokens.dtype}")
         segments = np.load(folder / "segments.npy")
-        if segments.ndim != 2 or segments.shape[1] != 3 or not len(segments):
-            raise ValueError(f"segments.npy has shape {segments.shape}, expected (S, 3) with S ≥ 1")
+        if segments.ndim != 2 or segments.shape[1] != 4 or not len(segments):
+            raise ValueError(f"segments.npy has shape {segments.shape}, expected (S, 4) with S ≥ 1")
         starts, stops = segments[:, 0], segments[:, 1]
         if starts[0] != 0 or stops[-1] != len(tokens) or (starts[1:] != stops[:-1]).any() or (stops < starts).any():
             raise ValueError("segments.npy does not cover the tokens in order")
@@ -408,7 +422,8 @@ def prepare_corpus(data: str | os.PathLike | None, *, max_chars: int | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     size = sum(p.stat().st_size for p in source.files)
-    log(f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files) into {entry} ...")
+    cap = "" if max_chars is None else f", the first {max_chars:,} characters"
+    log(f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files{cap}) into {entry} ...")
     tick = time.monotonic()
     try:
         _build(source, max_chars, holdout_every, tmp, log)
