@@ -28,11 +28,12 @@ class CurveRecords:
     """Log records for plotting, in memory bounded by ``points``: every validation record (the
     first ``points``, then thinned as the training records are), and the training records of
     every ``stride``-th update, the stride doubling (and every other kept record dropped) each
-    time ``points`` are held. A run of n updates keeps between points/2 and points of them,
+    time ``points`` are held (None: ``CURVE_POINTS``). A run of n updates keeps between points/2 and points of them,
     evenly spread, whatever n is.
     """
 
-    def __init__(self, points: int = CURVE_POINTS) -> None:
+    def __init__(self, points: int | None = None) -> None:
+        points = CURVE_POINTS if points is None else points
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
             raise ValueError(f"CurveRecords: points must be an int ≥ 2, got {points!r}")
         self.points, self.stride = points, 1
