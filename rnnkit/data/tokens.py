@@ -312,24 +312,36 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
     lut = np.zeros(UNICODE, dtype=dtype)
     lut[code_points] = np.arange(len(code_points), dtype=dtype)
     C = sum(lengths)
-    tokens = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=dtype, shape=(C,))
+    segments = np.array(holdout_segments(lengths, holdout_every), dtype=np.int64).reshape(-1, 4)  # (S, 4)
+    trained: dict[int, list[tuple[int, int]]] = {}  # per document, the training parts a model reads (≥ 2 characters)
+    for a, b, s, doc in segments.tolist():
+        if s == SPLITS["train"] and b - a >= 2:
+            trained.setdefault(doc, []).append((a, b))
+    counts = np.zeros(len(code_points), dtype=np.int64)
+    # written with plain writes, not through a memory map: the pages of a map being written stay
+    # resident (and count in the process's memory) until it is closed
     at, bar = 0, _progress(size, "encoding")
     try:
-        for _, block in _read_capped(source, max_chars, bar):
-            tokens[at : at + block.size] = lut[block]
-            at += block.size
+        with (folder / "tokens.npy").open("wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                                     "shape": (C,)})
+            for doc, block in _read_capped(source, max_chars, bar):
+                if not block.size:
+                    continue
+                tokens = lut[block]
+                f.write(memoryview(tokens))
+                for a, b in trained.get(doc, ()):
+                    lo, hi = max(a, at), min(b, at + block.size)
+                    if lo < hi:
+                        counts += np.bincount(tokens[lo - at : hi - at], minlength=len(code_points))
+                at += block.size
+            f.flush()
+            os.fsync(f.fileno())
     finally:
         if bar is not None:
             bar.close()
     if at != C:
         raise DataError(f"{source.name}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)")
-    segments = np.array(holdout_segments(lengths, holdout_every), dtype=np.int64).reshape(-1, 4)  # (S, 4)
-    counts = np.zeros(len(code_points), dtype=np.int64)
-    for a, b, s, _ in segments.tolist():
-        for lo in range(a, b, BLOCK) if s == SPLITS["train"] and b - a >= 2 else ():  # the parts a model trains on
-            counts += np.bincount(tokens[lo : min(lo + BLOCK, b)], minlength=len(code_points))
-    tokens.flush()
-    del tokens
     np.save(folder / "segments.npy", segments)
     meta = {"format": FORMAT, "source": source.name, "policy": source.policy, "identity": source.identity(),
             "max_chars": max_chars, "holdout_every": holdout_every, "dtype": dtype.name, "tokens": C,

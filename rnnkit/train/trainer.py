@@ -226,8 +226,9 @@ class Trainer:
         """Train until max_steps, max_time, early stopping or a callback says stop.
 
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
-        states, progress and the callbacks' state are restored, the batches already seen are
-        skipped, and the log is continued from that step. ``max_steps`` counts every update of
+        states, progress and the callbacks' state are restored, the data continues where it stood
+        (the source's saved position, or, for a source without one, by drawing the batches already
+        seen again), and the log is continued from that step. ``max_steps`` counts every update of
         the run; ``max_time`` is this call's budget, the final validation included.
 
         In a process group (torchrun) every process calls ``fit`` with its shard of the data;
