@@ -144,20 +144,21 @@ class CorpusSource:
     """What a corpus is read from: its files in order and how each is decoded.
 
     files: the files, in corpus order; policy: ``"strict"`` (a user's corpus, :func:`decode_text`)
-    or ``"stdlib"`` (the built-in corpus, undecodable bytes replaced); name: for messages and the
-    cache entry's folder name.
+    or ``"stdlib"`` (the built-in corpus, undecodable bytes replaced); name: the cache entry's
+    folder name; where: the corpus in messages.
     """
 
     files: list[Path]
     policy: str
     name: str
+    where: str = "the stdlib corpus"
 
     @classmethod
     def of(cls, data: str | os.PathLike | None) -> "CorpusSource":
         """A user's file or folder (:func:`~rnnkit.data.corpus.text_files`), or None: the stdlib."""
         if data is None:
             return cls(stdlib_files(), "stdlib", "stdlib")
-        return cls(text_files(data), "strict", Path(data).name or "data")
+        return cls(text_files(data), "strict", Path(data).name or "data", f"data path {str(data)!r}")
 
     def blocks(self, path: Path) -> Iterator[np.ndarray]:
         """The code points of one of the files, a block at a time."""
@@ -306,7 +307,7 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
         if bar is not None:
             bar.close()
     if not lengths:
-        raise DataError(f"{source.name}: the corpus holds no text")
+        raise DataError(f"{source.where} holds no text")
     code_points = np.flatnonzero(seen)  # sorted: the order CharVocab.from_text gives
     dtype = token_dtype(len(code_points))
     lut = np.zeros(UNICODE, dtype=dtype)
@@ -341,7 +342,7 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
         if bar is not None:
             bar.close()
     if at != C:
-        raise DataError(f"{source.name}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)")
+        raise DataError(f"{source.where}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)")
     np.save(folder / "segments.npy", segments)
     meta = {"format": FORMAT, "source": source.name, "policy": source.policy, "identity": source.identity(),
             "max_chars": max_chars, "holdout_every": holdout_every, "dtype": dtype.name, "tokens": C,
