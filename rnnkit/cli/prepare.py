@@ -6,7 +6,7 @@ first run start at once and says where the file is. The settings that change the
 for it to find the entry (the defaults are ``rnnkit train``'s). Without DATA: the built-in corpus
 (the standard library's source, its first 4,000,000 characters unless ``--max-chars`` says).
 The cache folder is ``RNNKIT_DATA_CACHE`` if set, else ``~/.cache/rnnkit/corpora``
-(:mod:`rnnkit.data.tokens`).
+(the module rnnkit.data.tokens says how the file is laid out).
 """
 
 from __future__ import annotations
