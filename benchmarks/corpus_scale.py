@@ -84,20 +84,23 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/rnnkit-corpus-scale", help="where corpora and token files go")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and token files")
     parser.add_argument("--json", action="store_true", help="also print each row as a JSON line")
+    parser.add_argument("--base-mb", type=float, help="the peak memory of a run on 1 MB, if measured already")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RNNKIT_DATA_CACHE": str(work / "cache"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "RNNKIT_DATA_CACHE": str(work / "cache"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     rnnkit = [sys.executable, "-m", "rnnkit"]
     print(f"load average before: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs")
-    print("| corpus | characters | first prepare | cached start (command; in it, the cache) | peak memory, 5 training updates "
-          "| per character, above a 1 MB run |")
+    print("| corpus | characters | first `rnnkit prepare`: command; in it, preparing | cached start: command; in it, "
+          "the cache | peak memory, 5 training updates | per character, above a 1 MB run |")
     print("|---|---|---|---|---|---|")
     try:
-        small = work / "corpus-small.txt"  # what a run costs whatever its corpus: torch, the model, the optimizer
-        make_corpus(small, 1)
-        _, base_rss, _ = timed([*rnnkit, "train", "charlm", "--data", str(small), "--out", str(work / "run-small"), *TRAIN],
-                               env)
+        base_rss = args.base_mb
+        if base_rss is None:  # what a run costs whatever its corpus: torch, the model, the optimizer
+            small = work / "corpus-small.txt"
+            make_corpus(small, 1)
+            _, base_rss, _ = timed([*rnnkit, "train", "charlm", "--data", str(small), "--out", str(work / "run-small"),
+                                    *TRAIN], env)
         print(f"(a run on 1 MB peaks at {base_rss:,.0f} MB: the per-character column is the peak above that, "
               "per character of the corpus)")
         for mb in args.sizes:
@@ -111,11 +114,12 @@ def main() -> None:
             train_s, train_rss, _ = timed([*rnnkit, "train", "charlm", "--data", str(corpus), "--out",
                                            str(work / f"run-{mb}"), *TRAIN], env)
             row = {"megabytes": made / 1e6, "characters": info["characters"], "vocabulary": info["vocabulary"],
-                   "dtype": info["dtype"], "first_prepare_s": round(first, 1), "prepare_peak_mb": round(first_rss),
+                   "dtype": info["dtype"], "first_prepare_s": round(first, 1), "encoding_s": info["seconds"], "prepare_peak_mb": round(first_rss),
                    "cached_start_s": round(cached, 2), "cached_open_s": again["seconds"], "train_peak_mb": round(train_rss), "train_s": round(train_s, 1),
                    "load": round(os.getloadavg()[0], 1)}
-            print(f"| {made / 1e6:,.0f} MB | {info['characters']:,} ({info['dtype']}) | {first:.1f} s "
-                  f"(peak {first_rss:,.0f} MB) | {cached:.1f} s ({again['seconds']:.3f} s opening the file) | "
+            print(f"| {made / 1e6:,.0f} MB | {info['characters']:,} ({info['dtype']}) | {first:.1f} s; "
+                  f"{info['seconds']:.1f} s preparing (peak {first_rss:,.0f} MB) | {cached:.1f} s; "
+                  f"{again['seconds']:.3f} s opening the file | "
                   f"{train_rss:,.0f} MB ({train_s:.0f} s in all) | "
                   f"{max(train_rss - base_rss, 0) * 2**20 / info['characters']:.2f} B |", flush=True)
             if args.json:

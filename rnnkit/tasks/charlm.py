@@ -296,7 +296,7 @@ class CharLMTask(Task):
         split = whole and held[SPLITS["val"]] + held[SPLITS["test"]] >= 2
         held_out = (f"{held[SPLITS['val']]} validation and {held[SPLITS['test']]} test files held out" if split
                     else f"{'1 file' if whole else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split")
-        log(f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(corpus.vocab)}; "
+        log(f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(self.vocab)}; "
             f"{held_out}; unigram baseline {self.baseline['bpc']:.3f} bits/char")
 
     def _corpus(self, data: str | None, log) -> TokenCorpus:
