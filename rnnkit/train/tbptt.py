@@ -27,6 +27,7 @@ Symbols: k chunk length (T of a chunk), B lanes, N documents.
 from __future__ import annotations
 
 import copy
+import mmap
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -36,6 +37,9 @@ from torch import Tensor
 from ..cells.state import detach_state, map_state
 from .distributed import check_divisible
 from .positions import PassPosition
+
+
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class Chunk(NamedTuple):
@@ -138,6 +142,10 @@ class LaneStream(PassPosition):
         if not docs:
             raise ValueError("LaneStream: no data — every document is shorter than 2 tokens (one input and its target)")
         self.documents = docs
+        # the memory maps the documents are views of (a token file, rnnkit.data.tokens): their
+        # pages are dropped from this process after every chunk (see _chunk)
+        maps = {id(m): m for m in (getattr(d, "_mmap", None) for d in docs) if m is not None}
+        self._maps = list(maps.values()) if _DONTNEED is not None else []
         self.batch_size = batch_size
         self.chunk_length = chunk_length
         sizes = [len(d) - 1 for d in docs]
@@ -224,6 +232,8 @@ class LaneStream(PassPosition):
             d = self.documents[doc]
             inputs[: stop - start, b] = d[start:stop]
             targets[: stop - start, b] = d[start + 1 : stop + 1]
+        for m in self._maps:  # a mapped page read stays in the process's resident memory until
+            m.madvise(_DONTNEED)  # unmapped: over a pass, the whole file would; the page cache keeps it
         lengths = torch.tensor([stop - start for _, _, start, stop, _ in rows])
         width = int(lengths.max())
         return Chunk(

@@ -251,3 +251,37 @@ def test_the_vectorised_encode_matches_the_characters_and_refuses_unknown_ones()
     assert vocab.decode(vocab.encode(text).tolist()) == text
     with pytest.raises(DataError, match="is not in the model's vocabulary"):
         vocab.encode("a" + chr(0x10FFFF) if chr(0x10FFFF) not in alphabet else "\x00")
+
+
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_reading_a_pass_of_the_token_file_keeps_its_pages_out_of_the_process(tmp_path):
+    """A memory-mapped page once read stays resident in the process until unmapped, so a pass
+    over a large corpus would count the whole file in the run's memory; the lanes drop the
+    pages after every chunk (the page cache still holds them)."""
+    from rnnkit.train import LaneStream
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a.txt").write_bytes(rng.integers(97, 123, 8 << 20, dtype=np.uint8).tobytes())  # 8 MB
+    corpus = prepare_corpus(tmp_path / "a.txt", root=tmp_path / "cache")
+    stream = LaneStream(corpus.parts("train"), 8, 4096, split_documents=True)
+    seen = 0
+    for chunk in stream:
+        seen += int(chunk.lengths.sum())
+        assert _mapped_kb(corpus.folder / "tokens.npy") <= 1024
+    assert seen == len(corpus.parts("train")[0]) - 1
+    # the reference: a plain memory map read as far keeps what it read
+    plain = np.load(corpus.folder / "tokens.npy", mmap_mode="r")
+    assert int(plain[::4096].astype(np.int64).sum()) > 0
+    assert _mapped_kb(corpus.folder / "tokens.npy") > 4096
