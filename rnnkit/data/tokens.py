@@ -143,7 +143,8 @@ def _stdlib_blocks(path: Path) -> Iterator[np.ndarray]:
 class CorpusSource:
     """What a corpus is read from: its files in order and how each is decoded.
 
-    files: the files, in corpus order; policy: ``"strict"`` (a user's corpus, :func:`decode_text`)
+    files: the files, in corpus order; policy: ``"strict"`` (a user's corpus,
+    :func:`~rnnkit.data.corpus.decode_text`)
     or ``"stdlib"`` (the built-in corpus, undecodable bytes replaced); name: the cache entry's
     folder name; where: the corpus in messages.
     """
@@ -410,7 +411,7 @@ def prepare_corpus(data: str | os.PathLike | None, *, max_chars: int | None = No
         root: the cache folder; None: :func:`cache_root`.
         log: called with a line when an entry is built or rebuilt.
 
-    Raises DataError for a corpus that cannot be read (see :func:`decode_text`).
+    Raises DataError for a corpus that cannot be read (see :func:`~rnnkit.data.corpus.decode_text`).
     """
     if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
         raise ValueError(f"prepare_corpus: max_chars must be an int ≥ 1 or None, got {max_chars!r}")

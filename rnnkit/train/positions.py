@@ -20,8 +20,8 @@ from __future__ import annotations
 class PassPosition:
     """A mixin for a source whose ``__iter__`` yields pass ``self.epoch``'s batches in order.
 
-    The source's ``__iter__`` starts at :meth:`_first` (0, or the position a restored state
-    names) and calls :meth:`_yielded` before yielding batch ``i`` of the pass (so a checkpoint
+    The source's ``__iter__`` starts at ``self._first()`` (0, or the position a restored state
+    names) and calls ``self._yielded(i)`` before yielding batch ``i`` of the pass (so a checkpoint
     taken after the trainer received it counts it). ``state_dict()`` is ``{"epoch": pass,
     "position": batches of the pass yielded so far}``.
     """
