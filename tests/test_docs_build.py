@@ -121,7 +121,7 @@ def test_cli_page_shows_each_commands_help(site):
     text = text_of(site / "api" / "cli.html")
     parser = build_parser()
     commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
-    assert set(commands) == {"train", "sample", "eval", "export", "tasks", "bench", "diagnose"}
+    assert set(commands) == {"train", "sample", "eval", "export", "tasks", "bench", "diagnose", "prepare"}
     for name, sub in commands.items():
         assert f"usage: rnnkit {name}" in text, f"no --help text for rnnkit {name}"
         for action in sub._actions:

@@ -13,10 +13,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import bench, diagnose, eval, export, sample, tasks, train
+from . import bench, diagnose, eval, export, prepare, sample, tasks, train
 
 SUBCOMMANDS = {"train": train, "sample": sample, "eval": eval, "export": export, "tasks": tasks, "bench": bench,
-               "diagnose": diagnose}
+               "diagnose": diagnose, "prepare": prepare}
 
 
 class UsageError(Exception):

@@ -17,6 +17,7 @@ import json
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -151,6 +152,11 @@ class CharVocab:
             raise DataError("CharVocab: characters must be unique")
         self.chars = list(chars)
         self.index = {ch: i for i, ch in enumerate(self.chars)}
+        self._sorted = None  # (sorted code points, their indices), for encode()
+        if all(isinstance(ch, str) and len(ch) == 1 for ch in self.chars):
+            points = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)
+            order = np.argsort(points, kind="stable")
+            self._sorted = (points[order], order)
 
     @classmethod
     def from_text(cls, text: str) -> "CharVocab":
@@ -161,11 +167,22 @@ class CharVocab:
         return len(self.chars)
 
     def encode(self, text: str) -> Tensor:
-        """int64 indices (N,); characters not in the vocabulary raise DataError."""
-        try:
-            return torch.tensor([self.index[ch] for ch in text], dtype=torch.long)
-        except KeyError as e:
-            raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary") from None
+        """int64 indices (N,); characters not in the vocabulary raise DataError.
+
+        Vectorised: the text's code points (its UTF-32 bytes read as uint32) are looked up in the
+        vocabulary's sorted code points, never a Python loop over the characters."""
+        if self._sorted is None:  # a vocabulary of longer strings (none of rnnkit's): by the map
+            try:
+                return torch.tensor([self.index[ch] for ch in text], dtype=torch.long)
+            except KeyError as e:
+                raise DataError(f"character {e.args[0]!r} is not in the model's vocabulary") from None
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (N,)
+        code_points, order = self._sorted
+        at = np.searchsorted(code_points, points).clip(max=max(len(code_points) - 1, 0))
+        missing = code_points[at] != points if len(code_points) else np.ones(len(points), dtype=bool)
+        if missing.any():
+            raise DataError(f"character {chr(points[np.argmax(missing)])!r} is not in the model's vocabulary")
+        return torch.from_numpy(order[at].astype(np.int64))
 
     def decode(self, indices) -> str:
         """The text of a sequence of indices."""

@@ -2,8 +2,10 @@
 seq2seq, tagging).
 
 Each pass draws a fresh permutation from (seed, pass), so a run's batch order is a function of
-its seed alone: the trainer's ``set_epoch`` picks the pass, and a resumed run, which skips the
-batches already seen, meets exactly the batches the first run would have met next.
+its seed alone: the trainer's ``set_epoch`` picks the pass, and a resumed run meets exactly the
+batches the first run would have met next — restored from the position saved with the checkpoint
+(:class:`~rnnkit.train.positions.PassPosition`: the pass and the batches of it yielded), so it
+draws one permutation, not every batch already seen.
 
 In a run of N processes (:mod:`rnnkit.train.distributed`) every process draws the same global
 batches and takes its own consecutive share of each (:meth:`Minibatches.shard`).
@@ -18,9 +20,10 @@ import torch
 from torch import Tensor
 
 from ..train.distributed import check_divisible
+from ..train.positions import PassPosition
 
 
-class Minibatches:
+class Minibatches(PassPosition):
     """Shuffled index batches over N examples, each turned into a batch by ``take``.
 
     Args:
@@ -62,10 +65,6 @@ class Minibatches:
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the pass the next iteration yields (the trainer calls this before each pass)."""
-        self.epoch = epoch
-
     def permutation(self, epoch: int) -> Tensor:
         """The order of pass ``epoch``: (N,) int64."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -74,14 +73,19 @@ class Minibatches:
     def __iter__(self) -> Iterator[Any]:
         perm = self.permutation(self.epoch)
         first = self.epoch * len(self)
-        for i, start in enumerate(range(0, self.n, self.batch_size)):
+        begin = self._first()  # 0, or where a restored state stands
+        for i in range(begin, len(self)):
+            start = i * self.batch_size
             idx = perm[start : start + self.batch_size]
             if self.num_replicas > 1:
                 idx = torch.tensor_split(idx, self.num_replicas)[self.rank]  # this process's share
                 if idx.numel() == 0:
+                    self._yielded(i)
                     yield None
                     continue
-            yield self.take(idx, first + i)
+            batch = self.take(idx, first + i)
+            self._yielded(i)
+            yield batch
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

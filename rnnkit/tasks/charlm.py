@@ -25,27 +25,30 @@ import warnings
 from dataclasses import InitVar, dataclass
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cells.registry import make_cell
 from ..compose import Stack
-from ..data.corpus import CharVocab, DataError, read_documents, stdlib_documents
+from ..data.corpus import CharVocab, DataError
+from ..data.tokens import SPLITS, TokenCorpus, prepare_corpus, token_dtype
 from ..generate import generate
 from ..models.base import StepOutput
-from ..train import Callback, Chunk, LaneStream, StepResult
+from ..train import Callback, Chunk, LaneStream, StepResult, distributed
 from ..train.device import model_device, to_device
 from ..train.tbptt import merge_carried
 from .base import Task, TaskConfig
 
 VAL_CHARS = 100_000  # validation is capped so it stays a small share of training time
+STDLIB_CHARS = 4_000_000  # the built-in corpus's size when max_chars is not given
 
 
 @dataclass
 class CharLMConfig(TaskConfig):
     data: str | None = None  # a text file or folder; None: the Python standard library's source
-    max_chars: int = 4_000_000  # cap on the corpus size, in characters
+    max_chars: int | None = None  # cap on the corpus size, in characters; None: all of --data (of the stdlib, its first 4,000,000)
     embedding_size: int = 64  # character embedding width
     seq_length: int = 100  # truncated BPTT: steps per chunk (shorter where a file ends)
     holdout_every: int = 20  # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
@@ -70,7 +73,7 @@ class CharLMConfig(TaskConfig):
     def check(self) -> None:
         super().check()
         for name in ("max_chars", "embedding_size", "seq_length", "sample_length"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.holdout_every < 2:
             raise ValueError(f"holdout_every must be ≥ 2, got {self.holdout_every}")
@@ -113,7 +116,13 @@ class CharLM(nn.Module):
 
 def unigram_bpc(train: Tensor, val: Tensor, vocab_size: int) -> float:
     """Baseline: bits per character of ``val`` under the train set's character frequencies."""
-    counts = torch.bincount(train, minlength=vocab_size).double() + 1  # add-one smoothing
+    return unigram_bpc_of_counts(torch.bincount(train, minlength=vocab_size), val)
+
+
+def unigram_bpc_of_counts(counts: Tensor, val: Tensor) -> float:
+    """:func:`unigram_bpc` from the train set's character counts (V,) (a token file's, counted
+    once when it was prepared)."""
+    counts = counts.double() + 1  # add-one smoothing
     logp = torch.log2(counts / counts.sum())
     return float(-logp[val].mean())
 
@@ -260,54 +269,72 @@ class CharLMTask(Task):
 
     def prepare(self, log) -> None:
         cfg = self.cfg
-        if cfg.data:
-            docs = read_documents(cfg.data, cfg.max_chars)
-        else:
-            docs = stdlib_documents(cfg.max_chars)
+        corpus = self._corpus(cfg.data, log)
+        tokens, counts = self._in_vocab(corpus, cfg.data or "the stdlib corpus")
         n = cfg.holdout_every
-        if len(docs) >= n:
-            train_docs = [d for k, d in enumerate(docs) if k % n != n - 1]
-            held = [d for k, d in enumerate(docs) if k % n == n - 1]
-        else:  # one or a few files: hold out each one's tail
-            cut = [len(d) - max(len(d) // n, 2) for d in docs]
-            train_docs, held = [d[:c] for d, c in zip(docs, cut)], [d[c:] for d, c in zip(docs, cut)]
-        # whole held-out files alternate between validation and test; tails all validate
-        split = len(docs) >= n and len(held) >= 2
-        val_docs, test_docs = (held[0::2], held[1::2]) if split else (held, [])
-        text = "".join(docs)
-        if self.vocab is None:
-            self.vocab = CharVocab.from_text(text)
-        else:
-            _check_covered(self.vocab, text, source=cfg.data or "the stdlib corpus")
-        train = [self.vocab.encode(d) for d in train_docs if len(d) >= 2]
-        val = [self.vocab.encode(d) for d in val_docs if len(d) >= 2]
+        segments = corpus.segments.tolist()  # (start, stop, split, document), in text order
+        parts = {code: [tokens[a:b] for a, b, s, _ in segments if s == code and b - a >= 2] for code in SPLITS.values()}
+        train, val = parts[SPLITS["train"]], parts[SPLITS["val"]]
+        held = {code: sum(1 for *_, s, _ in segments if s == code) for code in (SPLITS["val"], SPLITS["test"])}
         steps = sum(len(d) - 1 for d in train)
         # a corpus shorter than one chunk still trains: its chunks are simply shorter
         if steps < 1 or not val:
             raise DataError(
-                f"corpus too short: {len(text):,} characters leave {steps:,} training steps and "
+                f"corpus too short: {len(tokens):,} characters leave {steps:,} training steps and "
                 f"{sum(len(d) for d in val):,} validation characters; training needs at least one step "
                 f"(2 characters) in the training part and 2 characters held out"
             )
+        # the training part is read from the (memory-mapped) token file a chunk at a time
         self.train_stream = LaneStream(train, cfg.batch_size, cfg.seq_length, split_documents=True)
-        all_train = torch.cat(train)
         self.streams, self.baselines = {}, {}
-        for name, part in (("val", val), ("test", [self.vocab.encode(d) for d in test_docs if len(d) >= 2])):
+        for name in ("val", "test"):
+            part = parts[SPLITS[name]]
             if not part:
                 continue
-            cut = _capped(part, VAL_CHARS)
+            cut = _capped(part, VAL_CHARS)  # a fixed slice, whatever the corpus's size
             # B equal lanes, as training reads and char-rnn validates: whole files per lane left a
             # handful of lanes (the held-out files), so validation ran at a few sequences per step
             # and took most of a short run's time budget; the cuts cost a zero state at B points
             self.streams[name] = LaneStream(cut, cfg.batch_size, cfg.seq_length, split_documents=True)
-            self.baselines[name] = {"bpc": unigram_bpc(all_train, torch.cat(cut), len(self.vocab))}
+            held_out = torch.from_numpy(np.concatenate(cut).astype(np.int64))
+            self.baselines[name] = {"bpc": unigram_bpc_of_counts(counts, held_out)}
         self.val_stream = self.streams["val"]
         self.baseline = self.baselines["val"]
         source = cfg.data or "the Python standard library's source"
-        held_out = (f"{len(val_docs)} validation and {len(test_docs)} test files held out" if split
-                    else f"{'1 file' if len(docs) >= n else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split")
-        log(f"corpus: {source}, {len(docs):,} files, {len(text):,} characters, vocabulary {len(self.vocab)}; "
+        whole = corpus.files >= n  # whole files held out, else each file's tail
+        split = whole and held[SPLITS["val"]] + held[SPLITS["test"]] >= 2
+        held_out = (f"{held[SPLITS['val']]} validation and {held[SPLITS['test']]} test files held out" if split
+                    else f"{'1 file' if whole else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split")
+        log(f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(self.vocab)}; "
             f"{held_out}; unigram baseline {self.baseline['bpc']:.3f} bits/char")
+
+    def _corpus(self, data: str | None, log) -> TokenCorpus:
+        """The token file of ``data`` (None: the stdlib), prepared into the cache if it is not there
+        (:func:`~rnnkit.data.tokens.prepare_corpus`); in a run of several processes rank 0
+        prepares it while the others wait, then every process memory-maps the same file."""
+        cfg = self.cfg
+        max_chars = cfg.max_chars if cfg.max_chars is not None or data else STDLIB_CHARS
+        if distributed.is_distributed() and not distributed.is_main():
+            distributed.broadcast(None)  # wait for rank 0's prepare
+        try:
+            return prepare_corpus(data, max_chars=max_chars, holdout_every=cfg.holdout_every, log=log)
+        finally:
+            if distributed.is_distributed() and distributed.is_main():
+                distributed.broadcast(None)
+
+    def _in_vocab(self, corpus: TokenCorpus, source: str) -> tuple[np.ndarray, Tensor]:
+        """The corpus's tokens and training counts in this task's vocabulary: the corpus's own
+        (the memory map itself) when the task has none yet or the same one (a resume), else the
+        model's (a checkpoint's vocabulary that covers the corpus; the tokens then are remapped)."""
+        counts = torch.from_numpy(corpus.counts)
+        if self.vocab is None or self.vocab.chars == corpus.vocab.chars:
+            self.vocab = self.vocab or corpus.vocab
+            return corpus.tokens, counts
+        _check_covered(self.vocab, "".join(corpus.vocab.chars), source=source)
+        lut = np.array([self.vocab.index[c] for c in corpus.vocab.chars], dtype=np.int64)  # corpus index → model index
+        mapped = np.zeros(len(self.vocab), dtype=np.int64)
+        mapped[lut] = corpus.counts
+        return lut.astype(token_dtype(len(self.vocab)))[corpus.tokens], torch.from_numpy(mapped)
 
     def build_model(self) -> CharLM:
         self.model = CharLM(len(self.vocab), self.cfg)
@@ -317,9 +344,9 @@ class CharLMTask(Task):
         """For ``rnnkit eval``: the held-out files, or all of ``data`` (in the model's vocabulary)."""
         if data is None:
             return self.prepare(log)
-        docs = read_documents(data, self.cfg.max_chars)
-        _check_covered(self.vocab, "".join(docs), source=data)
-        encoded = [self.vocab.encode(d) for d in docs if len(d) >= 2]
+        corpus = self._corpus(data, log)
+        tokens, _ = self._in_vocab(corpus, data)
+        encoded = [tokens[a:b] for a, b in corpus.document_bounds() if b - a >= 2]
         if not encoded:
             raise DataError(f"{data}: nothing to evaluate (needs at least 2 characters)")
         self.val_stream = LaneStream(encoded, self.cfg.batch_size, self.cfg.seq_length)

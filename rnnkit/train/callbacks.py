@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import distributed
-from .logs import RunLog
+from .history import CurveRecords
+from .logs import RunLog, iter_log
 from .plots import plot_curves
 
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ class LogFile(Callback):
         self.folder, self.fmt, self.log = Path(folder), fmt, None
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        if distributed.is_main():
-            self.log = RunLog(self.folder, self.fmt, keep=trainer.history)
+        if distributed.is_main():  # the log on disk up to this step (a resumed run's checkpoint), continued
+            self.log = RunLog(self.folder, self.fmt, upto=trainer.step)
 
     def on_step(self, trainer: "Trainer", record: dict) -> None:
         if self.log:
@@ -142,7 +143,11 @@ class Plot(Callback):
     (see :func:`~rnnkit.train.plots.plot_curves`) — redrawn at a validation when ``every``
     seconds have passed since it was last drawn, and when training ends. Drawing takes about half
     a second (more than a char-LM's validation), so redrawing at every validation would spend the
-    evaluation budget on pictures; ``every=0`` redraws at each one."""
+    evaluation budget on pictures; ``every=0`` redraws at each one.
+
+    It draws from records of its own (:class:`~rnnkit.train.history.CurveRecords`: every
+    validation, training records thinned to a few thousand), so its memory does not grow with
+    the run; a resumed run's are read back from its log."""
 
     def __init__(self, path: str | Path, monitor: str = "loss", *, metric: str | None = None,
                  baseline: float | None = None, title: str | None = None, metric_label: str | None = None,
@@ -150,23 +155,38 @@ class Plot(Callback):
         self.path, self.monitor, self.metric, self.baseline = Path(path), monitor, metric, baseline
         self.title, self.metric_label, self.every = title, metric_label, every
         self.drawn_at, self.drawn_step = 0.0, None  # trainer.elapsed() and step at the last drawing
+        self.curves = CurveRecords()
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         self.drawn_at, self.drawn_step = 0.0, None
+        self.curves = CurveRecords()
+        log = trainer.out / f"metrics.{trainer.config.log_format}" if trainer.out else None
+        if trainer.step and log is not None and log.is_file():  # the run so far, from its log
+            records = (r for r in iter_log(log) if r["step"] <= trainer.step)
+        else:
+            records = trainer.history
+        for record in records:
+            self.curves.add(record)
+
+    def on_step(self, trainer: "Trainer", record: dict) -> None:
+        self.curves.add(record)
+
+    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+        self.curves.add(trainer.history[-1])
 
     def on_save(self, trainer: "Trainer") -> None:
         if trainer.elapsed() - self.drawn_at >= self.every:
             self.draw(trainer)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
-        if self.drawn_step != trainer.step and any(r.get("kind") == "train" for r in trainer.history):
+        if self.drawn_step != trainer.step and any(r.get("kind") == "train" for r in self.curves.records()):
             self.draw(trainer)
 
     def draw(self, trainer: "Trainer") -> None:
         """Write the curves of the run so far."""
         if distributed.is_main():
-            plot_curves(trainer.history, self.path, monitor=self.monitor, metric=self.metric, baseline=self.baseline,
-                        title=self.title or self.path.parent.name, metric_label=self.metric_label)
+            plot_curves(self.curves.records(), self.path, monitor=self.monitor, metric=self.metric,
+                        baseline=self.baseline, title=self.title or self.path.parent.name, metric_label=self.metric_label)
         self.drawn_at, self.drawn_step = trainer.elapsed(), trainer.step
 
 

@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+from typing import Iterator
 
 
 def read_log(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` or ``metrics.csv`` file."""
+    return list(iter_log(path))
+
+
+def iter_log(path: str | Path) -> Iterator[dict]:
+    """The records of a ``metrics.jsonl`` or ``metrics.csv`` file, one at a time (a long run's
+    log is read in memory that does not grow with it)."""
     path = Path(path)
-    if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with path.open(newline="") as f:
+        if path.suffix == ".csv":
+            for row in csv.DictReader(f):
+                yield {k: _number(v) for k, v in row.items() if v != ""}
+            return
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _number(text: str):
@@ -36,16 +48,25 @@ def _number(text: str):
 class RunLog:
     """Writes records to ``folder/metrics.jsonl`` or ``folder/metrics.csv``."""
 
-    def __init__(self, folder: Path, fmt: str = "jsonl", keep: list[dict] = ()) -> None:
-        """A new log, starting with the records ``keep`` (a resumed run's log up to its checkpoint)."""
+    def __init__(self, folder: Path, fmt: str = "jsonl", keep: list[dict] = (), *, upto: int | None = None) -> None:
+        """A new log, starting with the records ``keep``; or, with ``upto``, continuing the log
+        already in ``folder`` from its records of steps ≤ ``upto`` (a resumed run's log up to its
+        checkpoint), copied line by line so that no part of a long log is held in memory."""
         folder.mkdir(parents=True, exist_ok=True)
         self.fmt = fmt
         self.path = folder / f"metrics.{fmt}"
-        self.rows: list[dict] = list(keep)
-        self.file = self.path.open("w") if fmt == "jsonl" else None
-        if self.file is not None:
-            for record in keep:
-                self.write(record)
+        if upto is not None:
+            keep = (r for r in iter_log(self.path) if r["step"] <= upto) if self.path.is_file() else ()
+        if fmt == "jsonl":
+            self.rows: list[dict] = []
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with tmp.open("w") as f:
+                for record in keep:
+                    f.write(json.dumps(record) + "\n")
+            os.replace(tmp, self.path)
+            self.file = self.path.open("a")
+        else:  # CSV rewrites its header as columns appear, so it holds its rows
+            self.rows, self.file = list(keep), None
 
     def write(self, record: dict) -> None:
         """Append one record (a JSON line now; a CSV row at the next flush)."""

@@ -27,13 +27,19 @@ Symbols: k chunk length (T of a chunk), B lanes, N documents.
 from __future__ import annotations
 
 import copy
+import mmap
 from typing import Any, Iterator, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..cells.state import detach_state, map_state
 from .distributed import check_divisible
+from .positions import PassPosition
+
+
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 class Chunk(NamedTuple):
@@ -92,11 +98,13 @@ def split_lanes(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, i
     return lanes
 
 
-class LaneStream:
+class LaneStream(PassPosition):
     """Chunks of k steps over B lanes of documents, for truncated BPTT.
 
     Args:
-        documents: 1-D int64 tensors (token ids); documents shorter than 2 tokens are skipped.
+        documents: 1-D integer tensors or numpy arrays (token ids) — e.g. views of a memory-mapped
+            token file (:mod:`rnnkit.data.tokens`), read only a chunk at a time, so the stream
+            holds no copy of the corpus; documents shorter than 2 tokens are skipped.
         batch_size: B, the number of lanes.
         chunk_length: k, steps per chunk.
         split_documents: cut the stream into B lanes of equal length (:func:`split_lanes`), a
@@ -109,7 +117,10 @@ class LaneStream:
             (see :meth:`shard`); ``batch_size`` stays the global B and must be a multiple of N.
 
     Iterating gives :class:`Chunk` s in order; :meth:`carry` turns the state after one chunk
-    into the initial state of the next.
+    into the initial state of the next. Every pass is the same; ``state_dict()`` says how many
+    chunks of the pass were yielded (:class:`~rnnkit.train.positions.PassPosition`), and a stream
+    given it back starts its next pass there, in time that does not grow with the position
+    (each lane's place at chunk i is found from its pieces' chunk counts, not by stepping).
     """
 
     def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int, *,
@@ -120,21 +131,31 @@ class LaneStream:
         check_divisible(batch_size, num_replicas, rank, "LaneStream")
         docs = []
         for i, d in enumerate(documents):
-            if not isinstance(d, Tensor) or d.dim() != 1 or d.dtype != torch.long:
-                got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, Tensor) else type(d).__name__
-                raise ValueError(f"LaneStream: document {i} must be a 1-D int64 tensor, got {got}")
-            if d.numel() >= 2:
-                docs.append(d)
+            integer = (isinstance(d, Tensor) and not d.is_floating_point() and not d.is_complex() and d.dtype != torch.bool
+                       or isinstance(d, np.ndarray) and np.issubdtype(d.dtype, np.integer))
+            if not integer or d.ndim != 1:
+                got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, (Tensor, np.ndarray)) else type(d).__name__
+                raise ValueError(f"LaneStream: document {i} must be a 1-D int64 tensor (or integer tensor or numpy "
+                                 f"array), got {got}")
+            if len(d) >= 2:
+                docs.append(d.cpu().numpy() if isinstance(d, Tensor) else d)  # a view: no copy
         if not docs:
             raise ValueError("LaneStream: no data — every document is shorter than 2 tokens (one input and its target)")
         self.documents = docs
+        # the memory maps the documents are views of (a token file, rnnkit.data.tokens): their
+        # pages are dropped from this process after every chunk (see _chunk)
+        maps = {id(m): m for m in (getattr(d, "_mmap", None) for d in docs) if m is not None}
+        self._maps = list(maps.values()) if _DONTNEED is not None else []
         self.batch_size = batch_size
         self.chunk_length = chunk_length
-        sizes = [d.numel() - 1 for d in docs]
+        sizes = [len(d) - 1 for d in docs]
         self.split_documents = split_documents
         # per lane, its pieces (doc, start, stop) in steps of the documents
         self.lanes = split_lanes(sizes, batch_size) if split_documents else [
             [(i, 0, sizes[i]) for i in lane] for lane in deal_lanes(sizes, batch_size)]
+        # per lane, the chunk at which each of its pieces starts (and, last, its number of chunks)
+        self._starts = [np.cumsum([0] + [-(-(stop - start) // chunk_length) for _, start, stop in pieces])
+                        for pieces in self.lanes]
         self.num_replicas, self.rank = num_replicas, rank
 
     def shard(self, num_replicas: int, rank: int) -> "LaneStream":
@@ -157,17 +178,23 @@ class LaneStream:
     @property
     def steps(self) -> int:
         """Total (input, target) pairs, Σ (n_d − 1)."""
-        return sum(d.numel() - 1 for d in self.documents)
+        return sum(len(d) - 1 for d in self.documents)
 
     def __len__(self) -> int:
-        """Chunks per pass over the data."""
-        return sum(1 for _ in self._schedule())
+        """Chunks per pass over the data: the longest lane's."""
+        return int(max(starts[-1] for starts in self._starts))
 
-    def _schedule(self) -> Iterator[list[tuple[int, int, int, int, bool]]]:
-        """Per chunk, for each active lane: (lane, doc, start, stop, reset)."""
+    def _schedule(self, first: int = 0) -> Iterator[list[tuple[int, int, int, int, bool]]]:
+        """Per chunk from chunk ``first`` on, for each active lane: (lane, doc, start, stop, reset)."""
         k = self.chunk_length
-        pos = [[0, pieces[0][1]] for pieces in self.lanes]  # per lane: index into its pieces, offset in that document
-        reset = [True] * len(self.lanes)
+        pos, reset = [], []  # per lane: [index into its pieces, offset in that document]; whether it starts one
+        for pieces, starts in zip(self.lanes, self._starts):
+            j = int(np.searchsorted(starts, first, side="right")) - 1  # the piece chunk ``first`` falls in
+            if j >= len(pieces):
+                pos.append([len(pieces), 0])
+            else:
+                pos.append([j, pieces[j][1] + (first - int(starts[j])) * k])
+            reset.append(j >= len(pieces) or first == int(starts[j]))
         while True:
             rows = []
             for lane, pieces in enumerate(self.lanes):
@@ -184,29 +211,38 @@ class LaneStream:
             yield rows
 
     def __iter__(self) -> Iterator[Chunk | None]:
-        k = self.chunk_length
-        for rows in self._schedule():
+        first = self._first()
+        for i, rows in enumerate(self._schedule(first), start=first):
             if self.num_replicas > 1:
                 rows = [r for r in rows if self._owns(r[0])]
                 if not rows:
+                    self._yielded(i)
                     yield None  # this process's lanes are done for this pass; others' are not
                     continue
-            B = len(rows)
-            inputs = torch.zeros(k, B, dtype=torch.long)
-            targets = torch.zeros(k, B, dtype=torch.long)
-            for b, (_, doc, start, stop, _) in enumerate(rows):
-                d = self.documents[doc]
-                inputs[: stop - start, b] = d[start:stop]
-                targets[: stop - start, b] = d[start + 1 : stop + 1]
-            lengths = torch.tensor([stop - start for _, _, start, stop, _ in rows])
-            width = int(lengths.max())
-            yield Chunk(
-                inputs[:width],  # (k', B): no all-padding steps at the end
-                targets[:width],
-                lengths,
-                torch.tensor([r[4] for r in rows]),
-                torch.tensor([r[0] for r in rows]),
-            )
+            chunk = self._chunk(rows)
+            self._yielded(i)
+            yield chunk
+
+    def _chunk(self, rows: list[tuple[int, int, int, int, bool]]) -> Chunk:
+        """The chunk of ``rows`` (lane, doc, start, stop, reset), read from the documents."""
+        k, B = self.chunk_length, len(rows)
+        inputs = np.zeros((k, B), dtype=np.int64)  # (k, B)
+        targets = np.zeros((k, B), dtype=np.int64)
+        for b, (_, doc, start, stop, _) in enumerate(rows):
+            d = self.documents[doc]
+            inputs[: stop - start, b] = d[start:stop]
+            targets[: stop - start, b] = d[start + 1 : stop + 1]
+        for m in self._maps:  # a mapped page read stays in the process's resident memory until
+            m.madvise(_DONTNEED)  # unmapped: over a pass, the whole file would; the page cache keeps it
+        lengths = torch.tensor([stop - start for _, _, start, stop, _ in rows])
+        width = int(lengths.max())
+        return Chunk(
+            torch.from_numpy(inputs[:width]),  # (k', B): no all-padding steps at the end
+            torch.from_numpy(targets[:width]),
+            lengths,
+            torch.tensor([r[4] for r in rows]),
+            torch.tensor([r[0] for r in rows]),
+        )
 
     @staticmethod
     def carry(state: Any, previous: Chunk | None, chunk: Chunk) -> Any:

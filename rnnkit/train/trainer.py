@@ -19,6 +19,7 @@ import math
 import random
 import time
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
+from .history import HISTORY_KEEP, bounded_history
 from .clipping import check_clip, clip_gradients
 from .device import model_device, to_device
 from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
@@ -126,9 +128,10 @@ class TrainResult:
     train_loss: float  # the last update's loss
     val: dict[str, float]  # the last validation's metrics
     best: float | None  # the best value of ``monitor`` seen
-    history: list[dict]
+    history: list[dict]  # the last Trainer.history_keep records (every one is in the run's log, ``log``)
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
     evaluation_seconds: float = 0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
+    log: str | None = None  # the run's log file, which holds every record (None: the run wrote none)
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,9 +145,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _cycle(data: Iterable) -> Iterator[tuple[int, Any]]:
-    """Batches forever, pass after pass, with the pass (epoch) number."""
-    epoch = 0
+def _cycle(data: Iterable, epoch: int = 0, resumed: bool = False) -> Iterator[tuple[int, Any]]:
+    """Batches forever, pass after pass from pass ``epoch``, with the pass number; ``resumed``:
+    the first pass continues a restored position (and may have nothing left)."""
     while True:
         if hasattr(data, "set_epoch"):
             data.set_epoch(epoch)  # lets a data source reshuffle per pass, reproducibly
@@ -152,9 +155,9 @@ def _cycle(data: Iterable) -> Iterator[tuple[int, Any]]:
         for batch in data:
             empty = False
             yield epoch, batch
-        if empty:
+        if empty and not resumed:
             raise ValueError("training data is empty: the batch source gave no batches")
-        epoch += 1
+        epoch, resumed = epoch + 1, False
 
 
 class Trainer:
@@ -181,6 +184,12 @@ class Trainer:
         callbacks: :class:`~rnnkit.train.callbacks.Callback` objects, called after the ones the
             config asks for; one of the same type as a built-in one replaces it.
         meta: JSON-able facts saved in every checkpoint (the task's config, vocabulary…).
+        history_keep: records of ``history`` kept in memory (the last ones; the log on disk holds
+            every one), so a run's memory does not grow with its length.
+
+    Resuming: a batch source with ``state_dict``/``load_state_dict`` (:mod:`rnnkit.train.positions`)
+    has its position saved in every checkpoint and restored, so a resumed run starts where the
+    data stood; any other source is fast-forwarded by drawing the batches already seen again.
     """
 
     def __init__(
@@ -195,6 +204,7 @@ class Trainer:
         scheduler: Any = None,
         callbacks: Sequence[Callback] = (),
         meta: dict | None = None,
+        history_keep: int = HISTORY_KEEP,
     ) -> None:
         self.config = (config or TrainConfig()).validate()
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -206,7 +216,7 @@ class Trainer:
         self.step = 0
         self.items = 0
         self.sequences = 0
-        self.history: list[dict] = []
+        self.history: deque[dict] = bounded_history(keep=history_keep)  # the last records; the log holds all
         self.best: float | None = None
         self.improved = False  # whether the last validation improved the monitored metric
         self.should_stop = False
@@ -224,8 +234,9 @@ class Trainer:
         """Train until max_steps, max_time, early stopping or a callback says stop.
 
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
-        states, progress and the callbacks' state are restored, the batches already seen are
-        skipped, and the log is continued from that step. ``max_steps`` counts every update of
+        states, progress and the callbacks' state are restored, the data continues where it stood
+        (the source's saved position, or, for a source without one, by drawing the batches already
+        seen again), and the log is continued from that step. ``max_steps`` counts every update of
         the run; ``max_time`` is this call's budget, the final validation included.
 
         In a process group (torchrun) every process calls ``fit`` with its shard of the data;
@@ -250,9 +261,11 @@ class Trainer:
         finally:
             self._call("on_fit_end")
         train = [r["loss"] for r in self.history if r.get("kind") == "train"]
+        log = self.out / f"metrics.{self.config.log_format}" if self.out else None
         return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
-                           train[-1] if train else math.nan, dict(self.last_val), self.best, self.history,
-                           _mean(train[-SMOOTHING:]), self.evaluation_seconds)
+                           train[-1] if train else math.nan, dict(self.last_val), self.best, list(self.history),
+                           _mean(train[-SMOOTHING:]), self.evaluation_seconds,
+                           str(log) if log is not None and log.is_file() else None)
 
     def stop(self, reason: str = "callback") -> None:
         """End training after the current update, saying why (``TrainResult.stop_reason``)."""
@@ -270,11 +283,14 @@ class Trainer:
             seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
         batches = _cycle(self.data)
         if resume_from is not None:
-            self._resume(Path(resume_from))
+            restored = self._resume(Path(resume_from))
             if rank and cfg.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
                 seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
-            for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
-                next(batches)
+            if restored:  # the source continues from its saved position: nothing is drawn twice
+                batches = _cycle(self.data, self.data.state_dict()["epoch"], resumed=True)
+            else:
+                for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
+                    next(batches)
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
         self._replicas = (distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
                           if distributed.is_distributed() else None)
@@ -406,19 +422,26 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _resume(self, path: Path) -> None:
-        from ..checkpoint import load_checkpoint
-        from .logs import read_log
+    def _resume(self, path: Path) -> bool:
+        """Restore everything from the checkpoint at ``path``; True if the data source's position
+        was restored too (else the caller replays the batches already seen)."""
+        from ..checkpoint import load_checkpoint, read_meta
+        from .logs import iter_log
 
+        extra = self.stateful()
+        if "data" in extra and not read_meta(path).get("trainer", {}).get("data_state"):
+            del extra["data"]  # a checkpoint from before the source had a state: replay instead
         meta = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               restore_rng=True, extra=self.stateful())
+                               restore_rng=True, extra=extra)
         state = meta["trainer"]
         self.step, self.items, self.best = state["step"], state["items"], state["best"]
         self.sequences = state["sequences"]
         self.last_val = meta.get("val", {})
         log_path = path.parent / f"metrics.{self.config.log_format}"
-        if log_path.is_file():
-            self.history = [r for r in read_log(log_path) if r["step"] <= self.step]
+        if log_path.is_file():  # streamed: only the last history_keep records stay
+            self.history = bounded_history((r for r in iter_log(log_path) if r["step"] <= self.step),
+                                           self.history.maxlen)
+        return "data" in extra
 
     def save(self, path: Path, also: Sequence[Path] = ()) -> Path:
         """Write a checkpoint: weights, optimizer and scheduler state, RNG states, progress, meta,
@@ -427,27 +450,29 @@ class Trainer:
         instead of being serialised again."""
         from ..checkpoint import save_checkpoint
 
+        extra = self.stateful()
         meta = {
             **self.meta,
             "trainer": {"step": self.step, "items": self.items, "sequences": self.sequences, "best": self.best,
-                        "config": asdict(self.config)},
+                        "config": asdict(self.config), "data_state": "data" in extra},
             "val": self.last_val,
         }
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta,
-                               extra=self.stateful(), also=also)
+                               extra=extra, also=also)
 
     def stateful(self) -> dict[str, Any]:
         """What carries state between updates and is saved with every checkpoint, so a resumed
         run continues exactly: the step function if it is an object with
         ``state_dict``/``load_state_dict`` (e.g. truncated BPTT's carried hidden state), every
-        callback that has them (e.g. a sampling callback's generator), each process's RNGs."""
+        callback that has them (e.g. a sampling callback's generator), each process's RNGs, and the
+        data source if it has them (its position, :mod:`rnnkit.train.positions`)."""
         step_fn = self.step_fn
         if not _has_state(step_fn) and _has_state(getattr(step_fn, "__self__", None)):
             warnings.warn("Trainer: the state of a bound method's object is saved for now, but will not be from the "
                           "next release; pass the stateful object itself as step_fn (callable) or its state through "
                           "a callback", DeprecationWarning, stacklevel=3)
             step_fn = step_fn.__self__
-        objects = {"step_fn": step_fn}
+        objects = {"step_fn": step_fn, "data": self.data}  # the data source: where it stands (a position)
         for i, cb in enumerate(self.callbacks):
             given = next((k for k, c in enumerate(self.given_callbacks) if c is cb), None)
             objects[cb.state_key or f"callback.{i if given is None else given}"] = cb
