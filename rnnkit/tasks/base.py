@@ -70,6 +70,9 @@ class TaskConfig(TrainingSettings):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         check_device(self.device)  # the spelling only: whether this machine has it, run_task asks
+        if self.max_steps is None and self.max_time is None and self.max_epochs is None:
+            # a task's max_steps has a default of its own: None here was asked for, so no step limit
+            raise ValueError("give max_steps or max_time (or max_epochs): with none of them the run would never end")
         self.validate()
 
     def train_config(self, task: "Task | None" = None) -> TrainConfig:
@@ -220,7 +223,7 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
 #: Everything else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights,
 #: optimizer state and data position only mean something with it, and a changed learning rate
 #: would be overwritten by the optimizer state anyway.
-RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "patience", "progress", "out", "sample_length",
+RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "max_epochs", "eval_every", "patience", "progress", "out", "sample_length",
                                "temperature", "device", "keep_checkpoints"})
 
 

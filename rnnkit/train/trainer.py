@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from . import distributed
 from .clipping import check_clip, clip_gradients
 from .device import model_device, to_device
+from .epochs import Epochs
 from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
 from .run_folder import RunFolder
 
@@ -39,8 +40,12 @@ class TrainingSettings:
     """How long and how to train: the settings a task's config shares with :class:`TrainConfig`
     (every task config inherits them, so each is defined and checked here once)."""
 
-    max_steps: int | None = 1000  # updates, counted over the whole run (a resumed run goes on to this); None: until max_time runs out
-    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: until max_steps
+    # The run stops at the first limit reached of max_steps, max_epochs and max_time. A budget given
+    # alone is the limit: max_steps None means DEFAULT_MAX_STEPS only when neither max_time nor
+    # max_epochs is given (see step_limit()).
+    max_steps: int | None = None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
+    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
+    max_epochs: int | None = None  # passes over the training data (a DataLoader, a list of batches…), counted over the whole run; None: no pass limit
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints)
@@ -54,7 +59,7 @@ class TrainingSettings:
     def validate(self) -> "TrainingSettings":
         """Return self if every setting is allowed, else raise naming the first that is not."""
         owner = type(self).__name__
-        for name in ("max_steps", "eval_every", "patience"):
+        for name in ("max_steps", "max_epochs", "eval_every", "patience"):
             v = getattr(self, name)
             if v is None and name != "eval_every":
                 continue
@@ -62,8 +67,6 @@ class TrainingSettings:
                 raise ValueError(f"{owner}: {name} must be an int ≥ 1{' or None' if name != 'eval_every' else ''}, got {v!r}")
         if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(self.max_time, (int, float)) or not self.max_time > 0):
             raise ValueError(f"{owner}: max_time must be a number of seconds > 0 or None, got {self.max_time!r}")
-        if self.max_steps is None and self.max_time is None:
-            raise ValueError(f"{owner}: give max_steps or max_time (or both), got neither")
         if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
             raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
         check_clip(self.clip_norm, "clip_norm")
@@ -71,6 +74,17 @@ class TrainingSettings:
         if self.log_format not in ("jsonl", "csv"):
             raise ValueError(f"{owner}: log_format must be 'jsonl' or 'csv', got {self.log_format!r}")
         return self
+
+    def step_limit(self) -> int | None:
+        """The number of updates the run stops at: ``max_steps`` if given; else none when
+        ``max_time`` or ``max_epochs`` bounds the run; else :data:`DEFAULT_MAX_STEPS`."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.max_time is not None or self.max_epochs is not None else DEFAULT_MAX_STEPS
+
+
+#: The step limit of a run given no max_steps, max_time or max_epochs.
+DEFAULT_MAX_STEPS = 1000
 
 
 @dataclass
@@ -81,6 +95,7 @@ class TrainConfig(TrainingSettings):
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
+    shuffle: bool = False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
 
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
@@ -123,6 +138,7 @@ class TrainResult:
     best: float | None  # the best value of ``monitor`` seen
     history: list[dict]
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
+    epochs: int = 0  # passes over the training data read to their end, in the whole run
 
 
 class TrainingDiverged(RuntimeError):
@@ -134,21 +150,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _cycle(data: Iterable) -> Iterator[tuple[int, Any]]:
-    """Batches forever, pass after pass, with the pass (epoch) number."""
-    epoch = 0
-    while True:
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch)  # lets a data source reshuffle per pass, reproducibly
-        empty = True
-        for batch in data:
-            empty = False
-            yield epoch, batch
-        if empty:
-            raise ValueError("training data is empty: the batch source gave no batches")
-        epoch += 1
 
 
 class Trainer:
@@ -163,8 +164,13 @@ class Trainer:
         step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss. If it is
             an object with ``state_dict``/``load_state_dict`` (state carried from one batch to
             the next, e.g. truncated BPTT's hidden state), that state is saved in checkpoints.
-        data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
-            before each pass when the source has it. With several processes, each one's own
+        data: the training batches, read pass after pass (epochs, see
+            :class:`~rnnkit.train.epochs.Epochs`): a ``torch.utils.data.DataLoader`` (with
+            ``shuffle=True`` it reshuffles at every pass), a list of batches (in its order at
+            every pass unless ``TrainConfig(shuffle=True)``), or any object whose ``__iter__``
+            starts a new pass (``set_epoch(e)`` is called before pass e when it has one). A
+            generator can be read once: enough for ``max_epochs=1`` or an endless stream; one
+            that runs dry before the run ends is an error saying so. With several processes, each one's own
             shard of every global batch, or None where its shard of a batch is empty. Batches
             may live on the CPU: each is moved to the model's device (:func:`~rnnkit.train.device.to_device`,
             its tensors inside tuples, lists, dicts and dataclasses) before ``step_fn`` sees it.
@@ -210,10 +216,12 @@ class Trainer:
         self._started = time.monotonic()
         self._time_before = 0.0  # seconds of training before this fit() (a resumed run's)
         self._process_rng = _ProcessRNG()
+        self.epochs = Epochs(data, max_epochs=self.config.max_epochs, shuffle=self.config.shuffle, seed=self.config.seed)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume_from: str | Path | None = None) -> TrainResult:
-        """Train until max_steps, max_time, early stopping or a callback says stop.
+        """Train until max_steps, max_epochs, max_time, early stopping or a callback says stop
+        (the first of them; see :meth:`TrainingSettings.step_limit`).
 
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
         states, progress and the callbacks' state are restored, the batches already seen are
@@ -226,7 +234,11 @@ class Trainer:
         batches = self._start(resume_from)
         try:
             while not self._finished():
-                epoch, batch = next(batches)
+                taken = next(batches, None)
+                if taken is None:  # max_epochs passes made
+                    self.stop("max_epochs")
+                    break
+                epoch, batch = taken
                 record = self._update(epoch, batch)  # forward, backward, clip, optimizer step
                 self._call("on_step", record)
                 # one collective: a clock read or a callback's stop on any process holds for all
@@ -243,7 +255,7 @@ class Trainer:
         train = [r["loss"] for r in self.history if r.get("kind") == "train"]
         return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
                            train[-1] if train else math.nan, dict(self.last_val), self.best, self.history,
-                           _mean(train[-SMOOTHING:]))
+                           _mean(train[-SMOOTHING:]), self.epochs.completed)
 
     def stop(self, reason: str = "callback") -> None:
         """End training after the current update, saying why (``TrainResult.stop_reason``)."""
@@ -259,13 +271,15 @@ class Trainer:
         cfg, rank = self.config, distributed.rank()
         if cfg.seed is not None:
             seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
-        batches = _cycle(self.data)
+        batches = self.epochs = Epochs(self.data, max_epochs=cfg.max_epochs, shuffle=cfg.shuffle, seed=cfg.seed)
         if resume_from is not None:
             self._resume(Path(resume_from))
             if rank and cfg.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
                 seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
             for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
-                next(batches)
+                if next(batches, None) is None:
+                    self.stop("max_epochs")
+                    break
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
         self._replicas = (distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
                           if distributed.is_distributed() else None)
@@ -283,7 +297,8 @@ class Trainer:
         if self.should_stop:  # set by a callback directly, or by stop()
             self.stop_reason = self.stop_reason or "callback"
             return True
-        if self.config.max_steps is not None and self.step >= self.config.max_steps:
+        limit = self.config.step_limit()
+        if limit is not None and self.step >= limit:
             self.stop_reason = self.stop_reason or "max_steps"
             return True
         return False
@@ -463,7 +478,7 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
         found += [LogFile(run.path, cfg.log_format), Checkpoints(run.path, cfg.keep_checkpoints),
                   Plot(run.curves, cfg.monitor)]
     if cfg.progress:
-        found.append(ProgressBar(cfg.max_steps, cfg.max_time))
+        found.append(ProgressBar(cfg.step_limit(), cfg.max_time))
     return found
 
 
