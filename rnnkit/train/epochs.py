@@ -44,7 +44,7 @@ class Epochs:
                              "a DataLoader shuffles itself: DataLoader(..., shuffle=True)")
         self.data, self.max_epochs, self.shuffle, self.seed = data, max_epochs, bool(shuffle), seed
         self.one_shot = isinstance(data, Iterator)  # a generator: iter() gives itself, not a new pass
-        self.epoch, self.index, self.completed = 0, 0, 0
+        self.epoch, self.index, self._completed = 0, 0, 0
         self._first_pass = 0  # batches the first pass gave
         self._pass: Iterator[Any] | None = None
 
@@ -95,7 +95,17 @@ class Epochs:
                              f"{self.epoch + 1}; a source must give batches at every pass")
         if self.epoch == 0:
             self._first_pass = self.index
-        self.epoch, self.index, self.completed, self._pass = self.epoch + 1, 0, self.completed + 1, None
+        self.epoch, self.index, self._completed, self._pass = self.epoch + 1, 0, self._completed + 1, None
+
+    @property
+    def completed(self) -> int:
+        """Passes read to their end: those left, and the current one if a source with ``len``
+        has given all its batches (a run that stops on its last batch has made that pass)."""
+        try:
+            whole = self.index > 0 and self.index == len(self.data)
+        except TypeError:  # no len: a pass ends only when it runs out
+            whole = False
+        return self._completed + int(whole)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The order of pass ``epoch`` of a shuffled list: (N,) int64."""
@@ -108,7 +118,7 @@ class Epochs:
     def state_dict(self) -> dict:
         """Where the reading stands: ``{"epoch", "index", "completed"}``, and the source's own
         state when it has ``state_dict``."""
-        state = {"epoch": self.epoch, "index": self.index, "completed": self.completed}
+        state = {"epoch": self.epoch, "index": self.index, "completed": self._completed}
         if callable(getattr(self.data, "state_dict", None)):
             state["data"] = self.data.state_dict()
         return state
@@ -117,7 +127,7 @@ class Epochs:
         """Seek to a saved place: the next batch is batch ``index`` of pass ``epoch``."""
         if "data" in state and callable(getattr(self.data, "load_state_dict", None)):
             self.data.load_state_dict(state["data"])
-        self.epoch, self.index, self.completed = int(state["epoch"]), int(state["index"]), int(state["completed"])
+        self.epoch, self.index, self._completed = int(state["epoch"]), int(state["index"]), int(state["completed"])
         self._pass = None
 
 

@@ -377,11 +377,15 @@ class Trainer:
                     metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
                 self.model.train()
             metrics = distributed.broadcast(metrics)
-            if cfg.monitor not in metrics:
-                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}")
+            watchers = [type(cb).__name__ for cb in self.callbacks if isinstance(cb, (EarlyStopping, Checkpoints))]
+            if cfg.monitor not in metrics and watchers:  # without watchers a missing monitor only means no best
+                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}, "
+                               f"which {' and '.join(watchers)} watch: return it, or set TrainConfig(monitor=…, mode=…) "
+                               f"to one of those")
             self.last_val = metrics
-            value = metrics[cfg.monitor]
-            self.improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
+            value = metrics.get(cfg.monitor)
+            self.improved = value is not None and (
+                self.best is None or (value < self.best if cfg.mode == "min" else value > self.best))
             if self.improved:
                 self.best = value
             self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
