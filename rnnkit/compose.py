@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .cells.base import RecurrentCell, check_choice, check_size
+from .cells.base import RecurrentCell, check_choice, check_size, from_torch_hint
 from .cells.state import is_state
 from .engine.choose import stack_may_run_native
 from .engine.native import native_stack_kind, run_native_layers
@@ -155,7 +155,8 @@ class Bidirectional(nn.Module):
         self.merge = check_choice(merge, "merge", "Bidirectional", ("concat", "sum"))
         for name, c in (("cell", cell), ("backward_cell", backward_cell)):
             if c is not None and not isinstance(c, RecurrentCell):
-                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}")
+                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}"
+                                + from_torch_hint(c))
         if backward_cell is None:
             backward_cell = copy.deepcopy(cell)
             reset = getattr(backward_cell, "reset_parameters", None)
@@ -250,7 +251,7 @@ class Stack(nn.Module):
             if not (isinstance(layer, nn.Module) and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))):
                 raise TypeError(
                     f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, output_size "
-                    f"and batch_first), got {type(layer).__name__}"
+                    f"and batch_first), got {type(layer).__name__}{from_torch_hint(layer)}"
                 )
         for k in range(1, len(layers)):
             if layers[k].input_size != layers[k - 1].output_size:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..cells.base import check_choice, check_size
+from ..cells.base import check_choice, check_size, not_a_tensor
 from ..cells.deep import ACTIVATIONS
 from ..recurrent import check_lengths
 from .base import (
@@ -69,9 +69,10 @@ class InputEmbedding(nn.Module):
     def time_batch(self, x: Any) -> tuple[int, int]:
         """(T, B) of an input, or an error naming the expected layout."""
         layout, dim = ("(T, B)", 2) if self.vocab_size is not None else ("(T, B, I)", 3)
-        if not isinstance(x, Tensor) or x.dim() != dim:
-            got = f"{x.dim()}-D shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{self.owner}: x must have shape {layout}, got {got}")
+        if not isinstance(x, Tensor):
+            raise not_a_tensor(x, "x", self.owner, layout)
+        if x.dim() != dim:
+            raise ValueError(f"{self.owner}: x must have shape {layout}, got {x.dim()}-D shape {tuple(x.shape)}")
         return x.shape[0], x.shape[1]
 
 
@@ -309,9 +310,10 @@ class JordanNetwork(nn.Module):
 
 def _time_batch(y: Any, feedback: OutputFeedback, owner: str) -> tuple[int, int]:
     layout, dim = ("(T, B)", 2) if feedback.discrete else ("(T, B, O)", 3)
-    if not isinstance(y, Tensor) or y.dim() != dim:
-        got = f"{y.dim()}-D shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{owner}: y must have shape {layout}, got {got}")
+    if not isinstance(y, Tensor):
+        raise not_a_tensor(y, "y", owner, layout)
+    if y.dim() != dim:
+        raise ValueError(f"{owner}: y must have shape {layout}, got {y.dim()}-D shape {tuple(y.shape)}")
     return y.shape[0], y.shape[1]
 
 

@@ -324,13 +324,13 @@ class Trainer:
         batch = to_device(batch, self._device)  # also under DDP: StepModule hands it on as it is
         self.model.train()
         if self._replicas is None:
-            result = self.step_fn(self.model, batch)
+            result = _check_step_result(self.step_fn(self.model, batch))
             loss_value, loss = float(result.loss.detach()), result.loss
             items = int(result.items)
             sequences = int(result.items if result.sequences is None else result.sequences)
             metrics = {k: float(v) for k, v in result.metrics.items()}
         else:
-            result = self._replicas(batch)
+            result = _check_step_result(self._replicas(batch))
             # one collective: the global loss and metrics, and this shard's share of them
             step = distributed.combine(_shard_of(result))
             loss_value, items, sequences, metrics = step.loss, step.items, step.sequences, step.metrics
@@ -490,6 +490,18 @@ def _replace_builtins(defaults: list[Callback], given: list[Callback]) -> list[C
     """The defaults, each replaced by a given callback of its type, then the other given ones."""
     swapped = {type(d): next((g for g in given if type(g) is type(d)), None) for d in defaults}
     return [swapped[type(d)] or d for d in defaults] + [g for g in given if g not in swapped.values()]
+
+
+def _check_step_result(result: Any) -> StepResult:
+    """``result`` if it is a StepResult, else a TypeError saying what to return."""
+    if isinstance(result, StepResult):
+        return result
+    if isinstance(result, Tensor):
+        raise TypeError("step_fn must return a StepResult, got a bare Tensor: return "
+                        "rnnkit.train.StepResult(loss, items=<items in the batch>) — items counts throughput and "
+                        "weighs the loss across processes (or use a ready step: rnnkit.train.Classification, "
+                        "Tagging, Regression)")
+    raise TypeError(f"step_fn must return a rnnkit.train.StepResult(loss, items=…), got {type(result).__name__}")
 
 
 def _empty_shard(zero: Tensor) -> StepResult:

@@ -237,3 +237,15 @@ def test_each_batch_reaches_the_step_on_the_models_device():
     assert x.device.type == "meta" and extra["y"].device.type == "meta" and (x.shape, extra["y"].dtype) == ((3, 2), torch.long)
     assert extra["n"] == 3 and tag == "tag"
     assert batch[0][0].device.type == "cpu"  # the source's own batch is left as it was
+
+
+def test_a_step_returning_a_bare_tensor_is_told_to_return_a_step_result():
+    trainer = trainer_for()
+    trainer.step_fn = lambda model, batch: lm_step(model, batch).loss
+    with pytest.raises(TypeError, match=r"step_fn must return a StepResult, got a bare Tensor: return "
+                                        r"rnnkit.train.StepResult\(loss, items=<items in the batch>\)"):
+        trainer.fit()
+    trainer = trainer_for()
+    trainer.step_fn = lambda model, batch: {"loss": lm_step(model, batch).loss}
+    with pytest.raises(TypeError, match=r"must return a rnnkit.train.StepResult\(loss, items=…\), got dict"):
+        trainer.fit()
