@@ -54,6 +54,8 @@ from .models import (
     sequence_nll,
     squared_error,
 )
+from .data.padding import SequenceCollate, SequenceDataset, collate_sequences, pad_sequences
+from .engine.choose import last_engines
 from .recurrent import Recurrent
 from .train import TrainConfig, Trainer
 
@@ -102,4 +104,9 @@ __all__ = [
     "Stack",
     "from_torch",
     "to_torch",
+    "last_engines",
+    "pad_sequences",
+    "SequenceCollate",
+    "collate_sequences",
+    "SequenceDataset",
 ]

@@ -239,6 +239,27 @@ def param_like(module: nn.Module) -> Tensor:
 # -- parts shared by the decoders ----------------------------------------------------------------
 
 
+class EngineReport:
+    """``last_engine`` and ``last_engines`` for a model: what its recurrent layers ran on."""
+
+    @property
+    def last_engines(self) -> dict[str, str]:
+        """What ran in each recurrent layer on the last forward, ``{path: engine}`` (a stack
+        that ran as one torch kernel call is one ``"native"`` entry); see
+        :func:`rnnkit.last_engines`."""
+        from ..engine.choose import last_engines
+
+        return last_engines(self)
+
+    @property
+    def last_engine(self) -> str | None:
+        """The engine every recurrent layer ran on in the last forward (``"native"``,
+        ``"fused"``, ``"reference"``), ``"mixed"`` if they differ, None before the first."""
+        from ..engine.choose import summarize_engines
+
+        return summarize_engines(self.last_engines)
+
+
 class OutputFeedback(nn.Module):
     r"""How the previous output y(t−1) enters step t.
 

@@ -24,6 +24,7 @@ from ..cells.deep import ACTIVATIONS
 from ..recurrent import check_lengths
 from .base import (
     DecoderState,
+    EngineReport,
     OutputFeedback,
     SequenceOutput,
     StepOutput,
@@ -76,7 +77,7 @@ class InputEmbedding(nn.Module):
         return x.shape[0], x.shape[1]
 
 
-class Tagger(nn.Module):
+class Tagger(EngineReport, nn.Module):
     r"""Synced many-to-many: an output at every step from a recurrent layer (figure 10.3).
 
     .. math::
@@ -128,7 +129,7 @@ class Encoded(NamedTuple):
     state: Any
 
 
-class Encoder(nn.Module):
+class Encoder(EngineReport, nn.Module):
     r"""The RNN with no output (figure 10.5 without its output, §10.4): reads a sequence of any
     length and keeps its final state as a fixed-length summary.
 
@@ -162,7 +163,7 @@ class Encoder(nn.Module):
         return Encoded(outputs, final_output(self.layer, final), final)
 
 
-class ManyToOne(nn.Module):
+class ManyToOne(EngineReport, nn.Module):
     r"""One output after reading the whole sequence (figure 10.5): classification or regression.
 
     .. math::
