@@ -58,6 +58,7 @@ from .data.padding import SequenceCollate, SequenceDataset, collate_sequences, p
 from .engine.choose import last_engines
 from .recurrent import Recurrent
 from .train import TrainConfig, Trainer
+from .train.trainer import seed_everything as seed
 
 __version__ = "0.1.0"
 
@@ -105,6 +106,7 @@ __all__ = [
     "from_torch",
     "to_torch",
     "last_engines",
+    "seed",
     "pad_sequences",
     "SequenceCollate",
     "collate_sequences",

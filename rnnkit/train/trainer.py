@@ -96,10 +96,15 @@ class TrainConfig(TrainingSettings):
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
     shuffle: bool = False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
+    # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not reseed: training
+    # continues the random stream that built the model), else 0; an int: fit seeds torch, numpy and random with it; None: leave them
+    seed: int | str | None = "auto"
 
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
         super().validate()
+        if not (self.seed is None or self.seed == "auto" or (isinstance(self.seed, int) and not isinstance(self.seed, bool))):
+            raise ValueError(f"TrainConfig: seed must be an int, 'auto' or None, got {self.seed!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"TrainConfig: mode must be 'min' or 'max', got {self.mode!r}")
         return self
@@ -145,11 +150,41 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python's ``random``: the same seed gives the same run."""
-    torch.manual_seed(seed)
+_PENDING_SEED: list[int] = []  # the seed given to seed_everything since the last fit that followed one
+
+
+def seed_everything(seed: int) -> int:
+    """Seed torch (the CPU and every GPU), NumPy and Python's ``random`` with one seed, now —
+    call it first, before building the model — and let the next :meth:`Trainer.fit` follow it.
+
+    The model built after this call and the next run are then both fixed by ``seed``: a fit
+    whose ``TrainConfig.seed`` is ``"auto"`` (the default) does not reseed, so training
+    continues the random stream that built the model (dropout masks, a DataLoader's shuffling),
+    and takes ``seed`` for what else it seeds (a shuffled list of batches). One such fit uses it
+    up (any fit does): a later fit without a new call seeds with 0 as ``"auto"`` does by default.
+    An explicit ``TrainConfig(seed=k)`` reseeds at fit with k instead. Also ``rnnkit.seed``. Returns
+    ``seed``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed_everything: seed must be an int, got {type(seed).__name__}")
+    _seed_rngs(seed)
+    _PENDING_SEED[:] = [seed]
+    return seed
+
+
+def _seed_rngs(seed: int) -> None:
+    torch.manual_seed(seed)  # also every CUDA device's generator
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def _seed_plan(setting: int | str | None) -> tuple[int | None, bool]:
+    """(the run's seed, whether fit seeds the RNGs with it) for a ``TrainConfig.seed``; every fit
+    uses up a pending :func:`seed_everything`, whatever its setting."""
+    pending = _PENDING_SEED.pop() if _PENDING_SEED else None
+    if setting != "auto":
+        return setting, setting is not None
+    return (0, True) if pending is None else (pending, False)
 
 
 class Trainer:
@@ -216,7 +251,8 @@ class Trainer:
         self._started = time.monotonic()
         self._time_before = 0.0  # seconds of training before this fit() (a resumed run's)
         self._process_rng = _ProcessRNG()
-        self.epochs = Epochs(data, max_epochs=self.config.max_epochs, shuffle=self.config.shuffle, seed=self.config.seed)
+        self.epochs = Epochs(data, max_epochs=self.config.max_epochs, shuffle=self.config.shuffle)  # checks shuffle
+        self.seed: int | None = None  # the run's seed, known once fit() starts (see TrainConfig.seed)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume_from: str | Path | None = None) -> TrainResult:
@@ -269,13 +305,14 @@ class Trainer:
     # -- the loop's parts ------------------------------------------------------------------------
     def _start(self, resume_from: str | Path | None) -> Iterator[tuple[int, Any]]:
         cfg, rank = self.config, distributed.rank()
-        if cfg.seed is not None:
-            seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
-        batches = self.epochs = Epochs(self.data, max_epochs=cfg.max_epochs, shuffle=cfg.shuffle, seed=cfg.seed)
+        self.seed, reseed = _seed_plan(cfg.seed)
+        if self.seed is not None and (reseed or rank):
+            _seed_rngs(self.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
+        batches = self.epochs = Epochs(self.data, max_epochs=cfg.max_epochs, shuffle=cfg.shuffle, seed=self.seed)
         if resume_from is not None:
             self._resume(Path(resume_from))
-            if rank and cfg.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
-                seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
+            if rank and self.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
+                _seed_rngs(int(np.random.SeedSequence([self.seed, rank, self.step]).generate_state(1)[0]))
             for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
                 if next(batches, None) is None:
                     self.stop("max_epochs")
