@@ -327,7 +327,9 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     plot = Plot(run.curves, task.monitor, metric=task.metric, baseline=task.baseline.get(task.metric),
                 title=f"{run.path.name}: {task.name}, {cfg.cell} × {cfg.num_layers}, hidden {cfg.hidden_size}",
                 metric_label=task.metric_label)
-    trainer = Trainer(model, opt, task, batches, cfg.train_config(task), evaluate=task.evaluate, scheduler=sched,
+    train_config = cfg.train_config(task)
+    train_config.overwrite = overwrite  # open_run checked the folder: the trainer applies the same rule
+    trainer = Trainer(model, opt, task, batches, train_config, evaluate=task.evaluate, scheduler=sched,
                       callbacks=[_Validation(task, log), *task.callbacks(log), plot], meta=task.meta())
     result = trainer.fit(resume_from=run.latest if resume else None)
     final = result.val or task.evaluate(model.eval(), "val")  # the trainer validates at its last step

@@ -45,7 +45,7 @@ class TrainingSettings:
     # max_epochs is given (see step_limit()).
     max_steps: int | None = None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
     max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
-    max_epochs: int | None = None  # passes over the training data (a DataLoader, a list of batches…), counted over the whole run; None: no pass limit
+    max_epochs: int | None = None  # passes over the training data, counted over the whole run; None: no pass limit
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints)
@@ -99,6 +99,7 @@ class TrainConfig(TrainingSettings):
     # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not reseed: training
     # continues the random stream that built the model), else 0; an int: fit seeds torch, numpy and random with it; None: leave them
     seed: int | str | None = "auto"
+    overwrite: bool = False  # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
 
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
@@ -253,6 +254,8 @@ class Trainer:
         self._process_rng = _ProcessRNG()
         self.epochs = Epochs(data, max_epochs=self.config.max_epochs, shuffle=self.config.shuffle)  # checks shuffle
         self.seed: int | None = None  # the run's seed, known once fit() starts (see TrainConfig.seed)
+        self._best_state: dict[str, Tensor] | None = None  # without an out folder: the best validation's weights
+        self._wrote_out = False  # whether this trainer's own run is the one in out
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume_from: str | Path | None = None) -> TrainResult:
@@ -305,6 +308,7 @@ class Trainer:
     # -- the loop's parts ------------------------------------------------------------------------
     def _start(self, resume_from: str | Path | None) -> Iterator[tuple[int, Any]]:
         cfg, rank = self.config, distributed.rank()
+        self._check_out(resume_from)
         self.seed, reseed = _seed_plan(cfg.seed)
         if self.seed is not None and (reseed or rank):
             _seed_rngs(self.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
@@ -329,6 +333,40 @@ class Trainer:
         if distributed.agree(self._out_of_time())[0]:
             self.stop("max_time")
         return batches
+
+    def _check_out(self, resume_from: str | Path | None) -> None:
+        """The rule ``rnnkit train`` follows too: an ``out`` folder that already holds a run is
+        continued only by a resume and started over only when asked (``overwrite``); checked
+        before any work, with whether the folder can be written."""
+        if self.out is None or not distributed.is_main():
+            return
+        run = RunFolder(self.out)
+        run.check_writable()
+        if resume_from is None and not self.config.overwrite and not self._wrote_out and run.holds_run():
+            raise FileExistsError(f"{run} already holds a run: fit(resume_from=RunFolder(out).latest) continues it, "
+                                  f"TrainConfig(overwrite=True) starts over there, or choose another out")
+        self._wrote_out = True
+
+    def load_best(self) -> nn.Module:
+        """Put the weights of the best validation (the best ``monitor`` seen) into the model, and
+        return the model.
+
+        With an ``out`` folder they come from its ``best.safetensors``; without one, from the
+        copy this trainer kept at that validation. Without ``evaluate`` every checkpoint is the
+        best, so the model keeps its last weights. Raises RuntimeError if no validation has
+        given the monitored metric yet.
+        """
+        best = RunFolder(self.out).best if self.out is not None else None
+        if best is not None and best.is_file():
+            from ..checkpoint import load_checkpoint
+
+            load_checkpoint(best, model=self.model)
+        elif self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        elif self.evaluate_fn is not None or self.step == 0:
+            raise RuntimeError(f"Trainer.load_best: no best weights yet — fit() has not validated with "
+                               f"{self.config.monitor!r} (the monitored metric) among evaluate()'s results")
+        return self.model
 
     def _finished(self) -> bool:
         if self.should_stop:  # set by a callback directly, or by stop()
@@ -425,6 +463,8 @@ class Trainer:
                 self.best is None or (value < self.best if cfg.mode == "min" else value > self.best))
             if self.improved:
                 self.best = value
+                if self.out is None:  # no best checkpoint to reload later: keep the weights here
+                    self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
                                  **{f"val_{k}": v for k, v in metrics.items()}})
             self._call("on_validation", metrics)

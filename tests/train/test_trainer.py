@@ -292,3 +292,51 @@ def test_one_seed_fixes_both_the_model_and_the_run():
     assert torch.equal(first[0][0], reseeded[0][0]) and first[1] != reseeded[1]
     with pytest.raises(ValueError, match="seed must be an int, 'auto' or None, got 'yes'"):
         TrainConfig(seed="yes").validate()
+
+
+def test_an_out_folder_holding_a_run_is_refused_as_the_cli_refuses_it(tmp_path):
+    """One rule for the Python Trainer and ``rnnkit train``: a folder with a run is continued only
+    by a resume, started over only when asked."""
+    from rnnkit.train import RunFolder
+
+    trainer_for(tmp_path, max_steps=10).fit()
+    step_of = lambda: read_meta(tmp_path / "latest.safetensors")["trainer"]["step"]  # noqa: E731
+    with pytest.raises(FileExistsError, match=r"already holds a run: fit\(resume_from=RunFolder\(out\).latest\) continues "
+                                              r"it, TrainConfig\(overwrite=True\) starts over there, or choose another out"):
+        trainer_for(tmp_path, max_steps=20).fit()
+    assert step_of() == 10  # untouched
+    assert trainer_for(tmp_path, max_steps=20).fit(resume_from=RunFolder(tmp_path).latest).steps == 20
+    assert trainer_for(tmp_path, max_steps=5, overwrite=True).fit().steps == 5 and step_of() == 5
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out must be a folder"):
+        trainer_for(tmp_path / "file").fit()
+
+
+def test_the_cli_refuses_the_same_folder(tmp_path, capsys):
+    from rnnkit.cli import main
+
+    out = tmp_path / "run"
+    trainer_for(out, max_steps=10).fit()
+    assert main(["train", "adding", "--out", str(out), "--max-steps", "5", "--no-progress"]) == 2
+    assert "already holds a run: add --resume to continue it, --overwrite to start over" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_out", [True, False], ids=["out", "in-memory"])
+def test_load_best_puts_the_best_validation_weights_back(tmp_path, with_out):
+    trainer = trainer_for(tmp_path if with_out else None, max_steps=40, eval_every=5, monitor="accuracy", mode="max")
+    seen = {}
+
+    def evaluate(model):  # a metric that peaks at update 15, whatever the weights do
+        seen[trainer.step] = [p.detach().clone() for p in model.parameters()]
+        return {"accuracy": -abs(trainer.step - 15), "loss": 0.0}
+
+    trainer.evaluate_fn = evaluate
+    result = trainer.fit()
+    assert result.best == 0 and result.steps == 40
+    model = trainer.load_best()
+    assert model is trainer.model
+    for p, q in zip(model.parameters(), seen[15]):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert not torch.equal(next(model.parameters()), seen[40][0])
+    with pytest.raises(RuntimeError, match="no best weights yet"):
+        trainer_for(None).load_best()
