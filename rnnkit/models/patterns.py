@@ -114,6 +114,22 @@ class Tagger(EngineReport, nn.Module):
         self.head = OutputHead(self.layer.output_size, output_size, head_hidden)
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Tensor:
+        """An output at every step.
+
+        Args:
+            x: (T, B, I) floats (the parameters' dtype, time-major), or (T, B) int64 token ids
+                with ``vocab_size``. A list of variable-length arrays becomes this with
+                :func:`rnnkit.data.pad_sequences`.
+            lengths: (B,) integers in [1, T] in any order (a tensor, NumPy array or list), or
+                None when every sequence has T steps. Steps past a length are not read: the
+                layer's state stops there (a backward direction starts at each sequence's own
+                last step).
+            state: the layer's initial state, or None for zeros.
+
+        Returns:
+            o (T, B, V): the logits (or O values) at every step; rows past a length are c (the
+            head's bias), to be masked in the loss (:class:`rnnkit.train.Tagging` does).
+        """
         T, B = self.inputs.time_batch(x)
         lengths = check_lengths(lengths, B, T, x.device, "Tagger")
         h, _ = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
@@ -157,6 +173,18 @@ class Encoder(EngineReport, nn.Module):
         self.output_size = self.layer.output_size
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Encoded:
+        """Read the sequences and keep their summaries.
+
+        Args:
+            x: (T, B, I) floats or (T, B) int64 token ids with ``vocab_size``.
+            lengths: (B,) integers in [1, T] in any order, or None for all T.
+            state: the layer's initial state, or None for zeros.
+
+        Returns:
+            :class:`Encoded`: ``outputs`` (T, B, H) (zero past each length), ``summary`` (B, H)
+            — h(τ) at each sequence's own last step, [h(τ); g(1)] for a bidirectional layer —
+            and the layer's final ``state``.
+        """
         T, B = self.inputs.time_batch(x)
         lengths = check_lengths(lengths, B, T, x.device, "Encoder")
         outputs, final = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
@@ -193,6 +221,24 @@ class ManyToOne(EngineReport, nn.Module):
         self.head = OutputHead(self.encoder.output_size, output_size, head_hidden)
 
     def forward(self, x: Tensor, lengths: Any = None) -> Tensor:
+        """One output per sequence, read after its last step.
+
+        Args:
+            x: (T, B, I) floats (the parameters' dtype, time-major; ``x.transpose(0, 1)`` turns
+                a batch-first batch into this), or (T, B) int64 token ids with ``vocab_size``.
+                A list of variable-length arrays becomes this with
+                :func:`rnnkit.data.pad_sequences`, and a ``DataLoader`` yields it with
+                :class:`rnnkit.data.SequenceCollate`.
+            lengths: (B,) integers in [1, T] in any order (no sorting, no packing), or None
+                when every sequence has T steps. Each sequence is summarised at its own last
+                step, so padding never reaches the output; without ``lengths`` a padded
+                sequence is read through its padding.
+
+        Returns:
+            o (B, V): logits for classes (train with ``F.cross_entropy`` or
+            :class:`rnnkit.train.Classification`), or (B, O) values for regression
+            (:class:`rnnkit.train.Regression`).
+        """
         return self.head(self.encoder(x, lengths).summary)  # (B, V)
 
 

@@ -38,7 +38,35 @@ from .run_folder import RunFolder
 @dataclass
 class TrainingSettings:
     """How long and how to train: the settings a task's config shares with :class:`TrainConfig`
-    (every task config inherits them, so each is defined and checked here once)."""
+    (every task config inherits them, so each is defined and checked here once).
+
+    When to stop: at the first limit reached of ``max_steps``, ``max_epochs`` and ``max_time``
+    (or early stopping, or a callback). A budget given alone is the limit: with ``max_steps``
+    None the run has no step limit when ``max_time`` or ``max_epochs`` is given, and
+    :data:`DEFAULT_MAX_STEPS` (1000) updates when none of the three is (:meth:`step_limit`).
+
+    Attributes:
+        max_steps: updates, counted over the whole run (a resumed run goes on to this);
+            None: see above.
+        max_time: seconds of training in this ``fit()`` (a resume gets it afresh), the final
+            validation included; None: no time limit.
+        max_epochs: passes over the training data, counted over the whole run; None: no limit.
+        clip_norm: rescale the global gradient norm to this when above it; None: no norm
+            clipping.
+        clip_value: clip every gradient element to [−v, v] (before the norm); None: none.
+        eval_every: updates between validations (and checkpoints).
+        patience: early stopping after this many validations without improvement of the
+            monitored metric; None: never.
+        out: the run folder for checkpoints (``best``/``latest.safetensors``), the log and the
+            plot; None: write nothing. A folder that already holds a run is refused unless
+            resuming or ``overwrite`` (as ``rnnkit train`` refuses it).
+        log_format: ``"jsonl"`` or ``"csv"`` (both hold every logged update and validation).
+        progress: a progress bar on stderr (only where stderr is a terminal).
+        seed: seeds torch, NumPy and ``random`` when ``fit()`` starts; None: leave them (see
+            :class:`TrainConfig` for its ``"auto"`` default).
+        keep_checkpoints: also keep the last n checkpoints as
+            ``step-<update>-<metric>-<value>.safetensors``; 0: none.
+    """
 
     # The run stops at the first limit reached of max_steps, max_epochs and max_time. A budget given
     # alone is the limit: max_steps None means DEFAULT_MAX_STEPS only when neither max_time nor
@@ -89,8 +117,46 @@ DEFAULT_MAX_STEPS = 1000
 
 @dataclass
 class TrainConfig(TrainingSettings):
-    """The trainer's config: the shared :class:`TrainingSettings`, and what a task decides for
-    its runs (the metric watched, several processes' DDP setting)."""
+    """The trainer's config: the shared :class:`TrainingSettings` (how long and how to train),
+    and what the one who trains decides for the run (the metric watched, the seed, shuffling,
+    several processes' DDP setting).
+
+    When to stop: at the first limit reached of ``max_steps``, ``max_epochs`` and ``max_time``;
+    a budget given alone is the limit (no hidden 1000-update cap when only ``max_time`` or
+    ``max_epochs`` is given); none of them given: 1000 updates.
+
+    Attributes:
+        max_steps: updates in the whole run; None: no step limit if ``max_time`` or
+            ``max_epochs`` is given, else 1000.
+        max_time: seconds of training in this ``fit()``, the final validation included.
+        max_epochs: passes over the training data in the whole run.
+        clip_norm: rescale the global gradient norm to this when above it (default 5); None:
+            no norm clipping.
+        clip_value: clip every gradient element to [−v, v]; None: none.
+        eval_every: updates between validations (and checkpoints).
+        patience: early stopping after this many validations without improvement; None: never.
+        out: the run folder (checkpoints, log, plot); None: write nothing.
+        log_format: ``"jsonl"`` or ``"csv"``.
+        progress: a progress bar on stderr (where it is a terminal).
+        keep_checkpoints: also keep the last n checkpoints; 0: none.
+        monitor: the validation metric early stopping and the best checkpoint watch: a key of
+            what ``evaluate`` returns (default ``"loss"``). It may be missing when neither
+            watches it (no ``patience``, no ``out``). The jobs of
+            :mod:`rnnkit.train.supervised` name theirs (``job.monitor``, ``job.mode``).
+        mode: ``"min"`` or ``"max"``, the better direction of ``monitor``.
+        find_unused_parameters: several processes: set when a step leaves parameters without
+            gradients.
+        shuffle: reorder a list of batches at every pass (seeded by ``seed`` and the pass). A
+            list is read in its own order at every pass otherwise; a DataLoader shuffles
+            itself (``DataLoader(shuffle=True)``), and asking here for one is an error.
+        seed: ``"auto"`` (default): the seed given to :func:`seed_everything` (``rnnkit.seed``)
+            if it was called since the last fit — then ``fit()`` does not reseed, so training
+            continues the random stream that built the model and one seed fixes both —, else
+            0, with which ``fit()`` seeds. An int: ``fit()`` seeds torch, NumPy and ``random``
+            with it. None: leave them.
+        overwrite: start over in an ``out`` folder that already holds a run (else ``fit()``
+            refuses it, as ``rnnkit train`` does without ``--overwrite``).
+    """
 
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
@@ -113,14 +179,18 @@ class TrainConfig(TrainingSettings):
 
 @dataclass
 class StepResult:
-    """What a task's ``step_fn`` returns for one batch.
+    """What a ``step_fn`` returns for one batch (a bare loss tensor is refused: wrap it here).
 
-    loss: the scalar to back-propagate; items: how many training items the batch held (for
-    throughput: characters, tokens…); sequences: how many sequences (default: items);
-    metrics: extra numbers to log (floats); weight: how many units ``loss`` (and each metric)
-    is a mean over (default: items) — with several processes, each holding a shard of a global
-    batch, the global loss is Σ weight·loss / Σ weight, what one process computes on the whole
-    batch; only its proportion between shards matters.
+    Attributes:
+        loss: the scalar to back-propagate.
+        items: how many training items the batch held (for throughput: sequences, characters,
+            tokens…).
+        metrics: extra numbers to log with the update (floats).
+        sequences: how many sequences (default: items).
+        weight: how many units ``loss`` (and each metric) is a mean over (default: items) —
+            with several processes, each holding a shard of a global batch, the global loss is
+            Σ weight·loss / Σ weight, what one process computes on the whole batch; only its
+            proportion between shards matters.
     """
 
     loss: Tensor
@@ -132,7 +202,26 @@ class StepResult:
 
 @dataclass
 class TrainResult:
-    """How a run ended."""
+    """How a run ended: what :meth:`Trainer.fit` returns.
+
+    Attributes:
+        steps: updates made in the whole run (a resumed run's included).
+        items: training items seen (the steps' ``StepResult.items``, summed).
+        sequences: sequences seen.
+        seconds: how long this ``fit()`` took, the final validation included.
+        stop_reason: ``"max_steps"``, ``"max_epochs"``, ``"max_time"``, ``"early_stopping"``
+            or ``"callback"``.
+        train_loss: the last update's loss.
+        val: the last validation's metrics (what ``evaluate`` returned; empty without one).
+        best: the best value of the monitored metric seen (None without one);
+            :meth:`Trainer.load_best` puts the weights it was seen with back into the model.
+        history: every logged record, oldest first: ``{"kind": "train", "step", "epoch",
+            "time", "loss", "grad_norm", "clip", "lr", "items_per_s", …metrics}`` per update and
+            ``{"kind": "val", "step", "time", "val_<metric>"…}`` per validation.
+        train_loss_smoothed: the mean loss of the last 20 updates (less noisy than
+            ``train_loss``).
+        epochs: passes over the training data read to their end, in the whole run.
+    """
 
     steps: int
     items: int
