@@ -36,7 +36,7 @@ DEMO_CLASSES = ["still", "tap-x", "tap-y", "shake-x", "shake-y"]
 
 
 def make_demo(folder: Path, n: int, seed: int = 0) -> None:
-    """The guide's recordings: drift and noise, and a class's short event in the first fifth."""
+    """The guide's recordings: drift and noise, and a class's short event in the last fifth."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     labels = rng.choice(len(DEMO_CLASSES), size=n, p=[0.55, 0.20, 0.12, 0.08, 0.05])
@@ -45,9 +45,9 @@ def make_demo(folder: Path, n: int, seed: int = 0) -> None:
         x = 0.6 * rng.standard_normal((steps, 6))
         x[:, :3] += 0.3 * np.cumsum(rng.standard_normal((steps, 3)), 0) / np.sqrt(np.arange(1, steps + 1))[:, None]
         if label:
-            axis, start = (label - 1) % 2, int(rng.integers(0, steps // 5))
-            event = np.ones(8) if label <= 2 else np.sin(np.pi * np.arange(8) / 2)
-            x[start:start + 8, axis] += 1.2 * event
+            event = np.ones(8) if label <= 2 else np.tile([1.0, 1.0, -1.0, -1.0], 3)
+            axis, start = (label - 1) % 2, steps - len(event) - int(rng.integers(0, steps // 5))
+            x[start:start + len(event), axis] += 1.6 * event
         np.save(folder / f"{i:05d}.npy", x.astype(np.float32))
     with open(folder / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("file", "label"), *((f"{i:05d}.npy", DEMO_CLASSES[k]) for i, k in enumerate(labels))])
@@ -72,7 +72,7 @@ def rows_hint(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="a folder of .npy arrays and labels.csv (default: make the demo one)")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training sequences")
+    parser.add_argument("--epochs", type=int, default=15, help="passes over the training sequences")
     parser.add_argument("--hidden", type=int, default=48, help="units per direction")
     parser.add_argument("--out", default="runs/own_sequences", help="the run folder (started over if it holds a run)")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,8 +9,11 @@ Where things live:
 * :mod:`rnnkit.models` — the architectures: taggers, Jordan networks, many-to-one, encoders,
   vector → sequence, output recurrence, seq2seq with attention, deep and residual stacks; heads
   and losses;
-* :mod:`rnnkit.train` — the model-agnostic trainer, truncated BPTT, teacher forcing and
-  scheduled sampling, clipping;
+* :mod:`rnnkit.data` — your own variable-length arrays padded and batched through a
+  ``DataLoader`` (:func:`rnnkit.data.pad_sequences`, :class:`rnnkit.data.SequenceCollate`), and
+  the built-in tasks' data;
+* :mod:`rnnkit.train` — the model-agnostic trainer, ready classification/tagging/regression
+  steps, truncated BPTT, teacher forcing and scheduled sampling, clipping; :func:`rnnkit.seed`;
 * :mod:`rnnkit.generate` — greedy, sampling (temperature, top-k, top-p) and beam search;
 * :mod:`rnnkit.checkpoint` — safe, atomic checkpoints (safetensors + JSON);
 * :mod:`rnnkit.tasks` — the built-in tasks the command line trains;

@@ -51,7 +51,7 @@ class DigitsConfig(TaskConfig):
 
 def evaluate_split(model: ManyToOne, split: Split) -> dict[str, float]:
     """Mean cross-entropy (nats) and accuracy of ``model`` over a split, in bounded batches
-    (each moved to the model's device): :meth:`rnnkit.train.supervised.Classification.evaluate`'s
+    (each moved to the model's device): :meth:`rnnkit.train.supervised.ClassifierJob.evaluate`'s
     ``loss`` and ``accuracy``."""
     n = split.targets.shape[0]
     batches = ((split.inputs[:, s], split.targets[s]) for s in chunks(n, EVAL_BATCH))  # (T, B, I), (B,)

@@ -99,8 +99,8 @@ class Epochs:
 
     @property
     def completed(self) -> int:
-        """Passes read to their end: those left, and the current one if a source with ``len``
-        has given all its batches (a run that stops on its last batch has made that pass)."""
+        """The number of passes read to their end (the current one counts once a source with
+        ``len`` has given all its batches: a run that stops on its last batch made that pass)."""
         try:
             whole = self.index > 0 and self.index == len(self.data)
         except TypeError:  # no len: a pass ends only when it runs out

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .device import model_device, to_device
 from .trainer import StepResult
 
-__all__ = ["Classification", "Tagging", "Regression", "accuracy", "confusion_matrix", "balanced_class_weights",
+__all__ = ["Classification", "Tagging", "Regression", "SupervisedJob", "ClassifierJob", "accuracy", "confusion_matrix", "balanced_class_weights",
            "classification_metrics", "step_mask"]
 
 
@@ -107,9 +107,10 @@ def _forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
     return model(x) if lengths is None else model(x, lengths)
 
 
-class _Job:
+class SupervisedJob:
     """What the three jobs share: the step function (``job(model, batch)``), ``evaluate`` over
-    batches, and ``evaluator`` for the Trainer."""
+    batches, and ``evaluator`` for the Trainer; ``monitor`` and ``mode`` name the metric the job
+    is judged by, for ``TrainConfig(monitor=job.monitor, mode=job.mode)``."""
 
     monitor = "loss"
     mode = "min"
@@ -142,7 +143,10 @@ class _Job:
             model.train(was_training)
 
 
-class _Classifier(_Job):
+class ClassifierJob(SupervisedJob):
+    """What :class:`Classification` and :class:`Tagging` share: class weights, the cross-entropy
+    step, and the classification metrics."""
+
     monitor = "accuracy"
     mode = "max"
 
@@ -200,7 +204,7 @@ class _Classifier(_Job):
         return confusion
 
 
-class Classification(_Classifier):
+class Classification(ClassifierJob):
     r"""One label per sequence: the step function and metrics of a sequence classifier.
 
     .. math::
@@ -214,7 +218,7 @@ class Classification(_Classifier):
             :func:`balanced_class_weights` of the training labels against imbalance; None: 1.
 
     The model maps ``(x, lengths)`` to logits o (B, K) (a :class:`~rnnkit.ManyToOne`); y is
-    (B,) int64 class ids. The step logs ``accuracy``; :meth:`evaluate` returns ``loss``,
+    (B,) int64 class ids. The step logs ``accuracy``; ``evaluate`` returns ``loss``,
     ``accuracy``, ``balanced_accuracy`` and ``accuracy_k`` per class. ``monitor`` =
     "accuracy", ``mode`` = "max".
     """
@@ -231,7 +235,7 @@ class Classification(_Classifier):
         return out, y.long()
 
 
-class Tagging(_Classifier):
+class Tagging(ClassifierJob):
     r"""A label per step: the step function and metrics of a sequence tagger.
 
     .. math::
@@ -248,7 +252,7 @@ class Tagging(_Classifier):
             pads integer targets with).
 
     The model maps ``(x, lengths)`` to logits o (T, B, K) (a :class:`~rnnkit.Tagger`); y is
-    (T, B) int64. Items are the real steps. :meth:`evaluate` returns step-level ``loss``,
+    (T, B) int64. Items are the real steps. ``evaluate`` returns step-level ``loss``,
     ``accuracy``, ``balanced_accuracy`` and ``accuracy_k``. ``monitor`` = "accuracy", ``mode``
     = "max".
     """
@@ -270,7 +274,7 @@ class Tagging(_Classifier):
         return out[mask], y[mask].long()  # (N, K), (N,)
 
 
-class Regression(_Job):
+class Regression(SupervisedJob):
     r"""Real targets, per sequence or per step: the step function and metrics of squared error.
 
     .. math::
@@ -284,7 +288,7 @@ class Regression(_Job):
             (B, O) (a :class:`~rnnkit.ManyToOne`); a missing O (shapes (B,) or (T, B)) is one
             value.
 
-    :meth:`evaluate` returns ``loss`` (= ``mse``), ``mse``, ``rmse`` and ``mae`` over all real
+    ``evaluate`` returns ``loss`` (= ``mse``), ``mse``, ``rmse`` and ``mae`` over all real
     elements. ``monitor`` = "loss", ``mode`` = "min".
     """
 

@@ -300,8 +300,13 @@ class Trainer:
             may live on the CPU: each is moved to the model's device (:func:`~rnnkit.train.device.to_device`,
             its tensors inside tuples, lists, dicts and dataclasses) before ``step_fn`` sees it.
         config: :class:`TrainConfig`.
-        evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
-            updates and at the end (in ``eval()`` mode, without gradients).
+        evaluate: ``evaluate(model) -> dict`` of validation metrics (numbers), run every
+            ``eval_every`` updates and at the end (in ``eval()`` mode, without gradients). It
+            must hold ``config.monitor`` (default ``"loss"``) when early stopping
+            (``patience``) or the best checkpoint (``out``) watch it; without them a missing
+            monitor only means no best is tracked. The jobs of :mod:`rnnkit.train.supervised`
+            give ready ones (``job.evaluator(val_loader)``) and name their metric
+            (``job.monitor``, ``job.mode``).
         scheduler: a torch LR scheduler, stepped after every update.
         callbacks: :class:`~rnnkit.train.callbacks.Callback` objects, called after the ones the
             config asks for; one of the same type as a built-in one replaces it.
