@@ -9,8 +9,11 @@ Where things live:
 * :mod:`rnnkit.models` — the architectures: taggers, Jordan networks, many-to-one, encoders,
   vector → sequence, output recurrence, seq2seq with attention, deep and residual stacks; heads
   and losses;
-* :mod:`rnnkit.train` — the model-agnostic trainer, truncated BPTT, teacher forcing and
-  scheduled sampling, clipping;
+* :mod:`rnnkit.data` — your own variable-length arrays padded and batched through a
+  ``DataLoader`` (:func:`rnnkit.data.pad_sequences`, :class:`rnnkit.data.SequenceCollate`), and
+  the built-in tasks' data;
+* :mod:`rnnkit.train` — the model-agnostic trainer, ready classification/tagging/regression
+  steps, truncated BPTT, teacher forcing and scheduled sampling, clipping; :func:`rnnkit.seed`;
 * :mod:`rnnkit.generate` — greedy, sampling (temperature, top-k, top-p) and beam search;
 * :mod:`rnnkit.checkpoint` — safe, atomic checkpoints (safetensors + JSON);
 * :mod:`rnnkit.tasks` — the built-in tasks the command line trains;
@@ -54,8 +57,11 @@ from .models import (
     sequence_nll,
     squared_error,
 )
+from .data.padding import SequenceCollate, SequenceDataset, collate_sequences, pad_sequences
+from .engine.choose import last_engines
 from .recurrent import Recurrent
 from .train import TrainConfig, Trainer
+from .train.trainer import seed_everything as seed
 
 __version__ = "0.1.0"
 
@@ -102,4 +108,10 @@ __all__ = [
     "Stack",
     "from_torch",
     "to_torch",
+    "last_engines",
+    "seed",
+    "pad_sequences",
+    "SequenceCollate",
+    "collate_sequences",
+    "SequenceDataset",
 ]

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .cells.base import RecurrentCell, check_choice, check_size
+from .cells.base import RecurrentCell, check_choice, check_size, from_torch_hint
 from .cells.state import is_state
-from .engine.choose import stack_may_run_native
+from .engine.choose import last_engines, stack_may_run_native, summarize_engines
 from .engine.native import native_stack_kind, run_native_layers
 from .recurrent import Recurrent, check_lengths, repack_output, unpack_input
 
@@ -155,7 +155,8 @@ class Bidirectional(nn.Module):
         self.merge = check_choice(merge, "merge", "Bidirectional", ("concat", "sum"))
         for name, c in (("cell", cell), ("backward_cell", backward_cell)):
             if c is not None and not isinstance(c, RecurrentCell):
-                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}")
+                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}"
+                                + from_torch_hint(c))
         if backward_cell is None:
             backward_cell = copy.deepcopy(cell)
             reset = getattr(backward_cell, "reset_parameters", None)
@@ -176,6 +177,7 @@ class Bidirectional(nn.Module):
         self.hidden_size = cell.hidden_size
         self.output_size = cell.output_size + backward_cell.output_size if merge == "concat" else cell.output_size
         self.last_engine: str | None = None
+        self._one_kernel = False  # whether the last call ran the whole as one torch kernel call
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, BidirectionalState]:
         if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
@@ -190,17 +192,24 @@ class Bidirectional(nn.Module):
             if self.merge == "sum":
                 h, g = y.chunk(2, dim=-1)
                 y = h + g  # (·, ·, H)
-            self.last_engine = "native"
+            self.last_engine, self._one_kernel = "native", True
             return y, BidirectionalState(h_final, g_final)
-        self.last_engine = "layers"
         if isinstance(x, Tensor) and x.dim() == 3 and self.batch_first:
             x = x.transpose(0, 1)  # (T, B, I)
         h, h_final = self.forward_layer(x, state[0], lengths)  # (T, B, H)
         g, g_final = self.backward_layer(x, state[1], lengths)  # (T, B, H)
+        self._one_kernel = False  # this call ran layer by layer
+        self.last_engine = summarize_engines(last_engines(self))  # what both directions ran on
         y = torch.cat([h, g], dim=-1) if self.merge == "concat" else h + g  # (T, B, D·H) or (T, B, H)
         if self.batch_first:
             y = y.transpose(0, 1)  # (B, T, ·)
         return y, BidirectionalState(h_final, g_final)
+
+    @property
+    def last_engines(self) -> dict[str, str]:
+        """What ran in each layer on the last call, ``{path: engine}`` (``{"": "native"}`` when
+        the whole ran as one torch kernel call); see :func:`rnnkit.last_engines`."""
+        return last_engines(self)
 
     def extra_repr(self) -> str:
         return f"merge={self.merge!r}, batch_first={self.batch_first}"
@@ -224,8 +233,9 @@ class Stack(nn.Module):
     CPU, cuDNN on GPU), and ``last_engine`` is ``"native"``. With ``lengths`` it does so on the
     GPU; on the CPU each layer then runs on the fused engine, which masks for free where torch's
     CPU kernels would take a slow packed-sequence path. Otherwise each
-    layer runs its own path (``last_engine == "layers"``; each layer's ``last_engine`` says
-    which). The dropout masks of the two paths differ: both drop the same fraction between the
+    layer runs its own path: ``last_engine`` is then the engine they all ran on (``"fused"``,
+    ``"reference"``), or ``"mixed"``, and :attr:`last_engines` says what ran in each layer. The
+    dropout masks of the two paths differ: both drop the same fraction between the
     same layers.
 
     Args:
@@ -250,7 +260,7 @@ class Stack(nn.Module):
             if not (isinstance(layer, nn.Module) and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))):
                 raise TypeError(
                     f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, output_size "
-                    f"and batch_first), got {type(layer).__name__}"
+                    f"and batch_first), got {type(layer).__name__}{from_torch_hint(layer)}"
                 )
         for k in range(1, len(layers)):
             if layers[k].input_size != layers[k - 1].output_size:
@@ -269,6 +279,7 @@ class Stack(nn.Module):
         self.output_size = layers[-1].output_size
         self.hidden_size = layers[-1].hidden_size
         self.last_engine: str | None = None
+        self._one_kernel = False  # whether the last call ran the whole as one torch kernel call
 
     @classmethod
     def build(
@@ -316,9 +327,8 @@ class Stack(nn.Module):
         sums = [isinstance(layer, Bidirectional) and layer.merge == "sum" for layer in self.layers]
         if layer_cells is not None and not any(sums):
             y, finals = _run_native("Stack", layer_cells, x, list(state), lengths, self.batch_first, self.dropout, self.training)
-            self.last_engine = "native"
+            self.last_engine, self._one_kernel = "native", True
             return y, tuple(BidirectionalState(*f) if len(f) == 2 else f[0] for f in finals)
-        self.last_engine = "layers"
         finals = []
         y = x
         for k, layer in enumerate(self.layers):
@@ -326,7 +336,15 @@ class Stack(nn.Module):
             finals.append(s)
             if k < L - 1 and self.dropout > 0:
                 y = F.dropout(y, self.dropout, self.training)
+        self._one_kernel = False  # this call ran layer by layer
+        self.last_engine = summarize_engines(last_engines(self))  # what its layers ran on
         return y, tuple(finals)
+
+    @property
+    def last_engines(self) -> dict[str, str]:
+        """What ran in each layer on the last call, ``{path: engine}`` (``{"": "native"}`` when
+        the whole ran as one torch kernel call); see :func:`rnnkit.last_engines`."""
+        return last_engines(self)
 
     def to_torch(self) -> nn.Module:
         """The equal ``torch.nn.RNN``/``LSTM``/``GRU`` (weights copied); see :func:`rnnkit.to_torch`."""

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .cells.base import RecurrentCell
+from .cells.base import RecurrentCell, from_torch_hint
 from .cells.state import where_state
 from .engine import fused
 from .engine.sequence import reverse_padded  # noqa: F401  (re-exported: rnnkit.recurrent.reverse_padded)
@@ -170,7 +170,8 @@ class Recurrent(nn.Module):
     def __init__(self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False, engine: str = "auto") -> None:
         super().__init__()
         if not isinstance(cell, RecurrentCell):
-            raise TypeError(f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}")
+            raise TypeError(f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}"
+                            + from_torch_hint(cell))
         if engine not in ENGINES:
             raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if engine == "native" and native_kind(cell) is None:

@@ -82,7 +82,7 @@ def run_on_layers(module, monkeypatch, *args):
     with monkeypatch.context() as m:
         m.setenv("RNNKIT_ENGINE", "reference")
         out = module(*args)
-    assert module.last_engine == "layers"
+    assert module.last_engine == "reference" and "" not in module.last_engines  # layer by layer, each on the loop
     return out
 
 
@@ -169,8 +169,9 @@ def test_with_lengths_on_the_cpu_native_stacks_run_fused_layer_by_layer(monkeypa
     stack = randomize_(Stack.build(GRUCell, 3, 4, num_layers=2, bidirectional=True).double(), seed=6)
     x = torch.randn(6, 3, 3, dtype=torch.float64)
     y, states = stack(x, lengths=[6, 2, 4])
-    assert stack.last_engine == "layers"
+    assert stack.last_engine == "fused"
     assert all(r.last_engine == "fused" for layer in stack.layers for r in (layer.forward_layer, layer.backward_layer))
+    assert stack.last_engines == {f"layers.{k}.{d}_layer": "fused" for k in (0, 1) for d in ("forward", "backward")}
     monkeypatch.setenv("RNNKIT_ENGINE", "native")
     y_native, states_native = stack(x, lengths=[6, 2, 4])
     assert stack.last_engine == "native"
@@ -178,7 +179,7 @@ def test_with_lengths_on_the_cpu_native_stacks_run_fused_layer_by_layer(monkeypa
     torch.testing.assert_close(states[1].backward.h, states_native[1].backward.h, **TOL[torch.float64])
     monkeypatch.delenv("RNNKIT_ENGINE")
     stack(x)
-    assert stack.last_engine == "native"  # without lengths, one call of torch's kernel
+    assert stack.last_engine == "native" and stack.last_engines == {"": "native"}  # without lengths, one call of torch's kernel
     explicit = Stack([Recurrent(LSTMCell(3, 4), engine="native"), Recurrent(LSTMCell(4, 4), engine="native")])
     explicit(torch.randn(5, 2, 3), lengths=[5, 3])
     assert explicit.last_engine == "native"  # asked for torch's kernels: lengths go packed
@@ -197,10 +198,10 @@ def test_stacks_torch_cannot_run_in_one_call_run_layer_by_layer():
     ]
     for stack in cases:
         stack(x)
-        assert stack.last_engine == "layers", stack
+        assert "" not in stack.last_engines and len(stack.last_engines) >= 2, stack  # each layer ran on its own
     mixed = Bidirectional(LSTMCell(3, 4), GRUCell(3, 4))
     mixed(x)
-    assert mixed.last_engine == "layers"
+    assert mixed.last_engines == {"forward_layer": "native", "backward_layer": "native"}
 
 
 def test_native_stack_checks_its_arguments(monkeypatch):
@@ -307,3 +308,28 @@ def test_packed_sequence_with_lengths_too_is_refused():
                           ("Stack", Stack.build(GRUCell, 3, 4))]:
         with pytest.raises(ValueError, match=f"{owner}: x is a PackedSequence, which carries its own lengths; got lengths as well"):
             module(packed, lengths=[4, 2])
+
+
+def test_last_engine_on_models_says_what_ran_in_each_layer(monkeypatch):
+    """A model's ``last_engine``/``last_engines`` and a stack's report the engines its layers ran
+    on — not "layers" — checked against each Recurrent's own ``last_engine``."""
+    from rnnkit import ManyToOne, last_engines
+    from rnnkit.models import Tagger
+
+    x, lengths = torch.randn(6, 3, 4), [6, 2, 5]
+    plain = ManyToOne(Stack.build(LSTMCell, 4, 8, num_layers=2, bidirectional=True), 3)
+    assert plain.last_engine is None and plain.last_engines == {}  # nothing ran yet
+    plain(x)
+    assert plain.last_engine == "native" and plain.last_engines == {"encoder.layer": "native"}
+    plain(x, lengths)  # on the CPU, lengths run each direction of each layer fused
+    expected = {f"encoder.layer.layers.{k}.{d}_layer": "fused" for k in (0, 1) for d in ("forward", "backward")}
+    assert plain.last_engines == expected and plain.encoder.layer.last_engine == "fused" == plain.last_engine
+    assert all(plain.get_submodule(name).last_engine == ran for name, ran in expected.items())
+    mixed = Tagger(Stack([Recurrent(LSTMCell(4, 8)), Recurrent(LSTMCell(8, 8, peephole=True)),
+                          Recurrent(GRUCell(8, 8), engine="reference")]), 2)
+    mixed(x)
+    assert mixed.last_engines == {"layer.layers.0": "native", "layer.layers.1": "fused", "layer.layers.2": "reference"}
+    assert mixed.last_engine == "mixed" == mixed.layer.last_engine and last_engines(mixed) == mixed.last_engines
+    monkeypatch.setenv("RNNKIT_ENGINE", "reference")
+    mixed(x)
+    assert mixed.last_engine == "reference" and set(mixed.last_engines.values()) == {"reference"}

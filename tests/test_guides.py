@@ -70,7 +70,7 @@ def quick(tmp_path, monkeypatch):
 
 def test_the_guides_are_there_and_the_index_lists_each_once():
     names = {p.stem for p in PAGES}
-    assert names == {"charlm", "long_time_lags", "seq2seq", "custom_cell", "forecasting"}
+    assert names == {"charlm", "long_time_lags", "seq2seq", "custom_cell", "forecasting", "own_sequences"}
     toctree = re.search(r"```\{toctree\}\n(.*?)```", (GUIDES / "index.md").read_text(encoding="utf-8"), re.S).group(1)
     listed = [line.strip() for line in toctree.splitlines() if line.strip() and not line.startswith(":")]
     assert sorted(listed) == sorted(names)

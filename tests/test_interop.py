@@ -101,7 +101,7 @@ def test_projected_lstm_from_torch_equals_torch_and_converts_back(config, engine
 
     assert_same_computation(run_ours, lambda x, h0, c0: theirs(x, (h0, c0)), [x, h0, c0],
                             list(ours.parameters()), list(theirs.parameters()))
-    assert ours.last_engine == ("native" if engine == "auto" else "layers")
+    assert ours.last_engine == ("native" if engine == "auto" else engine)
     if engine != "auto":
         assert {layer.last_engine for layer in rnnkit.compose._recurrent_layers(ours.layers)} == {engine}
     back = ours.to_torch()

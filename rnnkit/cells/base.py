@@ -42,6 +42,36 @@ TORCH_KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 STEP_METHODS = ("forward", "prepare_state", "init_state", "input_projection", "recurrence", "output_of")
 
 
+def not_a_tensor(x: Any, name: str, owner: str, layout: str, kind: str = "a tensor", prefix: str = "") -> TypeError:
+    """The error for an input that is not a tensor; a NumPy array or a list is told how to
+    convert it (a type problem, not a shape one)."""
+    hint = ""
+    if hasattr(x, "__array__") and not isinstance(x, Tensor):
+        hint = (f"; convert a NumPy array first with torch.from_numpy({name}) or torch.as_tensor({name}, "
+                f"dtype=torch.float32) (NumPy's default float64 is not the parameters' float32)")
+    elif isinstance(x, (list, tuple)):
+        hint = (f"; convert it first with torch.as_tensor({name}), or pad a list of sequences of different "
+                f"lengths with rnnkit.data.pad_sequences")
+    return TypeError(f"{owner}: {prefix}{name} must be {kind} of shape {layout}, got {type(x).__name__}{hint}")
+
+
+def from_torch_hint(obj: Any) -> str:
+    """A hint for a torch.nn recurrent module given where an rnnkit cell or layer is expected."""
+    if isinstance(obj, nn.RNNBase):
+        return (f"; convert a torch.nn.{type(obj).__name__} with rnnkit.from_torch(module), which gives the rnnkit "
+                f"Stack that computes the same (weights copied)")
+    if isinstance(obj, nn.RNNCellBase):
+        return f"; convert a torch.nn.{type(obj).__name__} with rnnkit.from_torch(module), the equal rnnkit cell"
+    return ""
+
+
+def dtype_hint(dtype: torch.dtype, expected: torch.dtype) -> str:
+    """A hint for a float64 input to float32 parameters (NumPy's default dtype)."""
+    if dtype == torch.float64 and expected == torch.float32:
+        return " (float64 is NumPy's default: convert with x.float() or torch.as_tensor(x, dtype=torch.float32))"
+    return ""
+
+
 def check_size(value: Any, name: str, owner: str, minimum: int = 1) -> int:
     """Return ``value`` if it is an integer ≥ ``minimum``, else raise naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -313,7 +343,7 @@ class RecurrentCell(nn.Module):
         """Raise a clear error unless ``x`` is a tensor of rank ``expected_dim`` fitting this cell."""
         owner = type(self).__name__
         if not isinstance(x, Tensor):
-            raise TypeError(f"{owner}: input x must be a tensor of shape {layout}, got {type(x).__name__}")
+            raise not_a_tensor(x, "x", owner, layout, "a tensor", prefix="input ")
         if x.dim() != expected_dim:
             raise ValueError(f"{owner}: input x must have shape {layout}, got {x.dim()}-D shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
@@ -322,7 +352,8 @@ class RecurrentCell(nn.Module):
             )
         dtype, device = self.reference_dtype_device()
         if x.dtype != dtype:
-            raise TypeError(f"{owner}: input x has dtype {x.dtype}, expected the parameters' dtype {dtype}")
+            raise TypeError(f"{owner}: input x has dtype {x.dtype}, expected the parameters' dtype {dtype}"
+                            + dtype_hint(x.dtype, dtype))
         if x.device != device:
             raise ValueError(f"{owner}: input x is on {x.device}, expected the parameters' device {device}")
 

@@ -83,3 +83,36 @@ def stack_may_run_native(engines: list[str], lengths: Any, x: Any) -> bool:
         return False
     all_auto = all(e == "auto" for e in engines)
     return not (all_auto and lengths is not None and isinstance(x, Tensor) and beats_native_with_lengths(x))
+
+
+def last_engines(module: Any) -> dict[str, str]:
+    """What ran in each recurrent layer of ``module`` on its last call: ``{name: engine}``.
+
+    Names are the layers' paths inside ``module`` (as ``named_modules`` gives them; ``""`` for
+    ``module`` itself); an engine is ``"native"``, ``"fused"`` or ``"reference"``. A
+    :class:`~rnnkit.Stack` or :class:`~rnnkit.Bidirectional` that ran as one torch kernel call is
+    one entry, ``"native"``; otherwise each of its ``Recurrent`` layers is listed. Layers that
+    have not run yet are left out. Works on any model (``Seq2Seq`` included).
+    """
+    from ..compose import Bidirectional, Stack
+    from ..recurrent import Recurrent
+
+    found: dict[str, str] = {}
+    whole: list[str] = []  # stacks that ran as one kernel: their layers did not run themselves
+    for name, sub in module.named_modules():
+        if any(w == "" or name.startswith(w + ".") for w in whole):
+            continue
+        if isinstance(sub, Recurrent):
+            if sub.last_engine is not None:
+                found[name] = sub.last_engine
+        elif isinstance(sub, (Stack, Bidirectional)) and getattr(sub, "_one_kernel", False):
+            found[name] = "native"
+            whole.append(name)
+    return found
+
+
+def summarize_engines(engines: dict[str, str]) -> str | None:
+    """One word for what ran: the engine every layer ran on, ``"mixed"`` if they differ, None if
+    nothing ran."""
+    kinds = set(engines.values())
+    return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cells.base import RecurrentCell, check_size
+from ..cells.base import RecurrentCell, check_size, dtype_hint, from_torch_hint, not_a_tensor
 from ..cells.state import is_state, map_state, state_tensors
 from ..compose import Bidirectional, Stack
 from ..recurrent import Recurrent
@@ -87,7 +87,8 @@ def as_layer(layer: Any, owner: str, *, steppable: bool = False) -> nn.Module:
     if isinstance(layer, RecurrentCell):
         layer = Recurrent(layer)
     if not isinstance(layer, nn.Module) or not all(hasattr(layer, a) for a in ("input_size", "output_size")):
-        raise TypeError(f"{owner}: layer must be an rnnkit cell or layer (Recurrent, Stack, ...), got {type(layer).__name__}")
+        raise TypeError(f"{owner}: layer must be an rnnkit cell or layer (Recurrent, Stack, ...), got {type(layer).__name__}"
+                        + from_torch_hint(layer))
     if getattr(layer, "batch_first", False):
         raise ValueError(f"{owner}: models are time-major, (T, B, ·); got a layer with batch_first=True")
     if steppable:
@@ -186,7 +187,7 @@ def sequence_mask(lengths: Tensor | None, steps: int, batch_size: int, device: t
 def check_float(x: Any, name: str, owner: str, layout: str, dim: int, width: int | None, like: Tensor | None = None) -> Tensor:
     """Raise unless ``x`` is a floating tensor of rank ``dim`` whose last size is ``width``."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{owner}: {name} must be a tensor of shape {layout}, got {type(x).__name__}")
+        raise not_a_tensor(x, name, owner, layout)
     if x.dim() != dim:
         raise ValueError(f"{owner}: {name} must have shape {layout}, got {x.dim()}-D shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -194,7 +195,8 @@ def check_float(x: Any, name: str, owner: str, layout: str, dim: int, width: int
     if width is not None and x.shape[-1] != width:
         raise ValueError(f"{owner}: {name} has width {x.shape[-1]} (shape {tuple(x.shape)}), expected {width}")
     if like is not None and x.dtype != like.dtype:
-        raise TypeError(f"{owner}: {name} has dtype {x.dtype}, expected the parameters' dtype {like.dtype}")
+        raise TypeError(f"{owner}: {name} has dtype {x.dtype}, expected the parameters' dtype {like.dtype}"
+                        + dtype_hint(x.dtype, like.dtype))
     return x
 
 
@@ -208,7 +210,7 @@ def check_tokens(
     future input, so only their dtype and shape are checked.
     """
     if not isinstance(y, Tensor):
-        raise TypeError(f"{owner}: {name} must be an int64 tensor of shape {layout}, got {type(y).__name__}")
+        raise not_a_tensor(y, name, owner, layout, "an int64 tensor")
     if y.dim() != dim:
         raise ValueError(f"{owner}: {name} must have shape {layout}, got {y.dim()}-D shape {tuple(y.shape)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -242,6 +244,27 @@ def param_like(module: nn.Module) -> Tensor:
 
 
 # -- parts shared by the decoders ----------------------------------------------------------------
+
+
+class EngineReport:
+    """``last_engine`` and ``last_engines`` for a model: what its recurrent layers ran on."""
+
+    @property
+    def last_engines(self) -> dict[str, str]:
+        """What ran in each recurrent layer on the last forward, ``{path: engine}`` (a stack
+        that ran as one torch kernel call is one ``"native"`` entry); see
+        :func:`rnnkit.last_engines`."""
+        from ..engine.choose import last_engines
+
+        return last_engines(self)
+
+    @property
+    def last_engine(self) -> str | None:
+        """The engine every recurrent layer ran on in the last forward (``"native"``,
+        ``"fused"``, ``"reference"``), ``"mixed"`` if they differ, None before the first."""
+        from ..engine.choose import summarize_engines
+
+        return summarize_engines(self.last_engines)
 
 
 class OutputFeedback(nn.Module):

@@ -30,6 +30,7 @@ from ..cells.base import check_choice, check_size, resolve
 from ..recurrent import Recurrent, check_lengths
 from .base import (
     DecoderState,
+    EngineReport,
     OutputFeedback,
     SequenceOutput,
     StateBridge,
@@ -51,7 +52,7 @@ from .patterns import _time_batch, read_input
 CONTEXT_MODES = ("init", "input", "both")
 
 
-class FeedbackDecoder(nn.Module):
+class FeedbackDecoder(EngineReport, nn.Module):
     r"""A recurrent layer fed its own previous output, optionally conditioned on per-step inputs
     x(t) and a context vector v — the network of this module's docstring.
 

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..cells.base import RecurrentCell, check_choice, check_size
 from ..cells.deep import DeepTransitionCell
 from ..recurrent import Recurrent, repack_output, unpack_input
-from .base import as_layer, final_output, layer_init_state, layer_step
+from .base import EngineReport, as_layer, final_output, layer_init_state, layer_step
 
 CONNECTIONS = ("residual", "skip")
 
@@ -49,7 +49,7 @@ def deep_transition(
     return Recurrent(DeepTransitionCell(cell, input_size, input_layers, transition_layers, activation))
 
 
-class ResidualStack(nn.Module):
+class ResidualStack(EngineReport, nn.Module):
     r"""Recurrent layers with connections that skip across layers.
 
     ``connections="residual"`` (He et al. 2016 for feed-forward nets; Wu et al. 2016, GNMT, for

@@ -19,11 +19,12 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..cells.base import check_choice, check_size
+from ..cells.base import check_choice, check_size, not_a_tensor
 from ..cells.deep import ACTIVATIONS
 from ..recurrent import check_lengths
 from .base import (
     DecoderState,
+    EngineReport,
     OutputFeedback,
     SequenceOutput,
     StepOutput,
@@ -69,13 +70,14 @@ class InputEmbedding(nn.Module):
     def time_batch(self, x: Any) -> tuple[int, int]:
         """(T, B) of an input, or an error naming the expected layout."""
         layout, dim = ("(T, B)", 2) if self.vocab_size is not None else ("(T, B, I)", 3)
-        if not isinstance(x, Tensor) or x.dim() != dim:
-            got = f"{x.dim()}-D shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{self.owner}: x must have shape {layout}, got {got}")
+        if not isinstance(x, Tensor):
+            raise not_a_tensor(x, "x", self.owner, layout)
+        if x.dim() != dim:
+            raise ValueError(f"{self.owner}: x must have shape {layout}, got {x.dim()}-D shape {tuple(x.shape)}")
         return x.shape[0], x.shape[1]
 
 
-class Tagger(nn.Module):
+class Tagger(EngineReport, nn.Module):
     r"""Synced many-to-many: an output at every step from a recurrent layer (figure 10.3).
 
     .. math::
@@ -112,6 +114,22 @@ class Tagger(nn.Module):
         self.head = OutputHead(self.layer.output_size, output_size, head_hidden)
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Tensor:
+        """An output at every step.
+
+        Args:
+            x: (T, B, I) floats (the parameters' dtype, time-major), or (T, B) int64 token ids
+                with ``vocab_size``. A list of variable-length arrays becomes this with
+                :func:`rnnkit.data.pad_sequences`.
+            lengths: (B,) integers in [1, T] in any order (a tensor, NumPy array or list), or
+                None when every sequence has T steps. Steps past a length are not read: the
+                layer's state stops there (a backward direction starts at each sequence's own
+                last step).
+            state: the layer's initial state, or None for zeros.
+
+        Returns:
+            o (T, B, V): the logits (or O values) at every step; rows past a length are c (the
+            head's bias), to be masked in the loss (:class:`rnnkit.train.Tagging` does).
+        """
         T, B = self.inputs.time_batch(x)
         lengths = check_lengths(lengths, B, T, x.device, "Tagger")
         h, _ = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
@@ -127,7 +145,7 @@ class Encoded(NamedTuple):
     state: Any
 
 
-class Encoder(nn.Module):
+class Encoder(EngineReport, nn.Module):
     r"""The RNN with no output (figure 10.5 without its output, §10.4): reads a sequence of any
     length and keeps its final state as a fixed-length summary.
 
@@ -155,13 +173,25 @@ class Encoder(nn.Module):
         self.output_size = self.layer.output_size
 
     def forward(self, x: Tensor, lengths: Any = None, state: Any = None) -> Encoded:
+        """Read the sequences and keep their summaries.
+
+        Args:
+            x: (T, B, I) floats or (T, B) int64 token ids with ``vocab_size``.
+            lengths: (B,) integers in [1, T] in any order, or None for all T.
+            state: the layer's initial state, or None for zeros.
+
+        Returns:
+            :class:`Encoded`: ``outputs`` (T, B, H) (zero past each length), ``summary`` (B, H)
+            — h(τ) at each sequence's own last step, [h(τ); g(1)] for a bidirectional layer —
+            and the layer's final ``state``.
+        """
         T, B = self.inputs.time_batch(x)
         lengths = check_lengths(lengths, B, T, x.device, "Encoder")
         outputs, final = self.layer(self.inputs(x, lengths, param_like(self)), state, lengths)  # (T, B, H)
         return Encoded(outputs, final_output(self.layer, final), final)
 
 
-class ManyToOne(nn.Module):
+class ManyToOne(EngineReport, nn.Module):
     r"""One output after reading the whole sequence (figure 10.5): classification or regression.
 
     .. math::
@@ -191,6 +221,24 @@ class ManyToOne(nn.Module):
         self.head = OutputHead(self.encoder.output_size, output_size, head_hidden)
 
     def forward(self, x: Tensor, lengths: Any = None) -> Tensor:
+        """One output per sequence, read after its last step.
+
+        Args:
+            x: (T, B, I) floats (the parameters' dtype, time-major; ``x.transpose(0, 1)`` turns
+                a batch-first batch into this), or (T, B) int64 token ids with ``vocab_size``.
+                A list of variable-length arrays becomes this with
+                :func:`rnnkit.data.pad_sequences`, and a ``DataLoader`` yields it with
+                :class:`rnnkit.data.SequenceCollate`.
+            lengths: (B,) integers in [1, T] in any order (no sorting, no packing), or None
+                when every sequence has T steps. Each sequence is summarised at its own last
+                step, so padding never reaches the output; without ``lengths`` a padded
+                sequence is read through its padding.
+
+        Returns:
+            o (B, V): logits for classes (train with ``F.cross_entropy`` or
+            :class:`rnnkit.train.Classification`), or (B, O) values for regression
+            (:class:`rnnkit.train.Regression`).
+        """
         return self.head(self.encoder(x, lengths).summary)  # (B, V)
 
 
@@ -309,9 +357,10 @@ class JordanNetwork(nn.Module):
 
 def _time_batch(y: Any, feedback: OutputFeedback, owner: str) -> tuple[int, int]:
     layout, dim = ("(T, B)", 2) if feedback.discrete else ("(T, B, O)", 3)
-    if not isinstance(y, Tensor) or y.dim() != dim:
-        got = f"{y.dim()}-D shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"{owner}: y must have shape {layout}, got {got}")
+    if not isinstance(y, Tensor):
+        raise not_a_tensor(y, "y", owner, layout)
+    if y.dim() != dim:
+        raise ValueError(f"{owner}: y must have shape {layout}, got {y.dim()}-D shape {tuple(y.shape)}")
     return y.shape[0], y.shape[1]
 
 

@@ -70,6 +70,9 @@ class TaskConfig(TrainingSettings):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         check_device(self.device)  # the spelling only: whether this machine has it, run_task asks
+        if self.max_steps is None and self.max_time is None and self.max_epochs is None:
+            # a task's max_steps has a default of its own: None here was asked for, so no step limit
+            raise ValueError("give max_steps or max_time (or max_epochs): with none of them the run would never end")
         self.validate()
 
     def train_config(self, task: "Task | None" = None) -> TrainConfig:
@@ -220,8 +223,8 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
 #: Everything else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights,
 #: optimizer state and data position only mean something with it, and a changed learning rate
 #: would be overwritten by the optimizer state anyway.
-RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "eval_every", "eval_budget", "patience", "progress", "out", "sample_length",
-                               "temperature", "device", "keep_checkpoints"})
+RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "max_epochs", "eval_every", "eval_budget", "patience", "progress",
+                               "out", "sample_length", "temperature", "device", "keep_checkpoints"})
 
 
 def check_resumable(meta: dict, task: "Task") -> None:
@@ -327,7 +330,9 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     plot = Plot(run.curves, task.monitor, metric=task.metric, baseline=task.baseline.get(task.metric),
                 title=f"{run.path.name}: {task.name}, {cfg.cell} × {cfg.num_layers}, hidden {cfg.hidden_size}",
                 metric_label=task.metric_label)
-    trainer = Trainer(model, opt, task, batches, cfg.train_config(task), evaluate=task.evaluate, scheduler=sched,
+    train_config = cfg.train_config(task)
+    train_config.overwrite = overwrite  # open_run checked the folder: the trainer applies the same rule
+    trainer = Trainer(model, opt, task, batches, train_config, evaluate=task.evaluate, scheduler=sched,
                       callbacks=[_Validation(task, log), *task.callbacks(log), plot], meta=task.meta())
     result = trainer.fit(resume_from=run.latest if resume else None)
     final = result.val or task.evaluate(model.eval(), "val")  # the trainer validates at its last step

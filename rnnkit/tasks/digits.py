@@ -18,16 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
 from ..cells.registry import make_cell
 from ..compose import Stack
 from ..data.datasets import DIGITS_ORDERS, Split, digits, majority_accuracy
 from ..models import ManyToOne
 from ..train import StepResult
-from ..train.device import model_device, to_device
+from ..train.supervised import Classification, accuracy  # accuracy: also importable from here, as before
 from .base import Task, TaskConfig
 from .batching import Minibatches, chunks
 
@@ -51,24 +49,14 @@ class DigitsConfig(TaskConfig):
             raise ValueError(f"order must be one of {', '.join(DIGITS_ORDERS)}, got {self.order!r}")
 
 
-def accuracy(logits: Tensor, targets: Tensor) -> float:
-    """Share of rows whose largest logit is the target class. logits (B, K), targets (B,)."""
-    return float((logits.argmax(-1) == targets).double().mean())
-
-
-@torch.no_grad()
 def evaluate_split(model: ManyToOne, split: Split) -> dict[str, float]:
     """Mean cross-entropy (nats) and accuracy of ``model`` over a split, in bounded batches
-    (each moved to the model's device)."""
-    total, correct = 0.0, 0
+    (each moved to the model's device): :meth:`rnnkit.train.supervised.ClassifierJob.evaluate`'s
+    ``loss`` and ``accuracy``."""
     n = split.targets.shape[0]
-    device = model_device(model)
-    for s in chunks(n, EVAL_BATCH):
-        x, y = to_device((split.inputs[:, s], split.targets[s]), device)  # (T, B, I), (B,)
-        logits = model(x)  # (B, K)
-        total += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
-    return {"loss": total / n, "accuracy": correct / n}
+    batches = ((split.inputs[:, s], split.targets[s]) for s in chunks(n, EVAL_BATCH))  # (T, B, I), (B,)
+    metrics = Classification(CLASSES).evaluate(model, batches)
+    return {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
 
 
 class DigitsTask(Task):

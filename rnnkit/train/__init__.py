@@ -1,6 +1,9 @@
 """Training: the model-agnostic loop and what it is built from.
 
 * :mod:`~rnnkit.train.trainer` — :class:`Trainer`, :class:`TrainConfig`;
+* :mod:`~rnnkit.train.epochs` — passes over a DataLoader, a list of batches or any re-iterable;
+* :mod:`~rnnkit.train.supervised` — step functions and metrics of classification, tagging and
+  regression;
 * :mod:`~rnnkit.train.callbacks` — what the loop does besides updating: log file, checkpoints,
   early stopping, plot, progress bar;
 * :mod:`~rnnkit.train.run_folder` — :class:`RunFolder`, the names and checks of a run's folder;
@@ -15,6 +18,8 @@ from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, Prog
 from .clipping import clip_gradients
 from .feedback import Rollout, k_step_ahead_loss, rollout
 from .run_folder import RunFolder
+from .epochs import Epochs
+from .supervised import Classification, Regression, Tagging, balanced_class_weights, confusion_matrix
 from .schedules import SCHEDULES, Constant, Exponential, InverseSigmoid, Linear
 from .tbptt import Chunk, LaneStream
 from .trainer import StepResult, TrainConfig, Trainer, TrainingDiverged, TrainingSettings, TrainResult, seed_everything
@@ -24,4 +29,5 @@ __all__ = [
     "Callback", "EarlyStopping", "LogFile", "Checkpoints", "Plot", "ProgressBar", "RunFolder",
     "LaneStream", "Chunk", "rollout", "Rollout", "k_step_ahead_loss",
     "SCHEDULES", "Constant", "Linear", "Exponential", "InverseSigmoid", "clip_gradients",
+    "Epochs", "Classification", "Tagging", "Regression", "balanced_class_weights", "confusion_matrix",
 ]

@@ -32,6 +32,7 @@ from . import distributed
 from .history import HISTORY_KEEP, bounded_history
 from .clipping import check_clip, clip_gradients
 from .device import model_device, to_device
+from .epochs import Epochs
 from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
 from .run_folder import RunFolder
 
@@ -39,10 +40,42 @@ from .run_folder import RunFolder
 @dataclass
 class TrainingSettings:
     """How long and how to train: the settings a task's config shares with :class:`TrainConfig`
-    (every task config inherits them, so each is defined and checked here once)."""
+    (every task config inherits them, so each is defined and checked here once).
 
-    max_steps: int | None = 1000  # updates, counted over the whole run (a resumed run goes on to this); None: until max_time runs out
-    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: until max_steps
+    When to stop: at the first limit reached of ``max_steps``, ``max_epochs`` and ``max_time``
+    (or early stopping, or a callback). A budget given alone is the limit: with ``max_steps``
+    None the run has no step limit when ``max_time`` or ``max_epochs`` is given, and
+    :data:`DEFAULT_MAX_STEPS` (1000) updates when none of the three is (:meth:`step_limit`).
+
+    Attributes:
+        max_steps: updates, counted over the whole run (a resumed run goes on to this);
+            None: see above.
+        max_time: seconds of training in this ``fit()`` (a resume gets it afresh), the final
+            validation included; None: no time limit.
+        max_epochs: passes over the training data, counted over the whole run; None: no limit.
+        clip_norm: rescale the global gradient norm to this when above it; None: no norm
+            clipping.
+        clip_value: clip every gradient element to [−v, v] (before the norm); None: none.
+        eval_every: updates between validations (and checkpoints).
+        patience: early stopping after this many validations without improvement of the
+            monitored metric; None: never.
+        out: the run folder for checkpoints (``best``/``latest.safetensors``), the log and the
+            plot; None: write nothing. A folder that already holds a run is refused unless
+            resuming or ``overwrite`` (as ``rnnkit train`` refuses it).
+        log_format: ``"jsonl"`` or ``"csv"`` (both hold every logged update and validation).
+        progress: a progress bar on stderr (only where stderr is a terminal).
+        seed: seeds torch, NumPy and ``random`` when ``fit()`` starts; None: leave them (see
+            :class:`TrainConfig` for its ``"auto"`` default).
+        keep_checkpoints: also keep the last n checkpoints as
+            ``step-<update>-<metric>-<value>.safetensors``; 0: none.
+    """
+
+    # The run stops at the first limit reached of max_steps, max_epochs and max_time. A budget given
+    # alone is the limit: max_steps None means DEFAULT_MAX_STEPS only when neither max_time nor
+    # max_epochs is given (see step_limit()).
+    max_steps: int | None = None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
+    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
+    max_epochs: int | None = None  # passes over the training data, counted over the whole run; None: no pass limit
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints), unless eval_budget holds one back
@@ -57,7 +90,7 @@ class TrainingSettings:
     def validate(self) -> "TrainingSettings":
         """Return self if every setting is allowed, else raise naming the first that is not."""
         owner = type(self).__name__
-        for name in ("max_steps", "eval_every", "patience"):
+        for name in ("max_steps", "max_epochs", "eval_every", "patience"):
             v = getattr(self, name)
             if v is None and name != "eval_every":
                 continue
@@ -65,8 +98,6 @@ class TrainingSettings:
                 raise ValueError(f"{owner}: {name} must be an int ≥ 1{' or None' if name != 'eval_every' else ''}, got {v!r}")
         if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(self.max_time, (int, float)) or not self.max_time > 0):
             raise ValueError(f"{owner}: max_time must be a number of seconds > 0 or None, got {self.max_time!r}")
-        if self.max_steps is None and self.max_time is None:
-            raise ValueError(f"{owner}: give max_steps or max_time (or both), got neither")
         if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
             raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
         if self.eval_budget is not None and (isinstance(self.eval_budget, bool) or not isinstance(self.eval_budget, (int, float))
@@ -79,19 +110,75 @@ class TrainingSettings:
             raise ValueError(f"{owner}: log_format must be 'jsonl' or 'csv', got {self.log_format!r}")
         return self
 
+    def step_limit(self) -> int | None:
+        """The number of updates the run stops at: ``max_steps`` if given; else none when
+        ``max_time`` or ``max_epochs`` bounds the run; else :data:`DEFAULT_MAX_STEPS`."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.max_time is not None or self.max_epochs is not None else DEFAULT_MAX_STEPS
+
+
+#: The step limit of a run given no max_steps, max_time or max_epochs.
+DEFAULT_MAX_STEPS = 1000
+
 
 @dataclass
 class TrainConfig(TrainingSettings):
-    """The trainer's config: the shared :class:`TrainingSettings`, and what a task decides for
-    its runs (the metric watched, several processes' DDP setting)."""
+    """The trainer's config: the shared :class:`TrainingSettings` (how long and how to train),
+    and what the one who trains decides for the run (the metric watched, the seed, shuffling,
+    several processes' DDP setting).
+
+    When to stop: at the first limit reached of ``max_steps``, ``max_epochs`` and ``max_time``;
+    a budget given alone is the limit (no hidden 1000-update cap when only ``max_time`` or
+    ``max_epochs`` is given); none of them given: 1000 updates.
+
+    Attributes:
+        max_steps: updates in the whole run; None: no step limit if ``max_time`` or
+            ``max_epochs`` is given, else 1000.
+        max_time: seconds of training in this ``fit()``, the final validation included.
+        max_epochs: passes over the training data in the whole run.
+        clip_norm: rescale the global gradient norm to this when above it (default 5); None:
+            no norm clipping.
+        clip_value: clip every gradient element to [−v, v]; None: none.
+        eval_every: updates between validations (and checkpoints).
+        patience: early stopping after this many validations without improvement; None: never.
+        out: the run folder (checkpoints, log, plot); None: write nothing.
+        log_format: ``"jsonl"`` or ``"csv"``.
+        progress: a progress bar on stderr (where it is a terminal).
+        keep_checkpoints: also keep the last n checkpoints; 0: none.
+        monitor: the validation metric early stopping and the best checkpoint watch: a key of
+            what ``evaluate`` returns (default ``"loss"``). It may be missing when neither
+            watches it (no ``patience``, no ``out``). The jobs of
+            :mod:`rnnkit.train.supervised` name theirs (``job.monitor``, ``job.mode``).
+        mode: ``"min"`` or ``"max"``, the better direction of ``monitor``.
+        find_unused_parameters: several processes: set when a step leaves parameters without
+            gradients.
+        shuffle: reorder a list of batches at every pass (seeded by ``seed`` and the pass). A
+            list is read in its own order at every pass otherwise; a DataLoader shuffles
+            itself (``DataLoader(shuffle=True)``), and asking here for one is an error.
+        seed: ``"auto"`` (default): the seed given to :func:`seed_everything` (``rnnkit.seed``)
+            if it was called since the last fit — then ``fit()`` does not reseed, so training
+            continues the random stream that built the model and one seed fixes both —, else
+            0, with which ``fit()`` seeds. An int: ``fit()`` seeds torch, NumPy and ``random``
+            with it. None: leave them.
+        overwrite: start over in an ``out`` folder that already holds a run (else ``fit()``
+            refuses it, as ``rnnkit train`` does without ``--overwrite``).
+    """
 
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
+    shuffle: bool = False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
+    # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not reseed: training
+    # continues the random stream that built the model), else 0; an int: fit seeds torch, numpy and random with it; None: leave them
+    seed: int | str | None = "auto"
+    overwrite: bool = False  # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
 
     def validate(self) -> "TrainConfig":
         """Return self if every setting is allowed, else raise naming the first that is not."""
         super().validate()
+        if not (self.seed is None or self.seed == "auto" or (isinstance(self.seed, int) and not isinstance(self.seed, bool))):
+            raise ValueError(f"TrainConfig: seed must be an int, 'auto' or None, got {self.seed!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"TrainConfig: mode must be 'min' or 'max', got {self.mode!r}")
         return self
@@ -99,14 +186,18 @@ class TrainConfig(TrainingSettings):
 
 @dataclass
 class StepResult:
-    """What a task's ``step_fn`` returns for one batch.
+    """What a ``step_fn`` returns for one batch (a bare loss tensor is refused: wrap it here).
 
-    loss: the scalar to back-propagate; items: how many training items the batch held (for
-    throughput: characters, tokens…); sequences: how many sequences (default: items);
-    metrics: extra numbers to log (floats); weight: how many units ``loss`` (and each metric)
-    is a mean over (default: items) — with several processes, each holding a shard of a global
-    batch, the global loss is Σ weight·loss / Σ weight, what one process computes on the whole
-    batch; only its proportion between shards matters.
+    Attributes:
+        loss: the scalar to back-propagate.
+        items: how many training items the batch held (for throughput: sequences, characters,
+            tokens…).
+        metrics: extra numbers to log with the update (floats).
+        sequences: how many sequences (default: items).
+        weight: how many units ``loss`` (and each metric) is a mean over (default: items) —
+            with several processes, each holding a shard of a global batch, the global loss is
+            Σ weight·loss / Σ weight, what one process computes on the whole batch; only its
+            proportion between shards matters.
     """
 
     loss: Tensor
@@ -118,7 +209,26 @@ class StepResult:
 
 @dataclass
 class TrainResult:
-    """How a run ended."""
+    """How a run ended: what :meth:`Trainer.fit` returns.
+
+    Attributes:
+        steps: updates made in the whole run (a resumed run's included).
+        items: training items seen (the steps' ``StepResult.items``, summed).
+        sequences: sequences seen.
+        seconds: how long this ``fit()`` took, the final validation included.
+        stop_reason: ``"max_steps"``, ``"max_epochs"``, ``"max_time"``, ``"early_stopping"``
+            or ``"callback"``.
+        train_loss: the last update's loss.
+        val: the last validation's metrics (what ``evaluate`` returned; empty without one).
+        best: the best value of the monitored metric seen (None without one);
+            :meth:`Trainer.load_best` puts the weights it was seen with back into the model.
+        history: every logged record, oldest first: ``{"kind": "train", "step", "epoch",
+            "time", "loss", "grad_norm", "clip", "lr", "items_per_s", …metrics}`` per update and
+            ``{"kind": "val", "step", "time", "val_<metric>"…}`` per validation.
+        train_loss_smoothed: the mean loss of the last 20 updates (less noisy than
+            ``train_loss``).
+        epochs: passes over the training data read to their end, in the whole run.
+    """
 
     steps: int
     items: int
@@ -130,6 +240,7 @@ class TrainResult:
     best: float | None  # the best value of ``monitor`` seen
     history: list[dict]  # the last Trainer.history_keep records (every one is in the run's log, ``log``)
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
+    epochs: int = 0  # passes over the training data read to their end, in the whole run
     evaluation_seconds: float = 0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
     log: str | None = None  # the run's log file, which holds every record (None: the run wrote none)
 
@@ -138,26 +249,41 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python's ``random``: the same seed gives the same run."""
-    torch.manual_seed(seed)
+_PENDING_SEED: list[int] = []  # the seed given to seed_everything since the last fit that followed one
+
+
+def seed_everything(seed: int) -> int:
+    """Seed torch (the CPU and every GPU), NumPy and Python's ``random`` with one seed, now —
+    call it first, before building the model — and let the next :meth:`Trainer.fit` follow it.
+
+    The model built after this call and the next run are then both fixed by ``seed``: a fit
+    whose ``TrainConfig.seed`` is ``"auto"`` (the default) does not reseed, so training
+    continues the random stream that built the model (dropout masks, a DataLoader's shuffling),
+    and takes ``seed`` for what else it seeds (a shuffled list of batches). One such fit uses it
+    up (any fit does): a later fit without a new call seeds with 0 as ``"auto"`` does by default.
+    An explicit ``TrainConfig(seed=k)`` reseeds at fit with k instead. Also ``rnnkit.seed``. Returns
+    ``seed``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed_everything: seed must be an int, got {type(seed).__name__}")
+    _seed_rngs(seed)
+    _PENDING_SEED[:] = [seed]
+    return seed
+
+
+def _seed_rngs(seed: int) -> None:
+    torch.manual_seed(seed)  # also every CUDA device's generator
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
 
-def _cycle(data: Iterable, epoch: int = 0, resumed: bool = False) -> Iterator[tuple[int, Any]]:
-    """Batches forever, pass after pass from pass ``epoch``, with the pass number; ``resumed``:
-    the first pass continues a restored position (and may have nothing left)."""
-    while True:
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch)  # lets a data source reshuffle per pass, reproducibly
-        empty = True
-        for batch in data:
-            empty = False
-            yield epoch, batch
-        if empty and not resumed:
-            raise ValueError("training data is empty: the batch source gave no batches")
-        epoch, resumed = epoch + 1, False
+def _seed_plan(setting: int | str | None) -> tuple[int | None, bool]:
+    """(the run's seed, whether fit seeds the RNGs with it) for a ``TrainConfig.seed``; every fit
+    uses up a pending :func:`seed_everything`, whatever its setting."""
+    pending = _PENDING_SEED.pop() if _PENDING_SEED else None
+    if setting != "auto":
+        return setting, setting is not None
+    return (0, True) if pending is None else (pending, False)
 
 
 class Trainer:
@@ -172,14 +298,24 @@ class Trainer:
         step_fn: ``step_fn(model, batch) -> StepResult``; the forward pass and the loss. If it is
             an object with ``state_dict``/``load_state_dict`` (state carried from one batch to
             the next, e.g. truncated BPTT's hidden state), that state is saved in checkpoints.
-        data: an iterable of batches, iterated again for each pass; ``set_epoch(e)`` is called
-            before each pass when the source has it. With several processes, each one's own
+        data: the training batches, read pass after pass (epochs, see
+            :class:`~rnnkit.train.epochs.Epochs`): a ``torch.utils.data.DataLoader`` (with
+            ``shuffle=True`` it reshuffles at every pass), a list of batches (in its order at
+            every pass unless ``TrainConfig(shuffle=True)``), or any object whose ``__iter__``
+            starts a new pass (``set_epoch(e)`` is called before pass e when it has one). A
+            generator can be read once: enough for ``max_epochs=1`` or an endless stream; one
+            that runs dry before the run ends is an error saying so. With several processes, each one's own
             shard of every global batch, or None where its shard of a batch is empty. Batches
             may live on the CPU: each is moved to the model's device (:func:`~rnnkit.train.device.to_device`,
             its tensors inside tuples, lists, dicts and dataclasses) before ``step_fn`` sees it.
         config: :class:`TrainConfig`.
-        evaluate: ``evaluate(model) -> dict`` of validation metrics, run every ``eval_every``
-            updates and at the end (in ``eval()`` mode, without gradients).
+        evaluate: ``evaluate(model) -> dict`` of validation metrics (numbers), run every
+            ``eval_every`` updates and at the end (in ``eval()`` mode, without gradients). It
+            must hold ``config.monitor`` (default ``"loss"``) when early stopping
+            (``patience``) or the best checkpoint (``out``) watch it; without them a missing
+            monitor only means no best is tracked. The jobs of :mod:`rnnkit.train.supervised`
+            give ready ones (``job.evaluator(val_loader)``) and name their metric
+            (``job.monitor``, ``job.mode``).
         scheduler: a torch LR scheduler, stepped after every update.
         callbacks: :class:`~rnnkit.train.callbacks.Callback` objects, called after the ones the
             config asks for; one of the same type as a built-in one replaces it.
@@ -228,10 +364,15 @@ class Trainer:
         self._started = time.monotonic()
         self._time_before = 0.0  # seconds of training before this fit() (a resumed run's)
         self._process_rng = _ProcessRNG()
+        self.epochs = Epochs(data, max_epochs=self.config.max_epochs, shuffle=self.config.shuffle)  # checks shuffle
+        self.seed: int | None = None  # the run's seed, known once fit() starts (see TrainConfig.seed)
+        self._best_state: dict[str, Tensor] | None = None  # without an out folder: the best validation's weights
+        self._wrote_out = False  # whether this trainer's own run is the one in out
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, resume_from: str | Path | None = None) -> TrainResult:
-        """Train until max_steps, max_time, early stopping or a callback says stop.
+        """Train until max_steps, max_epochs, max_time, early stopping or a callback says stop
+        (the first of them; see :meth:`TrainingSettings.step_limit`).
 
         ``resume_from``: a checkpoint this trainer wrote; the model, optimizer, scheduler, RNG
         states, progress and the callbacks' state are restored, the data continues where it stood
@@ -245,7 +386,11 @@ class Trainer:
         batches = self._start(resume_from)
         try:
             while not self._finished():
-                epoch, batch = next(batches)
+                taken = next(batches, None)
+                if taken is None:  # max_epochs passes made
+                    self.stop("max_epochs")
+                    break
+                epoch, batch = taken
                 record = self._update(epoch, batch)  # forward, backward, clip, optimizer step
                 self._call("on_step", record)
                 # one collective: a clock read or a callback's stop on any process holds for all
@@ -264,7 +409,7 @@ class Trainer:
         log = self.out / f"metrics.{self.config.log_format}" if self.out else None
         return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
                            train[-1] if train else math.nan, dict(self.last_val), self.best, list(self.history),
-                           _mean(train[-SMOOTHING:]), self.evaluation_seconds,
+                           _mean(train[-SMOOTHING:]), self.epochs.completed, self.evaluation_seconds,
                            str(log) if log is not None and log.is_file() else None)
 
     def stop(self, reason: str = "callback") -> None:
@@ -279,18 +424,23 @@ class Trainer:
     # -- the loop's parts ------------------------------------------------------------------------
     def _start(self, resume_from: str | Path | None) -> Iterator[tuple[int, Any]]:
         cfg, rank = self.config, distributed.rank()
-        if cfg.seed is not None:
-            seed_everything(cfg.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
-        batches = _cycle(self.data)
+        self._check_out(resume_from)
+        self.seed, reseed = _seed_plan(cfg.seed)
+        if self.seed is not None and (reseed or rank):
+            _seed_rngs(self.seed + rank)  # own dropout masks per process; rank 0 draws what one process would
+        batches = self.epochs = Epochs(self.data, max_epochs=cfg.max_epochs, shuffle=cfg.shuffle, seed=self.seed)
         if resume_from is not None:
             restored = self._resume(Path(resume_from))
-            if rank and cfg.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
-                seed_everything(int(np.random.SeedSequence([cfg.seed, rank, self.step]).generate_state(1)[0]))
+            if rank and self.seed is not None and not self._process_rng.restored:  # a checkpoint of fewer processes
+                _seed_rngs(int(np.random.SeedSequence([self.seed, rank, self.step]).generate_state(1)[0]))
             if restored:  # the source continues from its saved position: nothing is drawn twice
-                batches = _cycle(self.data, self.data.state_dict()["epoch"], resumed=True)
+                where = self.data.state_dict()
+                batches.continue_from(where["epoch"], where.get("position", 0))
             else:
                 for _ in range(self.step):  # the data order is a function of the seed: skip what was seen
-                    next(batches)
+                    if next(batches, None) is None:
+                        self.stop("max_epochs")
+                        break
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
         self._replicas = (distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
                           if distributed.is_distributed() else None)
@@ -305,11 +455,46 @@ class Trainer:
             self.stop("max_time")
         return batches
 
+    def _check_out(self, resume_from: str | Path | None) -> None:
+        """The rule ``rnnkit train`` follows too: an ``out`` folder that already holds a run is
+        continued only by a resume and started over only when asked (``overwrite``); checked
+        before any work, with whether the folder can be written."""
+        if self.out is None or not distributed.is_main():
+            return
+        run = RunFolder(self.out)
+        run.check_writable()
+        if resume_from is None and not self.config.overwrite and not self._wrote_out and run.holds_run():
+            raise FileExistsError(f"{run} already holds a run: fit(resume_from=RunFolder(out).latest) continues it, "
+                                  f"TrainConfig(overwrite=True) starts over there, or choose another out")
+        self._wrote_out = True
+
+    def load_best(self) -> nn.Module:
+        """Put the weights of the best validation (the best ``monitor`` seen) into the model, and
+        return the model.
+
+        With an ``out`` folder they come from its ``best.safetensors``; without one, from the
+        copy this trainer kept at that validation. Without ``evaluate`` every checkpoint is the
+        best, so the model keeps its last weights. Raises RuntimeError if no validation has
+        given the monitored metric yet.
+        """
+        best = RunFolder(self.out).best if self.out is not None else None
+        if best is not None and best.is_file():
+            from ..checkpoint import load_checkpoint
+
+            load_checkpoint(best, model=self.model)
+        elif self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        elif self.evaluate_fn is not None or self.step == 0:
+            raise RuntimeError(f"Trainer.load_best: no best weights yet — fit() has not validated with "
+                               f"{self.config.monitor!r} (the monitored metric) among evaluate()'s results")
+        return self.model
+
     def _finished(self) -> bool:
         if self.should_stop:  # set by a callback directly, or by stop()
             self.stop_reason = self.stop_reason or "callback"
             return True
-        if self.config.max_steps is not None and self.step >= self.config.max_steps:
+        limit = self.config.step_limit()
+        if limit is not None and self.step >= limit:
             self.stop_reason = self.stop_reason or "max_steps"
             return True
         return False
@@ -343,13 +528,13 @@ class Trainer:
         batch = to_device(batch, self._device)  # also under DDP: StepModule hands it on as it is
         self.model.train()
         if self._replicas is None:
-            result = self.step_fn(self.model, batch)
+            result = _check_step_result(self.step_fn(self.model, batch))
             loss_value, loss = float(result.loss.detach()), result.loss
             items = int(result.items)
             sequences = int(result.items if result.sequences is None else result.sequences)
             metrics = {k: float(v) for k, v in result.metrics.items()}
         else:
-            result = self._replicas(batch)
+            result = _check_step_result(self._replicas(batch))
             # one collective: the global loss and metrics, and this shard's share of them
             step = distributed.combine(_shard_of(result))
             loss_value, items, sequences, metrics = step.loss, step.items, step.sequences, step.metrics
@@ -396,13 +581,19 @@ class Trainer:
                     metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
                 self.model.train()
             metrics = distributed.broadcast(metrics)
-            if cfg.monitor not in metrics:
-                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}")
+            watchers = [type(cb).__name__ for cb in self.callbacks if isinstance(cb, (EarlyStopping, Checkpoints))]
+            if cfg.monitor not in metrics and watchers:  # without watchers a missing monitor only means no best
+                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}, "
+                               f"which {' and '.join(watchers)} watch: return it, or set TrainConfig(monitor=…, mode=…) "
+                               f"to one of those")
             self.last_val = metrics
-            value = metrics[cfg.monitor]
-            self.improved = self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
+            value = metrics.get(cfg.monitor)
+            self.improved = value is not None and (
+                self.best is None or (value < self.best if cfg.mode == "min" else value > self.best))
             if self.improved:
                 self.best = value
+                if self.out is None:  # no best checkpoint to reload later: keep the weights here
+                    self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             took = time.monotonic() - tick
             self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
                                  **{f"val_{k}": v for k, v in metrics.items()},
@@ -515,7 +706,7 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
         found += [LogFile(run.path, cfg.log_format), Checkpoints(run.path, cfg.keep_checkpoints),
                   Plot(run.curves, cfg.monitor)]
     if cfg.progress:
-        found.append(ProgressBar(cfg.max_steps, cfg.max_time))
+        found.append(ProgressBar(cfg.step_limit(), cfg.max_time))
     return found
 
 
@@ -523,6 +714,18 @@ def _replace_builtins(defaults: list[Callback], given: list[Callback]) -> list[C
     """The defaults, each replaced by a given callback of its type, then the other given ones."""
     swapped = {type(d): next((g for g in given if type(g) is type(d)), None) for d in defaults}
     return [swapped[type(d)] or d for d in defaults] + [g for g in given if g not in swapped.values()]
+
+
+def _check_step_result(result: Any) -> StepResult:
+    """``result`` if it is a StepResult, else a TypeError saying what to return."""
+    if isinstance(result, StepResult):
+        return result
+    if isinstance(result, Tensor):
+        raise TypeError("step_fn must return a StepResult, got a bare Tensor: return "
+                        "rnnkit.train.StepResult(loss, items=<items in the batch>) — items counts throughput and "
+                        "weighs the loss across processes (or use a ready step: rnnkit.train.Classification, "
+                        "Tagging, Regression)")
+    raise TypeError(f"step_fn must return a rnnkit.train.StepResult(loss, items=…), got {type(result).__name__}")
 
 
 def _empty_shard(zero: Tensor) -> StepResult:

@@ -246,3 +246,43 @@ def test_state_reorders_with_map_state():
     a, _ = model.step(prev[idx], moved)
     b, _ = model.step(prev, state)
     torch.testing.assert_close(a.logits, b.logits[idx], **tol)
+
+
+def test_a_numpy_array_is_a_type_error_that_says_how_to_convert():
+    import numpy as np
+
+    model = ManyToOne(Stack.build(GRUCell, 3, 8), 2)
+    x = np.random.default_rng(0).normal(size=(5, 2, 3))
+    with pytest.raises(TypeError, match=r"Encoder: x must be a tensor of shape \(T, B, I\), got ndarray; convert a NumPy "
+                                        r"array first with torch.from_numpy\(x\) or torch.as_tensor\(x, dtype=torch.float32\)"):
+        model(x)
+    with pytest.raises(TypeError, match=r"dtype torch.float64, expected the parameters' dtype torch.float32 \(float64 is "
+                                        r"NumPy's default: convert with x.float\(\)"):
+        model(torch.from_numpy(x))
+    with pytest.raises(TypeError, match=r"Recurrent|GRUCell: input x must be a tensor .* got ndarray; convert a NumPy array"):
+        Recurrent(GRUCell(3, 8))(x)
+    with pytest.raises(TypeError, match=r"Tagger: x must be a tensor .* got list; convert it first with torch.as_tensor\(x\), "
+                                        r"or pad .* rnnkit.data.pad_sequences"):
+        Tagger(Recurrent(GRUCell(3, 8)), 2)([x[:, 0], x[:3, 1]])
+    assert model(torch.as_tensor(x, dtype=torch.float32)).shape == (2, 2)  # what the message says works
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda m: ManyToOne(m, 2), lambda m: Tagger(m, 2), lambda m: Encoder(m),
+    lambda m: Stack([m]), lambda m: Recurrent(m),
+], ids=["ManyToOne", "Tagger", "Encoder", "Stack", "Recurrent"])
+@pytest.mark.parametrize("module", [torch.nn.LSTM(3, 8), torch.nn.GRUCell(3, 8)], ids=["LSTM", "GRUCell"])
+def test_a_torch_module_where_a_layer_belongs_points_to_from_torch(wrap, module):
+    with pytest.raises(TypeError, match=rf"got {type(module).__name__}.*convert a torch.nn.{type(module).__name__} with "
+                                        r"rnnkit.from_torch\(module\)"):
+        wrap(module)
+
+
+def test_what_the_hint_says_works():
+    from rnnkit import from_torch
+
+    lstm = torch.nn.LSTM(3, 8)
+    model = ManyToOne(from_torch(lstm), 2)
+    x = torch.randn(5, 2, 3)
+    h = lstm(x)[1][0][-1]  # (B, H): torch's final hidden state
+    torch.testing.assert_close(model(x), model.head(h), atol=1e-6, rtol=1e-5)

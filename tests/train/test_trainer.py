@@ -187,7 +187,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         (dict(eval_every=0), "eval_every must be an int ≥ 1"),
         (dict(clip_norm=-1.0), "clip_norm must be a number > 0"),
         (dict(clip_value=0), "clip_value must be a number > 0"),
-        (dict(max_steps=None, max_time=None), "give max_steps or max_time"),
+        (dict(max_epochs=0), "max_epochs must be an int ≥ 1"),
+        (dict(shuffle=True), "shuffle=True reorders a list of batches; a Shuffled is not one"),
         (dict(max_steps=0), "max_steps must be an int ≥ 1"),
         (dict(mode="up"), "mode must be 'min' or 'max'"),
         (dict(log_format="xml"), "log_format must be 'jsonl' or 'csv'"),
@@ -297,3 +298,106 @@ def test_without_eval_budget_every_eval_every_updates_validate_whatever_it_costs
 def test_cheap_validation_is_never_held_back(monkeypatch):
     result = clocked_trainer(monkeypatch, eval_cost=0.1, eval_budget=0.05, max_steps=200).fit()
     assert [r["step"] for r in result.history if r["kind"] == "val"] == list(range(10, 201, 10))
+
+
+def test_a_step_returning_a_bare_tensor_is_told_to_return_a_step_result():
+    trainer = trainer_for()
+    trainer.step_fn = lambda model, batch: lm_step(model, batch).loss
+    with pytest.raises(TypeError, match=r"step_fn must return a StepResult, got a bare Tensor: return "
+                                        r"rnnkit.train.StepResult\(loss, items=<items in the batch>\)"):
+        trainer.fit()
+    trainer = trainer_for()
+    trainer.step_fn = lambda model, batch: {"loss": lm_step(model, batch).loss}
+    with pytest.raises(TypeError, match=r"must return a rnnkit.train.StepResult\(loss, items=…\), got dict"):
+        trainer.fit()
+
+
+def test_one_seed_fixes_both_the_model_and_the_run():
+    """``rnnkit.seed(s)`` once, before building the model: two runs repeat exactly, the model's
+    initialisation, the DataLoader's shuffling and dropout included; fit does not reseed."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    import rnnkit
+    from rnnkit import ManyToOne, Stack
+    from rnnkit.cells import GRUCell
+    from rnnkit.data import SequenceDataset, collate_sequences
+    from rnnkit.train import Classification
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(size=(int(rng.integers(2, 7)), 3)).astype(np.float32) for _ in range(24)]
+    data = SequenceDataset(seqs, [int(s[0, 0] > 0) for s in seqs])
+
+    def run(process_seed, **cfg):
+        seed = process_seed
+        rnnkit.seed(seed)
+        model = ManyToOne(Stack.build(GRUCell, 3, 8, num_layers=2, dropout=0.3), 2)
+        init = [p.detach().clone() for p in model.parameters()]
+        loader = DataLoader(data, batch_size=8, shuffle=True, collate_fn=collate_sequences)  # shuffles from torch's RNG
+        trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-2), Classification(2), loader,
+                          TrainConfig(max_epochs=3, progress=False, **cfg))
+        result = trainer.fit()
+        assert trainer.seed == cfg.get("seed", seed)
+        return init, [r["loss"] for r in result.history if r["kind"] == "train"], list(model.parameters())
+
+    torch.manual_seed(999)
+    first = run(3)
+    torch.randn(17)  # whatever ran in between
+    again = run(3)
+    for a, b in zip(first[0] + first[2], again[0] + again[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert first[1] == again[1] and len(first[1]) == 9
+    other = run(4)
+    assert not torch.equal(first[0][0], other[0][0]) and first[1] != other[1]  # the seed picks the model too
+    reseeded = run(3, seed=0)  # an explicit seed reseeds at fit: same model, another training stream
+    assert torch.equal(first[0][0], reseeded[0][0]) and first[1] != reseeded[1]
+    with pytest.raises(ValueError, match="seed must be an int, 'auto' or None, got 'yes'"):
+        TrainConfig(seed="yes").validate()
+
+
+def test_an_out_folder_holding_a_run_is_refused_as_the_cli_refuses_it(tmp_path):
+    """One rule for the Python Trainer and ``rnnkit train``: a folder with a run is continued only
+    by a resume, started over only when asked."""
+    from rnnkit.train import RunFolder
+
+    trainer_for(tmp_path, max_steps=10).fit()
+    step_of = lambda: read_meta(tmp_path / "latest.safetensors")["trainer"]["step"]  # noqa: E731
+    with pytest.raises(FileExistsError, match=r"already holds a run: fit\(resume_from=RunFolder\(out\).latest\) continues "
+                                              r"it, TrainConfig\(overwrite=True\) starts over there, or choose another out"):
+        trainer_for(tmp_path, max_steps=20).fit()
+    assert step_of() == 10  # untouched
+    assert trainer_for(tmp_path, max_steps=20).fit(resume_from=RunFolder(tmp_path).latest).steps == 20
+    assert trainer_for(tmp_path, max_steps=5, overwrite=True).fit().steps == 5 and step_of() == 5
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out must be a folder"):
+        trainer_for(tmp_path / "file").fit()
+
+
+def test_the_cli_refuses_the_same_folder(tmp_path, capsys):
+    from rnnkit.cli import main
+
+    out = tmp_path / "run"
+    trainer_for(out, max_steps=10).fit()
+    assert main(["train", "adding", "--out", str(out), "--max-steps", "5", "--no-progress"]) == 2
+    assert "already holds a run: add --resume to continue it, --overwrite to start over" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_out", [True, False], ids=["out", "in-memory"])
+def test_load_best_puts_the_best_validation_weights_back(tmp_path, with_out):
+    trainer = trainer_for(tmp_path if with_out else None, max_steps=40, eval_every=5, monitor="accuracy", mode="max")
+    seen = {}
+
+    def evaluate(model):  # a metric that peaks at update 15, whatever the weights do
+        seen[trainer.step] = [p.detach().clone() for p in model.parameters()]
+        return {"accuracy": -abs(trainer.step - 15), "loss": 0.0}
+
+    trainer.evaluate_fn = evaluate
+    result = trainer.fit()
+    assert result.best == 0 and result.steps == 40
+    model = trainer.load_best()
+    assert model is trainer.model
+    for p, q in zip(model.parameters(), seen[15]):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert not torch.equal(next(model.parameters()), seen[40][0])
+    with pytest.raises(RuntimeError, match="no best weights yet"):
+        trainer_for(None).load_best()
