@@ -12,6 +12,8 @@ Where things live:
 * :mod:`rnnkit.train` — the model-agnostic trainer, truncated BPTT, teacher forcing and
   scheduled sampling, clipping;
 * :mod:`rnnkit.generate` — greedy, sampling (temperature, top-k, top-p) and beam search;
+* :mod:`rnnkit.data` — data sets, and :class:`rnnkit.TokenVocab` with the text helpers and
+  metrics of :mod:`rnnkit.data.text`;
 * :mod:`rnnkit.checkpoint` — safe, atomic checkpoints (safetensors + JSON);
 * :mod:`rnnkit.tasks` — the built-in tasks the command line trains;
 * :mod:`rnnkit.bptt` — back-propagation through time written out by hand;
@@ -34,6 +36,7 @@ from .cells import (
     MGUCell,
     SkipCell,
 )
+from .data.text import TokenVocab
 from .compose import Bidirectional, BidirectionalState, Stack
 from .interop import from_torch, to_torch
 from .generate import Generated, NBest, generate
@@ -102,4 +105,5 @@ __all__ = [
     "Stack",
     "from_torch",
     "to_torch",
+    "TokenVocab",
 ]

@@ -2,12 +2,27 @@
 
 * :mod:`.corpus` — text corpora (the Python standard library's own source by default);
 * :mod:`.synthetic` — the adding, temporal order and copy memory problems, as their papers define them;
+* :mod:`.text` — vocabularies built from texts (:class:`TokenVocab`, reserved PAD/BOS/EOS/UNK ids),
+  texts → padded id batches, and text metrics (exact match, edit distance, CER, chrF, BLEU);
 * :mod:`.datasets` — digits (scikit-learn), sunspots (statsmodels), numbers → words (generated),
   and per-character token tags of Python source (tokenize).
 """
 
 from .corpus import CharVocab, DataError, read_text, split_documents, stdlib_corpus, stdlib_documents
 from .datasets import digits, numbers_to_words, sunspots, tag_source, tagging
+from .text import (
+    BOS,
+    EOS,
+    PAD,
+    UNK,
+    TokenVocab,
+    bleu,
+    char_error_rate,
+    chrf,
+    edit_distance,
+    exact_match,
+    pad_batch,
+)
 from .synthetic import SequenceBatch, adding, copy_memory, heldout_generator, temporal_order
 
 __all__ = [
@@ -27,4 +42,15 @@ __all__ = [
     "numbers_to_words",
     "tagging",
     "tag_source",
+    "TokenVocab",
+    "PAD",
+    "BOS",
+    "EOS",
+    "UNK",
+    "pad_batch",
+    "exact_match",
+    "edit_distance",
+    "char_error_rate",
+    "chrf",
+    "bleu",
 ]

@@ -12,7 +12,8 @@ Training is teacher-forced (one batched pass), or with ``--teacher-schedule`` sc
 sampling (Bengio et al. 2015): at update i each step feeds the true previous character with
 probability ε_i and the model's own argmax otherwise (:func:`rnnkit.train.rollout`, one step
 at a time). Evaluation translates every held-out number by greedy decoding and by beam search
-and scores both by exact match (the headline: greedy) and corpus BLEU (sacrebleu); the baseline
+and scores both by exact match (the headline: greedy), character error rate, chrF and corpus
+BLEU (:mod:`rnnkit.data.text`); the baseline
 spells each digit on its own ("305" → "three zero five").
 
 Symbols: S source length, U target length (EOS included), B batch, E embedding, H hidden,
@@ -30,7 +31,8 @@ from torch import Tensor
 from ..cells.registry import make_cell
 from ..compose import Stack
 from ..data.corpus import DataError
-from ..data.datasets import BOS, EOS, MAX_DIGITS, SPECIALS, Seq2SeqSplit, TokenVocab, bleu, exact_match, numbers_to_words, spell_digits
+from ..data.datasets import MAX_DIGITS, Seq2SeqSplit, numbers_to_words, spell_digits
+from ..data.text import BOS, EOS, TokenVocab, bleu, char_error_rate, chrf, exact_match
 from ..generate import generate
 from ..models import Encoder, Seq2Seq, sequence_nll
 from ..train import SCHEDULES, StepResult, rollout
@@ -202,8 +204,9 @@ class Seq2SeqTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: Seq2Seq, split: str = "val") -> dict[str, float]:
-        """Teacher-forced loss (nats/character), and exact match and BLEU of greedy and beam
-        translations on ``split`` ("val" or "test"); ``baseline`` becomes that split's."""
+        """Teacher-forced loss (nats/character), and exact match, character error rate (``cer``),
+        chrF and BLEU of greedy and beam translations (``beam_`` in front) on ``split`` ("val" or
+        "test"); ``baseline`` becomes that split's."""
         if split not in ("val", "test"):
             raise ValueError(f"seq2seq: split must be 'val' or 'test', got {split!r}")
         self.baseline = self.baselines[split]
@@ -219,6 +222,8 @@ class Seq2SeqTask(Task):
             hyps = translate(model, self.target_vocab, data.sources, data.source_lengths, max_length=self.max_length,
                              method=method, beam_width=self.cfg.beam_width)
             out[f"{prefix}exact_match"] = exact_match(hyps, refs)
+            out[f"{prefix}cer"] = char_error_rate(hyps, refs)
+            out[f"{prefix}chrf"] = chrf(hyps, refs)
             out[f"{prefix}bleu"] = bleu(hyps, refs)
         return out
 
@@ -252,11 +257,11 @@ class Seq2SeqTask(Task):
         return "\n".join(lines)
 
     def meta(self) -> dict:
-        k = len(SPECIALS)  # the vocabularies' own characters, after PAD, BOS, EOS
-        return {**super().meta(), "source_vocab": self.source_vocab.tokens[k:], "target_vocab": self.target_vocab.tokens[k:]}
+        return {**super().meta(), "source_vocab": self.source_vocab.to_dict(), "target_vocab": self.target_vocab.to_dict()}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Seq2SeqTask":
         task = super().from_meta(meta)
-        task.source_vocab, task.target_vocab = TokenVocab(meta["source_vocab"]), TokenVocab(meta["target_vocab"])
+        task.source_vocab, task.target_vocab = (TokenVocab.from_dict(meta["source_vocab"]),
+                                                  TokenVocab.from_dict(meta["target_vocab"]))
         return task

@@ -100,7 +100,7 @@ class Oracle(nn.Module):
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
-def test_evaluation_scores_the_decoded_translations_by_exact_match_and_sacrebleu(split):
+def test_evaluation_scores_the_decoded_translations_by_exact_match_cer_chrf_and_sacrebleu(split):
     task = Seq2SeqTask(small_config())
     task.prepare(lambda s: None)
     data = getattr(task.data, split)
@@ -115,6 +115,11 @@ def test_evaluation_scores_the_decoded_translations_by_exact_match_and_sacrebleu
     for prefix in ("", "beam_"):  # one-hot logits: beam search finds the greedy answer too
         assert got[f"{prefix}exact_match"] == pytest.approx(right / len(hyps), abs=1e-12)
         assert got[f"{prefix}bleu"] == pytest.approx(expected_bleu, rel=1e-9)
+        # every third answer has " one" (4 characters) too many: 4 edits each, over all reference characters
+        wrong = len(hyps) - right
+        assert got[f"{prefix}cer"] == pytest.approx(4 * wrong / sum(map(len, data.target_texts)), rel=1e-12)
+        assert got[f"{prefix}chrf"] == pytest.approx(sacrebleu.metrics.CHRF().corpus_score(hyps, [data.target_texts]).score,
+                                                     rel=1e-9)
     spelled = [" ".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(c)] for c in s)
                for s in data.source_texts]
     assert task.baseline["bleu"] == pytest.approx(sacrebleu.corpus_bleu(spelled, [data.target_texts]).score, rel=1e-9)
