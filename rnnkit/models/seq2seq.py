@@ -82,11 +82,17 @@ class Seq2Seq(nn.Module):
         max_length: L, to add a length head predicting the target length from C.
         head_hidden: widths of a deep output MLP.
 
+    Decoding: :func:`rnnkit.generate` with ``context=model.encode(src, src_lengths)`` is greedy
+    unless told otherwise (``default_method``): a translation should not change between calls;
+    ``method="beam"`` searches wider, ``method="sample"`` draws.
+
     Protocol: ``encode(src, src_lengths=None) -> EncoderMemory``;
     ``start(batch_size=None, context=EncoderMemory)``; ``step(y_prev (B,), state)``;
     ``forward(src, tgt, src_lengths=None, tgt_lengths=None)`` → :class:`SequenceOutput`
     with logits (T, B, V).
     """
+
+    default_method = "greedy"  # what generate() does without a method: one answer per source
 
     def __init__(
         self,
