@@ -4,12 +4,16 @@
 * :mod:`.synthetic` — the adding, temporal order and copy memory problems, as their papers define them;
 * :mod:`.text` — vocabularies built from texts (:class:`TokenVocab`, reserved PAD/BOS/EOS/UNK ids),
   texts → padded id batches, and text metrics (exact match, edit distance, CER, chrF, BLEU);
+* :mod:`.pairs` — one's own translation pairs, a file of ``source<TAB>target`` lines, read
+  into vocabularies and padded splits;
 * :mod:`.datasets` — digits (scikit-learn), sunspots (statsmodels), numbers → words (generated),
   and per-character token tags of Python source (tokenize).
 """
 
 from .corpus import CharVocab, DataError, read_text, split_documents, stdlib_corpus, stdlib_documents
 from .datasets import digits, numbers_to_words, sunspots, tag_source, tagging
+from .datasets import PairsData
+from .pairs import load_pairs, read_pairs
 from .text import (
     BOS,
     EOS,
@@ -42,6 +46,9 @@ __all__ = [
     "numbers_to_words",
     "tagging",
     "tag_source",
+    "PairsData",
+    "read_pairs",
+    "load_pairs",
     "TokenVocab",
     "PAD",
     "BOS",
