@@ -100,7 +100,7 @@ def load_pairs(path: str | Path, *, val: str | Path | None = None, test: str | P
 
     Validation and test pairs are the files ``val`` and ``test`` when given, else held out of
     ``path`` by :func:`holdout_split` with ``val_fraction`` and ``test_fraction``. The
-    vocabularies are built from the training pairs alone (:meth:`TokenVocab.from_texts` with
+    vocabularies are built from the training pairs alone (:meth:`rnnkit.data.text.TokenVocab.from_texts` with
     ``min_count`` and ``split``, with UNK for what they lack), unless ``vocabs`` (source, target)
     are given — a trained model's, to evaluate it on new pairs.
     """

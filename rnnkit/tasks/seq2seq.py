@@ -381,3 +381,6 @@ class Seq2SeqTask(Task):
         task.source_vocab, task.target_vocab = (TokenVocab.from_dict(meta["source_vocab"]),
                                                   TokenVocab.from_dict(meta["target_vocab"]))
         return task
+
+
+__all__ = ["Seq2SeqConfig", "Seq2SeqTask", "Pairs", "take", "teacher_forced_nll", "translate"]
