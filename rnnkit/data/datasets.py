@@ -297,7 +297,9 @@ class Seq2SeqSplit(NamedTuple):
         sources: (S, N) int64 source ids, PAD after each length.
         source_lengths: (N,) int64.
         targets: (U, N) int64: BOS, the target ids, EOS, then PAD. Teacher forcing feeds
-            ``targets[:-1]`` and predicts ``targets[1:]``.
+            ``targets[:-1]`` and predicts ``targets[1:]``; :meth:`rnnkit.Seq2Seq.forward`
+            prepends BOS itself, so give it ``targets[1:]`` and ``target_lengths - 1`` (it
+            refuses targets that start with BOS).
         target_lengths: (N,) int64, BOS and EOS included.
         source_texts, target_texts: the strings.
     """

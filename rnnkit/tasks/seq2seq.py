@@ -43,8 +43,7 @@ from torch import Tensor
 from ..cells.registry import make_cell
 from ..compose import Stack
 from ..data.corpus import DataError
-from ..data.datasets import MAX_DIGITS, Seq2SeqSplit, numbers_to_words, spell_digits
-from ..data.datasets import PairsData
+from ..data.datasets import MAX_DIGITS, PairsData, Seq2SeqSplit, numbers_to_words, spell_digits
 from ..data.pairs import encode_pairs, load_pairs, read_pairs
 from ..data.text import BOS, EOS, UNK, TokenVocab, bleu, char_error_rate, chrf, exact_match
 from ..generate import generate
@@ -195,7 +194,8 @@ def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_
 
 
 class Seq2SeqTask(Task):
-    """Numbers in digits → English words with an encoder–decoder (see the module docstring)."""
+    """Numbers in digits → English words, or your own pairs (``cfg.data``), with an
+    encoder–decoder (see the module docstring)."""
 
     name = "seq2seq"
     summary = ("numbers in digits → English words, or your own pairs (--data FILE of source<TAB>target lines), "
