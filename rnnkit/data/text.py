@@ -188,7 +188,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad: int = PAD) -> tuple[Tensor, Te
     if len(seqs) == 0:
         raise ValueError("pad_batch: seqs must hold at least one sequence, got none")
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((max(int(lengths.max()), 1), len(seqs)), pad, dtype=torch.long)  # (T, N)
+    out = torch.full((int(lengths.max()), len(seqs)), pad, dtype=torch.long)  # (T, N)
     for b, s in enumerate(seqs):
         if len(s):
             out[: len(s), b] = torch.as_tensor(s, dtype=torch.long)
