@@ -15,6 +15,8 @@ Where things live:
 * :mod:`rnnkit.train` — the model-agnostic trainer, ready classification/tagging/regression
   steps, truncated BPTT, teacher forcing and scheduled sampling, clipping; :func:`rnnkit.seed`;
 * :mod:`rnnkit.generate` — greedy, sampling (temperature, top-k, top-p) and beam search;
+* :mod:`rnnkit.data` — data sets, and :class:`rnnkit.TokenVocab` with the text helpers and
+  metrics of :mod:`rnnkit.data.text`;
 * :mod:`rnnkit.checkpoint` — safe, atomic checkpoints (safetensors + JSON);
 * :mod:`rnnkit.tasks` — the built-in tasks the command line trains;
 * :mod:`rnnkit.bptt` — back-propagation through time written out by hand;
@@ -37,6 +39,7 @@ from .cells import (
     MGUCell,
     SkipCell,
 )
+from .data.text import TokenVocab
 from .compose import Bidirectional, BidirectionalState, Stack
 from .interop import from_torch, to_torch
 from .generate import Generated, NBest, generate
@@ -114,4 +117,5 @@ __all__ = [
     "SequenceCollate",
     "collate_sequences",
     "SequenceDataset",
+    "TokenVocab",
 ]

@@ -126,6 +126,19 @@ def next_tokens(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def default_method(model: nn.Module, **sampling: Any) -> str:
+    """What :func:`generate` does when no ``method`` is given: ``"sample"`` if any of the
+    ``sampling`` options (temperature, top_k, top_p, generator) is set, so a call that asks for
+    draws gets them; else ``model.default_method`` if the model declares one (``"greedy"`` for
+    :class:`rnnkit.Seq2Seq`), else ``"sample"``."""
+    if any(v is not None for v in sampling.values()):
+        return "sample"
+    method = getattr(model, "default_method", "sample")
+    if method not in METHODS:
+        raise ValueError(f"{type(model).__name__}.default_method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    return method
+
+
 # -- the decoding loop ----------------------------------------------------------------------------
 def reorder_state(state: Any, index: Tensor) -> Any:
     """Pick batch rows ``index`` of every tensor of a decoding state (beam reordering)."""
@@ -191,8 +204,8 @@ def generate(
     batch_size: int | None = None,
     *,
     max_length: int,
-    method: str = "sample",
-    temperature: float = 1.0,
+    method: str | None = None,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     beam_width: int = 4,
@@ -213,6 +226,12 @@ def generate(
         batch_size: number of sequences (B); taken from ``prime`` or ``context`` when given.
         max_length: the bound on generated tokens (L ≤ max_length).
         method: ``"greedy"`` (argmax), ``"sample"`` (temperature, top-k, top-p) or ``"beam"``.
+            None (the default): ``"sample"`` when a sampling option (``temperature``,
+            ``top_k``, ``top_p``, ``generator``) is given, else the model's
+            ``default_method`` — ``"greedy"`` for a translator (:class:`rnnkit.Seq2Seq`), whose
+            one right answer should not change from call to call — and ``"sample"`` for a
+            model that declares none (a language model, whose samples should vary).
+        temperature: divides the logits before sampling (None: 1).
         beam_width, length_penalty: beam search keeps W hypotheses per sequence and ranks
             finished ones by :math:`\log p(y) / L^{\alpha}` with α = ``length_penalty`` (0: raw
             log-probability; 1: per-token average).
@@ -238,6 +257,9 @@ def generate(
         ``n_best=1`` answer.
     """
     _check_int(max_length, "max_length", 1)
+    if method is None:
+        method = default_method(model, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    temperature = 1.0 if temperature is None else temperature
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     _check_int(n_best, "n_best", 1)

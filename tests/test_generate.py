@@ -281,3 +281,28 @@ def test_a_model_on_cuda_takes_a_prime_from_the_cpu_and_a_cpu_generator(method):
     assert runs[1].tokens.device.type == "cuda"
     torch.testing.assert_close(runs[1].tokens.cpu(), runs[0].tokens, rtol=0, atol=0)
     torch.testing.assert_close(runs[1].scores.cpu(), runs[0].scores, rtol=1e-9, atol=1e-9)
+
+
+def test_without_a_method_a_translator_decodes_greedily_and_a_language_model_samples():
+    from rnnkit import Encoder, GRUCell, Seq2Seq
+    from tests.helpers import randomize_
+
+    torch.manual_seed(0)
+    translator = randomize_(Seq2Seq(Encoder(GRUCell(4, 6), vocab_size=7), GRUCell(4, 6), 7, 4, bos=1, eos=2), scale=1.5, seed=3)
+    src = torch.randint(3, 7, (5, 6))
+    memory = translator.encode(src, torch.tensor([5, 4, 3, 5, 2, 1]))
+    default = generate(translator, max_length=8, context=memory)
+    greedy = generate(translator, max_length=8, context=memory, method="greedy")
+    assert torch.equal(default.tokens, greedy.tokens) and torch.equal(default.lengths, greedy.lengths)
+    # a sampling option asks for draws: the old default kept for calls that pass one
+    drawn = generate(translator, max_length=8, context=memory, temperature=3.0, generator=torch.Generator().manual_seed(1))
+    want = generate(translator, max_length=8, context=memory, method="sample", temperature=3.0,
+                    generator=torch.Generator().manual_seed(1))
+    assert torch.equal(drawn.tokens, want.tokens) and not torch.equal(drawn.tokens, greedy.tokens)
+    # a model that declares no default_method (a language model) still samples
+    lm = TinyDecoder(seed=2)
+    torch.manual_seed(5)
+    a = generate(lm, 6, max_length=9)
+    torch.manual_seed(5)
+    b = generate(lm, 6, max_length=9, method="sample")
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, generate(lm, 6, max_length=9, method="greedy").tokens)

@@ -69,7 +69,8 @@ class AttentionCell(RecurrentCell):
         self.attention_size = A = check_size(attention_size, "attention_size", owner)
         if cell.input_size <= M:
             raise ValueError(
-                f"{owner}: the cell reads [x; c], so its input_size must be I + memory_size with I ≥ 1; got input_size {cell.input_size}, memory_size {M}"
+                f"{owner}: the cell reads [x; c], so its input_size must be I + memory_size = I + {M} with I ≥ 1 (at least "
+                f"{M + 1}; I is the width of x); got input_size {cell.input_size}"
             )
         self.cell = cell
         self.input_size = cell.input_size - M

@@ -17,7 +17,9 @@ def add_parser(subs) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint, or the run folder `rnnkit train` wrote (its best one)")
     p.add_argument("--prime", default="\n", help="text fed to the model first (char-rnn's primetext)")
     p.add_argument("--length", type=int, default=500, help="tokens to generate")
-    p.add_argument("--method", choices=["sample", "greedy", "beam"], default="sample", help="how to pick each token")
+    p.add_argument("--method", choices=["sample", "greedy", "beam"], default=None,
+                   help="how to pick each token; default: the task's own, sample for the char-LM, greedy for the tasks "
+                        "that translate or caption (one answer per input)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability ≥ p")
@@ -43,9 +45,9 @@ def run(args) -> int:
     ]:
         if not ok:  # checked whatever --method is, so a typo never passes silently
             raise UsageError(f"rnnkit sample: {flag} must be {want}, got {value}")
-    if args.n_best > 1 and args.method != "beam":
+    if args.n_best > 1 and args.method != "beam":  # also when --method is left to the task: the list is beam search's
         raise UsageError(f"rnnkit sample: --n-best {args.n_best} lists beam search's best hypotheses; add --method beam "
-                         f"(got --method {args.method})")
+                         f"(got {'--method ' + args.method if args.method else 'no --method'})")
     if args.n_best > args.beam_width:
         raise UsageError(f"rnnkit sample: --n-best must be ≤ --beam-width (the beam holds the candidates), "
                          f"got --n-best {args.n_best} and --beam-width {args.beam_width}")
@@ -58,8 +60,8 @@ def run(args) -> int:
             raise UsageError(f"rnnkit sample: the {task.name!r} task prints one sample, not an n-best list; drop --n-best")
         n_best = {"n_best": args.n_best}
     gen = torch.Generator().manual_seed(args.seed)  # on the CPU: the same draws whatever --device is
-    text = task.sample_text(model, prime=args.prime, length=args.length, method=args.method,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            beam_width=args.beam_width, generator=gen, **n_best)
+    method = {} if args.method is None else {"method": args.method}  # None: the task's sample_text default
+    text = task.sample_text(model, prime=args.prime, length=args.length, **method, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, beam_width=args.beam_width, generator=gen, **n_best)
     print(text)
     return 0

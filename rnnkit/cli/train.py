@@ -203,7 +203,7 @@ def run(args) -> int:
     if sample_text is not None:
         print(f"\nsample:\n{sample_text}\n")
     if task_cls.can_sample:
-        print(f"sample more with: {prog} sample {shlex.quote(out)} {task_cls.sample_hint}")
+        print(f"sample more with: {prog} sample {shlex.quote(out)} {task.sample_hint}")
     print(f"evaluate with:    {prog} eval {shlex.quote(out)}")
     if args.json:
         sys.stdout.flush()

@@ -6,12 +6,15 @@ r"""Real and generated datasets of the built-in tasks, all made or read on this 
   one-step and k-step-ahead forecasting, with persistence and seasonal baselines;
 * :func:`numbers_to_words` — a translation-like task generated here: integers written in digits
   → the same number in English words (``"1905"`` → ``"one thousand nine hundred five"``), with
-  :func:`exact_match` and :func:`bleu` (sacrebleu);
+  :func:`~rnnkit.data.text.exact_match` and :func:`~rnnkit.data.text.bleu` (sacrebleu);
 * :func:`tagging` — every character of the Python standard library's source labelled with the
   kind of token it belongs to, by Python's own :mod:`tokenize`.
 
 scikit-learn, statsmodels and sacrebleu are imported only inside the functions that need them
 (``pip install rnnkit[tasks]``). Tensors are **time-major** as for :class:`rnnkit.Recurrent`.
+
+Vocabularies, padding and the text metrics live in :mod:`rnnkit.data.text` (imported here
+under their old names too).
 
 Symbols: N examples, T time steps, I input features, K classes or forecast horizons, S source
 length, U target length.
@@ -22,15 +25,16 @@ from __future__ import annotations
 import importlib
 import io
 import keyword
-import math
 import tokenize
+import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .corpus import CharVocab, DataError, stdlib_files
+from .text import BOS, EOS, PAD, SPECIALS, TokenVocab, bleu, exact_match, pad_batch  # noqa: F401 (their old home)
 
 
 def _require(module: str, package: str, what: str) -> Any:
@@ -250,8 +254,6 @@ def sunspots(
 # ---------------------------------------------------------------------------------------------
 # seq2seq: numbers in digits → English words
 
-PAD, BOS, EOS = 0, 1, 2
-SPECIALS = ("<pad>", "<bos>", "<eos>")
 _ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")  # fmt: skip
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
@@ -288,47 +290,6 @@ def number_to_words(k: int) -> str:
     return " ".join(words + _below_thousand(k))
 
 
-class TokenVocab:
-    """Characters with the special tokens PAD = 0, BOS = 1, EOS = 2 in front."""
-
-    def __init__(self, chars: Sequence[str]) -> None:
-        chars = list(chars)
-        if len(set(chars)) != len(chars) or set(chars) & set(SPECIALS):
-            raise DataError("TokenVocab: characters must be unique and distinct from the special tokens")
-        self.tokens = list(SPECIALS) + chars
-        self.index = {t: i for i, t in enumerate(self.tokens)}
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Token ids of ``text``, optionally framed by BOS/EOS; unknown characters raise."""
-        try:
-            ids = [self.index[ch] for ch in text]
-        except KeyError as e:
-            raise DataError(f"character {e.args[0]!r} is not in the vocabulary") from None
-        return [BOS] * bos + ids + [EOS] * eos
-
-    def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Characters up to the first EOS; PAD and BOS are skipped."""
-        out = []
-        for i in (ids.tolist() if isinstance(ids, Tensor) else ids):
-            if i == EOS:
-                break
-            if i not in (PAD, BOS):
-                out.append(self.tokens[i])
-        return "".join(out)
-
-
-def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """Token id lists → (T, N) int64 padded with PAD, and lengths (N,)."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((int(lengths.max()), len(seqs)), PAD, dtype=torch.long)  # (T, N)
-    for b, s in enumerate(seqs):
-        out[: len(s), b] = torch.tensor(s, dtype=torch.long)
-    return out, lengths
-
-
 class Seq2SeqSplit(NamedTuple):
     """Pairs of one split, padded and time-major.
 
@@ -336,7 +297,9 @@ class Seq2SeqSplit(NamedTuple):
         sources: (S, N) int64 source ids, PAD after each length.
         source_lengths: (N,) int64.
         targets: (U, N) int64: BOS, the target ids, EOS, then PAD. Teacher forcing feeds
-            ``targets[:-1]`` and predicts ``targets[1:]``.
+            ``targets[:-1]`` and predicts ``targets[1:]``; :meth:`rnnkit.Seq2Seq.forward`
+            prepends BOS itself, so give it ``targets[1:]`` and ``target_lengths - 1`` (it
+            refuses targets that start with BOS).
         target_lengths: (N,) int64, BOS and EOS included.
         source_texts, target_texts: the strings.
     """
@@ -349,7 +312,11 @@ class Seq2SeqSplit(NamedTuple):
     target_texts: list[str]
 
 
-class Seq2Seq(NamedTuple):
+class PairsData(NamedTuple):
+    """Pairs in three splits with the vocabularies they were encoded with (what
+    :func:`numbers_to_words` and :func:`rnnkit.data.pairs.read_pairs` return). Formerly
+    ``Seq2Seq``, a name that also belongs to the model :class:`rnnkit.Seq2Seq`."""
+
     source_vocab: TokenVocab
     target_vocab: TokenVocab
     train: Seq2SeqSplit
@@ -371,7 +338,7 @@ def _sample_numbers(total: int, max_digits: int, gen: torch.Generator) -> list[i
     return list(seen)[:total]
 
 
-def numbers_to_words(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 1_000, max_digits: int = 6, seed: int = 0) -> Seq2Seq:
+def numbers_to_words(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 1_000, max_digits: int = 6, seed: int = 0) -> PairsData:
     """Integers in digits → English words: a seq2seq task with different lengths and vocabularies.
 
     Sources are the digits of an integer with 1 … ``max_digits`` digits (the digit count
@@ -400,25 +367,7 @@ def numbers_to_words(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 1_
         sources, source_lengths = pad_batch([src_vocab.encode(s) for s in src_texts])
         targets, target_lengths = pad_batch([tgt_vocab.encode(t, bos=True, eos=True) for t in tgt_texts])
         splits.append(Seq2SeqSplit(sources, source_lengths, targets, target_lengths, src_texts, tgt_texts))
-    return Seq2Seq(src_vocab, tgt_vocab, *splits)
-
-
-def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], owner: str) -> None:
-    if len(hypotheses) != len(references) or not references:
-        raise ValueError(f"{owner}: need as many hypotheses as references (at least one), got {len(hypotheses)} and {len(references)}")
-
-
-def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Share of hypotheses identical to their reference."""
-    _check_pairs(hypotheses, references, "exact_match")
-    return sum(h == r for h, r in zip(hypotheses, references)) / len(references)
-
-
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0 … 100) of the hypotheses against one reference each: ``sacrebleu.corpus_bleu``."""
-    _check_pairs(hypotheses, references, "bleu")
-    sacrebleu = _require("sacrebleu", "sacrebleu", "BLEU")
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    return PairsData(src_vocab, tgt_vocab, *splits)
 
 
 def spell_digits(source: str) -> str:
@@ -564,3 +513,12 @@ def unigram_tag_accuracy(train: Split, test: Split, num_tags: int = len(TAGS)) -
     best = counts.argmax(dim=1)  # (V,)
     best[counts.sum(dim=1) == 0] = torch.bincount(tags, minlength=num_tags).argmax()
     return float((best[test.inputs] == test.targets).double().mean())
+
+
+def __getattr__(name: str) -> Any:
+    """Old names that still work, with a DeprecationWarning."""
+    if name == "Seq2Seq":
+        warnings.warn("rnnkit.data.datasets.Seq2Seq is now PairsData (the name Seq2Seq is the model, rnnkit.Seq2Seq); "
+                      "the old name goes in a later release", DeprecationWarning, stacklevel=2)
+        return PairsData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,6 +46,23 @@ class EncoderMemory(NamedTuple):
     summary: Tensor
 
 
+def _check_attention_width(cell: RecurrentCell, E: Any, D: int, context: str) -> None:
+    """The decoder cell with attention reads [e(y(t-1)); C in input mode; c(t)]: say the width it
+    must have, term by term, when it has another."""
+    if isinstance(E, bool) or not isinstance(E, int) or context not in ("init", "input", "both"):
+        return  # the decoder's own checks name these
+    parts = [("embedding_size", E)] + ([("the summary C", D)] if context != "init" else []) + [("memory_size", D)]
+    want = sum(v for _, v in parts)
+    if cell.input_size != want:
+        names = " + ".join(n for n, _ in parts)
+        values = " + ".join(str(v) for _, v in parts)
+        raise ValueError(
+            f"Seq2Seq: with attention the decoder cell reads [e(y); {'C; ' if context != 'init' else ''}c(t)], so its "
+            f"input_size must be {names} = {values} = {want} (memory_size is the encoder's output width D); "
+            f"got input_size {cell.input_size}"
+        )
+
+
 class Seq2Seq(nn.Module):
     r"""Encoder–decoder (see the module docstring for the equations).
 
@@ -65,11 +82,17 @@ class Seq2Seq(nn.Module):
         max_length: L, to add a length head predicting the target length from C.
         head_hidden: widths of a deep output MLP.
 
+    Decoding: :func:`rnnkit.generate` with ``context=model.encode(src, src_lengths)`` is greedy
+    unless told otherwise (``default_method``): a translation should not change between calls;
+    ``method="beam"`` searches wider, ``method="sample"`` draws.
+
     Protocol: ``encode(src, src_lengths=None) -> EncoderMemory``;
     ``start(batch_size=None, context=EncoderMemory)``; ``step(y_prev (B,), state)``;
     ``forward(src, tgt, src_lengths=None, tgt_lengths=None)`` → :class:`SequenceOutput`
     with logits (T, B, V).
     """
+
+    default_method = "greedy"  # what generate() does without a method: one answer per source
 
     def __init__(
         self,
@@ -92,6 +115,7 @@ class Seq2Seq(nn.Module):
         if attention_size is not None:
             if not isinstance(decoder, RecurrentCell):
                 raise TypeError(f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}")
+            _check_attention_width(decoder, embedding_size, D, context)
             # attention reads the whole encoder memory each step, which the fused engine's row
             # programs do not hold: this layer runs the reference loop by design, without a warning
             decoder = Recurrent(AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")),
@@ -123,11 +147,37 @@ class Seq2Seq(nn.Module):
         return (enc.memory, enc.mask) if self.attention else (None, None)
 
     def forward(self, src: Tensor, tgt: Tensor, src_lengths: Any = None, tgt_lengths: Any = None) -> SequenceOutput:
-        """Teacher forcing: encode the source, then decode all T target steps in one pass."""
+        """Teacher forcing: encode the source, then decode all T target steps in one pass.
+
+        **Target convention**: ``tgt`` holds what the decoder must emit — each target's ids, then
+        EOS, then PAD — and **no BOS**. The decoder prepends ``bos`` itself as y(0) and reads
+        ``tgt[t-1]`` at step t, so ``logits[t]`` predicts ``tgt[t]``: score them with
+        ``sequence_nll(logits, tgt, tgt_lengths)``. ``TokenVocab.batch(texts, eos=True)`` makes
+        such targets. A batch framed BOS … EOS (``TokenVocab.batch(texts, bos=True, eos=True)``,
+        :class:`rnnkit.data.datasets.Seq2SeqSplit`'s ``targets``) would read BOS twice and train
+        on it silently, so a ``tgt`` whose first row is ``bos`` in every column is refused: pass
+        ``tgt[1:]`` and ``tgt_lengths - 1``.
+
+        Args:
+            src: (S, B) int64 source ids, or (S, B, I) values.
+            tgt: (T, B) int64 target ids as above.
+            src_lengths, tgt_lengths: (B,) the lengths (EOS counted in the target's); None: all
+                of S and T.
+
+        Returns:
+            :class:`SequenceOutput` with logits (T, B, V).
+        """
         enc = self.encode(src, src_lengths)
         B = enc.summary.shape[0]
         if isinstance(tgt, Tensor) and tgt.dim() == 2 and tgt.shape[1] != B:
             raise ValueError(f"Seq2Seq: tgt has batch {tgt.shape[1]} but src has batch {B}")
+        if (isinstance(tgt, Tensor) and tgt.dim() == 2 and tgt.shape[0] > 0 and not torch.compiler.is_exporting()
+                and bool((tgt[0] == self.bos).all())):  # the values of an exported program's input are not known
+            raise ValueError(
+                f"Seq2Seq: tgt starts with bos (id {self.bos}) in every column, but the decoder prepends bos itself, so "
+                f"it would read BOS twice; pass the targets without it: tgt[1:] and tgt_lengths - 1 (e.g. "
+                f"Seq2SeqSplit.targets[1:], or TokenVocab.batch(texts, eos=True))"
+            )
         memory, mask = self._memory(enc)
         return self.decoder.decode(tgt, context=enc.summary, lengths=tgt_lengths, memory=memory, memory_mask=mask)
 

@@ -22,7 +22,7 @@ hidden, V vocabulary (the letters of the ten names, after PAD, BOS, EOS).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,8 @@ from torch import Tensor
 from ..cells.registry import make_cell
 from ..compose import Stack
 from ..data.corpus import DataError
-from ..data.datasets import BOS, EOS, Split, TokenVocab, digits, exact_match, pad_batch
+from ..data.datasets import Split, digits
+from ..data.text import BOS, EOS, TokenVocab, char_error_rate, edit_distance, exact_match, pad_batch  # noqa: F401
 from ..generate import generate
 from ..models import VectorToSequence, sequence_nll
 from ..models.conditioning import CONTEXT_MODES
@@ -98,24 +99,6 @@ def take(split: Images, idx: Tensor) -> Batch:
     labels = split.labels[idx]
     lengths = CAPTION_LENGTHS[labels]  # (B,)
     return Batch(split.images[idx], CAPTIONS[: int(lengths.max()), labels], lengths)  # (B, C), (U, B), (B,)
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance: the fewest insertions, deletions and substitutions turning a into b."""
-    row = list(range(len(b) + 1))  # distances from a[:0] to each prefix of b
-    for i, x in enumerate(a, 1):
-        diag, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (x != y))
-    return row[-1]
-
-
-def char_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Σ edit_distance(hypothesis, reference) / Σ len(reference) over the corpus (0 is perfect;
-    it can pass 1 when hypotheses are long)."""
-    if len(hypotheses) != len(references) or not references:
-        raise ValueError(f"char_error_rate: needs as many hypotheses as references (≥ 1), got {len(hypotheses)} and {len(references)}")
-    return sum(edit_distance(h, r) for h, r in zip(hypotheses, references)) / sum(len(r) for r in references)
 
 
 def render(image: Tensor) -> list[str]:

@@ -12,8 +12,21 @@ Training is teacher-forced (one batched pass), or with ``--teacher-schedule`` sc
 sampling (Bengio et al. 2015): at update i each step feeds the true previous character with
 probability ε_i and the model's own argmax otherwise (:func:`rnnkit.train.rollout`, one step
 at a time). Evaluation translates every held-out number by greedy decoding and by beam search
-and scores both by exact match (the headline: greedy) and corpus BLEU (sacrebleu); the baseline
-spells each digit on its own ("305" → "three zero five").
+and scores both by exact match (the headline: greedy), character error rate, chrF and corpus
+BLEU (:mod:`rnnkit.data.text`); the baseline spells each digit on its own ("305" → "three
+zero five").
+
+**Your own pairs** (``--data FILE``): a UTF-8 file of ``source<TAB>target`` lines
+(:func:`rnnkit.data.pairs.read_pairs` says what it refuses, with the line number). Validation
+and test pairs are ``--val-data`` / ``--test-data`` files, or held out of ``--data`` by a hash of
+each source (``--val-fraction``, ``--test-fraction``: reproducible, whatever the seed or the line
+order, and a source's several targets stay in one split). The vocabularies are built from the
+training pairs (``--tokens chars`` or ``words``, ``--min-count``), with UNK for symbols they
+lack, and saved in the checkpoint, so ``rnnkit sample RUN --prime TEXT`` and ``rnnkit eval RUN
+[--data FILE]`` need only the run. The baseline copies the source.
+
+In Python: :func:`translate` decodes a batch of sources (greedy by default) and
+:func:`teacher_forced_nll` is the training loss; the guide ``docs/guides/seq2seq.md`` shows both.
 
 Symbols: S source length, U target length (EOS included), B batch, E embedding, H hidden,
 D the encoder's output width (H, or 2H bidirectional), V target vocabulary, A attention size.
@@ -30,7 +43,9 @@ from torch import Tensor
 from ..cells.registry import make_cell
 from ..compose import Stack
 from ..data.corpus import DataError
-from ..data.datasets import BOS, EOS, MAX_DIGITS, SPECIALS, Seq2SeqSplit, TokenVocab, bleu, exact_match, numbers_to_words, spell_digits
+from ..data.datasets import MAX_DIGITS, PairsData, Seq2SeqSplit, numbers_to_words, spell_digits
+from ..data.pairs import encode_pairs, load_pairs, read_pairs
+from ..data.text import BOS, EOS, UNK, TokenVocab, bleu, char_error_rate, chrf, exact_match
 from ..generate import generate
 from ..models import Encoder, Seq2Seq, sequence_nll
 from ..train import SCHEDULES, StepResult, rollout
@@ -48,10 +63,17 @@ DEFAULT_TEACHER_PARAM = {"constant": 1.0, "linear": 5e-5, "exponential": 0.9995,
 
 @dataclass
 class Seq2SeqConfig(TaskConfig):
-    n_train: int = 20_000  # training pairs (distinct numbers)
-    n_val: int = 500  # validation pairs, numbers not in training
-    n_test: int = 1_000  # test pairs, numbers in neither
-    max_digits: int = 6  # numbers have 1 … max_digits digits (the count uniform)
+    data: str | None = None  # your own pairs: a UTF-8 file of source<TAB>target lines; None: numbers → words
+    val_data: str | None = None  # validation pairs file (with --data); None: held out of --data by --val-fraction
+    test_data: str | None = None  # test pairs file (with --data); None: held out of --data by --test-fraction
+    val_fraction: float = 0.1  # share of --data's sources held out for validation (by a hash of the source)
+    test_fraction: float = 0.1  # share of --data's sources held out for test (by a hash of the source)
+    tokens: str = "chars"  # with --data, what a symbol is: chars, or words (split on whitespace)
+    min_count: int = 1  # with --data, symbols seen fewer times in training become UNK
+    n_train: int = 20_000  # numbers task: training pairs (distinct numbers)
+    n_val: int = 500  # numbers task: validation pairs, numbers not in training
+    n_test: int = 1_000  # numbers task: test pairs, numbers in neither
+    max_digits: int = 6  # numbers task: numbers have 1 … max_digits digits (the count uniform)
     embedding_size: int = 32  # source and target character embeddings
     attention: bool = True  # Bahdanau attention over the encoder's outputs
     attention_size: int = 32  # A, the attention's hidden width
@@ -72,6 +94,19 @@ class Seq2SeqConfig(TaskConfig):
         for name in ("n_train", "n_val", "n_test", "embedding_size", "attention_size", "beam_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("val_data", "test_data"):
+            if getattr(self, name) is not None and self.data is None:
+                raise ValueError(f"{name} is given without data: give the training pairs as data (--data FILE)")
+        if self.tokens not in ("chars", "words"):
+            raise ValueError(f"tokens must be 'chars' or 'words', got {self.tokens!r}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be ≥ 1, got {self.min_count}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1 to leave training pairs, got "
+                             f"{self.val_fraction + self.test_fraction}")
         if not 1 <= self.max_digits <= MAX_DIGITS:
             raise ValueError(f"max_digits must be in [1, {MAX_DIGITS}], got {self.max_digits}")
         if self.context not in ("init", "input", "both"):
@@ -107,7 +142,21 @@ def take(split: Seq2SeqSplit, idx: Tensor, update: int = 0) -> Pairs:
 
 
 def teacher_forced_nll(model: Seq2Seq, pairs: Pairs, reduction: str = "mean") -> tuple[Tensor, int]:
-    """NLL of the targets after BOS, the decoder fed the true previous characters; and their count."""
+    """The teacher-forced loss of a batch, and the number of target symbols it averages over.
+
+    ``pairs.targets`` (U + 1, B) are framed BOS … EOS as :class:`~rnnkit.data.datasets.Seq2SeqSplit`
+    holds them; the model is given ``targets[1:]`` (the decoder prepends BOS itself, see
+    :meth:`rnnkit.Seq2Seq.forward`) and its logits are scored against them by
+    :func:`rnnkit.sequence_nll` over each target's length (EOS included).
+
+    Args:
+        model: the encoder–decoder.
+        pairs: a :class:`Pairs` batch (:func:`take` makes one from a split).
+        reduction: ``"mean"`` (nats per target symbol, the training loss) or ``"sum"``.
+
+    Returns:
+        (loss, count): the NLL (a scalar tensor) and Σ target lengths without BOS.
+    """
     y, lengths = pairs.targets[1:], pairs.target_lengths - 1  # (U, B): the decoder prepends BOS itself
     logits = model(pairs.sources, y, pairs.source_lengths, lengths).logits  # (U, B, V)
     return sequence_nll(logits, y, lengths, reduction), int(lengths.sum())
@@ -116,8 +165,22 @@ def teacher_forced_nll(model: Seq2Seq, pairs: Pairs, reduction: str = "mean") ->
 @torch.no_grad()
 def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_lengths: Tensor, *, max_length: int,
               method: str = "greedy", beam_width: int = 4, **sampling) -> list[str]:
-    """Decode every source (S, N) with ``generate`` (greedy, sample or beam, ending at EOS); the
-    sources may live on the CPU, each batch of them is moved to the model's device."""
+    """The translations of every source, decoded by :func:`rnnkit.generate` until EOS.
+
+    Args:
+        model: the encoder–decoder.
+        target_vocab: turns the generated ids back into text (up to EOS).
+        sources: (S, N) int64 source ids padded with PAD (``source_vocab.batch(texts)``); they
+            may live on the CPU, each batch of ``EVAL_BATCH`` is moved to the model's device.
+        source_lengths: (N,) int64.
+        max_length: the most symbols a translation may have (EOS included).
+        method: ``"greedy"`` (the default: deterministic), ``"beam"`` (``beam_width``
+            hypotheses) or ``"sample"`` (with ``temperature``, ``top_k``, ``top_p``,
+            ``generator`` in ``sampling``).
+
+    Returns:
+        N strings, in the order of the sources.
+    """
     texts: list[str] = []
     device = model_device(model)
     for s in chunks(sources.shape[1], EVAL_BATCH):
@@ -131,10 +194,12 @@ def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_
 
 
 class Seq2SeqTask(Task):
-    """Numbers in digits → English words with an encoder–decoder (see the module docstring)."""
+    """Numbers in digits → English words, or your own pairs (``cfg.data``), with an
+    encoder–decoder (see the module docstring)."""
 
     name = "seq2seq"
-    summary = "numbers in digits → English words, encoder–decoder ± attention (exact match and BLEU, greedy vs beam)"
+    summary = ("numbers in digits → English words, or your own pairs (--data FILE of source<TAB>target lines), "
+               "encoder–decoder ± attention (exact match, CER, chrF, BLEU; greedy vs beam)")
     Config = Seq2SeqConfig
     metric = "exact_match"
     sample_hint = "--prime 1234 --method beam"  # what `rnnkit train` suggests after training
@@ -143,12 +208,16 @@ class Seq2SeqTask(Task):
     def __init__(self, cfg: Seq2SeqConfig, vocabs: tuple[TokenVocab, TokenVocab] | None = None) -> None:
         super().__init__(cfg)
         self.source_vocab, self.target_vocab = vocabs or (None, None)
+        if cfg.data is not None:  # any source text of the user's; the numbers' hint would not fit
+            self.sample_hint = "--prime 'SOURCE TEXT' --method beam"
 
     def prepare(self, log) -> None:
         cfg = self.cfg
+        self.schedule = cfg.schedule()
+        if cfg.data is not None:
+            return self._prepare_pairs(log)
         self.data = numbers_to_words(cfg.n_train, cfg.n_val, cfg.n_test, cfg.max_digits, seed=cfg.seed)
         self.source_vocab, self.target_vocab = self.data.source_vocab, self.data.target_vocab
-        self.schedule = cfg.schedule()
         self.max_length = int(self.data.train.target_lengths.max()) - 1 + LENGTH_MARGIN  # BOS is not generated
         self.baselines = {}
         for s in ("val", "test"):
@@ -161,6 +230,46 @@ class Seq2SeqTask(Task):
             f"vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}; e.g. {ex.source_texts[0]!r} → {ex.target_texts[0]!r}")
         log("  baseline (each digit spelled alone): " + "; ".join(
             f"{s} exact match {b['exact_match']:.3f}, BLEU {b['bleu']:.1f}" for s, b in self.baselines.items()))
+
+    def _prepare_pairs(self, log, eval_data: str | None = None) -> None:
+        """Your own pairs (``cfg.data``), or for ``rnnkit eval --data`` all pairs of ``eval_data``
+        as both held-out splits, in the model's vocabularies."""
+        cfg = self.cfg
+        vocabs = None if self.source_vocab is None else (self.source_vocab, self.target_vocab)  # a checkpoint's
+        if eval_data is None:
+            self.data = load_pairs(cfg.data, val=cfg.val_data, test=cfg.test_data, val_fraction=cfg.val_fraction,
+                                   test_fraction=cfg.test_fraction, min_count=cfg.min_count, split=cfg.tokens, vocabs=vocabs)
+        else:
+            split = encode_pairs(read_pairs(eval_data), *vocabs)
+            self.data = PairsData(*vocabs, split, split, split)
+        self.source_vocab, self.target_vocab = self.data.source_vocab, self.data.target_vocab
+        self.max_length = int(self.data.train.target_lengths.max()) - 1 + LENGTH_MARGIN  # BOS is not generated
+        self.baselines = {}
+        for s in ("val", "test"):  # copying the source: what a model must beat on cognates or transliteration
+            split = getattr(self.data, s)
+            copied, refs = split.source_texts, split.target_texts
+            self.baselines[s] = {"exact_match": exact_match(copied, refs), "cer": char_error_rate(copied, refs),
+                                 "chrf": chrf(copied, refs)}
+        self.baseline = self.baselines["val"]
+        d = self.data
+        unk = sum(int((x.sources == UNK).sum()) for x in (d.val, d.test))
+        log(f"seq2seq: pairs from {eval_data or cfg.data}; {len(d.train.source_texts)} / {len(d.val.source_texts)} / "
+            f"{len(d.test.source_texts)} pairs; {cfg.tokens}, vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}"
+            f"{f'; {unk} held-out source symbols unknown (UNK)' if unk else ''}; "
+            f"e.g. {d.train.source_texts[0]!r} → {d.train.target_texts[0]!r}")
+        log("  baseline (the source copied): " + "; ".join(
+            f"{s} exact match {b['exact_match']:.3f}, CER {b['cer']:.3f}, chrF {b['chrf']:.1f}" for s, b in self.baselines.items()))
+
+    def prepare_eval(self, data: str | None, log) -> None:
+        """For ``rnnkit eval``: the run's held-out pairs, or every pair of the file ``data`` (a
+        run trained on ``--data`` only), in the model's vocabularies."""
+        if data is None:
+            return self.prepare(log)
+        if self.cfg.data is None:
+            raise ValueError("rnnkit eval: this seq2seq run trained on the built-in numbers → words, which makes its own "
+                             "data; --data applies to runs trained on your own pairs (rnnkit train seq2seq --data FILE)")
+        self.schedule = self.cfg.schedule()
+        self._prepare_pairs(log, eval_data=data)
 
     def build_model(self) -> Seq2Seq:
         cfg = self.cfg
@@ -202,8 +311,9 @@ class Seq2SeqTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: Seq2Seq, split: str = "val") -> dict[str, float]:
-        """Teacher-forced loss (nats/character), and exact match and BLEU of greedy and beam
-        translations on ``split`` ("val" or "test"); ``baseline`` becomes that split's."""
+        """Teacher-forced loss (nats/character), and exact match, character error rate (``cer``),
+        chrF and BLEU of greedy and beam translations (``beam_`` in front) on ``split`` ("val" or
+        "test"); ``baseline`` becomes that split's."""
         if split not in ("val", "test"):
             raise ValueError(f"seq2seq: split must be 'val' or 'test', got {split!r}")
         self.baseline = self.baselines[split]
@@ -219,7 +329,13 @@ class Seq2SeqTask(Task):
             hyps = translate(model, self.target_vocab, data.sources, data.source_lengths, max_length=self.max_length,
                              method=method, beam_width=self.cfg.beam_width)
             out[f"{prefix}exact_match"] = exact_match(hyps, refs)
-            out[f"{prefix}bleu"] = bleu(hyps, refs)
+            out[f"{prefix}cer"] = char_error_rate(hyps, refs)
+            out[f"{prefix}chrf"] = chrf(hyps, refs)
+            try:
+                out[f"{prefix}bleu"] = bleu(hyps, refs)
+            except ImportError:
+                if self.cfg.data is None:
+                    raise  # the numbers task reports BLEU; your own pairs do without it (sacrebleu not installed)
         return out
 
     def sample_text(self, model: Seq2Seq, prime: str = "1234", length: int = 200, method: str = "greedy",
@@ -227,9 +343,14 @@ class Seq2SeqTask(Task):
         """The translation of ``prime`` (a number in digits; blank: 1234), up to ``length``
         characters: ``"1234 → one thousand two hundred thirty-four"``; with ``n_best`` > 1 (beam
         search) the n best translations, one a line, each with its score (log p / L^α)."""
-        number = prime.strip() or "1234"
-        if not set(number) <= set("0123456789"):
-            raise DataError(f"seq2seq: the prime must be a number written in digits, got {number!r}")
+        if self.cfg.data is not None:  # your own pairs: any source text, unseen symbols as UNK
+            number = prime.strip()
+            if not number:
+                raise DataError("seq2seq: give the source text to translate with --prime TEXT")
+        else:
+            number = prime.strip() or "1234"
+            if not set(number) <= set("0123456789"):
+                raise DataError(f"seq2seq: the prime must be a number written in digits, got {number!r}")
         src = torch.tensor(self.source_vocab.encode(number)).view(-1, 1)  # (S, 1)
         if n_best > 1:
             src, lengths = to_device((src, torch.tensor([src.shape[0]])), model_device(model))
@@ -252,11 +373,14 @@ class Seq2SeqTask(Task):
         return "\n".join(lines)
 
     def meta(self) -> dict:
-        k = len(SPECIALS)  # the vocabularies' own characters, after PAD, BOS, EOS
-        return {**super().meta(), "source_vocab": self.source_vocab.tokens[k:], "target_vocab": self.target_vocab.tokens[k:]}
+        return {**super().meta(), "source_vocab": self.source_vocab.to_dict(), "target_vocab": self.target_vocab.to_dict()}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Seq2SeqTask":
         task = super().from_meta(meta)
-        task.source_vocab, task.target_vocab = TokenVocab(meta["source_vocab"]), TokenVocab(meta["target_vocab"])
+        task.source_vocab, task.target_vocab = (TokenVocab.from_dict(meta["source_vocab"]),
+                                                  TokenVocab.from_dict(meta["target_vocab"]))
         return task
+
+
+__all__ = ["Seq2SeqConfig", "Seq2SeqTask", "Pairs", "take", "teacher_forced_nll", "translate"]

@@ -147,7 +147,7 @@ def test_edit_distance_and_character_error_rate_follow_their_definitions():
         a, b = ("".join(rng.choices("efinorstuvwxz", k=rng.randint(0, 7))) for _ in range(2))
         assert edit_distance(a, b) == lev(a, b)
     assert char_error_rate(["fiv", "sixx", "one"], ["five", "six", "one"]) == pytest.approx(2 / 10)
-    with pytest.raises(ValueError, match="needs as many hypotheses as references"):
+    with pytest.raises(ValueError, match="as many hypotheses as references"):
         char_error_rate(["one"], ["one", "two"])
 
 

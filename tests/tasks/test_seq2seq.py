@@ -3,17 +3,22 @@ against an oracle whose answers are known, the teacher-forced pass against step-
 the scheduled-sampling curriculum across a resume, and (slow) that it learns to translate."""
 
 import json
+import random
+import shutil
 
 import pytest
 import sacrebleu
 import torch
 from torch import nn
 
+from rnnkit.checkpoint import read_meta
 from rnnkit.cli import main
+from rnnkit.generate import generate
+from rnnkit.tasks import load_run
 from rnnkit.data.corpus import DataError
 from rnnkit.data.datasets import BOS, EOS, PAD, pad_batch
 from rnnkit.models import StepOutput, sequence_nll
-from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take
+from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take, translate
 from rnnkit.train import rollout
 from tests.helpers import randomize_
 
@@ -100,7 +105,7 @@ class Oracle(nn.Module):
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
-def test_evaluation_scores_the_decoded_translations_by_exact_match_and_sacrebleu(split):
+def test_evaluation_scores_the_decoded_translations_by_exact_match_cer_chrf_and_sacrebleu(split):
     task = Seq2SeqTask(small_config())
     task.prepare(lambda s: None)
     data = getattr(task.data, split)
@@ -115,6 +120,11 @@ def test_evaluation_scores_the_decoded_translations_by_exact_match_and_sacrebleu
     for prefix in ("", "beam_"):  # one-hot logits: beam search finds the greedy answer too
         assert got[f"{prefix}exact_match"] == pytest.approx(right / len(hyps), abs=1e-12)
         assert got[f"{prefix}bleu"] == pytest.approx(expected_bleu, rel=1e-9)
+        # every third answer has " one" (4 characters) too many: 4 edits each, over all reference characters
+        wrong = len(hyps) - right
+        assert got[f"{prefix}cer"] == pytest.approx(4 * wrong / sum(map(len, data.target_texts)), rel=1e-12)
+        assert got[f"{prefix}chrf"] == pytest.approx(sacrebleu.metrics.CHRF().corpus_score(hyps, [data.target_texts]).score,
+                                                     rel=1e-9)
     spelled = [" ".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(c)] for c in s)
                for s in data.source_texts]
     assert task.baseline["bleu"] == pytest.approx(sacrebleu.corpus_bleu(spelled, [data.target_texts]).score, rel=1e-9)
@@ -158,3 +168,61 @@ def test_attention_model_learns_to_write_numbers_in_words(tmp_path, capsys):
         assert result["baseline"] < 0.05
         learned.append(result["exact_match"] > 0.5 and result["val_bleu"] > 80)
     assert sum(learned) >= 2, learned
+
+
+def write_pairs(path, n, seed, alphabet="abcdefghij"):
+    """n distinct words and their reversals, one source<TAB>target pair a line."""
+    gen = random.Random(seed)
+    words = set()
+    while len(words) < n:
+        words.add("".join(gen.choice(alphabet) for _ in range(gen.randrange(2, 7))))
+    path.write_text("".join(f"{w}\t{w[::-1]}\n" for w in sorted(words)), encoding="utf-8")
+    return path
+
+
+def test_trains_on_your_own_pairs_file_then_decodes_and_evaluates_from_the_checkpoint_alone(tmp_path, capsys):
+    pairs, out = write_pairs(tmp_path / "pairs.tsv", 240, seed=0), tmp_path / "run"
+    args = ["train", "seq2seq", "--data", str(pairs), "--out", str(out), "--max-steps", "4", "--eval-every", "2",
+            "--hidden-size", "8", "--embedding-size", "8", "--attention-size", "8", "--batch-size", "16", "--no-progress",
+            "--json"]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    result = last_json(shown)
+    assert result["steps"] == 4 and result["metric"] == "exact_match"
+    assert {"val_cer", "val_chrf", "val_beam_cer", "val_beam_chrf", "val_bleu"} <= set(result)
+    assert "baseline (the source copied)" in shown and "--prime 'SOURCE TEXT'" in shown
+    meta = read_meta(out / "latest.safetensors")
+    assert meta["source_vocab"]["unk"] and set(meta["source_vocab"]["symbols"]) <= set("abcdefghij")
+    shutil.move(pairs, tmp_path / "moved.tsv")  # decoding needs the checkpoint alone
+    # no --method: a translator decodes greedily, so the answer repeats and equals translate()
+    assert main(["sample", str(out), "--prime", "abcde", "--length", "12"]) == 0
+    default = capsys.readouterr().out
+    assert main(["sample", str(out), "--prime", "abcde", "--length", "12", "--method", "greedy", "--seed", "9"]) == 0
+    assert capsys.readouterr().out == default
+    task, model, _ = load_run(out)
+    assert default.strip() == "abcde → " + translate(model, task.target_vocab, *task.source_vocab.batch(["abcde"]),
+                                                      max_length=12)[0]
+    assert main(["sample", str(out), "--prime", "xyz", "--length", "5"]) == 0  # unseen characters: UNK, not an error
+    assert capsys.readouterr().out.startswith("xyz → ")
+    other = write_pairs(tmp_path / "other.tsv", 30, seed=5)
+    assert main(["eval", str(out / "latest.safetensors"), "--data", str(other), "--json"]) == 0
+    evaluated = last_json(capsys.readouterr().out)
+    assert 0 <= evaluated["val_cer"] and 0 <= evaluated["val_chrf"] <= 100
+    # a bad line stops training before anything is written, and says where
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("ab\tba\ncd dc\n", encoding="utf-8")
+    assert main(["train", "seq2seq", "--data", str(bad), "--out", str(tmp_path / "bad-run"), "--max-steps", "1"]) == 2
+    assert "bad.tsv:2: expected source<TAB>target, got no tab" in capsys.readouterr().err
+    assert main(["train", "seq2seq", "--val-data", str(other), "--out", str(tmp_path / "r2"), "--max-steps", "1"]) == 2
+    assert "val_data is given without data" in capsys.readouterr().err
+
+
+def test_the_built_in_task_without_method_decodes_greedily_in_python_too():
+    task = Seq2SeqTask(small_config())
+    task.prepare(lambda s: None)
+    model = randomize_(task.build_model(), scale=0.5)
+    split = task.data.val
+    greedy = translate(model, task.target_vocab, split.sources, split.source_lengths, max_length=20)
+    memory = model.encode(split.sources, split.source_lengths)
+    out = generate(model, max_length=20, context=memory)  # no method: the translator's default, greedy
+    assert greedy == [task.target_vocab.decode(row[:n]) for row, n in zip(out.tokens, out.lengths.tolist())]
