@@ -22,7 +22,7 @@ def cheap_trainer(out, max_steps, keep):
     def step(m, batch):
         return StepResult(((m(batch[0]) - batch[1]) ** 2).mean(), items=16)
 
-    config = TrainConfig(max_steps=max_steps, eval_every=250, progress=False, seed=0, out=str(out))
+    config = TrainConfig(max_steps=max_steps, eval_every=250, eval_budget=None, progress=False, seed=0, out=str(out))
     return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), step, [(x, y)], config,
                    evaluate=lambda m: {"loss": float(((m(x) - y) ** 2).mean())}, history_keep=keep)
 
