@@ -183,7 +183,8 @@ def make_task(key, data, **settings):
     name, tiny = TINY[key]
     cls = TASKS[name]
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    values = {**RUN, **tiny, **settings, **({"data": str(data)} if "data" in fields else {})}
+    corpus = "data" in fields and name != "seq2seq"  # seq2seq's data is a pairs file; its default is built in
+    values = {**RUN, **tiny, **settings, **({"data": str(data)} if corpus else {})}
     return cls(check_config(cls.Config, values))
 
 
