@@ -7,6 +7,8 @@
   texts → padded id batches, and text metrics (exact match, edit distance, CER, chrF, BLEU);
 * :mod:`.pairs` — one's own translation pairs, a file of ``source<TAB>target`` lines, read
   into vocabularies and padded splits;
+* :mod:`.lstm1997` — the other experiments of the 1997 LSTM paper: the embedded Reber grammar, long
+  time lags with and without noise, the noisy 2-sequence problem, multiplication;
 * :mod:`.datasets` — digits (scikit-learn), sunspots (statsmodels), numbers → words (generated),
   and per-character token tags of Python source (tokenize);
 * :mod:`.padding` — your own variable-length sequences: padding, a DataLoader ``collate_fn``, a

@@ -9,12 +9,15 @@ from .caption import CaptionTask
 from .charlm import CharLMTask
 from .digits import DigitsTask
 from .longlag import AddingTask, CopyTask, TemporalOrderTask
+from .lstm1997 import LongLagSequencesTask, MultiplicationTask, ReberTask, TwoSequenceTask
 from .seq2seq import Seq2SeqTask
 from .sunspots import SunspotsTask
 from .tagging import TaggingTask
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (CharLMTask, DigitsTask, SunspotsTask, Seq2SeqTask, TaggingTask,
-                                                         CaptionTask, AddingTask, TemporalOrderTask, CopyTask)}
+                                                         CaptionTask, AddingTask, TemporalOrderTask, CopyTask, ReberTask,
+                                                         LongLagSequencesTask, TwoSequenceTask, MultiplicationTask)}
 
 __all__ = ["TASKS", "Task", "TaskConfig", "run_task", "load_run", "CharLMTask", "DigitsTask", "SunspotsTask", "Seq2SeqTask", "TaggingTask",
-           "CaptionTask", "AddingTask", "TemporalOrderTask", "CopyTask"]
+           "CaptionTask", "AddingTask", "TemporalOrderTask", "CopyTask", "ReberTask", "LongLagSequencesTask",
+           "TwoSequenceTask", "MultiplicationTask"]

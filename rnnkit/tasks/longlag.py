@@ -8,6 +8,9 @@ r"""The long-time-lag tasks: ``adding``, ``temporal-order`` and ``copy``.
 * ``copy`` — the copy memory problem of Arjovsky, Shah & Bengio (2016): reproduce 10 symbols
   after T blanks and a delimiter; synced many-to-many, cross-entropy at every step.
 
+The paper's other experiments (1, 2, 3 and 5) are :mod:`rnnkit.tasks.lstm1997`'s tasks, built on
+:class:`LongLagTask`.
+
 The data is :mod:`rnnkit.data.synthetic`'s. Training draws a fresh batch for every update, as
 the paper does; batch k is a function of (seed, k) alone (:func:`batch_generator`), so a resumed
 run skips the batches it has seen without drawing them. Validation and test use two fixed
@@ -202,8 +205,7 @@ class _StopWhenSolved(Callback):
     def on_validation(self, trainer, metrics) -> None:
         self.in_a_row = self.in_a_row + 1 if self.task.solved(metrics) else 0
         if self.in_a_row >= self.task.cfg.stop_when_solved:
-            self.log(f"solved at step {trainer.step}: {int(metrics['wrong'])} wrong of {self.task.cfg.heldout_size} "
-                     f"validation sequences (≤ {MAX_WRONG} of {TEST_SIZE} allowed), {self.in_a_row} validations in a row")
+            self.log(f"solved at step {trainer.step}: {self.task.verdict(metrics)}, {self.in_a_row} validations in a row")
             trainer.should_stop, trainer.stop_reason = True, "solved"
 
 
@@ -222,6 +224,18 @@ class LongLagTask(Task):
     def draw(self, n: int, generator: torch.Generator) -> SequenceBatch:
         """n sequences of the task from ``generator`` (time-major, see :class:`SequenceBatch`)."""
         raise NotImplementedError
+
+    def draw_heldout(self, n: int, generator: torch.Generator) -> SequenceBatch:
+        """n held-out sequences: :meth:`draw`'s, unless a task's held-out data differs (noise-free targets)."""
+        return self.draw(n, generator)
+
+    def count(self, targets: Tensor) -> int:
+        """The number of sequences a batch's targets are for: (N, …) or, many-to-many, (T, N, …)."""
+        return targets.shape[1] if self.many_to_many else targets.shape[0]
+
+    def heldout_sizes(self) -> dict[str, int]:
+        """Sequences in each held-out split: ``heldout_size`` each (a task may hold fewer for validation)."""
+        return {"test": self.cfg.heldout_size, "val": self.cfg.heldout_size}
 
     def forward(self, model: nn.Module, batch: SequenceBatch) -> Tensor:
         """The model's outputs for a batch: (B, O) for many-to-one, (T, B, K) for copy."""
@@ -247,12 +261,16 @@ class LongLagTask(Task):
     def prepare(self, log) -> None:
         """Draw the fixed held-out sets (test first, then val, from one held-out generator)."""
         gen = heldout_generator()
-        n = self.cfg.heldout_size
-        self.heldout = {"test": self.draw(n, gen), "val": self.draw(n, gen)}
+        sizes = self.heldout_sizes()
+        self.heldout = {"test": self.draw_heldout(sizes["test"], gen), "val": self.draw_heldout(sizes["val"], gen)}
         self.baseline = self.baselines(self.heldout["val"].targets)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in self.baseline.items())
-        log(f"{self.name}: {self.describe_data()}; fresh training batches of {self.cfg.batch_size}; "
-            f"held out: {n} validation and {n} test sequences; baseline: {shown}")
+        log(f"{self.name}: {self.describe_data()}; {self.describe_training()}; "
+            f"held out: {sizes['val']} validation and {sizes['test']} test sequences; baseline: {shown}")
+
+    def describe_training(self) -> str:
+        """What the model trains on, for the log."""
+        return f"fresh training batches of {self.cfg.batch_size}"
 
     def batch(self, index: int) -> SequenceBatch:
         """Training batch ``index``: ``batch_size`` fresh sequences drawn from (seed, index)."""
@@ -268,7 +286,7 @@ class LongLagTask(Task):
         batch = to_device(self.batch(index), model_device(model))
         outputs = self.forward(model, batch)
         loss = self.loss(outputs, batch)
-        n = batch.targets.shape[-1]
+        n = self.count(batch.targets)
         return StepResult(loss, items=n, sequences=n)
 
     @torch.no_grad()
@@ -280,13 +298,17 @@ class LongLagTask(Task):
         """
         if split not in SPLITS:
             raise ValueError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-        data = self.heldout[split]
-        n = data.targets.shape[-1]
+        return self.outputs_of(model, self.heldout[split])
+
+    @torch.no_grad()
+    def outputs_of(self, model: nn.Module, data: SequenceBatch) -> tuple[Tensor, Tensor]:
+        """The model's outputs on ``data`` (on the CPU), in chunks, and its targets: see :meth:`outputs`."""
+        n = self.count(data.targets)
         device = model_device(model)
         outs = []
         for lo in range(0, n, EVAL_CHUNK):
             hi = min(lo + EVAL_CHUNK, n)
-            part = SequenceBatch(data.inputs[:, lo:hi], data.targets[..., lo:hi],
+            part = SequenceBatch(data.inputs[:, lo:hi], data.targets[:, lo:hi] if self.many_to_many else data.targets[lo:hi],
                                  None if data.lengths is None else data.lengths[lo:hi])
             outs.append(self.forward(model, to_device(part, device)))
         return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets.to(device)
@@ -304,6 +326,11 @@ class LongLagTask(Task):
     def solved(self, metrics: dict[str, float]) -> bool:
         """The paper's criterion on a held-out set: at most 3 wrong of 2560 (the same rate for other sizes)."""
         return solved(int(metrics["wrong"]), self.cfg.heldout_size)
+
+    def verdict(self, metrics: dict[str, float]) -> str:
+        """The validation metrics that met :meth:`solved`, and the criterion, in words (for the log)."""
+        return (f"{int(metrics['wrong'])} wrong of {self.heldout_sizes()['val']} validation sequences "
+                f"(≤ {MAX_WRONG} of {TEST_SIZE} allowed)")
 
     def callbacks(self, log):
         return [] if self.cfg.stop_when_solved is None else [_StopWhenSolved(self, log)]

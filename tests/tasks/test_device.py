@@ -176,6 +176,11 @@ TINY = {  # (task, settings): every task, and the step variants that take anothe
     "adding": ("adding", dict(length=20, hidden_size=6, heldout_size=40, batch_size=8)),
     "temporal-order": ("temporal-order", dict(hidden_size=6, heldout_size=40, batch_size=8)),
     "copy": ("copy", dict(delay=5, hidden_size=6, heldout_size=40, batch_size=8)),
+    "reber": ("reber", dict(hidden_size=6, training_size=16, heldout_size=16, batch_size=8)),
+    "long-lag": ("long-lag", dict(p=8, q=8, variant="c", hidden_size=6, heldout_size=16, val_size=16, batch_size=8)),
+    "two-sequence": ("two-sequence", dict(length=10, variant="c", hidden_size=6, heldout_size=16, val_size=16,
+                                          batch_size=8)),
+    "multiplication": ("multiplication", dict(length=20, hidden_size=6, heldout_size=40, batch_size=8)),
 }
 
 
