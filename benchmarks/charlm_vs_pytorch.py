@@ -73,8 +73,20 @@ def split(data: str | None, folder: Path) -> tuple[CharLMTask, Path, Path]:
 
 
 def run_rnnkit(data: str | None, budget: float, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "rnnkit", "train", "charlm", "--max-time", str(budget), "--out", str(out),
-           "--no-progress", "--json", *(["--data", data] if data else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit",
+        "train",
+        "charlm",
+        "--max-time",
+        str(budget),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+        *(["--data", data] if data else []),
+    ]
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - start
@@ -82,20 +94,40 @@ def run_rnnkit(data: str | None, budget: float, out: Path) -> dict:
         raise SystemExit(f"rnnkit train failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     evaluation = result.get("evaluation_time", result.get("validation_time", 0.0))
-    return {"wall": wall, "chars": result["items_seen"], "updates": result["steps"],
-            "loop_seconds": result["training_time"] - evaluation, "result": result}
+    return {
+        "wall": wall,
+        "chars": result["items_seen"],
+        "updates": result["steps"],
+        "loop_seconds": result["training_time"] - evaluation,
+        "result": result,
+    }
 
 
 def run_plain(train: Path, val: Path, wall: float, out: Path) -> dict:
     start = time.monotonic()
-    cmd = [sys.executable, str(HERE / "plain_charrnn.py"), "--train", str(train), "--val", str(val),
-           "--until", str(start + wall), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(HERE / "plain_charrnn.py"),
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--until",
+        str(start + wall),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     took = time.monotonic() - start
     if done.returncode:
         raise SystemExit(f"plain char-rnn failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"wall": took, "chars": result["chars"], "updates": result["updates"], "loop_seconds": result["loop_seconds"]}
+    return {
+        "wall": took,
+        "chars": result["chars"],
+        "updates": result["updates"],
+        "loop_seconds": result["loop_seconds"],
+    }
 
 
 def heldout_bpc(task: CharLMTask, rnnkit_run: Path, plain_file: Path) -> tuple[float, float]:
@@ -115,24 +147,35 @@ def heldout_bpc(task: CharLMTask, rnnkit_run: Path, plain_file: Path) -> tuple[f
 
 
 def row(name: str, r: dict, bpc: float) -> str:
-    return (f"| {name} | {r['chars'] / r['loop_seconds']:,.0f} | {r['chars'] / r['wall']:,.0f} | {r['wall']:.0f} | "
-            f"{r['updates']} | {bpc:.3f} |")
+    return (
+        f"| {name} | {r['chars'] / r['loop_seconds']:,.0f} | {r['chars'] / r['wall']:,.0f} | {r['wall']:.0f} | "
+        f"{r['updates']} | {bpc:.3f} |"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="a text file or folder (default: rnnkit's built-in corpus, the stdlib's source)")
-    p.add_argument("--budget", type=float, default=180.0, help="rnnkit's --max-time; the plain run gets rnnkit's wall time")
-    p.add_argument("--repeat", type=int, default=1, help="pairs of runs; the order alternates (rnnkit first, then plain first)")
+    p.add_argument(
+        "--budget", type=float, default=180.0, help="rnnkit's --max-time; the plain run gets rnnkit's wall time"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="pairs of runs; the order alternates (rnnkit first, then plain first)"
+    )
     p.add_argument("--out", help="folder for the runs and results.json (default: a temporary folder)")
     args = p.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="charlm-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     task, train, val = split(args.data, folder)
-    print(f"corpus: {args.data or 'the stdlib source (default)'}; training text {train.stat().st_size:,} bytes, "
-          f"held-out text {val.stat().st_size:,} bytes; rnnkit --max-time {args.budget:g}", flush=True)
-    lines = ["| run | chars/s in the training loop | chars/s over the whole run | wall s | updates | held-out bits/char |",
-             "|---|---|---|---|---|---|"]
+    print(
+        f"corpus: {args.data or 'the stdlib source (default)'}; training text {train.stat().st_size:,} bytes, "
+        f"held-out text {val.stat().st_size:,} bytes; rnnkit --max-time {args.budget:g}",
+        flush=True,
+    )
+    lines = [
+        "| run | chars/s in the training loop | chars/s over the whole run | wall s | updates | held-out bits/char |",
+        "|---|---|---|---|---|---|",
+    ]
     results = []
     for k in range(args.repeat):
         out_r, out_p = folder / f"rnnkit-{k}", folder / f"plain-{k}.pt"
@@ -143,11 +186,16 @@ def main() -> None:
             theirs = run_plain(train, val, results[-1]["rnnkit"]["wall"], out_p)
             ours = run_rnnkit(args.data, args.budget, out_r)
         bpc_ours, bpc_theirs = heldout_bpc(task, out_r, out_p)
-        lines += [row(f"rnnkit train charlm ({k + 1})", ours, bpc_ours), row(f"plain PyTorch char-rnn ({k + 1})", theirs, bpc_theirs)]
+        lines += [
+            row(f"rnnkit train charlm ({k + 1})", ours, bpc_ours),
+            row(f"plain PyTorch char-rnn ({k + 1})", theirs, bpc_theirs),
+        ]
         ours.pop("result")
         results.append({"rnnkit": {**ours, "bpc": bpc_ours}, "plain": {**theirs, "bpc": bpc_theirs}})
         print("\n".join(lines[-2:]), flush=True)
-    (folder / "results.json").write_text(json.dumps({"data": args.data, "budget": args.budget, "runs": results}, indent=1))
+    (folder / "results.json").write_text(
+        json.dumps({"data": args.data, "budget": args.budget, "runs": results}, indent=1)
+    )
     print("\n" + "\n".join(lines))
     print(f"\nruns and results.json in {folder}")
 

@@ -36,8 +36,26 @@ sys.path.insert(0, str(ROOT))
 
 from rnnkit.data.corpus import stdlib_files  # noqa: E402
 
-TRAIN = ["--max-steps", "5", "--max-time", "none", "--eval-every", "5", "--hidden-size", "256", "--num-layers", "2",
-         "--batch-size", "32", "--seq-length", "100", "--sample-length", "50", "--no-progress", "--overwrite"]
+TRAIN = [
+    "--max-steps",
+    "5",
+    "--max-time",
+    "none",
+    "--eval-every",
+    "5",
+    "--hidden-size",
+    "256",
+    "--num-layers",
+    "2",
+    "--batch-size",
+    "32",
+    "--seq-length",
+    "100",
+    "--sample-length",
+    "50",
+    "--no-progress",
+    "--overwrite",
+]
 
 
 def make_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
@@ -88,21 +106,30 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RNNKIT_DATA_CACHE": str(work / "cache"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "RNNKIT_DATA_CACHE": str(work / "cache"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     rnnkit = [sys.executable, "-m", "rnnkit"]
     print(f"load average before: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs")
-    print("| corpus | characters | first `rnnkit prepare`: command; in it, preparing | cached start: command; in it, "
-          "the cache | peak memory, 5 training updates | per character, above a 1 MB run |")
+    print(
+        "| corpus | characters | first `rnnkit prepare`: command; in it, preparing | cached start: command; in it, "
+        "the cache | peak memory, 5 training updates | per character, above a 1 MB run |"
+    )
     print("|---|---|---|---|---|---|")
     try:
         base_rss = args.base_mb
         if base_rss is None:  # what a run costs whatever its corpus: torch, the model, the optimizer
             small = work / "corpus-small.txt"
             make_corpus(small, 1)
-            _, base_rss, _ = timed([*rnnkit, "train", "charlm", "--data", str(small), "--out", str(work / "run-small"),
-                                    *TRAIN], env)
-        print(f"(a run on 1 MB peaks at {base_rss:,.0f} MB: the per-character column is the peak above that, "
-              "per character of the corpus)")
+            _, base_rss, _ = timed(
+                [*rnnkit, "train", "charlm", "--data", str(small), "--out", str(work / "run-small"), *TRAIN], env
+            )
+        print(
+            f"(a run on 1 MB peaks at {base_rss:,.0f} MB: the per-character column is the peak above that, "
+            "per character of the corpus)"
+        )
         for mb in args.sizes:
             corpus = work / f"corpus-{mb}MB.txt"
             made = make_corpus(corpus, mb)
@@ -111,17 +138,31 @@ def main() -> None:
             cached, _, out = timed([*rnnkit, "prepare", str(corpus), "--json"], env)
             again = json.loads(out.strip().splitlines()[-1])
             assert not again["built"], "the second prepare encoded again"
-            train_s, train_rss, _ = timed([*rnnkit, "train", "charlm", "--data", str(corpus), "--out",
-                                           str(work / f"run-{mb}"), *TRAIN], env)
-            row = {"megabytes": made / 1e6, "characters": info["characters"], "vocabulary": info["vocabulary"],
-                   "dtype": info["dtype"], "first_prepare_s": round(first, 1), "encoding_s": info["seconds"], "prepare_peak_mb": round(first_rss),
-                   "cached_start_s": round(cached, 2), "cached_open_s": again["seconds"], "train_peak_mb": round(train_rss), "train_s": round(train_s, 1),
-                   "load": round(os.getloadavg()[0], 1)}
-            print(f"| {made / 1e6:,.0f} MB | {info['characters']:,} ({info['dtype']}) | {first:.1f} s; "
-                  f"{info['seconds']:.1f} s preparing (peak {first_rss:,.0f} MB) | {cached:.1f} s; "
-                  f"{again['seconds']:.3f} s opening the file | "
-                  f"{train_rss:,.0f} MB ({train_s:.0f} s in all) | "
-                  f"{max(train_rss - base_rss, 0) * 2**20 / info['characters']:.2f} B |", flush=True)
+            train_s, train_rss, _ = timed(
+                [*rnnkit, "train", "charlm", "--data", str(corpus), "--out", str(work / f"run-{mb}"), *TRAIN], env
+            )
+            row = {
+                "megabytes": made / 1e6,
+                "characters": info["characters"],
+                "vocabulary": info["vocabulary"],
+                "dtype": info["dtype"],
+                "first_prepare_s": round(first, 1),
+                "encoding_s": info["seconds"],
+                "prepare_peak_mb": round(first_rss),
+                "cached_start_s": round(cached, 2),
+                "cached_open_s": again["seconds"],
+                "train_peak_mb": round(train_rss),
+                "train_s": round(train_s, 1),
+                "load": round(os.getloadavg()[0], 1),
+            }
+            print(
+                f"| {made / 1e6:,.0f} MB | {info['characters']:,} ({info['dtype']}) | {first:.1f} s; "
+                f"{info['seconds']:.1f} s preparing (peak {first_rss:,.0f} MB) | {cached:.1f} s; "
+                f"{again['seconds']:.3f} s opening the file | "
+                f"{train_rss:,.0f} MB ({train_s:.0f} s in all) | "
+                f"{max(train_rss - base_rss, 0) * 2**20 / info['characters']:.2f} B |",
+                flush=True,
+            )
             if args.json:
                 print(json.dumps(row), flush=True)
             if not args.keep:

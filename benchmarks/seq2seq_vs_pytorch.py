@@ -22,7 +22,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -117,14 +116,23 @@ class PlainSeq2Seq(nn.Module):
         p = dict(model.named_parameters())
         pairs = {
             "src_embed.weight": "encoder.inputs.embedding.weight",
-            **{f"encoder.{w}_l0": f"encoder.layer.layers.0.cell.{w}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")},
+            **{
+                f"encoder.{w}_l0": f"encoder.layer.layers.0.cell.{w}"
+                for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            },
             "tgt_embed.weight": "decoder.feedback.embedding.weight",
-            "bridge.weight": "decoder.bridge.proj.weight", "bridge.bias": "decoder.bridge.proj.bias",
-            "cell.weight_ih": "decoder.layer.cell.cell.weight_ih", "cell.weight_hh": "decoder.layer.cell.cell.weight_hh",
-            "cell.bias_ih": "decoder.layer.cell.cell.bias_ih", "cell.bias_hh": "decoder.layer.cell.cell.bias_hh",
-            "query.weight": "decoder.layer.cell.query.weight", "key.weight": "decoder.layer.cell.key.weight",
-            "key.bias": "decoder.layer.cell.key.bias", "score.weight": "decoder.layer.cell.score.weight",
-            "out.weight": "decoder.readout.out.proj.weight", "out.bias": "decoder.readout.out.proj.bias",
+            "bridge.weight": "decoder.bridge.proj.weight",
+            "bridge.bias": "decoder.bridge.proj.bias",
+            "cell.weight_ih": "decoder.layer.cell.cell.weight_ih",
+            "cell.weight_hh": "decoder.layer.cell.cell.weight_hh",
+            "cell.bias_ih": "decoder.layer.cell.cell.bias_ih",
+            "cell.bias_hh": "decoder.layer.cell.cell.bias_hh",
+            "query.weight": "decoder.layer.cell.query.weight",
+            "key.weight": "decoder.layer.cell.key.weight",
+            "key.bias": "decoder.layer.cell.key.bias",
+            "score.weight": "decoder.layer.cell.score.weight",
+            "out.weight": "decoder.readout.out.proj.weight",
+            "out.bias": "decoder.readout.out.proj.bias",
         }
         with torch.no_grad():
             for mine, theirs in pairs.items():
@@ -158,18 +166,30 @@ def main() -> None:
     task.prepare(lambda line: None)
     ours = task.build_model()
     cfg = task.cfg
-    theirs = PlainSeq2Seq(len(task.source_vocab), len(task.target_vocab), cfg.embedding_size, cfg.hidden_size,
-                          cfg.attention_size, ours.bos, ours.eos).copy_from(ours)
+    theirs = PlainSeq2Seq(
+        len(task.source_vocab),
+        len(task.target_vocab),
+        cfg.embedding_size,
+        cfg.hidden_size,
+        cfg.attention_size,
+        ours.bos,
+        ours.eos,
+    ).copy_from(ours)
     data, g = task.data.train, torch.Generator().manual_seed(1)
     batches = [take(data, torch.randperm(data.sources.shape[1], generator=g)[: args.batch_size]) for _ in range(20)]
     with torch.no_grad():
-        a = ours(batches[0].sources, batches[0].targets[1:], batches[0].source_lengths, batches[0].target_lengths - 1).logits
+        a = ours(
+            batches[0].sources, batches[0].targets[1:], batches[0].source_lengths, batches[0].target_lengths - 1
+        ).logits
         b = theirs(batches[0].sources, batches[0].source_lengths, batches[0].targets[1:])
         mask = (torch.arange(a.shape[0]).unsqueeze(1) < batches[0].target_lengths - 1).unsqueeze(-1)
         diff = float(((a - b) * mask).abs().max())
-    print(f"same model: max |logits difference| {diff:.1e} over the valid steps "
-          f"(E {cfg.embedding_size}, H {cfg.hidden_size}, A {cfg.attention_size}, batch {args.batch_size}, "
-          f"{args.threads} thread{'s' if args.threads > 1 else ''})", flush=True)
+    print(
+        f"same model: max |logits difference| {diff:.1e} over the valid steps "
+        f"(E {cfg.embedding_size}, H {cfg.hidden_size}, A {cfg.attention_size}, batch {args.batch_size}, "
+        f"{args.threads} thread{'s' if args.threads > 1 else ''})",
+        flush=True,
+    )
     if diff > 1e-4:
         raise SystemExit("the two models disagree: the comparison would not be of the same computation")
 
@@ -184,8 +204,10 @@ def main() -> None:
 
     times = {"ours": [], "theirs": []}
     for block in range(args.updates // 10):
-        for name, model, opt, loss_fn in (("ours", ours, opt_ours, lambda m, q: teacher_forced_nll(m, q)[0]),
-                                          ("theirs", theirs, opt_theirs, plain_nll))[:: 1 if block % 2 == 0 else -1]:
+        for name, model, opt, loss_fn in (
+            ("ours", ours, opt_ours, lambda m, q: teacher_forced_nll(m, q)[0]),
+            ("theirs", theirs, opt_theirs, plain_nll),
+        )[:: 1 if block % 2 == 0 else -1]:
             for k in range(10):
                 times[name].append(timed(lambda: update(model, opt, loss_fn, batches[(block * 10 + k) % len(batches)])))
     val = task.data.val
@@ -199,21 +221,33 @@ def main() -> None:
         for k in range(args.decode_batches):
             context = ours.encode(src, src_len)  # the encoder pass is part of each timing below
             del context
-            decode["ours-greedy"].append(timed(lambda: generate(ours, max_length=L, method="greedy", end="eos",
-                                                                context=ours.encode(src, src_len))))
+            decode["ours-greedy"].append(
+                timed(
+                    lambda: generate(ours, max_length=L, method="greedy", end="eos", context=ours.encode(src, src_len))
+                )
+            )
             decode["theirs-greedy"].append(timed(lambda: theirs.greedy(src, src_len, L)))
-            decode["ours-beam"].append(timed(lambda: generate(ours, max_length=L, method="beam", beam_width=4, end="eos",
-                                                              context=ours.encode(src, src_len))))
+            decode["ours-beam"].append(
+                timed(
+                    lambda: generate(
+                        ours, max_length=L, method="beam", beam_width=4, end="eos", context=ours.encode(src, src_len)
+                    )
+                )
+            )
             decode["theirs-beam"].append(timed(lambda: theirs.beam(src, src_len, L, 4)))
     med = {k: statistics.median(v) * 1000 for k, v in {**times, **decode}.items()}
     print("| | rnnkit Seq2Seq | plain PyTorch loop | rnnkit ÷ plain |")
     print("|---|---|---|---|")
-    print(f"| training update (batch {args.batch_size}), ms | {med['ours']:.1f} | {med['theirs']:.1f} | "
-          f"{med['ours'] / med['theirs']:.2f} |")
+    print(
+        f"| training update (batch {args.batch_size}), ms | {med['ours']:.1f} | {med['theirs']:.1f} | "
+        f"{med['ours'] / med['theirs']:.2f} |"
+    )
     for kind in ("greedy", "beam"):
         label = "greedy decoding" if kind == "greedy" else "beam search (width 4)"
-        print(f"| {label} of {n} sources, ms | {med['ours-' + kind]:.1f} | {med['theirs-' + kind]:.1f} | "
-              f"{med['ours-' + kind] / med['theirs-' + kind]:.2f} |")
+        print(
+            f"| {label} of {n} sources, ms | {med['ours-' + kind]:.1f} | {med['theirs-' + kind]:.1f} | "
+            f"{med['ours-' + kind] / med['theirs-' + kind]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

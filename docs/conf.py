@@ -240,8 +240,9 @@ class RnnkitHelp(SphinxDirective):
         for word in self.arguments:
             subs = _subparsers(parser)
             if word not in subs:
-                raise self.error(f"rnnkit-help: {' '.join(self.arguments)!r}: no subcommand {word!r}; "
-                                 f"expected one of {sorted(subs)}")
+                raise self.error(
+                    f"rnnkit-help: {' '.join(self.arguments)!r}: no subcommand {word!r}; expected one of {sorted(subs)}"
+                )
             parser = subs[word]
         out: list[nodes.Node] = [self._block(parser)]
         if "subcommands" in self.options:

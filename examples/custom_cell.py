@@ -118,8 +118,10 @@ def main() -> None:
             want_y, want_h = by_hand(cell, x[:n, b])
             torch.testing.assert_close(y[:n, b], want_y, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(final.h[b], want_h, rtol=1e-5, atol=1e-6)
-        print(f"engine={engine!r} ran {layer.last_engine}: over lengths {lengths.tolist()} it equals the equations "
-              "stepped by hand")
+        print(
+            f"engine={engine!r} ran {layer.last_engine}: over lengths {lengths.tolist()} it equals the equations "
+            "stepped by hand"
+        )
 
     # 2. the fused engine's gradients against finite differences, float64, through the masked loop;
     # gradcheck perturbs each input in place, the parameters included, and the layer reads them there
@@ -149,13 +151,17 @@ def main() -> None:
             outs.append(h)
         return torch.stack(outs)
 
-    ms = {name: median_ms(lambda f=f: f().square().mean().backward(), repeats)
-          for name, f in [("fused", lambda: fused(xb)[0]), ("reference", lambda: reference(xb)[0]), ("naive", naive)]}
+    ms = {
+        name: median_ms(lambda f=f: f().square().mean().backward(), repeats)
+        for name, f in [("fused", lambda: fused(xb)[0]), ("reference", lambda: reference(xb)[0]), ("naive", naive)]
+    }
     torch.set_num_threads(threads)
-    print(f"forward + backward at (B, T, I, H) = {(B, T, I, H)}, one thread, median of {repeats}: "
-          f"{fused.last_engine} {ms['fused']:.1f} ms, reference loop {ms['reference']:.1f} ms "
-          f"({ms['reference'] / ms['fused']:.1f}x slower), naive loop {ms['naive']:.1f} ms "
-          f"({ms['naive'] / ms['fused']:.1f}x slower)")
+    print(
+        f"forward + backward at (B, T, I, H) = {(B, T, I, H)}, one thread, median of {repeats}: "
+        f"{fused.last_engine} {ms['fused']:.1f} ms, reference loop {ms['reference']:.1f} ms "
+        f"({ms['reference'] / ms['fused']:.1f}x slower), naive loop {ms['naive']:.1f} ms "
+        f"({ms['naive'] / ms['fused']:.1f}x slower)"
+    )
 
 
 if __name__ == "__main__":

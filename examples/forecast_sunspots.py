@@ -29,14 +29,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few updates (for tests)")
     args = parser.parse_args()
 
-    cfg = SunspotsTask.Config(horizon=11, k_ahead=args.k_ahead, max_steps=10 if args.quick else args.steps,
-                              eval_every=5 if args.quick else 200, progress=False)
+    cfg = SunspotsTask.Config(
+        horizon=11,
+        k_ahead=args.k_ahead,
+        max_steps=10 if args.quick else args.steps,
+        eval_every=5 if args.quick else 200,
+        progress=False,
+    )
     task = SunspotsTask(cfg)
     task.prepare(log=print)  # the data and both naive baselines, for validation and test years
     torch.manual_seed(cfg.seed)
     model = task.build_model()
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), task.step, task.batches(),
-                      cfg.train_config(), evaluate=task.evaluate)
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=cfg.lr),
+        task.step,
+        task.batches(),
+        cfg.train_config(),
+        evaluate=task.evaluate,
+    )
     result = trainer.fit()
 
     test = task.evaluate(model, "test")  # also sets task.baseline to the test years' better naive forecast

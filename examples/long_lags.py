@@ -32,26 +32,42 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few updates on small held-out sets (for tests)")
     args = parser.parse_args()
 
-    flows = compare_cells(args.cells, input_size=2, hidden_size=64, steps=30 if args.quick else 100, jacobian_sequences=1)
+    flows = compare_cells(
+        args.cells, input_size=2, hidden_size=64, steps=30 if args.quick else 100, jacobian_sequences=1
+    )
     for name, report in flows.items():
         lag = report.summary_lag()
         print(f"{name:>6}, untrained: the gradient {lag} steps back is {report.flow.ratio(lag):.1e} of the last step's")
 
     for cell in args.cells:
-        cfg = AddingTask.Config(cell=cell, max_steps=10 if args.quick else args.steps, max_time=None,
-                                heldout_size=128 if args.quick else 2560, eval_every=5 if args.quick else 200,
-                                progress=False)
+        cfg = AddingTask.Config(
+            cell=cell,
+            max_steps=10 if args.quick else args.steps,
+            max_time=None,
+            heldout_size=128 if args.quick else 2560,
+            eval_every=5 if args.quick else 200,
+            progress=False,
+        )
         task = AddingTask(cfg)
         task.prepare(log=print)
         torch.manual_seed(cfg.seed)
         model = task.build_model()  # the cell (forget gate bias 5 for an LSTM), read at each sequence's last step
-        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), task.step, task.batches(),
-                          cfg.train_config(), evaluate=task.evaluate, callbacks=task.callbacks(log=print))
+        trainer = Trainer(
+            model,
+            torch.optim.Adam(model.parameters(), lr=cfg.lr),
+            task.step,
+            task.batches(),
+            cfg.train_config(),
+            evaluate=task.evaluate,
+            callbacks=task.callbacks(log=print),
+        )
         result = trainer.fit()
         test = task.evaluate(model, "test")
         verdict = "solved" if task.solved(test) else "not solved"
-        print(f"{cell}: {result.steps} updates in {result.seconds:.0f} s; test {test['wrong']} wrong of "
-              f"{cfg.heldout_size} ({verdict}), MSE {test['mse']:.2g} against {task.baseline['mse']:.3f} for always 0.5")
+        print(
+            f"{cell}: {result.steps} updates in {result.seconds:.0f} s; test {test['wrong']} wrong of "
+            f"{cfg.heldout_size} ({verdict}), MSE {test['mse']:.2g} against {task.baseline['mse']:.3f} for always 0.5"
+        )
 
 
 if __name__ == "__main__":

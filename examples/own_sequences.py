@@ -47,7 +47,7 @@ def make_demo(folder: Path, n: int, seed: int = 0) -> None:
         if label:
             event = np.ones(8) if label <= 2 else np.tile([1.0, 1.0, -1.0, -1.0], 3)
             axis, start = (label - 1) % 2, steps - len(event) - int(rng.integers(0, steps // 5))
-            x[start:start + len(event), axis] += 1.6 * event
+            x[start : start + len(event), axis] += 1.6 * event
         np.save(folder / f"{i:05d}.npy", x.astype(np.float32))
     with open(folder / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("file", "label"), *((f"{i:05d}.npy", DEMO_CLASSES[k]) for i, k in enumerate(labels))])
@@ -87,12 +87,14 @@ def main() -> None:
     features = sequences[0].shape[1:]
     if len(features) != 1:
         raise SystemExit(f"each array must be (steps, features); {rows_hint(folder)} has shape {sequences[0].shape}")
-    print(f"{len(sequences)} sequences of {min(map(len, sequences))}–{max(map(len, sequences))} steps × {features}; "
-          f"per class: {dict(zip(classes, np.bincount(targets, minlength=len(classes)).tolist()))}")
+    print(
+        f"{len(sequences)} sequences of {min(map(len, sequences))}–{max(map(len, sequences))} steps × {features}; "
+        f"per class: {dict(zip(classes, np.bincount(targets, minlength=len(classes)).tolist()))}"
+    )
 
     n = len(sequences)
     order = np.random.default_rng(args.seed + 1).permutation(n)
-    parts = {"train": order[: int(0.7 * n)], "val": order[int(0.7 * n): int(0.85 * n)], "test": order[int(0.85 * n):]}
+    parts = {"train": order[: int(0.7 * n)], "val": order[int(0.7 * n) : int(0.85 * n)], "test": order[int(0.85 * n) :]}
     split = {k: SequenceDataset([sequences[i] for i in idx], [targets[i] for i in idx]) for k, idx in parts.items()}
     loaders = {k: DataLoader(split[k], batch_size=256, collate_fn=SequenceCollate()) for k in ("val", "test")}
 
@@ -100,18 +102,35 @@ def main() -> None:
     model = ManyToOne(Stack.build(GRUCell, features[0], args.hidden, bidirectional=True), len(classes))
     job = Classification(len(classes), class_weights=balanced_class_weights(split["train"].targets, len(classes)))
     train = DataLoader(split["train"], batch_size=32, shuffle=True, collate_fn=SequenceCollate())
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=3e-3), job, train,
-                      TrainConfig(max_epochs=1 if args.quick else args.epochs, eval_every=50, monitor="balanced_accuracy",
-                                  mode="max", out=args.out, overwrite=True, progress=False),
-                      evaluate=job.evaluator(loaders["val"]))
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=3e-3),
+        job,
+        train,
+        TrainConfig(
+            max_epochs=1 if args.quick else args.epochs,
+            eval_every=50,
+            monitor="balanced_accuracy",
+            mode="max",
+            out=args.out,
+            overwrite=True,
+            progress=False,
+        ),
+        evaluate=job.evaluator(loaders["val"]),
+    )
     result = trainer.fit()
     trainer.load_best()
 
     test = job.evaluate(model, loaders["test"])
     print(f"{result.steps} updates ({result.epochs} epochs) in {result.seconds:.0f} s; best weights in {args.out}")
-    print(f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f} "
-          f"(always answering the most frequent class: {np.bincount(targets).max() / n:.3f})")
-    print("per class:", ", ".join(f"{c} {test[f'accuracy_{k}']:.3f}" for k, c in enumerate(classes) if f"accuracy_{k}" in test))
+    print(
+        f"test accuracy {test['accuracy']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f} "
+        f"(always answering the most frequent class: {np.bincount(targets).max() / n:.3f})"
+    )
+    print(
+        "per class:",
+        ", ".join(f"{c} {test[f'accuracy_{k}']:.3f}" for k, c in enumerate(classes) if f"accuracy_{k}" in test),
+    )
     print("confusion (rows: true class, columns: predicted):")
     print(job.confusion_matrix(model, loaders["test"]))
 

@@ -65,15 +65,18 @@ def main() -> None:
     pairs = Path(args.pairs) if args.pairs else write_reversals(Path("reverse.tsv"), 300 if args.quick else 6000)
     data = load_pairs(pairs, val_fraction=0.1, test_fraction=0.1)  # vocabularies from the training pairs, with UNK
     sv, tv = data.source_vocab, data.target_vocab
-    print(f"{pairs}: {len(data.train.source_texts)} / {len(data.val.source_texts)} / {len(data.test.source_texts)} "
-          f"pairs; vocabularies {sv} → {tv}")
+    print(
+        f"{pairs}: {len(data.train.source_texts)} / {len(data.val.source_texts)} / {len(data.test.source_texts)} "
+        f"pairs; vocabularies {sv} → {tv}"
+    )
 
     torch.manual_seed(0)
     E, H = 32, 64
     encoder = Encoder(Bidirectional(GRUCell(E, H)), vocab_size=len(sv))  # reads the source both ways: D = 2H
     D = encoder.output_size
-    model = Seq2Seq(encoder, GRUCell(E + D, H), vocab_size=len(tv), embedding_size=E, bos=BOS, eos=EOS,
-                    attention_size=32)  # the decoder cell reads [e(y); c(t)]: embedding_size + D
+    model = Seq2Seq(
+        encoder, GRUCell(E + D, H), vocab_size=len(tv), embedding_size=E, bos=BOS, eos=EOS, attention_size=32
+    )  # the decoder cell reads [e(y); c(t)]: embedding_size + D
     max_length = int(data.train.target_lengths.max()) + 5
 
     def step(model, pairs):
@@ -84,21 +87,30 @@ def main() -> None:
         hyps = translate(model, tv, split.sources, split.source_lengths, max_length=max_length)  # greedy
         return {"cer": char_error_rate(hyps, split.target_texts), "exact_match": exact_match(hyps, split.target_texts)}
 
-    cfg = TrainConfig(max_steps=steps, eval_every=max(steps // 6, 1), monitor="cer", mode="min", out=args.out,
-                      progress=False)
-    result = Trainer(model, torch.optim.Adam(model.parameters(), 3e-3), step, Shuffled(data.train, 64), cfg,
-                     evaluate=evaluate).fit()
+    cfg = TrainConfig(
+        max_steps=steps, eval_every=max(steps // 6, 1), monitor="cer", mode="min", out=args.out, progress=False
+    )
+    result = Trainer(
+        model, torch.optim.Adam(model.parameters(), 3e-3), step, Shuffled(data.train, 64), cfg, evaluate=evaluate
+    ).fit()
     print(f"{result.steps} updates in {result.seconds:.0f} s; best validation CER {result.best:.3f}")
 
     load_checkpoint(Path(args.out) / "best.safetensors", model=model)  # the weights of the best validation
     test = data.test
     print(f"{'':>8} {'exact':>6} {'CER':>6} {'chrF':>6}   ({len(test.source_texts)} test pairs)")
     copied = test.source_texts  # the baseline: the source as its own translation
-    rows = [("copy", copied)] + [(method, translate(model, tv, test.sources, test.source_lengths, max_length=max_length,
-                                                    method=method, beam_width=4)) for method in ("greedy", "beam")]
+    rows = [("copy", copied)] + [
+        (
+            method,
+            translate(model, tv, test.sources, test.source_lengths, max_length=max_length, method=method, beam_width=4),
+        )
+        for method in ("greedy", "beam")
+    ]
     for name, hyps in rows:
-        print(f"{name:>8} {exact_match(hyps, test.target_texts):6.3f} {char_error_rate(hyps, test.target_texts):6.3f} "
-              f"{chrf(hyps, test.target_texts):6.1f}")
+        print(
+            f"{name:>8} {exact_match(hyps, test.target_texts):6.3f} {char_error_rate(hyps, test.target_texts):6.3f} "
+            f"{chrf(hyps, test.target_texts):6.1f}"
+        )
     print(f"e.g. {test.source_texts[0]!r} → {rows[1][1][0]!r} (truth {test.target_texts[0]!r})")
 
 

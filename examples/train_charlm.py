@@ -30,19 +30,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny corpus, model and run (for tests)")
     args = parser.parse_args()
 
-    cfg = CharLMTask.Config(data=args.data, hidden_size=args.hidden_size, max_steps=args.steps, max_time=None,
-                            eval_every=250, progress=False)
+    cfg = CharLMTask.Config(
+        data=args.data,
+        hidden_size=args.hidden_size,
+        max_steps=args.steps,
+        max_time=None,
+        eval_every=250,
+        progress=False,
+    )
     if args.quick:
         cfg.hidden_size, cfg.max_chars, cfg.seq_length, cfg.max_steps, cfg.eval_every = 16, 100_000, 40, 10, 5
     task = CharLMTask(cfg)
     summary = run_task(task)  # prepare the data, train with rnnkit.Trainer, write checkpoints
-    print(f"\n{summary['steps']} updates: {summary['bpc']:.3f} bits/char on held-out text "
-          f"(unigram baseline {summary['baseline']:.3f}); run folder {summary['out']}")
+    print(
+        f"\n{summary['steps']} updates: {summary['bpc']:.3f} bits/char on held-out text "
+        f"(unigram baseline {summary['baseline']:.3f}); run folder {summary['out']}"
+    )
 
     model = task.model.eval()
     for temperature in (0.5, 1.0, 1.5):
-        text = task.sample_text(model, prime="def ", length=100 if args.quick else 300, temperature=temperature,
-                                generator=torch.Generator().manual_seed(0))
+        text = task.sample_text(
+            model,
+            prime="def ",
+            length=100 if args.quick else 300,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(0),
+        )
         print(f"\n--- temperature {temperature}:\n{text}")
 
 

@@ -39,10 +39,12 @@ from .cells import (
     MGUCell,
     SkipCell,
 )
-from .data.text import TokenVocab
 from .compose import Bidirectional, BidirectionalState, Stack
-from .interop import from_torch, to_torch
+from .data.padding import SequenceCollate, SequenceDataset, collate_sequences, pad_sequences
+from .data.text import TokenVocab
+from .engine.choose import last_engines
 from .generate import Generated, NBest, generate
+from .interop import from_torch, to_torch
 from .models import (
     Encoder,
     JordanNetwork,
@@ -60,8 +62,6 @@ from .models import (
     sequence_nll,
     squared_error,
 )
-from .data.padding import SequenceCollate, SequenceDataset, collate_sequences, pad_sequences
-from .engine.choose import last_engines
 from .recurrent import Recurrent
 from .train import TrainConfig, Trainer
 from .train.trainer import seed_everything as seed

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -50,8 +50,10 @@ SIZES = [(16, 100, 64, 128), (32, 100, 256, 256), (64, 100, 512, 512)]
 
 # Cells measured besides the registry's: name -> (one-line description, factory(input_size, hidden_size)).
 EXTRA_CELLS: dict[str, tuple[str, Callable[[int, int], RecurrentCell]]] = {
-    "guide-cho-gru": ("the custom-cell guide's cell, Cho et al.'s GRU with U (r * h), written outside the zoo",
-                      lambda i, h: ChoGRUCell(i, h)),
+    "guide-cho-gru": (
+        "the custom-cell guide's cell, Cho et al.'s GRU with U (r * h), written outside the zoo",
+        lambda i, h: ChoGRUCell(i, h),
+    ),
 }
 
 
@@ -87,7 +89,9 @@ class BenchRow:
     lengths_vs_full: float  # lengths_ms / ms
 
 
-def _interleaved_ms(runs: dict[str, Callable[[], None]], repeats: dict[str, int], device: torch.device) -> dict[str, float]:
+def _interleaved_ms(
+    runs: dict[str, Callable[[], None]], repeats: dict[str, int], device: torch.device
+) -> dict[str, float]:
     """Median milliseconds of each run, timed round-robin so that a change in a shared machine's
     load (another process, a frequency step) hits every candidate alike and their ratios hold.
 
@@ -158,7 +162,13 @@ def torch_module_of(cell: nn.Module) -> nn.Module | None:
     kind = native_kind(cell)
     if kind is None:
         return None
-    sizes = dict(input_size=cell.input_size, hidden_size=cell.hidden_size, bias=cell.bias, dtype=cell.weight_ih.dtype, device=cell.weight_ih.device)
+    sizes = dict(
+        input_size=cell.input_size,
+        hidden_size=cell.hidden_size,
+        bias=cell.bias,
+        dtype=cell.weight_ih.dtype,
+        device=cell.weight_ih.device,
+    )
     if kind.startswith("rnn_"):
         module = nn.RNN(nonlinearity=kind[4:], **sizes)
     else:
@@ -176,8 +186,14 @@ def random_lengths(batch: int, steps: int, device: torch.device) -> torch.Tensor
     return lengths.to(device)
 
 
-def bench(cells: list[str] | None = None, sizes: list[tuple[int, int, int, int]] | None = None, repeats: int = 5,
-          device: str = "cpu", log=print, threads: int | None = 1) -> list[BenchRow]:
+def bench(
+    cells: list[str] | None = None,
+    sizes: list[tuple[int, int, int, int]] | None = None,
+    repeats: int = 5,
+    device: str = "cpu",
+    log=print,
+    threads: int | None = 1,
+) -> list[BenchRow]:
     """Measure every cell (names from :func:`bench_cells`) at every (B, T, I, H); one row each.
 
     ``threads``: CPU threads for the measurement (torch's setting is restored afterwards);
@@ -197,7 +213,9 @@ def bench(cells: list[str] | None = None, sizes: list[tuple[int, int, int, int]]
         torch.set_num_threads(before)
 
 
-def _bench(cells: list[str], sizes: list[tuple[int, int, int, int]], repeats: int, device: torch.device, log) -> list[BenchRow]:
+def _bench(
+    cells: list[str], sizes: list[tuple[int, int, int, int]], repeats: int, device: torch.device, log
+) -> list[BenchRow]:
     known = bench_cells()
     slow_repeats = max(1, repeats // 2)
     rows = []
@@ -234,10 +252,27 @@ def _bench(cells: list[str], sizes: list[tuple[int, int, int, int]], repeats: in
             ms.setdefault("reference", ms["ours"])
             mem = _memory_bytes(ours, device)
             row = BenchRow(
-                name, B, T, I, H, torch.get_num_threads(), engine, ms["ours"], ms["torch_lstm"], ms["naive"],
-                ms["reference"], ms["ours"] / ms["torch_lstm"], ms["naive"] / ms["ours"], ms["reference"] / ms["ours"],
-                mem, ref_mem, mem / ref_mem, ms.get("same"), None if same is None else ms["ours"] / ms["same"],
-                ms["lengths"], ms["lengths"] / ms["ours"],
+                name,
+                B,
+                T,
+                I,
+                H,
+                torch.get_num_threads(),
+                engine,
+                ms["ours"],
+                ms["torch_lstm"],
+                ms["naive"],
+                ms["reference"],
+                ms["ours"] / ms["torch_lstm"],
+                ms["naive"] / ms["ours"],
+                ms["reference"] / ms["ours"],
+                mem,
+                ref_mem,
+                mem / ref_mem,
+                ms.get("same"),
+                None if same is None else ms["ours"] / ms["same"],
+                ms["lengths"],
+                ms["lengths"] / ms["ours"],
             )
             log(format_row(row))
             rows.append(row)
@@ -301,8 +336,10 @@ def target_lines(rows: list[BenchRow]) -> list[str]:
             if target.applies(r):
                 bound = f"≤ {target.at_most:g}" if target.at_most is not None else f"≥ {target.at_least:g}"
                 verdict = "met" if target.met(r) else "MISSED"
-                lines.append(f"{r.cell} at {(r.batch, r.steps, r.input_size, r.hidden_size)}: {target.column} = "
-                             f"{getattr(r, target.column):.2f} (target {bound}): {verdict}")
+                lines.append(
+                    f"{r.cell} at {(r.batch, r.steps, r.input_size, r.hidden_size)}: {target.column} = "
+                    f"{getattr(r, target.column):.2f} (target {bound}): {verdict}"
+                )
     return lines
 
 

@@ -533,7 +533,9 @@ def _check_like(fn: str, name: str, t: Tensor, like: Tensor) -> None:
         raise ValueError(f"{fn}: {name} is on {t.device}, expected the cell's device {like.device}")
 
 
-def _cell_parameters(fn: str, cell: Any, gates: int, gate_names: str) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _cell_parameters(
+    fn: str, cell: Any, gates: int, gate_names: str
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """The cell's ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, checked.
 
     ``gates`` is G, the number of stacked H-row blocks (1, 4 or 3); H is read from
@@ -605,7 +607,9 @@ def _check_sequence(fn: str, x: Any, y: Any, I: int, O: int, like: Tensor) -> Te
     if T < 1 or B < 1:
         raise ValueError(f"{fn}: x must hold at least one time step and one sequence; got shape {tuple(x.shape)}")
     if width != I:
-        raise ValueError(f"{fn}: x must have shape (T, B, I) with I = {I} (the cell's input size); got {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: x must have shape (T, B, I) with I = {I} (the cell's input size); got {tuple(x.shape)}"
+        )
     _check_like(fn, "x", x, like)
     if not isinstance(y, Tensor):
         raise TypeError(f"{fn}: y must be a (T, B) tensor of int64 class indices, got {type(y).__name__}")

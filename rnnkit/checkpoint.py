@@ -85,8 +85,9 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -150,8 +151,13 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"bit_generator": "MT19937", "key": [int(k) for k in key], "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "bit_generator": "MT19937",
+            "key": [int(k) for k in key],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": [version, list(internal), gauss_next],
     }
 
@@ -173,14 +179,21 @@ def _prepare_rng_state(state: Mapping) -> tuple[Tensor, list[Tensor], tuple, tup
         for i, t in enumerate(cuda[: torch.cuda.device_count()]):
             expected = torch.cuda.get_rng_state(i)
             if not isinstance(t, Tensor) or t.dtype != torch.uint8 or t.shape != expected.shape:
-                raise ValueError(f"rng state 'cuda'[{i}]: expected a uint8 tensor of shape "
-                                 f"{tuple(expected.shape)}, got {_describe_type(t)}")
+                raise ValueError(
+                    f"rng state 'cuda'[{i}]: expected a uint8 tensor of shape "
+                    f"{tuple(expected.shape)}, got {_describe_type(t)}"
+                )
     try:
         np_state = state["numpy"]
         if np_state["bit_generator"] != "MT19937":
             raise ValueError(f"bit_generator {np_state['bit_generator']!r}, expected 'MT19937'")
-        legacy = ("MT19937", np.asarray(np_state["key"], dtype=np.uint32), int(np_state["pos"]),
-                  int(np_state["has_gauss"]), float(np_state["cached_gaussian"]))
+        legacy = (
+            "MT19937",
+            np.asarray(np_state["key"], dtype=np.uint32),
+            int(np_state["pos"]),
+            int(np_state["has_gauss"]),
+            float(np_state["cached_gaussian"]),
+        )
         np.random.RandomState().set_state(legacy)
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"rng state 'numpy': {e!r}") from None
@@ -204,8 +217,10 @@ def set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(cpu)
     if torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
-            warnings.warn(f"rng state holds {len(cuda)} CUDA generator(s), this machine has "
-                          f"{torch.cuda.device_count()}; restoring the first {min(len(cuda), torch.cuda.device_count())}")
+            warnings.warn(
+                f"rng state holds {len(cuda)} CUDA generator(s), this machine has "
+                f"{torch.cuda.device_count()}; restoring the first {min(len(cuda), torch.cuda.device_count())}"
+            )
         for i, t in enumerate(cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(t, i)
     elif cuda:
@@ -246,8 +261,15 @@ def _plain_json(value: Any, where: str) -> Any:
                 raise CheckpointError(f"{where}: key {k!r} is {_describe_type(k)}; JSON objects need string keys")
             out[k] = _plain_json(v, f"{where}[{k!r}]")
         return out
-    hint = " (store tensors in the model, or convert with .tolist())" if isinstance(value, Tensor) else (
-        " (convert it, e.g. with float(x), int(x) or .tolist())" if isinstance(value, (np.generic, np.ndarray)) else "")
+    hint = (
+        " (store tensors in the model, or convert with .tolist())"
+        if isinstance(value, Tensor)
+        else (
+            " (convert it, e.g. with float(x), int(x) or .tolist())"
+            if isinstance(value, (np.generic, np.ndarray))
+            else ""
+        )
+    )
     raise CheckpointError(f"{where} is {_describe_type(value)}, which is not JSON{hint}")
 
 
@@ -296,11 +318,17 @@ def _encode(value: Any, where: str, key: str, store: _TensorStore) -> Any:
         for k, v in value.items():
             if isinstance(k, Tensor) or not (k is None or isinstance(k, (bool, int, float, str, tuple))):
                 raise CheckpointError(f"{where}: key {k!r} is {_describe_type(k)}, which cannot be stored as JSON")
-            items.append([_encode(k, f"{where} key {k!r}", f"{key}.{k}", store),
-                          _encode(v, f"{where}[{k!r}]", f"{key}.{k}", store)])
+            items.append(
+                [
+                    _encode(k, f"{where} key {k!r}", f"{key}.{k}", store),
+                    _encode(v, f"{where}[{k!r}]", f"{key}.{k}", store),
+                ]
+            )
         return {"__dict__": items}
-    raise CheckpointError(f"{where} is {_describe_type(value)}, which cannot be stored as JSON "
-                          "(rnnkit never pickles: give it JSON values or tensors)")
+    raise CheckpointError(
+        f"{where} is {_describe_type(value)}, which cannot be stored as JSON "
+        "(rnnkit never pickles: give it JSON values or tensors)"
+    )
 
 
 def _decode(value: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
@@ -309,7 +337,7 @@ def _decode(value: Any, tensors: Mapping[str, Tensor], used: set[str]) -> Any:
         return [_decode(v, tensors, used) for v in value]
     if isinstance(value, dict):
         if len(value) == 1 and next(iter(value)) in _TAGS:
-            (tag, inner), = value.items()
+            ((tag, inner),) = value.items()
             if tag == "__tensor__":
                 if inner not in tensors:
                     raise KeyError(f"the header refers to tensor {inner!r}, which the file does not hold")
@@ -386,8 +414,10 @@ def save_checkpoint(
     model_keys = []
     for name, value in model.state_dict().items():
         if not isinstance(value, Tensor):
-            raise CheckpointError(f"model.state_dict()[{name!r}] is {_describe_type(value)}, not a tensor; "
-                                  "rnnkit checkpoints hold tensors and JSON only")
+            raise CheckpointError(
+                f"model.state_dict()[{name!r}] is {_describe_type(value)}, not a tensor; "
+                "rnnkit checkpoints hold tensors and JSON only"
+            )
         store.add(f"model.{name}", value)
         model_keys.append(name)
     doc: dict[str, Any] = {
@@ -417,15 +447,20 @@ def save_checkpoint(
         doc["rng"] = _encode(rng_state(), "rng_state()", "rng", store)
     for name, gen in (generators or {}).items():
         if not isinstance(name, str) or not isinstance(gen, torch.Generator):
-            raise CheckpointError(f"save_checkpoint: generators must map names to torch.Generator, "
-                                  f"got {name!r}: {_describe_type(gen)}")
+            raise CheckpointError(
+                f"save_checkpoint: generators must map names to torch.Generator, got {name!r}: {_describe_type(gen)}"
+            )
         doc["generators"][name] = {"__tensor__": store.add(f"generators.{name}", gen.get_state())}
     for name, obj in (extra or {}).items():
         if not isinstance(name, str) or not callable(getattr(obj, "state_dict", None)):
-            raise CheckpointError(f"save_checkpoint: extra must map names to objects with state_dict(), "
-                                  f"got {name!r}: {_describe_type(obj)}")
-        doc["extra"][name] = {"class": type(obj).__name__,
-                              "state": _encode(obj.state_dict(), f"extra[{name!r}].state_dict()", f"extra.{name}", store)}
+            raise CheckpointError(
+                f"save_checkpoint: extra must map names to objects with state_dict(), "
+                f"got {name!r}: {_describe_type(obj)}"
+            )
+        doc["extra"][name] = {
+            "class": type(obj).__name__,
+            "state": _encode(obj.state_dict(), f"extra[{name!r}].state_dict()", f"extra.{name}", store),
+        }
 
     doc["checksum"] = {"header": hashlib.sha256(_canonical(doc)).hexdigest(), "tensors": _tensor_digest(store.tensors)}
     try:
@@ -487,9 +522,12 @@ def _not_ours(path: Path, head: bytes, why: str) -> CheckpointError:
         kind = f"pickle protocol {head[1]}"
     else:
         return _refuse(path, f"{why}; rnnkit reads only the safetensors files it writes, and never unpickles")
-    return _refuse(path, f"not an rnnkit checkpoint (looks like a pickle: {kind}; rnnkit never unpickles, "
-                         "because unpickling can run arbitrary code). Load it only if you trust it, then "
-                         "re-save it with rnnkit.checkpoint.save_checkpoint")
+    return _refuse(
+        path,
+        f"not an rnnkit checkpoint (looks like a pickle: {kind}; rnnkit never unpickles, "
+        "because unpickling can run arbitrary code). Load it only if you trust it, then "
+        "re-save it with rnnkit.checkpoint.save_checkpoint",
+    )
 
 
 def _read(path: str | os.PathLike, whole: bool) -> tuple[Path, dict, dict, bytes | None]:
@@ -501,13 +539,23 @@ def _read(path: str | os.PathLike, whole: bool) -> tuple[Path, dict, dict, bytes
             data = f.read() if whole else None
             head = data[:8] if whole else f.read(8)
             if len(head) < 8:
-                raise _not_ours(path, head, f"truncated, or not a checkpoint: {size} bytes, too short for a safetensors header")
+                raise _not_ours(
+                    path, head, f"truncated, or not a checkpoint: {size} bytes, too short for a safetensors header"
+                )
             n = int.from_bytes(head, "little")
             if n > _MAX_HEADER:
-                raise _not_ours(path, head, "not an rnnkit checkpoint: not a safetensors file (its first 8 bytes are no header length)")
+                raise _not_ours(
+                    path,
+                    head,
+                    "not an rnnkit checkpoint: not a safetensors file (its first 8 bytes are no header length)",
+                )
             if 8 + n > size:
-                raise _not_ours(path, head, f"truncated, or not a checkpoint: the header should be {n} bytes but only "
-                                            f"{size - 8} follow the length field")
+                raise _not_ours(
+                    path,
+                    head,
+                    f"truncated, or not a checkpoint: the header should be {n} bytes but only "
+                    f"{size - 8} follow the length field",
+                )
             header_bytes = data[8 : 8 + n] if whole else f.read(n)
     except FileNotFoundError:
         raise _refuse(path, "no such file") from None
@@ -520,11 +568,16 @@ def _read(path: str | os.PathLike, whole: bool) -> tuple[Path, dict, dict, bytes
         if not isinstance(header, dict):
             raise ValueError(f"the header is {_describe_type(header)}, not a JSON object")
     except (UnicodeDecodeError, ValueError) as e:
-        raise _not_ours(path, head, f"corrupted, or not a checkpoint: the safetensors header is not valid JSON ({e})") from None
+        raise _not_ours(
+            path, head, f"corrupted, or not a checkpoint: the safetensors header is not valid JSON ({e})"
+        ) from None
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or _META_KEY not in metadata:
-        raise _refuse(path, f"not an rnnkit checkpoint: a safetensors file without {_META_KEY!r} metadata "
-                            "(plain weights? read them with safetensors.torch.load_file)")
+        raise _refuse(
+            path,
+            f"not an rnnkit checkpoint: a safetensors file without {_META_KEY!r} metadata "
+            "(plain weights? read them with safetensors.torch.load_file)",
+        )
     try:
         doc = json.loads(metadata[_META_KEY])
         if not isinstance(doc, dict):
@@ -532,18 +585,27 @@ def _read(path: str | os.PathLike, whole: bool) -> tuple[Path, dict, dict, bytes
     except (TypeError, ValueError) as e:
         raise _refuse(path, f"corrupted: the {_META_KEY!r} metadata is not a JSON document: {e}") from None
     checksum = doc.pop("checksum", None)
-    intact = (isinstance(checksum, dict) and isinstance(checksum.get("header"), str)
-              and isinstance(checksum.get("tensors"), str)
-              and hashlib.sha256(_canonical(doc)).hexdigest() == checksum["header"])
+    intact = (
+        isinstance(checksum, dict)
+        and isinstance(checksum.get("header"), str)
+        and isinstance(checksum.get("tensors"), str)
+        and hashlib.sha256(_canonical(doc)).hexdigest() == checksum["header"]
+    )
     # with a damaged header, "format"/"version" may be damaged too: say so rather than blame them
     if doc.get("format") != FORMAT:
-        raise _refuse(path, f"not an rnnkit checkpoint{'' if intact else ', or a corrupted one'}: "
-                            f"metadata format {_short(doc.get('format'))}, expected {FORMAT!r}")
+        raise _refuse(
+            path,
+            f"not an rnnkit checkpoint{'' if intact else ', or a corrupted one'}: "
+            f"metadata format {_short(doc.get('format'))}, expected {FORMAT!r}",
+        )
     version = doc.get("version")
     if type(version) is not int or version != VERSION:
         newer = " (written by a newer rnnkit? upgrade rnnkit)" if type(version) is int and version > VERSION else ""
-        raise _refuse(path, ("" if intact else "corrupted, or ")
-                      + f"format version {_short(version)}, but this rnnkit reads version {VERSION}{newer}")
+        raise _refuse(
+            path,
+            ("" if intact else "corrupted, or ")
+            + f"format version {_short(version)}, but this rnnkit reads version {VERSION}{newer}",
+        )
     if not intact:
         raise _refuse(path, "corrupted: header checksum mismatch (the metadata was changed or damaged)")
     doc["checksum"] = checksum
@@ -598,7 +660,7 @@ def _meta_mismatches(have: Any, want: Any, where: str) -> list[str]:
         return []
     if isinstance(have, list) and isinstance(want, list):
         i = next((i for i, (a, b) in enumerate(zip(have, want)) if not _same(a, b)), min(len(have), len(want)))
-        detail = (f"checkpoint has {len(have)} entries, expected {len(want)}; " if len(have) != len(want) else "")
+        detail = f"checkpoint has {len(have)} entries, expected {len(want)}; " if len(have) != len(want) else ""
         if i < min(len(have), len(want)):
             detail += f"first difference at [{i}]: checkpoint {_short(have[i])}, expected {_short(want[i])}"
         else:
@@ -631,8 +693,11 @@ def _model_mismatches(model: nn.Module, saved: Mapping[str, Tensor]) -> list[str
         out.append(f"missing from the checkpoint: {', '.join(missing)}")
     if unexpected:
         out.append(f"in the checkpoint but not in the model: {', '.join(unexpected)}")
-    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
-              for k, v in own.items() if k in saved and isinstance(v, Tensor) and saved[k].shape != v.shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and isinstance(v, Tensor) and saved[k].shape != v.shape
+    ]
     if shapes:
         out.append("shape mismatch: " + "; ".join(shapes))
     return [f"model ({type(model).__name__}) does not fit: {m}" for m in out]
@@ -653,8 +718,11 @@ def _optimizer_mismatches(optimizer: torch.optim.Optimizer, saved: dict | None) 
         if len(a) != len(b):
             out.append(f"optimizer param_groups[{g}]: checkpoint has {len(a)} parameters, the optimizer {len(b)}")
             continue
-        out.extend(f"optimizer param_groups[{g}] parameter {i}: checkpoint {tuple(x)}, optimizer {tuple(y)}"
-                   for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        out.extend(
+            f"optimizer param_groups[{g}] parameter {i}: checkpoint {tuple(x)}, optimizer {tuple(y)}"
+            for i, (x, y) in enumerate(zip(a, b))
+            if x != y
+        )
     return out
 
 
@@ -698,7 +766,9 @@ def load_checkpoint(
         raise TypeError(f"load_checkpoint: model must be a torch.nn.Module, got {_describe_type(model)}")
     for name, gen in (generators or {}).items():
         if not isinstance(gen, torch.Generator):
-            raise TypeError(f"load_checkpoint: generators[{name!r}] must be a torch.Generator, got {_describe_type(gen)}")
+            raise TypeError(
+                f"load_checkpoint: generators[{name!r}] must be a torch.Generator, got {_describe_type(gen)}"
+            )
     path, header, doc, data = _read(path, whole=True)
     tensors = _read_tensors(path, header, doc, data)
     if torch.device(map_location).type != "cpu":
@@ -715,7 +785,9 @@ def load_checkpoint(
         saved_rng = _decode(doc["rng"], tensors, used) if doc["rng"] is not None else None
         saved_gens = _decode(doc["generators"], tensors, used)
         extra_doc = doc.get("extra", {})  # absent in files written before extra= existed
-        saved_extra = {name: (entry["class"], _decode(entry["state"], tensors, used)) for name, entry in extra_doc.items()}
+        saved_extra = {
+            name: (entry["class"], _decode(entry["state"], tensors, used)) for name, entry in extra_doc.items()
+        }
         meta = doc["meta"]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _refuse(path, f"corrupted: the header does not describe an rnnkit checkpoint: {e!r}") from None
@@ -735,8 +807,10 @@ def load_checkpoint(
         if sched_doc is None:
             problems.append("scheduler: the checkpoint holds no scheduler state (saved without scheduler=)")
         elif sched_doc["class"] != type(scheduler).__name__:
-            problems.append(f"scheduler: checkpoint has {sched_doc['class']} state, the given scheduler is "
-                            f"{type(scheduler).__name__}")
+            problems.append(
+                f"scheduler: checkpoint has {sched_doc['class']} state, the given scheduler is "
+                f"{type(scheduler).__name__}"
+            )
     if restore_rng:
         if saved_rng is None:
             problems.append("rng: the checkpoint holds no RNG states (saved with rng=False)")
@@ -749,14 +823,18 @@ def load_checkpoint(
         if name not in saved_gens:
             problems.append(f"generators: the checkpoint holds no generator {name!r} (it holds {sorted(saved_gens)})")
         elif saved_gens[name].shape != gen.get_state().shape:
-            problems.append(f"generators[{name!r}]: checkpoint state of shape {tuple(saved_gens[name].shape)}, "
-                            f"the generator's is {tuple(gen.get_state().shape)} (another device type?)")
+            problems.append(
+                f"generators[{name!r}]: checkpoint state of shape {tuple(saved_gens[name].shape)}, "
+                f"the generator's is {tuple(gen.get_state().shape)} (another device type?)"
+            )
     for name, obj in (extra or {}).items():
         if name not in saved_extra:
             problems.append(f"extra: the checkpoint holds no state {name!r} (it holds {sorted(saved_extra)})")
         elif saved_extra[name][0] != type(obj).__name__:
-            problems.append(f"extra[{name!r}]: checkpoint has {saved_extra[name][0]} state, the given object is "
-                            f"{type(obj).__name__}")
+            problems.append(
+                f"extra[{name!r}]: checkpoint has {saved_extra[name][0]} state, the given object is "
+                f"{type(obj).__name__}"
+            )
     if problems:
         raise _refuse(path, "does not match: " + "; ".join(problems))
 

@@ -6,7 +6,8 @@ Symbols used in shapes: T time steps, B batch, I input size, H hidden size, D di
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,14 @@ def _check_pair_state(owner: str, state: Any) -> tuple:
         return (None, None)
     wrong_kind = is_state(state) and type(state) is not BidirectionalState
     if not (isinstance(state, (tuple, list)) and len(state) == 2) or wrong_kind:
-        got = type(state).__name__ if not isinstance(state, (tuple, list)) or wrong_kind else f"{type(state).__name__} of length {len(state)}"
-        raise TypeError(f"{owner}: a bidirectional layer's state must be BidirectionalState(forward, backward), got {got}")
+        got = (
+            type(state).__name__
+            if not isinstance(state, (tuple, list)) or wrong_kind
+            else f"{type(state).__name__} of length {len(state)}"
+        )
+        raise TypeError(
+            f"{owner}: a bidirectional layer's state must be BidirectionalState(forward, backward), got {got}"
+        )
     return tuple(state)
 
 
@@ -85,7 +92,9 @@ def _recurrent_layers(layers: Sequence[nn.Module]) -> list[Recurrent]:
     return out
 
 
-def _run_native(owner: str, layer_cells, x: Tensor, states: list, lengths: Any, batch_first: bool, dropout: float, training: bool):
+def _run_native(
+    owner: str, layer_cells, x: Tensor, states: list, lengths: Any, batch_first: bool, dropout: float, training: bool
+):
     """Check the arguments as the layers would, run the whole thing in one native call.
 
     ``states[k]`` is layer k's state as the user gave it (None, a cell state, or a pair for a
@@ -155,8 +164,10 @@ class Bidirectional(nn.Module):
         self.merge = check_choice(merge, "merge", "Bidirectional", ("concat", "sum"))
         for name, c in (("cell", cell), ("backward_cell", backward_cell)):
             if c is not None and not isinstance(c, RecurrentCell):
-                raise TypeError(f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}"
-                                + from_torch_hint(c))
+                raise TypeError(
+                    f"Bidirectional: {name} must be an rnnkit cell (rnnkit.cells.*), got {type(c).__name__}"
+                    + from_torch_hint(c)
+                )
         if backward_cell is None:
             backward_cell = copy.deepcopy(cell)
             reset = getattr(backward_cell, "reset_parameters", None)
@@ -179,7 +190,9 @@ class Bidirectional(nn.Module):
         self.last_engine: str | None = None
         self._one_kernel = False  # whether the last call ran the whole as one torch kernel call
 
-    def forward(self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, BidirectionalState]:
+    def forward(
+        self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None
+    ) -> tuple[Tensor | PackedSequence, BidirectionalState]:
         if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
             padded, lengths = unpack_input(x, lengths, self.batch_first, "Bidirectional")
             y, state = self.forward(padded, state, lengths)
@@ -188,7 +201,9 @@ class Bidirectional(nn.Module):
         state = _check_pair_state("Bidirectional", state)
         layer_cells = _layer_cells([self], x, lengths)
         if layer_cells is not None:
-            y, ((h_final, g_final),) = _run_native("Bidirectional", layer_cells, x, [state], lengths, self.batch_first, 0.0, self.training)
+            y, ((h_final, g_final),) = _run_native(
+                "Bidirectional", layer_cells, x, [state], lengths, self.batch_first, 0.0, self.training
+            )
             if self.merge == "sum":
                 h, g = y.chunk(2, dim=-1)
                 y = h + g  # (·, ·, H)
@@ -256,8 +271,13 @@ class Stack(nn.Module):
             raise ValueError("Stack: needs at least one layer")
         for k, layer in enumerate(layers):
             if isinstance(layer, RecurrentCell):
-                raise TypeError(f"Stack: layer {k} is a cell ({type(layer).__name__}); expected a layer: wrap it as Recurrent(cell)")
-            if not (isinstance(layer, nn.Module) and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))):
+                raise TypeError(
+                    f"Stack: layer {k} is a cell ({type(layer).__name__}); expected a layer: wrap it as Recurrent(cell)"
+                )
+            if not (
+                isinstance(layer, nn.Module)
+                and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))
+            ):
                 raise TypeError(
                     f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, output_size "
                     f"and batch_first), got {type(layer).__name__}{from_torch_hint(layer)}"
@@ -292,7 +312,7 @@ class Stack(nn.Module):
         bidirectional: bool = False,
         batch_first: bool = False,
         dropout: float = 0.0,
-    ) -> "Stack":
+    ) -> Stack:
         """A stack of ``num_layers`` layers of ``make_cell(input_size, hidden_size)`` cells.
 
         Example: ``Stack.build(LSTMCell, 32, 64, num_layers=2, bidirectional=True)``.
@@ -302,14 +322,18 @@ class Stack(nn.Module):
         size = input_size
         for _ in range(num_layers):
             if bidirectional:
-                layer = Bidirectional(make_cell(size, hidden_size), make_cell(size, hidden_size), batch_first=batch_first)
+                layer = Bidirectional(
+                    make_cell(size, hidden_size), make_cell(size, hidden_size), batch_first=batch_first
+                )
             else:
                 layer = Recurrent(make_cell(size, hidden_size), batch_first=batch_first)
             layers.append(layer)
             size = layer.output_size
         return cls(layers, dropout=dropout)
 
-    def forward(self, x: Tensor | PackedSequence, state: Sequence[Any] | None = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, tuple]:
+    def forward(
+        self, x: Tensor | PackedSequence, state: Sequence[Any] | None = None, lengths: Any = None
+    ) -> tuple[Tensor | PackedSequence, tuple]:
         if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
             padded, lengths = unpack_input(x, lengths, self.batch_first, "Stack")
             y, state = self.forward(padded, state, lengths)
@@ -320,13 +344,19 @@ class Stack(nn.Module):
         elif is_state(state):  # one layer's state (an LSTMState is also a tuple), not one per layer
             raise TypeError(f"Stack: state must be a tuple of {L} layer states, got a single {type(state).__name__}")
         elif not isinstance(state, (tuple, list)) or len(state) != L:
-            got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+            got = (
+                f"{type(state).__name__} of length {len(state)}"
+                if isinstance(state, (tuple, list))
+                else type(state).__name__
+            )
             raise TypeError(f"Stack: state must be a tuple of {L} layer states, got {got}")
         lengths = _checked_lengths("Stack", x, lengths, self.batch_first)
         layer_cells = _layer_cells(self.layers, x, lengths)
         sums = [isinstance(layer, Bidirectional) and layer.merge == "sum" for layer in self.layers]
         if layer_cells is not None and not any(sums):
-            y, finals = _run_native("Stack", layer_cells, x, list(state), lengths, self.batch_first, self.dropout, self.training)
+            y, finals = _run_native(
+                "Stack", layer_cells, x, list(state), lengths, self.batch_first, self.dropout, self.training
+            )
             self.last_engine, self._one_kernel = "native", True
             return y, tuple(BidirectionalState(*f) if len(f) == 2 else f[0] for f in finals)
         finals = []

@@ -178,7 +178,9 @@ def check_exported(program: ExportedProgram, model: nn.Module, args: tuple, kwar
         raise AssertionError(f"export: the program returns {len(got)} tensors, the model {len(want)}")
     for k, (a, b) in enumerate(zip(got, want)):
         tol = TOLERANCES.get(b.dtype, dict(rtol=0, atol=0))
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"export: output tensor {k} of the program differs from the model's: {m}")
+        torch.testing.assert_close(
+            a, b, **tol, msg=lambda m: f"export: output tensor {k} of the program differs from the model's: {m}"
+        )
 
 
 def save(program: ExportedProgram, path: str | Path) -> Path:
@@ -219,11 +221,16 @@ def example_inputs(model: nn.Module, steps: int, batch_size: int = 2, seed: int 
 
     name = type(model).__name__
     params = inspect.signature(model.forward).parameters
-    required = [p for p in params.values() if p.default is inspect.Parameter.empty
-                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [
+        p
+        for p in params.values()
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if len(required) != 1:
-        raise ValueError(f"{name}.forward needs {len(required)} inputs ({', '.join(p.name for p in required)}); "
-                         "only models that read one sequence get example inputs: call rnnkit.export.export with your own")
+        raise ValueError(
+            f"{name}.forward needs {len(required)} inputs ({', '.join(p.name for p in required)}); "
+            "only models that read one sequence get example inputs: call rnnkit.export.export with your own"
+        )
     like = next(iter(model.parameters()))
     gen = torch.Generator().manual_seed(seed)
     embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
@@ -232,7 +239,9 @@ def example_inputs(model: nn.Module, steps: int, batch_size: int = 2, seed: int 
     else:
         layer = next((m for m in model.modules() if isinstance(m, (Recurrent, Bidirectional, Stack))), None)
         if layer is None:
-            raise ValueError(f"{name} holds no rnnkit layer (Recurrent, Bidirectional or Stack) to read its input size from")
+            raise ValueError(
+                f"{name} holds no rnnkit layer (Recurrent, Bidirectional or Stack) to read its input size from"
+            )
         x = torch.randn(steps, batch_size, layer.input_size, generator=gen, dtype=torch.float64).to(like)  # (T, B, I)
     kwargs: dict[str, Any] = {}
     if "lengths" in params and steps > 1:

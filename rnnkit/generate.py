@@ -21,7 +21,6 @@ Symbols: B batch, W beam width, V vocabulary, L generated length, P prime length
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -135,7 +134,9 @@ def default_method(model: nn.Module, **sampling: Any) -> str:
         return "sample"
     method = getattr(model, "default_method", "sample")
     if method not in METHODS:
-        raise ValueError(f"{type(model).__name__}.default_method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        raise ValueError(
+            f"{type(model).__name__}.default_method must be one of {', '.join(map(repr, METHODS))}, got {method!r}"
+        )
     return method
 
 
@@ -187,7 +188,9 @@ def _ends(model: nn.Module, end: str | None, eos: int | None):
         if eos is None:
             raise ValueError(f"end='eos' needs an eos token: {type(model).__name__} has none and none was given")
     if end == "length" and not hasattr(model, "predict_length"):
-        raise ValueError(f"end='length' needs a model with a length head (predict_length); {type(model).__name__} has none")
+        raise ValueError(
+            f"end='length' needs a model with a length head (predict_length); {type(model).__name__} has none"
+        )
     return eos
 
 
@@ -264,7 +267,9 @@ def generate(
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     _check_int(n_best, "n_best", 1)
     if n_best > 1 and method != "beam":
-        raise ValueError(f"n_best={n_best} needs method='beam' (the other methods make one sequence per row), got {method!r}")
+        raise ValueError(
+            f"n_best={n_best} needs method='beam' (the other methods make one sequence per row), got {method!r}"
+        )
     if method == "sample":
         check_temperature(temperature)
         if top_k is not None:
@@ -283,11 +288,29 @@ def generate(
         if method == "beam":
             _check_int(beam_width, "beam_width", 1)
             if n_best > beam_width:
-                raise ValueError(f"n_best must be ≤ beam_width (the beam holds the candidates), got n_best={n_best} "
-                                 f"and beam_width={beam_width}")
-            return _beam(model, batch_size, max_length, beam_width, length_penalty, end, eos, context, prime, pad, n_best)
-        return _step_decode(model, batch_size, max_length, method, temperature, top_k, top_p, end, eos, halt_sample,
-                            context, prime, pad, generator)
+                raise ValueError(
+                    f"n_best must be ≤ beam_width (the beam holds the candidates), got n_best={n_best} "
+                    f"and beam_width={beam_width}"
+                )
+            return _beam(
+                model, batch_size, max_length, beam_width, length_penalty, end, eos, context, prime, pad, n_best
+            )
+        return _step_decode(
+            model,
+            batch_size,
+            max_length,
+            method,
+            temperature,
+            top_k,
+            top_p,
+            end,
+            eos,
+            halt_sample,
+            context,
+            prime,
+            pad,
+            generator,
+        )
     finally:
         model.train(was_training)
 
@@ -305,8 +328,22 @@ def _first_input(model, batch_size, device):
     return torch.full((batch_size,), int(model.bos), dtype=torch.long, device=device)
 
 
-def _step_decode(model, batch_size, max_length, method, temperature, top_k, top_p, end, eos, halt_sample,
-                 context, prime, pad, generator) -> Generated:
+def _step_decode(
+    model,
+    batch_size,
+    max_length,
+    method,
+    temperature,
+    top_k,
+    top_p,
+    end,
+    eos,
+    halt_sample,
+    context,
+    prime,
+    pad,
+    generator,
+) -> Generated:
     device = next(model.parameters()).device
     state, out, batch_size = _start(model, batch_size, context, prime)
     limit = _limits(model, end, state, batch_size, max_length, device)
@@ -392,15 +429,17 @@ def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad
         ended = idx >= W * V
         idx = idx % (W * V)
         beam, tok = idx // V, idx % V  # (B, W)
-        ranked = torch.where(ended & (top > float("-inf")), top / (length ** alpha), torch.full_like(top, float("-inf")))
+        ranked = torch.where(ended & (top > float("-inf")), top / (length**alpha), torch.full_like(top, float("-inf")))
         # the K best of those kept so far and those that ended at this step; a stable sort keeps
         # the earlier on a tie. order < K: a kept hypothesis; order ≥ K: column order − K of ranked
         merged, order = torch.cat([best_score, ranked], 1).sort(dim=-1, descending=True, stable=True)  # (B, K + W)
         best_score, order = merged[:, :K], order[:, :K]
         for b in (order >= K).any(-1).nonzero().flatten().tolist():  # rows where one that ended enters
             kept = best_tokens[b]
-            best_tokens[b] = [kept[i] if i < K else history[b, beam[b, i - K]].tolist() + [int(tok[b, i - K])]
-                              for i in order[b].tolist()]
+            best_tokens[b] = [
+                kept[i] if i < K else history[b, beam[b, i - K]].tolist() + [int(tok[b, i - K])]
+                for i in order[b].tolist()
+            ]
         score = torch.where(ended, torch.full_like(top, float("-inf")), top)
         history = torch.cat([history[rows, beam], tok.unsqueeze(-1)], -1)  # (B, W, t+1)
         live_best = score.max(-1).values  # (B,)

@@ -69,10 +69,14 @@ def from_torch(module: nn.Module) -> Stack | RecurrentCell:
     size = module.input_size
     weight = module.weight_ih_l0
     for k in range(module.num_layers):
-        fwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(dtype=weight.dtype, device=weight.device)
+        fwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(
+            dtype=weight.dtype, device=weight.device
+        )
         _copy_params(fwd, module, f"_l{k}")
         if module.bidirectional:
-            bwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(dtype=weight.dtype, device=weight.device)
+            bwd = _cell_like(module.mode, size, module.hidden_size, module.bias, proj_size).to(
+                dtype=weight.dtype, device=weight.device
+            )
             _copy_params(bwd, module, f"_l{k}_reverse")
             layer = Bidirectional(fwd, bwd, merge="concat", batch_first=module.batch_first)
         else:

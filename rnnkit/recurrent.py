@@ -6,7 +6,8 @@ Symbols used in shapes: T time steps, B batch, I input size, H hidden size.
 from __future__ import annotations
 
 import operator
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +16,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .cells.base import RecurrentCell, from_torch_hint
 from .cells.state import where_state
 from .engine import fused
-from .engine.sequence import reverse_padded  # noqa: F401  (re-exported: rnnkit.recurrent.reverse_padded)
 from .engine.choose import ENGINES, choose_engine
 from .engine.native import native_kind, run_native
-
+from .engine.sequence import reverse_padded  # noqa: F401  (re-exported: rnnkit.recurrent.reverse_padded)
 
 
 def _as_length(v: Any) -> int | None:
@@ -68,11 +68,15 @@ def check_lengths(lengths: Any, batch_size: int, steps: int, device: torch.devic
     try:
         values = list(lengths)
     except TypeError:
-        raise TypeError(f"{owner}: lengths must be a 1-D tensor or sequence of ints, got {type(lengths).__name__}") from None
+        raise TypeError(
+            f"{owner}: lengths must be a 1-D tensor or sequence of ints, got {type(lengths).__name__}"
+        ) from None
     ints = [_as_length(v) for v in values]
     for i, (v, n) in enumerate(zip(values, ints)):
         if n is None:
-            raise TypeError(f"{owner}: lengths must hold integers, got {v!r} ({type(v).__name__}) at lengths[{i}]; {expected}")
+            raise TypeError(
+                f"{owner}: lengths must hold integers, got {v!r} ({type(v).__name__}) at lengths[{i}]; {expected}"
+            )
     if len(ints) != batch_size:
         raise ValueError(f"{owner}: lengths must have shape (B,) = ({batch_size},), got ({len(ints)},)")
     for i, n in enumerate(ints):
@@ -167,15 +171,21 @@ class Recurrent(nn.Module):
         final_state: the cell's state after each sequence's last step.
     """
 
-    def __init__(self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False, engine: str = "auto") -> None:
+    def __init__(
+        self, cell: RecurrentCell, batch_first: bool = False, reverse: bool = False, engine: str = "auto"
+    ) -> None:
         super().__init__()
         if not isinstance(cell, RecurrentCell):
-            raise TypeError(f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}"
-                            + from_torch_hint(cell))
+            raise TypeError(
+                f"Recurrent: cell must be an rnnkit cell (rnnkit.cells.*), got {type(cell).__name__}"
+                + from_torch_hint(cell)
+            )
         if engine not in ENGINES:
             raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if engine == "native" and native_kind(cell) is None:
-            raise ValueError(f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}")
+            raise ValueError(
+                f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}"
+            )
         if engine == "fused" and (reason := fused.untraceable_reason(cell)) is not None:
             raise ValueError(f"Recurrent: engine='fused' cannot run this cell: {reason}")
         self.engine = engine
@@ -187,8 +197,9 @@ class Recurrent(nn.Module):
         self.hidden_size = cell.hidden_size
         self.output_size = cell.output_size  # H, or a projected LSTM's P
 
-    def forward(self, x: Tensor | PackedSequence, state: Any = None,
-                lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor | PackedSequence, Any]:
+    def forward(
+        self, x: Tensor | PackedSequence, state: Any = None, lengths: Tensor | Sequence[int] | None = None
+    ) -> tuple[Tensor | PackedSequence, Any]:
         if isinstance(x, PackedSequence):
             padded, lengths = unpack_input(x, lengths, self.batch_first, "Recurrent")
             y, state = self.forward(padded, state, lengths)

@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     # torch is pinned here (not in pyproject) so that a fresh CPU machine takes the local
     # CPU wheel instead of several GB of CUDA packages; the library itself accepts any torch 2.x.
     "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" >&2
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,tasks,docs]" >&2
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,tasks,docs,lint]" >&2
     echo "$want" > "$stamp"
 fi
 # Build the fused C++ engine now, not inside the first run's time budget: at setup and again

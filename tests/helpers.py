@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -80,7 +80,10 @@ def gradcheck_cell(cell: torch.nn.Module, batch: int = 3, steps: int = 4, seed: 
     x = torch.randn(steps, batch, cell.input_size, generator=gen, dtype=torch.float64, requires_grad=True)
     state0 = cell.init_state(batch, dtype=torch.float64)
     # a random initial state, so the gradient w.r.t. it is checked too (integer counters stay)
-    init = [torch.randn(t.shape, generator=gen, dtype=torch.float64).requires_grad_() if t.is_floating_point() else t for t in state_tensors(state0)]
+    init = [
+        torch.randn(t.shape, generator=gen, dtype=torch.float64).requires_grad_() if t.is_floating_point() else t
+        for t in state_tensors(state0)
+    ]
     names, params = zip(*cell.named_parameters())
 
     def rebuild(template, flat):
@@ -100,7 +103,9 @@ def gradcheck_cell(cell: torch.nn.Module, batch: int = 3, steps: int = 4, seed: 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def check_cell_against_torch(ours: torch.nn.Module, theirs: torch.nn.Module, dtype: torch.dtype, steps: int = 6, batch: int = 4, seed: int = 0) -> None:
+def check_cell_against_torch(
+    ours: torch.nn.Module, theirs: torch.nn.Module, dtype: torch.dtype, steps: int = 6, batch: int = 4, seed: int = 0
+) -> None:
     """Our cell stepped over time vs a torch.nn.*Cell with the same weights: outputs, states, gradients."""
     randomize_(theirs, seed=seed)
     theirs = theirs.to(dtype)
@@ -120,4 +125,11 @@ def check_cell_against_torch(ours: torch.nn.Module, theirs: torch.nn.Module, dty
             return step_loop(lambda xt, s: (lambda h, c: (h, (h, c)))(*theirs(xt, s)), x, (h0, c0))
         return step_loop(lambda xt, s: (lambda h: (h, (h,)))(theirs(xt, s[0])), x, (h0,))
 
-    assert_same_computation(run_ours, run_theirs, [x, h0, c0] if lstm else [x, h0], list(ours.parameters()), list(theirs.parameters()), dtype=dtype)
+    assert_same_computation(
+        run_ours,
+        run_theirs,
+        [x, h0, c0] if lstm else [x, h0],
+        list(ours.parameters()),
+        list(theirs.parameters()),
+        dtype=dtype,
+    )

@@ -43,9 +43,29 @@ def test_plain_char_rnn_script_trains_and_saves(tmp_path):
     text = "".join(f"def f{k}(x):\n    return x * {k}\n" for k in range(300))
     (tmp_path / "train.txt").write_text(text)
     (tmp_path / "val.txt").write_text(text[:500] + "é")
-    done = subprocess.run([sys.executable, str(BENCH / "plain_charrnn.py"), "--train", str(tmp_path / "train.txt"),
-                           "--val", str(tmp_path / "val.txt"), "--budget", "600", "--max-updates", "3", "--out", str(tmp_path / "m.pt"),
-                           "--batch-size", "4", "--seq-length", "20"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "plain_charrnn.py"),
+            "--train",
+            str(tmp_path / "train.txt"),
+            "--val",
+            str(tmp_path / "val.txt"),
+            "--budget",
+            "600",
+            "--max-updates",
+            "3",
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--batch-size",
+            "4",
+            "--seq-length",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["updates"] == 3 and result["chars"] == 3 * 4 * 20
@@ -58,16 +78,24 @@ def test_plain_seq2seq_copies_rnnkits_weights_and_computes_the_same_logits_loss_
     from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take, teacher_forced_nll
 
     torch.manual_seed(0)
-    task = Seq2SeqTask(Seq2SeqConfig(n_train=200, n_val=20, n_test=20, hidden_size=16, embedding_size=8,
-                                     attention_size=8))
+    task = Seq2SeqTask(
+        Seq2SeqConfig(n_train=200, n_val=20, n_test=20, hidden_size=16, embedding_size=8, attention_size=8)
+    )
     task.prepare(lambda line: None)
     ours = task.build_model()
     with torch.no_grad():
         for p in ours.parameters():
             p.uniform_(-0.5, 0.5)  # away from the init, so a swapped weight would show
     cfg = task.cfg
-    theirs = PlainSeq2Seq(len(task.source_vocab), len(task.target_vocab), cfg.embedding_size, cfg.hidden_size,
-                          cfg.attention_size, ours.bos, ours.eos).copy_from(ours)
+    theirs = PlainSeq2Seq(
+        len(task.source_vocab),
+        len(task.target_vocab),
+        cfg.embedding_size,
+        cfg.hidden_size,
+        cfg.attention_size,
+        ours.bos,
+        ours.eos,
+    ).copy_from(ours)
     pairs = take(task.data.train, torch.arange(12))
     y, lengths = pairs.targets[1:], pairs.target_lengths - 1
     a = ours(pairs.sources, y, pairs.source_lengths, lengths).logits
@@ -76,7 +104,13 @@ def test_plain_seq2seq_copies_rnnkits_weights_and_computes_the_same_logits_loss_
     torch.testing.assert_close(a * mask, b * mask, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(teacher_forced_nll(ours, pairs)[0], plain_nll(theirs, pairs), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        greedy = generate(ours.eval(), max_length=12, method="greedy", end="eos", context=ours.encode(pairs.sources, pairs.source_lengths))
+        greedy = generate(
+            ours.eval(),
+            max_length=12,
+            method="greedy",
+            end="eos",
+            context=ours.encode(pairs.sources, pairs.source_lengths),
+        )
         mine = theirs.greedy(pairs.sources, pairs.source_lengths, 12)
     for b_, n in enumerate(greedy.lengths.tolist()):
         assert greedy.tokens[b_, :n].tolist() == mine[b_, :n].tolist()

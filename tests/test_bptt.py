@@ -201,35 +201,87 @@ def _gelu_cell():
 @pytest.mark.parametrize(
     "change, error, match",
     [
-        pytest.param(lambda a: a.update(x=a["x"][0]), ValueError,
-                     r"x must have shape \(T, B, I\).*got 2-D shape \(2, 5\)", id="x-rank"),
-        pytest.param(lambda a: a.update(x=torch.randn(4, 2, I + 1, dtype=F64)), ValueError,
-                     r"I = 5 .*got \(4, 2, 6\)", id="x-width"),
-        pytest.param(lambda a: a.update(x=a["x"].float()), TypeError,
-                     r"x has dtype torch.float32, expected .*torch.float64", id="x-dtype"),
+        pytest.param(
+            lambda a: a.update(x=a["x"][0]),
+            ValueError,
+            r"x must have shape \(T, B, I\).*got 2-D shape \(2, 5\)",
+            id="x-rank",
+        ),
+        pytest.param(
+            lambda a: a.update(x=torch.randn(4, 2, I + 1, dtype=F64)),
+            ValueError,
+            r"I = 5 .*got \(4, 2, 6\)",
+            id="x-width",
+        ),
+        pytest.param(
+            lambda a: a.update(x=a["x"].float()),
+            TypeError,
+            r"x has dtype torch.float32, expected .*torch.float64",
+            id="x-dtype",
+        ),
         pytest.param(lambda a: a.update(x=a["x"][:0]), ValueError, r"at least one time step", id="x-empty"),
-        pytest.param(lambda a: a.update(y=a["y"][:3]), ValueError,
-                     r"y must have shape \(T, B\) = \(4, 2\).*got 2-D shape \(3, 2\)", id="y-shape"),
-        pytest.param(lambda a: a.update(y=a["y"].double()), TypeError,
-                     r"y must hold integer class indices.*torch.float64", id="y-dtype"),
-        pytest.param(lambda a: a["y"].__setitem__((2, 1), O), ValueError,
-                     r"y must hold class indices in \[0, O\) = \[0, 7\).*y\[2, 1\] = 7", id="y-too-big"),
+        pytest.param(
+            lambda a: a.update(y=a["y"][:3]),
+            ValueError,
+            r"y must have shape \(T, B\) = \(4, 2\).*got 2-D shape \(3, 2\)",
+            id="y-shape",
+        ),
+        pytest.param(
+            lambda a: a.update(y=a["y"].double()),
+            TypeError,
+            r"y must hold integer class indices.*torch.float64",
+            id="y-dtype",
+        ),
+        pytest.param(
+            lambda a: a["y"].__setitem__((2, 1), O),
+            ValueError,
+            r"y must hold class indices in \[0, O\) = \[0, 7\).*y\[2, 1\] = 7",
+            id="y-too-big",
+        ),
         pytest.param(lambda a: a["y"].__setitem__((0, 0), -1), ValueError, r"y\[0, 0\] = -1", id="y-negative"),
-        pytest.param(lambda a: a.update(V=torch.randn(O, H + 1, dtype=F64)), ValueError,
-                     r"V must have shape \(O, H\) with H = 8.*\(7, 9\)", id="V-shape"),
-        pytest.param(lambda a: a.update(c=torch.randn(O + 1, dtype=F64)), ValueError,
-                     r"c must have shape \(O,\) = \(7,\).*\(8,\)", id="c-shape"),
+        pytest.param(
+            lambda a: a.update(V=torch.randn(O, H + 1, dtype=F64)),
+            ValueError,
+            r"V must have shape \(O, H\) with H = 8.*\(7, 9\)",
+            id="V-shape",
+        ),
+        pytest.param(
+            lambda a: a.update(c=torch.randn(O + 1, dtype=F64)),
+            ValueError,
+            r"c must have shape \(O,\) = \(7,\).*\(8,\)",
+            id="c-shape",
+        ),
         pytest.param(lambda a: a.update(c=None), TypeError, r"c must be a \(O,\) tensor, got NoneType", id="c-missing"),
-        pytest.param(lambda a: a.update(V=nn.Linear(H, O, dtype=F64)), ValueError,
-                     r"V is a module \(Linear\), so c must be None", id="module-and-c"),
-        pytest.param(lambda a: a.update(h0=torch.zeros(3, H, dtype=F64)), ValueError,
-                     r"h0 must have shape \(B, H\) = \(2, 8\).*\(3, 8\)", id="h0-shape"),
-        pytest.param(lambda a: a.update(cell=object()), TypeError,
-                     r"cell must have a tensor attribute weight_ih", id="not-a-cell"),
-        pytest.param(lambda a: a.update(cell=nn.GRUCell(I, H, dtype=F64)), ValueError,
-                     r"cell.weight_hh must have shape \(H, H\).*\(24, 8\)", id="gru-cell"),
-        pytest.param(lambda a: a.update(cell=_gelu_cell()), ValueError,
-                     r"nonlinearity must be 'tanh' or 'relu', got 'gelu'", id="nonlinearity"),
+        pytest.param(
+            lambda a: a.update(V=nn.Linear(H, O, dtype=F64)),
+            ValueError,
+            r"V is a module \(Linear\), so c must be None",
+            id="module-and-c",
+        ),
+        pytest.param(
+            lambda a: a.update(h0=torch.zeros(3, H, dtype=F64)),
+            ValueError,
+            r"h0 must have shape \(B, H\) = \(2, 8\).*\(3, 8\)",
+            id="h0-shape",
+        ),
+        pytest.param(
+            lambda a: a.update(cell=object()),
+            TypeError,
+            r"cell must have a tensor attribute weight_ih",
+            id="not-a-cell",
+        ),
+        pytest.param(
+            lambda a: a.update(cell=nn.GRUCell(I, H, dtype=F64)),
+            ValueError,
+            r"cell.weight_hh must have shape \(H, H\).*\(24, 8\)",
+            id="gru-cell",
+        ),
+        pytest.param(
+            lambda a: a.update(cell=_gelu_cell()),
+            ValueError,
+            r"nonlinearity must be 'tanh' or 'relu', got 'gelu'",
+            id="nonlinearity",
+        ),
     ],
 )
 def test_elman_bad_arguments(change, error, match):
@@ -244,7 +296,9 @@ def test_lstm_bad_state_and_wrong_cell():
     cell, V, c, x, y = _small("lstm")
     with pytest.raises(TypeError, match=r"state0 must be a pair \(h0, c0\).*got Tensor"):
         bptt.lstm(cell, V, c, x, y, torch.zeros(2, H, dtype=F64))
-    with pytest.raises(ValueError, match=r"state0\[1\] \(c0\) must have shape \(B, H\) = \(2, 8\); got 1-D shape \(8,\)"):
+    with pytest.raises(
+        ValueError, match=r"state0\[1\] \(c0\) must have shape \(B, H\) = \(2, 8\); got 1-D shape \(8,\)"
+    ):
         bptt.lstm(cell, V, c, x, y, (torch.zeros(2, H, dtype=F64), torch.zeros(H, dtype=F64)))
     wrong_blocks = r"weight_hh must have shape \(4H, H\), gate blocks i, f, g, o; got 2-D shape \(24, 8\)"
     with pytest.raises(ValueError, match=wrong_blocks):
@@ -259,7 +313,11 @@ def test_lstm_variants_are_refused():
 
     x, y = torch.randn(3, 2, I), torch.randint(O, (3, 2))
     V, c = torch.randn(O, H), torch.randn(O)
-    for options, flag in [({"peephole": True}, "peephole"), ({"forget_gate": False}, "forget_gate"),
-                          ({"block_size": 2}, "block_size"), ({"cell_clip": 3.0}, "cell_clip")]:
+    for options, flag in [
+        ({"peephole": True}, "peephole"),
+        ({"forget_gate": False}, "forget_gate"),
+        ({"block_size": 2}, "block_size"),
+        ({"cell_clip": 3.0}, "cell_clip"),
+    ]:
         with pytest.raises(ValueError, match=rf"only the plain LSTM.*{flag}="):
             bptt.lstm(LSTMCell(I, H, **options), V, c, x, y)

@@ -40,7 +40,9 @@ V = 7  # vocabulary of the tiny language model
 class TinyLM(nn.Module):
     """Embedding (V, E) → stack of rnnkit cells with dropout between layers → head (H, V); a token counter buffer."""
 
-    def __init__(self, cell: str = "lstm", hidden: int = 6, layers: int = 2, dropout: float = 0.25, seed: int = 0) -> None:
+    def __init__(
+        self, cell: str = "lstm", hidden: int = 6, layers: int = 2, dropout: float = 0.25, seed: int = 0
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(V, 4)
         self.rnn = Stack.build(lambda i, h: make_cell(cell, i, h), 4, hidden, layers, dropout=dropout)
@@ -62,7 +64,9 @@ def assert_identical(a, b, where: str = "value") -> None:
     """Same structure, same Python types, tensors with equal dtype, shape and bits."""
     assert type(a) is type(b), f"{where}: {type(a).__name__} vs {type(b).__name__}"
     if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        )
         assert torch.equal(a, b), f"{where}: tensors differ"
     elif isinstance(a, dict):
         assert list(a) == list(b), f"{where}: keys {list(a)} vs {list(b)}"
@@ -82,8 +86,9 @@ def assert_identical(a, b, where: str = "value") -> None:
 def saved(tmp_path):
     """A checkpoint of a TinyLM (LSTM, 2 layers) with RNG states and meta; returns (path, model)."""
     model = TinyLM(seed=1)
-    path = save_checkpoint(tmp_path / "latest.safetensors", model=model,
-                           meta={"cell": "lstm", "vocab": list("abcdefg"), "step": 12})
+    path = save_checkpoint(
+        tmp_path / "latest.safetensors", model=model, meta={"cell": "lstm", "vocab": list("abcdefg"), "step": 12}
+    )
     return path, model
 
 
@@ -98,9 +103,15 @@ def test_round_trip_restores_every_tensor_and_the_meta(tmp_path):
     model.register_buffer("wide", torch.randn(3, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
     model.register_buffer("none_yet", torch.zeros(0, 4))
     model.seen.fill_(123456789012)
-    meta = {"config": {"cell": "lstm", "hidden": 6, "lr": 2e-3, "betas": (0.9, 0.99), "clip": None},
-            "vocab": ["a", "é", "\n", "字", "\x00"], "step": 12, "best_val": float("inf"), "task": "charlm",
-            "data": {"epoch": 1, "offset": 4096}, "flags": [True, False]}
+    meta = {
+        "config": {"cell": "lstm", "hidden": 6, "lr": 2e-3, "betas": (0.9, 0.99), "clip": None},
+        "vocab": ["a", "é", "\n", "字", "\x00"],
+        "step": 12,
+        "best_val": float("inf"),
+        "task": "charlm",
+        "data": {"epoch": 1, "offset": 4096},
+        "flags": [True, False],
+    }
     path = save_checkpoint(tmp_path / "run" / "latest.safetensors", model=model, meta=meta)
 
     fresh = TinyLM(seed=2)
@@ -151,12 +162,18 @@ def train(model, opt, sched, gen, steps: int) -> list[float]:
 
 
 OPTIMIZERS = {
-    "adam-amsgrad+onecycle": (lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
-                              lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=5e-2, total_steps=20)),
-    "sgd-nesterov+step": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
-                          lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)),
-    "adamw+plateau": (lambda p: torch.optim.AdamW(p, lr=1e-2),
-                      lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0, factor=0.5)),
+    "adam-amsgrad+onecycle": (
+        lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=5e-2, total_steps=20),
+    ),
+    "sgd-nesterov+step": (
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    ),
+    "adamw+plateau": (
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+        lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0, factor=0.5),
+    ),
 }
 
 
@@ -170,8 +187,14 @@ def test_resume_continues_bit_identically(tmp_path, name):
     data = torch.Generator().manual_seed(7)
     train(model, opt, sched, data, steps=2)
     np.random.normal(), random.gauss(0, 1)  # leave cached Gaussians in numpy's and python's states
-    path = save_checkpoint(tmp_path / "latest.safetensors", model=model, optimizer=opt, scheduler=sched,
-                           meta={"step": 2}, generators={"data": data})
+    path = save_checkpoint(
+        tmp_path / "latest.safetensors",
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        meta={"step": 2},
+        generators={"data": data},
+    )
     opt_state, sched_state = copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict())  # training mutates them
     draws = (np.random.normal(), random.gauss(0, 1))
     reference = train(model, opt, sched, data, steps=3)  # the uninterrupted run
@@ -182,8 +205,9 @@ def test_resume_continues_bit_identically(tmp_path, name):
     fresh_opt = make_opt(fresh.parameters())
     fresh_sched = make_sched(fresh_opt)
     fresh_data = torch.Generator().manual_seed(99)
-    meta = load_checkpoint(path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, restore_rng=True,
-                           generators={"data": fresh_data})
+    meta = load_checkpoint(
+        path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, restore_rng=True, generators={"data": fresh_data}
+    )
     assert meta == {"step": 2}
     assert_identical(fresh_opt.state_dict(), opt_state, "optimizer.state_dict()")
     assert_identical(fresh_sched.state_dict(), sched_state, "scheduler.state_dict()")
@@ -201,10 +225,24 @@ def test_rng_state_round_trip_and_is_json():
     state = rng_state()
     json.dumps(state["numpy"]), json.dumps(state["python"])  # numpy and python states are plain JSON
     assert state["torch"].dtype == torch.uint8
-    first = (torch.rand(4), F.dropout(torch.ones(8), 0.5), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    first = (
+        torch.rand(4),
+        F.dropout(torch.ones(8), 0.5),
+        np.random.rand(3),
+        np.random.normal(),
+        random.random(),
+        random.gauss(0, 1),
+    )
     torch.manual_seed(4), np.random.seed(4), random.seed(4)
     set_rng_state(state)
-    again = (torch.rand(4), F.dropout(torch.ones(8), 0.5), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    again = (
+        torch.rand(4),
+        F.dropout(torch.ones(8), 0.5),
+        np.random.rand(3),
+        np.random.normal(),
+        random.random(),
+        random.gauss(0, 1),
+    )
     torch.testing.assert_close(again[0], first[0], rtol=0, atol=0)
     torch.testing.assert_close(again[1], first[1], rtol=0, atol=0)
     np.testing.assert_array_equal(again[2], first[2])
@@ -412,9 +450,12 @@ def test_a_model_that_does_not_fit_is_refused_naming_every_difference(saved):
     path, _ = saved
     gru = TinyLM(cell="gru", seed=2)  # 3 gates instead of 4
     before = snapshot(gru)
-    with pytest.raises(CheckpointError, match=r"model \(TinyLM\) does not fit: shape mismatch: "
-                       r"rnn\.layers\.0\.cell\.weight_ih: checkpoint \(24, 4\), model \(18, 4\); "
-                       r"rnn\.layers\.0\.cell\.weight_hh: checkpoint \(24, 6\), model \(18, 6\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model \(TinyLM\) does not fit: shape mismatch: "
+        r"rnn\.layers\.0\.cell\.weight_ih: checkpoint \(24, 4\), model \(18, 4\); "
+        r"rnn\.layers\.0\.cell\.weight_hh: checkpoint \(24, 6\), model \(18, 6\)",
+    ):
         load_checkpoint(path, model=gru)
     assert_identical(gru.state_dict(), before)
 
@@ -423,7 +464,9 @@ def test_a_model_that_does_not_fit_is_refused_naming_every_difference(saved):
         load_checkpoint(path, model=wider)
 
     shallow, deeper = TinyLM(layers=1, seed=2), TinyLM(layers=3, seed=2)
-    with pytest.raises(CheckpointError, match=r"in the checkpoint but not in the model: rnn\.layers\.1\.cell\.weight_ih, "):
+    with pytest.raises(
+        CheckpointError, match=r"in the checkpoint but not in the model: rnn\.layers\.1\.cell\.weight_ih, "
+    ):
         load_checkpoint(path, model=shallow)
     with pytest.raises(CheckpointError, match=r"missing from the checkpoint: rnn\.layers\.2\.cell\.weight_ih, "):
         load_checkpoint(path, model=deeper)
@@ -438,7 +481,9 @@ def test_expect_names_the_key_the_checkpoint_value_and_the_expected_one(saved):
     before = snapshot(model)
     with pytest.raises(CheckpointError, match=r"meta\['cell'\]: checkpoint 'lstm', expected 'gru'"):
         load_checkpoint(path, model=model, expect={"cell": "gru"})
-    with pytest.raises(CheckpointError, match=r"meta\['vocab'\]: first difference at \[2\]: checkpoint 'c', expected 'x'"):
+    with pytest.raises(
+        CheckpointError, match=r"meta\['vocab'\]: first difference at \[2\]: checkpoint 'c', expected 'x'"
+    ):
         load_checkpoint(path, model=model, expect={"vocab": list("abxdefg")})
     with pytest.raises(CheckpointError, match=r"meta\['vocab'\]: checkpoint has 7 entries, expected 8"):
         load_checkpoint(path, model=model, expect={"vocab": list("abcdefgh")})
@@ -450,12 +495,16 @@ def test_expect_names_the_key_the_checkpoint_value_and_the_expected_one(saved):
     # every mismatch in one message
     with pytest.raises(CheckpointError, match=r"meta\['cell'\].*meta\['step'\].*does not fit"):
         load_checkpoint(path, model=TinyLM(cell="gru"), expect={"cell": "gru", "step": 3})
-    assert load_checkpoint(path, model=model, expect={"cell": "lstm", "vocab": tuple("abcdefg"), "step": 12.0})["step"] == 12
+    assert (
+        load_checkpoint(path, model=model, expect={"cell": "lstm", "vocab": tuple("abcdefg"), "step": 12.0})["step"]
+        == 12
+    )
 
 
 def test_expect_matches_nested_dicts_as_subsets(tmp_path):
-    path = save_checkpoint(tmp_path / "c.safetensors", model=nn.Linear(2, 3),
-                           meta={"config": {"cell": "lstm", "hidden": 6, "lr": 1e-3}})
+    path = save_checkpoint(
+        tmp_path / "c.safetensors", model=nn.Linear(2, 3), meta={"config": {"cell": "lstm", "hidden": 6, "lr": 1e-3}}
+    )
     assert load_checkpoint(path, expect={"config": {"cell": "lstm"}})["config"]["lr"] == 1e-3
     with pytest.raises(CheckpointError, match=r"meta\['config'\]\['hidden'\]: checkpoint 6, expected 8"):
         load_checkpoint(path, expect={"config": {"cell": "lstm", "hidden": 8}})
@@ -475,12 +524,25 @@ def test_a_part_that_does_not_fit_loads_nothing_at_all(tmp_path):
     adam = torch.optim.Adam(fresh.parameters(), lr=1e-2)
     cases = [
         (full, dict(optimizer=sgd), "optimizer: checkpoint has Adam state, the given optimizer is SGD"),
-        (full, dict(optimizer=torch.optim.Adam(TinyLM(hidden=8).parameters())),
-         r"optimizer param_groups\[0\] parameter 1: checkpoint \(24, 4\), optimizer \(32, 4\)"),
-        (full, dict(optimizer=torch.optim.Adam([{"params": list(fresh.parameters())[:2]}, {"params": list(fresh.parameters())[2:]}])),
-         "optimizer: checkpoint has 1 parameter group.s., the optimizer 2"),
-        (full, dict(optimizer=adam, scheduler=torch.optim.lr_scheduler.ExponentialLR(adam, 0.9)),
-         "scheduler: checkpoint has StepLR state, the given scheduler is ExponentialLR"),
+        (
+            full,
+            dict(optimizer=torch.optim.Adam(TinyLM(hidden=8).parameters())),
+            r"optimizer param_groups\[0\] parameter 1: checkpoint \(24, 4\), optimizer \(32, 4\)",
+        ),
+        (
+            full,
+            dict(
+                optimizer=torch.optim.Adam(
+                    [{"params": list(fresh.parameters())[:2]}, {"params": list(fresh.parameters())[2:]}]
+                )
+            ),
+            "optimizer: checkpoint has 1 parameter group.s., the optimizer 2",
+        ),
+        (
+            full,
+            dict(optimizer=adam, scheduler=torch.optim.lr_scheduler.ExponentialLR(adam, 0.9)),
+            "scheduler: checkpoint has StepLR state, the given scheduler is ExponentialLR",
+        ),
         (bare, dict(optimizer=adam), r"the checkpoint holds no optimizer state \(saved without optimizer=\)"),
         (bare, dict(restore_rng=True), r"the checkpoint holds no RNG states \(saved with rng=False\)"),
         (full, dict(generators={"data": torch.Generator()}), "the checkpoint holds no generator 'data'"),
@@ -516,15 +578,20 @@ def test_values_that_are_not_json_are_refused_before_anything_is_written(tmp_pat
     stamp = path.read_bytes()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cases = [
-        (dict(meta={"config": {"lr": torch.tensor(0.1)}}), r"meta\['config'\]\['lr'\] is a torch.float32 tensor of shape \(\), which is not JSON \(store tensors"),
+        (
+            dict(meta={"config": {"lr": torch.tensor(0.1)}}),
+            r"meta\['config'\]\['lr'\] is a torch.float32 tensor of shape \(\), which is not JSON \(store tensors",
+        ),
         (dict(meta={"loss": np.float32(1.5)}), r"meta\['loss'\] is a numpy.float32, which is not JSON \(convert it"),
         (dict(meta={"vocab": {1: "a"}}), r"meta\['vocab'\]: key 1 is an int; JSON objects need string keys"),
         (dict(meta={"seen": {"a", "b"}}), r"meta\['seen'\] is a set, which is not JSON"),
         (dict(meta={"out": tmp_path}), r"meta\['out'\] is a pathlib\..*Path, which is not JSON"),
         (dict(meta=[1, 2]), "meta must be a dict, got a list"),
-        (dict(optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, _Schedule())),
-         r"scheduler.state_dict\(\)\['lr_lambdas'\]\[0\]\['milestones'\] is a set, which cannot be stored as JSON "
-         r"\(rnnkit never pickles"),
+        (
+            dict(optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, _Schedule())),
+            r"scheduler.state_dict\(\)\['lr_lambdas'\]\[0\]\['milestones'\] is a set, which cannot be stored as JSON "
+            r"\(rnnkit never pickles",
+        ),
     ]
     for kwargs, message in cases:
         with pytest.raises(CheckpointError, match=message):
@@ -648,7 +715,10 @@ def test_sigkill_between_fsync_and_rename_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_checkpoint_paths_name_latest_and_best(tmp_path):
-    assert checkpoint_paths(tmp_path) == {"latest": tmp_path / "latest.safetensors", "best": tmp_path / "best.safetensors"}
+    assert checkpoint_paths(tmp_path) == {
+        "latest": tmp_path / "latest.safetensors",
+        "best": tmp_path / "best.safetensors",
+    }
     assert checkpoint_paths(str(tmp_path))["best"] == tmp_path / "best.safetensors"
 
 
@@ -678,11 +748,15 @@ def test_cuda_model_optimizer_and_rng_round_trip(tmp_path):
 
 def test_arguments_of_the_wrong_kind_are_named(saved):
     path, model = saved
-    with pytest.raises(TypeError, match="load_checkpoint: model must be a torch.nn.Module, got a collections.OrderedDict"):
+    with pytest.raises(
+        TypeError, match="load_checkpoint: model must be a torch.nn.Module, got a collections.OrderedDict"
+    ):
         load_checkpoint(path, model=model.state_dict())
     with pytest.raises(TypeError, match=r"load_checkpoint: generators\['data'\] must be a torch.Generator, got an int"):
         load_checkpoint(path, generators={"data": 7})
-    with pytest.raises(CheckpointError, match="save_checkpoint: generators must map names to torch.Generator, got 'data': an int"):
+    with pytest.raises(
+        CheckpointError, match="save_checkpoint: generators must map names to torch.Generator, got 'data': an int"
+    ):
         save_checkpoint(path.with_name("other.safetensors"), model=model, generators={"data": 7})
     assert not path.with_name("other.safetensors").exists()
 
@@ -712,10 +786,14 @@ def test_extra_objects_round_trip_and_are_checked_by_name_and_class(tmp_path):
     assert_identical(back.state, [[h, h.float() * 2], [torch.arange(3)]], "extra state")
 
     untouched = _Carried(count=-5)
-    with pytest.raises(CheckpointError, match=r"the checkpoint holds no state 'other' \(it holds \['empty', 'step_fn'\]\)"):
+    with pytest.raises(
+        CheckpointError, match=r"the checkpoint holds no state 'other' \(it holds \['empty', 'step_fn'\]\)"
+    ):
         load_checkpoint(path, extra={"step_fn": untouched, "other": _Carried()})
     assert untouched.count == -5  # all or nothing: nothing was loaded
-    with pytest.raises(CheckpointError, match=r"extra\['step_fn'\]: checkpoint has _Carried state, the given object is _Schedule"):
+    with pytest.raises(
+        CheckpointError, match=r"extra\['step_fn'\]: checkpoint has _Carried state, the given object is _Schedule"
+    ):
         load_checkpoint(path, extra={"step_fn": _Schedule()})
     with pytest.raises(CheckpointError, match="extra must map names to objects with state_dict\\(\\), got 'x': an int"):
         save_checkpoint(tmp_path / "bad.safetensors", model=model, extra={"x": 3})

@@ -93,7 +93,9 @@ def test_native_stack_equals_its_layers(kind, bidirectional, monkeypatch):
     states and all gradients, with random lengths, an initial state and batch_first."""
     torch.manual_seed(0)
     make = lambda i, h: NATIVE_CELLS[kind](i, h, bias=not bidirectional)  # noqa: E731
-    stack = randomize_(Stack.build(make, 3, 4, num_layers=3, bidirectional=bidirectional, batch_first=True).double(), seed=1)
+    stack = randomize_(
+        Stack.build(make, 3, 4, num_layers=3, bidirectional=bidirectional, batch_first=True).double(), seed=1
+    )
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(5, 7, 3, generator=gen, dtype=torch.float64)  # (B, T, I)
     lengths = torch.tensor([7, 2, 5, 1, 6])
@@ -179,7 +181,9 @@ def test_with_lengths_on_the_cpu_native_stacks_run_fused_layer_by_layer(monkeypa
     torch.testing.assert_close(states[1].backward.h, states_native[1].backward.h, **TOL[torch.float64])
     monkeypatch.delenv("RNNKIT_ENGINE")
     stack(x)
-    assert stack.last_engine == "native" and stack.last_engines == {"": "native"}  # without lengths, one call of torch's kernel
+    assert stack.last_engine == "native" and stack.last_engines == {
+        "": "native"
+    }  # without lengths, one call of torch's kernel
     explicit = Stack([Recurrent(LSTMCell(3, 4), engine="native"), Recurrent(LSTMCell(4, 4), engine="native")])
     explicit(torch.randn(5, 2, 3), lengths=[5, 3])
     assert explicit.last_engine == "native"  # asked for torch's kernels: lengths go packed
@@ -243,15 +247,19 @@ def test_packed_sequence_in_and_out_equals_torch_and_the_lengths_path(kind, num_
     one layer, for the Recurrent or Bidirectional layer alone; and the same numbers as the padded
     batch with lengths."""
     pack = torch.nn.utils.rnn.pack_padded_sequence
-    theirs = randomize_(PACKED_KINDS[kind](num_layers=num_layers, bidirectional=bidirectional).double(), scale=0.4, seed=3)
+    theirs = randomize_(
+        PACKED_KINDS[kind](num_layers=num_layers, bidirectional=bidirectional).double(), scale=0.4, seed=3
+    )
     stack = from_torch(theirs)
     models = [stack] + ([stack.layers[0]] if num_layers == 1 else [])
     lengths = torch.tensor([6, 4, 4, 1] if enforce_sorted else [2, 6, 1, 4])
     B, T, D = 4, 6, 2 if bidirectional else 1
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(T, B, 3, generator=gen, dtype=torch.float64)
-    fields = [torch.randn(num_layers * D, B, n, generator=gen, dtype=torch.float64)
-              for n in ([2, 5] if kind == "lstmp" else [5, 5] if kind == "lstm" else [5])]
+    fields = [
+        torch.randn(num_layers * D, B, n, generator=gen, dtype=torch.float64)
+        for n in ([2, 5] if kind == "lstmp" else [5, 5] if kind == "lstm" else [5])
+    ]
     State = LSTMState if kind.startswith("lstm") else RNNState
 
     def theirs_run(x, *hx):
@@ -259,9 +267,12 @@ def test_packed_sequence_in_and_out_equals_torch_and_the_lengths_path(kind, num_
         return y.data, h
 
     for ours in models:
+
         def ours_state(hx):
             cells = [State(*(f[k] for f in hx)) for k in range(num_layers * D)]  # torch's order: l0, l0_reverse, l1, …
-            per_layer = [BidirectionalState(*cells[2 * l:2 * l + 2]) if bidirectional else cells[l] for l in range(num_layers)]
+            per_layer = [
+                BidirectionalState(*cells[2 * l : 2 * l + 2]) if bidirectional else cells[l] for l in range(num_layers)
+            ]
             return tuple(per_layer) if ours is stack else per_layer[0]
 
         def ours_run(x, *hx):
@@ -278,8 +289,10 @@ def test_packed_sequence_in_and_out_equals_torch_and_the_lengths_path(kind, num_
         padded, got_lengths = torch.nn.utils.rnn.pad_packed_sequence(y_packed, total_length=T)
         assert torch.equal(got_lengths, lengths)
         torch.testing.assert_close(padded, y_lengths, rtol=0, atol=0)
-        for a, b in zip(flat_torch_state(state_packed if ours is stack else (state_packed,), bidirectional),
-                        flat_torch_state(state_lengths if ours is stack else (state_lengths,), bidirectional)):
+        for a, b in zip(
+            flat_torch_state(state_packed if ours is stack else (state_packed,), bidirectional),
+            flat_torch_state(state_lengths if ours is stack else (state_lengths,), bidirectional),
+        ):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -288,8 +301,12 @@ def test_packed_sequence_through_a_variant_cell_stack_equals_the_lengths_path(ba
     """Cells torch has no module for (a peephole LSTM, a leaky GRU) take packed input too; a
     PackedSequence is batch-order free, so batch_first layers take it unchanged, as in torch.nn."""
     torch.manual_seed(0)
-    stack = Stack([Bidirectional(LSTMCell(3, 4, peephole=True), batch_first=batch_first),
-                   Recurrent(LeakyCell(GRUCell(8, 5), alpha=0.3), batch_first=batch_first)]).double()
+    stack = Stack(
+        [
+            Bidirectional(LSTMCell(3, 4, peephole=True), batch_first=batch_first),
+            Recurrent(LeakyCell(GRUCell(8, 5), alpha=0.3), batch_first=batch_first),
+        ]
+    ).double()
     lengths = torch.tensor([3, 7, 5])
     x = torch.randn(7, 3, 3, dtype=torch.float64)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
@@ -304,9 +321,14 @@ def test_packed_sequence_through_a_variant_cell_stack_equals_the_lengths_path(ba
 
 def test_packed_sequence_with_lengths_too_is_refused():
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor([4, 2]))
-    for owner, module in [("Recurrent", Recurrent(GRUCell(3, 4))), ("Bidirectional", Bidirectional(GRUCell(3, 4))),
-                          ("Stack", Stack.build(GRUCell, 3, 4))]:
-        with pytest.raises(ValueError, match=f"{owner}: x is a PackedSequence, which carries its own lengths; got lengths as well"):
+    for owner, module in [
+        ("Recurrent", Recurrent(GRUCell(3, 4))),
+        ("Bidirectional", Bidirectional(GRUCell(3, 4))),
+        ("Stack", Stack.build(GRUCell, 3, 4)),
+    ]:
+        with pytest.raises(
+            ValueError, match=f"{owner}: x is a PackedSequence, which carries its own lengths; got lengths as well"
+        ):
             module(packed, lengths=[4, 2])
 
 
@@ -325,8 +347,16 @@ def test_last_engine_on_models_says_what_ran_in_each_layer(monkeypatch):
     expected = {f"encoder.layer.layers.{k}.{d}_layer": "fused" for k in (0, 1) for d in ("forward", "backward")}
     assert plain.last_engines == expected and plain.encoder.layer.last_engine == "fused" == plain.last_engine
     assert all(plain.get_submodule(name).last_engine == ran for name, ran in expected.items())
-    mixed = Tagger(Stack([Recurrent(LSTMCell(4, 8)), Recurrent(LSTMCell(8, 8, peephole=True)),
-                          Recurrent(GRUCell(8, 8), engine="reference")]), 2)
+    mixed = Tagger(
+        Stack(
+            [
+                Recurrent(LSTMCell(4, 8)),
+                Recurrent(LSTMCell(8, 8, peephole=True)),
+                Recurrent(GRUCell(8, 8), engine="reference"),
+            ]
+        ),
+        2,
+    )
     mixed(x)
     assert mixed.last_engines == {"layer.layers.0": "native", "layer.layers.1": "fused", "layer.layers.2": "reference"}
     assert mixed.last_engine == "mixed" == mixed.layer.last_engine and last_engines(mixed) == mixed.last_engines

@@ -78,7 +78,9 @@ def symmetric_with_eigenvalues(lam: torch.Tensor, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("lam_max", [0.9, -0.93, 1.1])
 def test_linear_rnn_jacobian_norm_is_largest_eigenvalue_to_the_k(lam_max):
     H, I, T, B = 8, 3, 60, 3
-    others = lam_max * (torch.rand(H - 1, generator=torch.Generator().manual_seed(1), dtype=F64) * 1.4 - 0.7)  # |λ| ≤ 0.7 |λ_max|
+    others = lam_max * (
+        torch.rand(H - 1, generator=torch.Generator().manual_seed(1), dtype=F64) * 1.4 - 0.7
+    )  # |λ| ≤ 0.7 |λ_max|
     lam = torch.cat([torch.tensor([lam_max], dtype=F64), others])
     cell = LinearCell(symmetric_with_eigenvalues(lam, seed=2), I)
     x = rand(T, B, I, seed=3)
@@ -214,7 +216,9 @@ def test_compare_cells_runs_each_cell_fresh_from_the_seed_on_one_shared_input():
     x = random_input(9, 2, 3, seed=11)
     torch.manual_seed(11)
     lstm = LSTMCell(3, 5)
-    torch.testing.assert_close(reports["lstm"].flow.grad_norm, gradient_vs_lag(lstm, x, seed=11).grad_norm, rtol=0, atol=0)
+    torch.testing.assert_close(
+        reports["lstm"].flow.grad_norm, gradient_vs_lag(lstm, x, seed=11).grad_norm, rtol=0, atol=0
+    )
     assert "lstm: gradient at lag 9 is" in reports["lstm"].summary()
 
 
@@ -232,7 +236,13 @@ def test_recorded_lstm_and_gru_preactivations_are_the_gates_computed_by_hand():
         gates = x[t] @ theirs.weight_ih.T + theirs.bias_ih + h @ theirs.weight_hh.T + theirs.bias_hh
         i, f, g, o = gates.chunk(4, dim=1)  # torch's gate order
         h, c = theirs(x[t], (h, c))
-        for name, kind, a in (("i", "sigmoid", i), ("f", "sigmoid", f), ("g", "tanh", g), ("o", "sigmoid", o), ("c", "tanh", c)):
+        for name, kind, a in (
+            ("i", "sigmoid", i),
+            ("f", "sigmoid", f),
+            ("g", "tanh", g),
+            ("o", "sigmoid", o),
+            ("c", "tanh", c),
+        ):
             assert rec[name][0] == kind
             torch.testing.assert_close(rec[name][1][t], a, rtol=1e-12, atol=1e-12)
 
@@ -314,7 +324,9 @@ def test_clockwork_and_leaky_recurrent_matrices():
     alpha = torch.tensor([0.2, 0.5, 0.7, 0.9])
     leaky = LeakyCell(inner, alpha=alpha)
     eff = recurrent_matrices(leaky)["effective"]
-    torch.testing.assert_close(eff, torch.diag(alpha) + (1 - alpha).unsqueeze(1) * inner.weight_hh.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        eff, torch.diag(alpha) + (1 - alpha).unsqueeze(1) * inner.weight_hh.detach(), rtol=1e-6, atol=1e-7
+    )
 
 
 # -- time scales ------------------------------------------------------------------------------------
@@ -358,7 +370,13 @@ def test_decay_time_and_verdict_on_exact_curves():
     assert rate == pytest.approx(0.8, rel=1e-12) and time == pytest.approx(-1 / math.log(0.8), rel=1e-12)
     assert decay_time(torch.ones(20, dtype=F64)) == (1.0, math.inf)
     assert math.isnan(decay_time(torch.tensor([1.0, 0.0, 0.0]))[0])
-    assert [verdict(v) for v in (1e-4, 0.5, 2.0, 1e4, math.inf)] == ["vanishing", "kept", "kept", "exploding", "exploding"]
+    assert [verdict(v) for v in (1e-4, 0.5, 2.0, 1e4, math.inf)] == [
+        "vanishing",
+        "kept",
+        "kept",
+        "exploding",
+        "exploding",
+    ]
 
 
 # -- training logs ------------------------------------------------------------------------------------
@@ -371,7 +389,9 @@ def test_training_log_reads_updates_and_skips_other_records(tmp_path):
         {"step": 3, "loss": 1.9, "grad_norm": 6.0, "clip": None},
         {"kind": "train", "step": 4, "loss": 1.8},
     ]
-    path.write_text("\n".join(json.dumps(r) for r in lines[:3]) + "\n\n" + "\n".join(json.dumps(r) for r in lines[3:]) + "\n")
+    path.write_text(
+        "\n".join(json.dumps(r) for r in lines[:3]) + "\n\n" + "\n".join(json.dumps(r) for r in lines[3:]) + "\n"
+    )
     log = read_training_log(path)
     assert log.steps == [1, 2, 3] and log.grad_norm == [7.5, 3.0, 6.0] and log.clip == [5.0, 5.0, None]
     assert log.clipped == [True, False, False]
@@ -404,7 +424,11 @@ def png_size(path):
 def test_report_writes_valid_pngs_of_the_stated_size_and_json_of_the_numbers(tmp_path):
     reports = compare_cells(("lstm", "leaky", "clockwork"), input_size=3, hidden_size=6, steps=8, batch=2, seed=1)
     log_path = tmp_path / "metrics.jsonl"
-    log_path.write_text("\n".join(json.dumps({"step": s, "loss": 1.0, "grad_norm": 2.0 + 4 * (s % 3 == 0), "clip": 5.0}) for s in range(1, 13)))
+    log_path.write_text(
+        "\n".join(
+            json.dumps({"step": s, "loss": 1.0, "grad_norm": 2.0 + 4 * (s % 3 == 0), "clip": 5.0}) for s in range(1, 13)
+        )
+    )
     log = read_training_log(log_path)
     written = write_report(reports, tmp_path / "out", log=log, settings={"steps": 8})
     names = sorted(p.name for p in written)
@@ -426,10 +450,14 @@ def test_report_writes_valid_pngs_of_the_stated_size_and_json_of_the_numbers(tmp
     assert list(doc["cells"]) == ["lstm", "leaky", "clockwork"] and doc["settings"] == {"steps": 8}
     lstm = doc["cells"]["lstm"]
     assert lstm["gradient_vs_lag"]["grad_norm"] == pytest.approx(reports["lstm"].flow.grad_norm.tolist(), rel=1e-12)
-    assert lstm["jacobian_products"]["norm"]["c"] == pytest.approx(reports["lstm"].jacobians.blocks["c"].tolist(), rel=1e-12)
+    assert lstm["jacobian_products"]["norm"]["c"] == pytest.approx(
+        reports["lstm"].jacobians.blocks["c"].tolist(), rel=1e-12
+    )
     assert len(lstm["spectrum"]["f"]["eigenvalues"]) == 6 and lstm["summary"]["lag"] == 8
     assert doc["training_log"]["summary"]["clipped_share"] == pytest.approx(4 / 12)
-    assert doc["summary"][0].startswith("lstm: gradient at lag 8 is ") and doc["summary"][-1].startswith("training log: 12 updates")
+    assert doc["summary"][0].startswith("lstm: gradient at lag 8 is ") and doc["summary"][-1].startswith(
+        "training log: 12 updates"
+    )
     assert sorted(doc["plots"]) == sorted(n for n in names if n.endswith(".png"))
 
 
@@ -451,12 +479,16 @@ def test_model_layers_are_diagnosed_on_the_inputs_they_receive():
     captured = capture_layer_inputs(model, lambda m: m(x))
     torch.testing.assert_close(captured["rnn.layers.0"][0], x, rtol=0, atol=0)
     below, _ = model.rnn.layers[0](x)
-    torch.testing.assert_close(captured["rnn.layers.1"][0], below.flip(0), rtol=0, atol=0)  # reversed: its own step order
+    torch.testing.assert_close(
+        captured["rnn.layers.1"][0], below.flip(0), rtol=0, atol=0
+    )  # reversed: its own step order
 
     reports = diagnose_model(model, lambda m: m(x), seed=3)
     assert list(reports) == ["rnn.layers.0", "rnn.layers.0 (untrained)", "rnn.layers.1", "rnn.layers.1 (untrained)"]
     lstm = model.rnn.layers[1].cell
-    torch.testing.assert_close(reports["rnn.layers.1"].flow.grad_norm, gradient_vs_lag(lstm, below.flip(0), seed=3).grad_norm, rtol=0, atol=0)
+    torch.testing.assert_close(
+        reports["rnn.layers.1"].flow.grad_norm, gradient_vs_lag(lstm, below.flip(0), seed=3).grad_norm, rtol=0, atol=0
+    )
     assert not torch.equal(reports["rnn.layers.1"].flow.grad_norm, reports["rnn.layers.1 (untrained)"].flow.grad_norm)
     assert model.training  # the model's mode is restored
 
@@ -486,7 +518,9 @@ def test_diagnostics_leave_the_cell_untouched():
 # -- errors ----------------------------------------------------------------------------------------------
 def test_errors_name_the_argument_and_what_came():
     cell = ElmanCell(3, 4)
-    with pytest.raises(ValueError, match=r"gradient_vs_lag: x has width 2 \(shape \(5, 2, 2\)\), expected input_size=3"):
+    with pytest.raises(
+        ValueError, match=r"gradient_vs_lag: x has width 2 \(shape \(5, 2, 2\)\), expected input_size=3"
+    ):
         gradient_vs_lag(cell, torch.randn(5, 2, 2))
     with pytest.raises(ValueError, match=r"jacobian_products: x must have shape \(T, B, I\), got 2-D shape \(5, 3\)"):
         jacobian_products(cell, torch.randn(5, 3))

@@ -23,8 +23,9 @@ pytest.importorskip("sphinx", reason="the docs extra is not installed: pip insta
 pytest.importorskip("myst_parser", reason="the docs extra is not installed: pip install -e '.[docs]'")
 pytest.importorskip("furo", reason="the docs extra is not installed: pip install -e '.[docs]'")
 
-import rnnkit  # noqa: E402
 from sphinx.util.inventory import InventoryFile  # noqa: E402
+
+import rnnkit  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -32,8 +33,23 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def sphinx_build(source: Path, out: Path, confdir: Path = DOCS) -> subprocess.CompletedProcess:
     """``sphinx-build -W --keep-going -n -b html`` from a clean output folder."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
-           "-c", str(confdir), "-d", str(out / ".doctrees"), str(source), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-n",
+        "-q",
+        "-b",
+        "html",
+        "-c",
+        str(confdir),
+        "-d",
+        str(out / ".doctrees"),
+        str(source),
+        str(out),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -75,14 +91,22 @@ def test_lstm_equations_render_as_math(site):
     assert len(blocks) == 1, f"expected the forget-gate equation {forget!r} in one math block, found {len(blocks)}"
     assert update in blocks[0]
     # MathJax typesets the block in the browser: the page must load it
-    assert re.search(r'<script[^>]+src="[^"]*mathjax[^"]*"', (site / "api" / "cells.html").read_text()), \
+    assert re.search(r'<script[^>]+src="[^"]*mathjax[^"]*"', (site / "api" / "cells.html").read_text()), (
         "the cells page does not load MathJax"
+    )
 
 
 def test_every_cell_has_its_equations(site):
     blocks = "\n".join(math_blocks(site / "api" / "cells.html"))
-    for cls in (rnnkit.ElmanCell, rnnkit.GRUCell, rnnkit.LeakyCell, rnnkit.SkipCell, rnnkit.ClockworkCell,
-                rnnkit.DeepTransitionCell, rnnkit.AttentionCell):
+    for cls in (
+        rnnkit.ElmanCell,
+        rnnkit.GRUCell,
+        rnnkit.LeakyCell,
+        rnnkit.SkipCell,
+        rnnkit.ClockworkCell,
+        rnnkit.DeepTransitionCell,
+        rnnkit.AttentionCell,
+    ):
         doc = inspect.getdoc(cls)
         math = re.search(r"\.\. math::\n((?:\s+.*\n?)+)", doc)
         assert math, f"{cls.__name__}'s docstring has no .. math:: block"

@@ -23,7 +23,9 @@ def public_objects():
             elif inspect.isclass(obj):
                 yield f"{info.name}.{name}", obj
                 for attr, member in vars(obj).items():
-                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, (classmethod, staticmethod, property))):
+                    if attr.startswith("_") or not (
+                        inspect.isfunction(member) or isinstance(member, (classmethod, staticmethod, property))
+                    ):
                         continue
                     if attr in ("forward", "extra_repr") or _documented_upstream(obj, attr):
                         continue  # documented by the class (forward) or by the base class it overrides
@@ -37,7 +39,13 @@ def _documented_upstream(cls, attr):
 def test_every_public_object_has_a_docstring():
     missing = []
     for qualname, obj in public_objects():
-        target = obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj.fget if isinstance(obj, property) else obj
+        target = (
+            obj.__func__
+            if isinstance(obj, (classmethod, staticmethod))
+            else obj.fget
+            if isinstance(obj, property)
+            else obj
+        )
         if not (inspect.getdoc(target) or "").strip():
             missing.append(qualname)
     assert not missing, "missing docstrings:\n" + "\n".join(missing)

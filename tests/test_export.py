@@ -25,7 +25,9 @@ def char_lm(seed=0):
 
 def random_states(batch, layers, width, seed):
     gen = torch.Generator().manual_seed(seed)
-    return tuple(tuple(torch.randn(batch, width, generator=gen, dtype=torch.float64) for _ in range(2)) for _ in range(layers))
+    return tuple(
+        tuple(torch.randn(batch, width, generator=gen, dtype=torch.float64) for _ in range(2)) for _ in range(layers)
+    )
 
 
 def test_char_lm_step_program_generates_what_the_model_does(tmp_path):
@@ -43,8 +45,8 @@ def test_char_lm_step_program_generates_what_the_model_does(tmp_path):
     tokens = torch.randint(0, 11, (6, 5), generator=gen)
     ours, theirs = random_states(5, 2, 8, seed=2), random_states(5, 2, 8, seed=2)
     for t in range(6):
-        got_logits, ours = step(tokens[t:t + 1], state=ours)
-        want_logits, theirs = model(tokens[t:t + 1], theirs)
+        got_logits, ours = step(tokens[t : t + 1], state=ours)
+        want_logits, theirs = model(tokens[t : t + 1], theirs)
         torch.testing.assert_close(got_logits, want_logits, **F64)
         assert type(ours) is tuple and type(ours[0]) is tuple  # plain tuples: loadable without rnnkit
         for a, b in zip(ours, plain(theirs)):
@@ -59,8 +61,10 @@ def test_char_lm_chunk_program_with_lengths_equals_the_model():
     args, kwargs = example_inputs(model, steps=5, batch_size=2)
     assert set(kwargs) == {"lengths", "state"}
     program = export(model, args, kwargs).module()
-    assert describe_inputs(model, args, kwargs, 2) == ("tokens (5, B) int64; state (((B, 8) float64, (B, 8) float64), "
-                                                       "((B, 8) float64, (B, 8) float64)); lengths (B,) int64")
+    assert describe_inputs(model, args, kwargs, 2) == (
+        "tokens (5, B) int64; state (((B, 8) float64, (B, 8) float64), "
+        "((B, 8) float64, (B, 8) float64)); lengths (B,) int64"
+    )
     model.eval()
     tokens = torch.randint(0, 11, (5, 4), generator=torch.Generator().manual_seed(4))
     lengths = torch.tensor([2, 5, 1, 4])
@@ -73,11 +77,15 @@ def test_char_lm_chunk_program_with_lengths_equals_the_model():
     torch.testing.assert_close(got[0], want[0], **F64)
 
 
-@pytest.mark.parametrize("make_cell, bidirectional", [
-    (lambda i, h: LSTMCell(i, h, peephole=True), True),
-    (lambda i, h: LayerNormLSTMCell(i, h), False),
-    (lambda i, h: LSTMCell(i, h, proj_size=3, peephole=True), False),
-], ids=["peephole-bidirectional", "layernorm", "projected-peephole"])
+@pytest.mark.parametrize(
+    "make_cell, bidirectional",
+    [
+        (lambda i, h: LSTMCell(i, h, peephole=True), True),
+        (lambda i, h: LayerNormLSTMCell(i, h), False),
+        (lambda i, h: LSTMCell(i, h, proj_size=3, peephole=True), False),
+    ],
+    ids=["peephole-bidirectional", "layernorm", "projected-peephole"],
+)
 def test_variant_cell_classifier_program_equals_the_model(make_cell, bidirectional, tmp_path):
     """A many-to-one classifier over a variant cell: the model runs fused, the program the
     reference loop (export cannot see into the fused engine's C++); equal outputs in float64 for
@@ -104,8 +112,18 @@ def test_token_models_export_a_tagger_and_an_attention_seq2seq():
     at another batch size."""
     torch.manual_seed(0)
     tagger = randomize_(Tagger(Stack.build(GRUCell, 4, 5, 2, bidirectional=True), 3, vocab_size=9), seed=1).double()
-    seq2seq = randomize_(Seq2Seq(Encoder(Recurrent(LSTMCell(4, 6)), vocab_size=9), LSTMCell(4 + 6, 6), vocab_size=9,
-                                 embedding_size=4, bos=0, eos=1, attention_size=5), seed=2).double()
+    seq2seq = randomize_(
+        Seq2Seq(
+            Encoder(Recurrent(LSTMCell(4, 6)), vocab_size=9),
+            LSTMCell(4 + 6, 6),
+            vocab_size=9,
+            embedding_size=4,
+            bos=0,
+            eos=1,
+            attention_size=5,
+        ),
+        seed=2,
+    ).double()
     gen = torch.Generator().manual_seed(3)
     tokens = lambda T, B: torch.randint(0, 9, (T, B), generator=gen)  # noqa: E731
     tag = export(tagger, (tokens(6, 2), torch.tensor([6, 4]))).module()

@@ -78,12 +78,15 @@ def test_beam_n_best_are_the_k_best_sequences_among_all(alpha):
     result = generate(model, max_length=L, method="beam", beam_width=V**L, length_penalty=alpha, n_best=K, context=ctx)
     assert result.tokens.shape[:2] == (2, K) and result.lengths.shape == result.scores.shape == (2, K)
     for b in range(2):
-        scored = sorted(((context_logprob(model, s, ctx[b : b + 1]) / len(s) ** alpha, s) for s in all_sequences(V, L)),
-                        reverse=True)[:K]
+        scored = sorted(
+            ((context_logprob(model, s, ctx[b : b + 1]) / len(s) ** alpha, s) for s in all_sequences(V, L)),
+            reverse=True,
+        )[:K]
         got = [tuple(result.tokens[b, k, : result.lengths[b, k]].tolist()) for k in range(K)]
         assert got == [s for _, s in scored]
-        torch.testing.assert_close(result.scores[b], torch.tensor([x for x, _ in scored], dtype=torch.float64),
-                                   rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            result.scores[b], torch.tensor([x for x, _ in scored], dtype=torch.float64), rtol=0, atol=1e-9
+        )
         assert all((result.tokens[b, k, result.lengths[b, k] :] == 0).all() for k in range(K))  # padded after each end
 
 
@@ -191,8 +194,15 @@ def test_halt_output_stops_after_the_step_it_crosses_one_half(method):
 
 def test_halt_can_be_sampled():
     model = Scripted([[2] * 8] * 4000, halts=[[0.0] * 8] * 4000)  # P(halt) = 1/2 at every step
-    r = generate(model, 4000, max_length=8, method="greedy", end="halt", halt_sample=True,
-                 generator=torch.Generator().manual_seed(0))
+    r = generate(
+        model,
+        4000,
+        max_length=8,
+        method="greedy",
+        end="halt",
+        halt_sample=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     # lengths are geometric(1/2), truncated at 8: P(L = 1) = 1/2, P(L = 2) = 1/4
     assert abs((r.lengths == 1).double().mean().item() - 0.5) < 0.03
     assert abs((r.lengths == 2).double().mean().item() - 0.25) < 0.03
@@ -276,8 +286,18 @@ def test_a_model_on_cuda_takes_a_prime_from_the_cpu_and_a_cpu_generator(method):
     cuda = CharLM(7, CharLMConfig(hidden_size=12, num_layers=2, embedding_size=5)).double().cuda()
     cuda.load_state_dict(cpu.state_dict())
     prime = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    runs = [generate(m, max_length=20, method=method, end=None, prime=prime, temperature=1.5,
-                     generator=torch.Generator().manual_seed(5)) for m in (cpu, cuda)]
+    runs = [
+        generate(
+            m,
+            max_length=20,
+            method=method,
+            end=None,
+            prime=prime,
+            temperature=1.5,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for m in (cpu, cuda)
+    ]
     assert runs[1].tokens.device.type == "cuda"
     torch.testing.assert_close(runs[1].tokens.cpu(), runs[0].tokens, rtol=0, atol=0)
     torch.testing.assert_close(runs[1].scores.cpu(), runs[0].scores, rtol=1e-9, atol=1e-9)
@@ -288,16 +308,26 @@ def test_without_a_method_a_translator_decodes_greedily_and_a_language_model_sam
     from tests.helpers import randomize_
 
     torch.manual_seed(0)
-    translator = randomize_(Seq2Seq(Encoder(GRUCell(4, 6), vocab_size=7), GRUCell(4, 6), 7, 4, bos=1, eos=2), scale=1.5, seed=3)
+    translator = randomize_(
+        Seq2Seq(Encoder(GRUCell(4, 6), vocab_size=7), GRUCell(4, 6), 7, 4, bos=1, eos=2), scale=1.5, seed=3
+    )
     src = torch.randint(3, 7, (5, 6))
     memory = translator.encode(src, torch.tensor([5, 4, 3, 5, 2, 1]))
     default = generate(translator, max_length=8, context=memory)
     greedy = generate(translator, max_length=8, context=memory, method="greedy")
     assert torch.equal(default.tokens, greedy.tokens) and torch.equal(default.lengths, greedy.lengths)
     # a sampling option asks for draws: the old default kept for calls that pass one
-    drawn = generate(translator, max_length=8, context=memory, temperature=3.0, generator=torch.Generator().manual_seed(1))
-    want = generate(translator, max_length=8, context=memory, method="sample", temperature=3.0,
-                    generator=torch.Generator().manual_seed(1))
+    drawn = generate(
+        translator, max_length=8, context=memory, temperature=3.0, generator=torch.Generator().manual_seed(1)
+    )
+    want = generate(
+        translator,
+        max_length=8,
+        context=memory,
+        method="sample",
+        temperature=3.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.equal(drawn.tokens, want.tokens) and not torch.equal(drawn.tokens, greedy.tokens)
     # a model that declares no default_method (a language model) still samples
     lm = TinyDecoder(seed=2)
@@ -305,4 +335,6 @@ def test_without_a_method_a_translator_decodes_greedily_and_a_language_model_sam
     a = generate(lm, 6, max_length=9)
     torch.manual_seed(5)
     b = generate(lm, 6, max_length=9, method="sample")
-    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, generate(lm, 6, max_length=9, method="greedy").tokens)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(
+        a.tokens, generate(lm, 6, max_length=9, method="greedy").tokens
+    )

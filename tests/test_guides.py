@@ -93,8 +93,9 @@ def test_guide_runs_top_to_bottom(page, quick):
 def test_example_runs_quick(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
     env.setdefault("OMP_NUM_THREADS", "1")
-    done = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, f"{script.name} --quick failed:\n{done.stdout}\n{done.stderr}"
     assert done.stdout.strip(), f"{script.name} printed nothing"
 
@@ -104,7 +105,9 @@ def test_there_are_four_to_six_examples_each_saying_what_it_shows_and_how_to_run
     for script in SCRIPTS:
         doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8")))
         assert doc, f"{script.name} has no module docstring"
-        assert f"examples/{script.name}" in doc and "--quick" in doc, f"{script.name}: the docstring must show how to run it"
+        assert f"examples/{script.name}" in doc and "--quick" in doc, (
+            f"{script.name}: the docstring must show how to run it"
+        )
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -117,7 +120,9 @@ def test_example_uses_only_exported_names(script):
             assert not hidden, f"{script.name}: {node.module} does not export {hidden} (its __all__)"
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                assert alias.name == "rnnkit" or not alias.name.startswith("rnnkit."), f"{script.name}: import {alias.name}"
+                assert alias.name == "rnnkit" or not alias.name.startswith("rnnkit."), (
+                    f"{script.name}: import {alias.name}"
+                )
 
 
 SHOWN = [(p.name, c) for p in [*PAGES, *SCRIPTS] for c in shell_commands(p.read_text(encoding="utf-8"))]

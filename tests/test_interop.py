@@ -47,7 +47,9 @@ def test_from_torch_equals_torch(kind, config, dtype):
     c0 = torch.randn(L * D, B, 5, generator=gen, dtype=torch.float64).to(dtype)
 
     def our_state(h0, c0):
-        cell_states = [rnnkit.cells.LSTMState(h0[k], c0[k]) if lstm else rnnkit.cells.RNNState(h0[k]) for k in range(L * D)]
+        cell_states = [
+            rnnkit.cells.LSTMState(h0[k], c0[k]) if lstm else rnnkit.cells.RNNState(h0[k]) for k in range(L * D)
+        ]
         if D == 2:
             return tuple(rnnkit.BidirectionalState(cell_states[2 * l], cell_states[2 * l + 1]) for l in range(L))
         return tuple(cell_states)
@@ -60,7 +62,12 @@ def test_from_torch_equals_torch(kind, config, dtype):
         return theirs(x, (h0, c0) if lstm else h0)
 
     assert_same_computation(
-        run_ours, run_theirs, [x, h0, c0] if lstm else [x, h0], list(ours.parameters()), list(theirs.parameters()), dtype=dtype
+        run_ours,
+        run_theirs,
+        [x, h0, c0] if lstm else [x, h0],
+        list(ours.parameters()),
+        list(theirs.parameters()),
+        dtype=dtype,
     )
     back = ours.to_torch()
     assert type(back) is type(theirs)
@@ -70,8 +77,15 @@ def test_from_torch_equals_torch(kind, config, dtype):
         assert getattr(back, attr) == getattr(theirs, attr)
 
 
-PROJ_CONFIGS = [dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
-                for L, bi, bf, bias in [(1, False, False, True), (2, False, True, True), (2, True, False, True), (3, True, True, False)]]
+PROJ_CONFIGS = [
+    dict(num_layers=L, bidirectional=bi, batch_first=bf, bias=bias)
+    for L, bi, bf, bias in [
+        (1, False, False, True),
+        (2, False, True, True),
+        (2, True, False, True),
+        (3, True, True, False),
+    ]
+]
 
 
 @pytest.mark.parametrize("engine", ["auto", "reference", "fused"])
@@ -95,12 +109,15 @@ def test_projected_lstm_from_torch_equals_torch_and_converts_back(config, engine
 
     def run_ours(x, h0, c0):
         cells = [rnnkit.cells.LSTMState(h0[k], c0[k]) for k in range(L * D)]
-        state = tuple(rnnkit.BidirectionalState(*cells[2 * l:2 * l + 2]) for l in range(L)) if D == 2 else tuple(cells)
+        state = (
+            tuple(rnnkit.BidirectionalState(*cells[2 * l : 2 * l + 2]) for l in range(L)) if D == 2 else tuple(cells)
+        )
         y, s = ours(x, state)
         return y, torch_state(s, True, D == 2)
 
-    assert_same_computation(run_ours, lambda x, h0, c0: theirs(x, (h0, c0)), [x, h0, c0],
-                            list(ours.parameters()), list(theirs.parameters()))
+    assert_same_computation(
+        run_ours, lambda x, h0, c0: theirs(x, (h0, c0)), [x, h0, c0], list(ours.parameters()), list(theirs.parameters())
+    )
     assert ours.last_engine == ("native" if engine == "auto" else engine)
     if engine != "auto":
         assert {layer.last_engine for layer in rnnkit.compose._recurrent_layers(ours.layers)} == {engine}
@@ -140,7 +157,11 @@ def test_dropout_between_layers_is_kept_and_active_only_in_training():
 
 @pytest.mark.parametrize(
     "theirs, ours_type",
-    [(torch.nn.RNNCell(3, 4, nonlinearity="relu"), ElmanCell), (torch.nn.LSTMCell(3, 4), LSTMCell), (torch.nn.GRUCell(3, 4, bias=False), GRUCell)],
+    [
+        (torch.nn.RNNCell(3, 4, nonlinearity="relu"), ElmanCell),
+        (torch.nn.LSTMCell(3, 4), LSTMCell),
+        (torch.nn.GRUCell(3, 4, bias=False), GRUCell),
+    ],
 )
 def test_from_torch_cells(theirs, ours_type):
     ours = from_torch(theirs)

@@ -106,7 +106,9 @@ def test_padded_batch_equals_each_sequence_alone(p, batch_first, reverse, with_s
         for b, n in enumerate(p["lengths"]):
             want_y, want_final = alone(cell, x[:n, b : b + 1], row(state, b) if with_state else None, reverse)
             torch.testing.assert_close(y[:n, b : b + 1], want_y, **F64, msg=lambda m: f"{p} row {b}: {m}")
-            assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), f"outputs past the end of row {b} must be exactly zero"
+            assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), (
+                f"outputs past the end of row {b} must be exactly zero"
+            )
             assert_states_close(row(final, b), want_final, f"{p} row {b}")
 
 
@@ -168,7 +170,11 @@ def layers_alone(layers, x_b):
 
 
 @PROPERTY
-@given(problems(max_steps=6, max_batch=4), st.lists(st.sampled_from(["one", "concat", "sum"]), min_size=1, max_size=3), st.booleans())
+@given(
+    problems(max_steps=6, max_batch=4),
+    st.lists(st.sampled_from(["one", "concat", "sum"]), min_size=1, max_size=3),
+    st.booleans(),
+)
 def test_stack_and_bidirectional_with_lengths_equal_each_sequence_alone(p, kinds, batch_first):
     torch.manual_seed(p["seed"])
     layers, size = [], p["I"]
@@ -176,8 +182,12 @@ def test_stack_and_bidirectional_with_lengths_equal_each_sequence_alone(p, kinds
         if kind == "one":
             layer = Recurrent(make_cell(p["name"], size, p["H"]), batch_first=batch_first)
         else:
-            layer = Bidirectional(make_cell(p["name"], size, p["H"]), make_cell(p["name"], size, p["H"]), merge=kind,
-                                  batch_first=batch_first)
+            layer = Bidirectional(
+                make_cell(p["name"], size, p["H"]),
+                make_cell(p["name"], size, p["H"]),
+                merge=kind,
+                batch_first=batch_first,
+            )
         layers.append(layer)
         size = layer.output_size
     stack = randomize_(Stack(layers).double(), seed=p["seed"])
@@ -194,7 +204,9 @@ def test_stack_and_bidirectional_with_lengths_equal_each_sequence_alone(p, kinds
                 if not whole:
                     want_finals = want_finals[0]
                 torch.testing.assert_close(y[:n, b : b + 1], want_y, **F64, msg=lambda m: f"{kinds} {p} row {b}: {m}")
-                assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), f"outputs past the end of row {b} must be zero"
+                assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), (
+                    f"outputs past the end of row {b} must be zero"
+                )
                 assert_states_close(map_state(lambda t: t[b : b + 1], finals), want_finals, f"{kinds} {p} row {b}")
 
 
@@ -218,13 +230,23 @@ def invalid_lengths(draw, T, B):
     if kind in ("too few", "too many"):
         n = draw(st.integers(0, B - 1)) if kind == "too few" else draw(st.integers(B + 1, B + 3))
         return kind, draw(st.lists(st.integers(1, T), min_size=n, max_size=n))
-    bad = {"zero": 0, "negative": draw(st.integers(-10**12, -1)), "too long": draw(st.one_of(st.just(T + 1), st.integers(T + 1, 10**12)))}[kind]
+    bad = {
+        "zero": 0,
+        "negative": draw(st.integers(-(10**12), -1)),
+        "too long": draw(st.one_of(st.just(T + 1), st.integers(T + 1, 10**12))),
+    }[kind]
     good[draw(st.integers(0, B - 1))] = bad
     return kind, good
 
 
 @settings(max_examples=80, deadline=None, derandomize=True)
-@given(st.data(), st.integers(1, 6), st.integers(1, 4), st.booleans(), st.sampled_from(["list", "tuple", "tensor", "int32", "numpy"]))
+@given(
+    st.data(),
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.booleans(),
+    st.sampled_from(["list", "tuple", "tensor", "int32", "numpy"]),
+)
 def test_invalid_lengths_raise_value_error_naming_lengths(data, T, B, batch_first, container):
     kind, lengths = data.draw(invalid_lengths(T, B))
     if container == "list":
@@ -249,7 +271,11 @@ def test_invalid_lengths_raise_value_error_naming_lengths(data, T, B, batch_firs
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.integers(1, 5), st.integers(1, 3), st.sampled_from(["float list", "float tensor", "bool list", "bool tensor", "str", "numpy float", "scalar"]))
+@given(
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.sampled_from(["float list", "float tensor", "bool list", "bool tensor", "str", "numpy float", "scalar"]),
+)
 def test_lengths_that_are_not_integers_raise_type_error_naming_lengths(T, B, kind):
     values = list(range(1, B + 1))
     given_lengths = {
@@ -262,7 +288,9 @@ def test_lengths_that_are_not_integers_raise_type_error_naming_lengths(T, B, kin
         "scalar": T,
     }[kind]
     for name, module in modules_for(2, 3, False).items():
-        with pytest.raises(TypeError, match=rf"{name.split('(')[0]}: lengths must (hold integers|be a 1-D tensor or sequence of ints)"):
+        with pytest.raises(
+            TypeError, match=rf"{name.split('(')[0]}: lengths must (hold integers|be a 1-D tensor or sequence of ints)"
+        ):
             module(torch.randn(T, B, 2), lengths=given_lengths)
 
 
@@ -272,8 +300,15 @@ def test_lengths_in_any_integer_container_give_the_same_result():
     layer = Recurrent(randomize_(LSTMCell(3, 4, peephole=True).double(), seed=1))
     x = torch.randn(6, 3, 3, dtype=torch.float64)
     want_y, want_s = layer(x, lengths=torch.tensor([6, 2, 4]))
-    for lengths in ([6, 2, 4], (6, 2, 4), np.array([6, 2, 4]), np.array([6, 2, 4], dtype=np.int32), [np.int64(6), 2, np.int16(4)],
-                    [torch.tensor(6), torch.tensor(2), torch.tensor(4)], torch.tensor([6, 2, 4], dtype=torch.int32)):
+    for lengths in (
+        [6, 2, 4],
+        (6, 2, 4),
+        np.array([6, 2, 4]),
+        np.array([6, 2, 4], dtype=np.int32),
+        [np.int64(6), 2, np.int16(4)],
+        [torch.tensor(6), torch.tensor(2), torch.tensor(4)],
+        torch.tensor([6, 2, 4], dtype=torch.int32),
+    ):
         y, s = layer(x, lengths=lengths)
         torch.testing.assert_close(y, want_y, rtol=0, atol=0)
         assert_states_close(s, want_s, repr(lengths))
@@ -283,7 +318,9 @@ def test_mixed_dtypes_and_devices_of_input_and_state_are_refused_by_name():
     layer = Recurrent(LSTMCell(3, 4))
     x = torch.randn(5, 2, 3)
     h, c = torch.zeros(2, 4), torch.zeros(2, 4)
-    with pytest.raises(TypeError, match=r"LSTMCell: input x has dtype torch.float64, expected the parameters' dtype torch.float32"):
+    with pytest.raises(
+        TypeError, match=r"LSTMCell: input x has dtype torch.float64, expected the parameters' dtype torch.float32"
+    ):
         layer(x.double())
     with pytest.raises(TypeError, match=r"LSTMCell: state.c has dtype torch.float64, expected torch.float32"):
         layer(x, LSTMState(h, c.double()))
@@ -291,13 +328,20 @@ def test_mixed_dtypes_and_devices_of_input_and_state_are_refused_by_name():
         layer(x.to("meta"))
     with pytest.raises(ValueError, match=r"LSTMCell: state.h is on meta, expected cpu"):
         layer(x, LSTMState(h.to("meta"), c))
-    with pytest.raises(ValueError, match=r"Recurrent: lengths is on the meta device and holds no values; expected lengths on the CPU"):
+    with pytest.raises(
+        ValueError, match=r"Recurrent: lengths is on the meta device and holds no values; expected lengths on the CPU"
+    ):
         layer(x, lengths=torch.tensor([5, 2], device="meta"))
     with pytest.raises(TypeError, match=r"Stack: state must be a tuple of 2 layer states, got a single LSTMState"):
         Stack.build(LSTMCell, 3, 4, 2)(x, LSTMState(h, c))  # an LSTMState is a pair too: not two layers' states
-    with pytest.raises(TypeError, match=r"Bidirectional: a bidirectional layer's state must be BidirectionalState\(forward, backward\), got LSTMState"):
+    with pytest.raises(
+        TypeError,
+        match=r"Bidirectional: a bidirectional layer's state must be BidirectionalState\(forward, backward\), got LSTMState",
+    ):
         Bidirectional(LSTMCell(3, 4))(x, LSTMState(h, c))
-    with pytest.raises(TypeError, match=r"Stack: layer 0 is a cell \(LSTMCell\); expected a layer: wrap it as Recurrent\(cell\)"):
+    with pytest.raises(
+        TypeError, match=r"Stack: layer 0 is a cell \(LSTMCell\); expected a layer: wrap it as Recurrent\(cell\)"
+    ):
         Stack([LSTMCell(3, 4)])
     with pytest.raises(TypeError, match=r"Bidirectional: cell must be an rnnkit cell \(rnnkit.cells.\*\), got LSTM"):
         Bidirectional(torch.nn.LSTM(3, 4))

@@ -53,7 +53,9 @@ def test_layer_equals_torch_nn(kind, dtype):
         return (y, tuple(t[0] for t in s)) if lstm else (y, s[0])
 
     inputs = [x, h0, c0] if lstm else [x, h0]
-    assert_same_computation(run_ours, run_theirs, inputs, list(ours.parameters()), list(theirs.parameters()), dtype=dtype)
+    assert_same_computation(
+        run_ours, run_theirs, inputs, list(ours.parameters()), list(theirs.parameters()), dtype=dtype
+    )
 
 
 @pytest.mark.parametrize("name", list(ALL_CELLS))
@@ -161,20 +163,31 @@ def test_layer_bad_inputs():
         Recurrent(LSTMCell(3, 4), batch_first=True)(torch.randn(2, 3))
 
 
-@pytest.mark.parametrize("options", [dict(), dict(peephole=True), dict(peephole=True, block_size=2, cell_clip=2.0)],
-                         ids=["plain", "peephole", "peephole-blocks-clip"])
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(peephole=True), dict(peephole=True, block_size=2, cell_clip=2.0)],
+    ids=["plain", "peephole", "peephole-blocks-clip"],
+)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_projected_lstm_runs_fused_equal_to_the_reference_loop(options, reverse):
     """LSTMP's output h (B, P) is narrower than its cell state c (B, H): the fused engine traces
     the projection as one more product and matches the reference loop in every gradient."""
     cell = randomize_(LSTMCell(3, 6, proj_size=4, **options).double(), seed=11)
-    fused, reference = Recurrent(cell, reverse=reverse, engine="fused"), Recurrent(cell, reverse=reverse, engine="reference")
+    fused, reference = (
+        Recurrent(cell, reverse=reverse, engine="fused"),
+        Recurrent(cell, reverse=reverse, engine="reference"),
+    )
     x = random_batch(7, 3, 3, seed=12)
     h0, c0 = random_batch(1, 3, 4, seed=13)[0], random_batch(1, 3, 6, seed=14)[0]
     lengths = torch.tensor([7, 2, 5])
     params = list(cell.parameters())
-    assert_same_computation(lambda x, h0, c0: fused(x, LSTMState(h0, c0), lengths),
-                            lambda x, h0, c0: reference(x, LSTMState(h0, c0), lengths), [x, h0, c0], params, params)
+    assert_same_computation(
+        lambda x, h0, c0: fused(x, LSTMState(h0, c0), lengths),
+        lambda x, h0, c0: reference(x, LSTMState(h0, c0), lengths),
+        [x, h0, c0],
+        params,
+        params,
+    )
     assert fused.last_engine == "fused" and fused.output_size == 4
     auto = Recurrent(cell)
     auto(x)

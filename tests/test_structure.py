@@ -48,6 +48,7 @@ I, H, B = 3, 4, 2
 F64 = torch.float64
 PACKAGE = Path(rnnkit.__file__).resolve().parent
 
+
 class PairState(NamedTuple):
     h: Tensor
     m: Tensor
@@ -58,7 +59,10 @@ class TwoMatrixCell(RecurrentCell):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        self.input_size, self.hidden_size = check_size(input_size, "input_size", "TwoMatrixCell"), check_size(hidden_size, "hidden_size", "TwoMatrixCell")
+        self.input_size, self.hidden_size = (
+            check_size(input_size, "input_size", "TwoMatrixCell"),
+            check_size(hidden_size, "hidden_size", "TwoMatrixCell"),
+        )
         self.projection_size = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
@@ -82,27 +86,88 @@ class TwoMatrixCell(RecurrentCell):
 # -- what each cell of the registry publishes (H = 4) ----------------------------------------------
 LSTM_GATES = (("i", 4), ("f", 4), ("g", 4), ("o", 4))
 EXPECTED = {
-    "elman": dict(gates=(("a", 4),), recurrent_matrices=("weight_hh",), state_fields=("h",), torch_kernel="rnn_tanh",
-                  nonlinearities=("a",)),
-    "irnn": dict(gates=(("a", 4),), recurrent_matrices=("weight_hh",), state_fields=("h",), torch_kernel="rnn_relu",
-                 nonlinearities=("a",)),
-    "lstm": dict(gates=LSTM_GATES, recurrent_matrices=("weight_hh",), state_fields=("h", "c"), torch_kernel="lstm",
-                 keep_gate="f", nonlinearities=("g", "i", "f", "o", "c")),
-    "lstm1997": dict(gates=(("i", 4), ("g", 4), ("o", 4)), state_fields=("h", "c"), torch_kernel=None, kernel_family="lstm",
-                     kernel_extras=("forget_gate=False",), keep_gate=None, nonlinearities=("g", "i", "o", "c")),
-    "peephole": dict(gates=LSTM_GATES, torch_kernel=None, kernel_family="lstm", kernel_extras=("peephole=True",), keep_gate="f"),
-    "lstm-blocks": dict(gates=(("i", 2), ("f", 2), ("g", 4), ("o", 2)), torch_kernel=None, kernel_family="lstm",
-                        kernel_extras=("block_size=2",)),
-    "gru": dict(gates=(("r", 4), ("z", 4), ("n", 4)), recurrent_matrices=("weight_hh",), state_fields=("h",), torch_kernel="gru",
-                keep_gate="z", nonlinearities=("r", "z", "n")),
-    "leaky": dict(gates=(("a", 4),), recurrent_matrices=("cell.weight_hh",), state_fields=("h",), torch_kernel=None,
-                  leak="alpha_values", inner="cell", nonlinearities=("a",)),
-    "skip": dict(gates=(("a", 4),), recurrent_matrices=("cell.weight_hh", "weight_skip"), state_fields=("inner", "past"),
-                 torch_kernel=None, inner="cell", nonlinearities=("a",)),
-    "clockwork": dict(gates=(("a", 4),), recurrent_matrices=("weight_hh",), masks=(("weight_hh", "connection_mask"),),
-                      state_fields=("h", "t"), torch_kernel=None, unit_periods="unit_period", nonlinearities=("a",)),
-    "deep-transition": dict(gates=(("a", 4),), recurrent_matrices=("cell.weight_hh", "mlp_hh.layers.0.weight"),
-                            state_fields=("h",), torch_kernel=None, inner="cell", nonlinearities=None),
+    "elman": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("weight_hh",),
+        state_fields=("h",),
+        torch_kernel="rnn_tanh",
+        nonlinearities=("a",),
+    ),
+    "irnn": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("weight_hh",),
+        state_fields=("h",),
+        torch_kernel="rnn_relu",
+        nonlinearities=("a",),
+    ),
+    "lstm": dict(
+        gates=LSTM_GATES,
+        recurrent_matrices=("weight_hh",),
+        state_fields=("h", "c"),
+        torch_kernel="lstm",
+        keep_gate="f",
+        nonlinearities=("g", "i", "f", "o", "c"),
+    ),
+    "lstm1997": dict(
+        gates=(("i", 4), ("g", 4), ("o", 4)),
+        state_fields=("h", "c"),
+        torch_kernel=None,
+        kernel_family="lstm",
+        kernel_extras=("forget_gate=False",),
+        keep_gate=None,
+        nonlinearities=("g", "i", "o", "c"),
+    ),
+    "peephole": dict(
+        gates=LSTM_GATES, torch_kernel=None, kernel_family="lstm", kernel_extras=("peephole=True",), keep_gate="f"
+    ),
+    "lstm-blocks": dict(
+        gates=(("i", 2), ("f", 2), ("g", 4), ("o", 2)),
+        torch_kernel=None,
+        kernel_family="lstm",
+        kernel_extras=("block_size=2",),
+    ),
+    "gru": dict(
+        gates=(("r", 4), ("z", 4), ("n", 4)),
+        recurrent_matrices=("weight_hh",),
+        state_fields=("h",),
+        torch_kernel="gru",
+        keep_gate="z",
+        nonlinearities=("r", "z", "n"),
+    ),
+    "leaky": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("cell.weight_hh",),
+        state_fields=("h",),
+        torch_kernel=None,
+        leak="alpha_values",
+        inner="cell",
+        nonlinearities=("a",),
+    ),
+    "skip": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("cell.weight_hh", "weight_skip"),
+        state_fields=("inner", "past"),
+        torch_kernel=None,
+        inner="cell",
+        nonlinearities=("a",),
+    ),
+    "clockwork": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("weight_hh",),
+        masks=(("weight_hh", "connection_mask"),),
+        state_fields=("h", "t"),
+        torch_kernel=None,
+        unit_periods="unit_period",
+        nonlinearities=("a",),
+    ),
+    "deep-transition": dict(
+        gates=(("a", 4),),
+        recurrent_matrices=("cell.weight_hh", "mlp_hh.layers.0.weight"),
+        state_fields=("h",),
+        torch_kernel=None,
+        inner="cell",
+        nonlinearities=None,
+    ),
 }
 
 # Wrappers around other cores than the registry's, nested wrappers, and a user's cell.
@@ -115,17 +180,44 @@ EXTRA = {
     "user-cell": lambda: TwoMatrixCell(I, H),
 }
 WRAPPED = {
-    "leaky-lstm": dict(gates=LSTM_GATES, recurrent_matrices=("cell.weight_hh",), state_fields=("h", "c"), keep_gate="f",
-                       leak="alpha_values", inner="cell", nonlinearities=("g", "i", "f", "o", "c")),
-    "skip-gru": dict(gates=(("r", 4), ("z", 4), ("n", 4)), recurrent_matrices=("cell.weight_hh", "weight_skip"),
-                     state_fields=("inner", "past"), inner="cell", nonlinearities=("r", "z", "n")),
-    "skip-leaky-clockwork": dict(recurrent_matrices=("cell.cell.weight_hh", "weight_skip"),
-                                 masks=(("cell.cell.weight_hh", "cell.cell.connection_mask"),), leak="cell.alpha_values",
-                                 unit_periods="cell.cell.unit_period", inner="cell", nonlinearities=("a",)),
-    "deep-lstm": dict(gates=LSTM_GATES, recurrent_matrices=("cell.weight_hh", "mlp_hh.layers.0.weight", "mlp_hh.layers.1.weight"),
-                      state_fields=("h", "c"), inner="cell", nonlinearities=None),
-    "attention-gru": dict(recurrent_matrices=("cell.weight_hh", "query.weight"), state_fields=AttentionState._fields,
-                          memory_size=5, inner="cell", nonlinearities=None),
+    "leaky-lstm": dict(
+        gates=LSTM_GATES,
+        recurrent_matrices=("cell.weight_hh",),
+        state_fields=("h", "c"),
+        keep_gate="f",
+        leak="alpha_values",
+        inner="cell",
+        nonlinearities=("g", "i", "f", "o", "c"),
+    ),
+    "skip-gru": dict(
+        gates=(("r", 4), ("z", 4), ("n", 4)),
+        recurrent_matrices=("cell.weight_hh", "weight_skip"),
+        state_fields=("inner", "past"),
+        inner="cell",
+        nonlinearities=("r", "z", "n"),
+    ),
+    "skip-leaky-clockwork": dict(
+        recurrent_matrices=("cell.cell.weight_hh", "weight_skip"),
+        masks=(("cell.cell.weight_hh", "cell.cell.connection_mask"),),
+        leak="cell.alpha_values",
+        unit_periods="cell.cell.unit_period",
+        inner="cell",
+        nonlinearities=("a",),
+    ),
+    "deep-lstm": dict(
+        gates=LSTM_GATES,
+        recurrent_matrices=("cell.weight_hh", "mlp_hh.layers.0.weight", "mlp_hh.layers.1.weight"),
+        state_fields=("h", "c"),
+        inner="cell",
+        nonlinearities=None,
+    ),
+    "attention-gru": dict(
+        recurrent_matrices=("cell.weight_hh", "query.weight"),
+        state_fields=AttentionState._fields,
+        memory_size=5,
+        inner="cell",
+        nonlinearities=None,
+    ),
 }
 
 
@@ -137,14 +229,18 @@ def build(name: str) -> RecurrentCell:
 
 def zero_state(cell: RecurrentCell, batch: int = B):
     if cell.structure.memory_size is not None:  # the state holds a memory: build it around one
-        memory = torch.randn(batch, 3, cell.structure.memory_size, dtype=F64, generator=torch.Generator().manual_seed(2))
+        memory = torch.randn(
+            batch, 3, cell.structure.memory_size, dtype=F64, generator=torch.Generator().manual_seed(2)
+        )
         return cell.initial_state(memory)
     return cell.init_state(batch, dtype=F64)
 
 
 def random_state(cell: RecurrentCell, seed: int = 3):
     gen = torch.Generator().manual_seed(seed)
-    return map_state(lambda t: torch.randn(t.shape, dtype=F64, generator=gen) if t.is_floating_point() else t, zero_state(cell))
+    return map_state(
+        lambda t: torch.randn(t.shape, dtype=F64, generator=gen) if t.is_floating_point() else t, zero_state(cell)
+    )
 
 
 def gate_widths(structure: CellStructure) -> tuple[tuple[str, int], ...]:
@@ -210,11 +306,16 @@ def test_recurrent_matrices_are_the_matrices_that_multiply_the_state(name):
 
     def grads(state) -> dict[str, Tensor]:
         out = (step(cell, x, state) * weights).sum()
-        return dict(zip([n for n, _ in matrices], torch.autograd.grad(out, [p for _, p in matrices], allow_unused=True)))
+        return dict(
+            zip([n for n, _ in matrices], torch.autograd.grad(out, [p for _, p in matrices], allow_unused=True))
+        )
 
     at_zero, at_random = grads(zero_state(cell)), grads(random_state(cell))
-    reads_state = {n for n, _ in matrices
-                   if (at_zero[n] is None or not at_zero[n].any()) and at_random[n] is not None and at_random[n].abs().max() > 1e-8}
+    reads_state = {
+        n
+        for n, _ in matrices
+        if (at_zero[n] is None or not at_zero[n].any()) and at_random[n] is not None and at_random[n].abs().max() > 1e-8
+    }
     assert set(cell.structure.recurrent_matrices) == reads_state
 
 
@@ -225,11 +326,22 @@ def test_nonlinearities_name_the_calls_of_one_step(name):
     recorded = record_nonlinearities(cell, x)  # falls back to "tanh0", "sigmoid1", ... if the count differs
     assert list(recorded) == list(cell.structure.nonlinearities)
     kinds = {name: kind for name, (kind, _) in recorded.items()}
-    expected = {"g": "tanh", "c": "tanh", "i": "sigmoid", "f": "sigmoid", "o": "sigmoid", "r": "sigmoid", "z": "sigmoid", "n": "tanh"}
+    expected = {
+        "g": "tanh",
+        "c": "tanh",
+        "i": "sigmoid",
+        "f": "sigmoid",
+        "o": "sigmoid",
+        "r": "sigmoid",
+        "z": "sigmoid",
+        "n": "tanh",
+    }
     assert all(kinds[k] == v for k, v in expected.items() if k in kinds)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if build(n).structure.keep_gate is not None and build(n).structure.inner is None])
+@pytest.mark.parametrize(
+    "name", [n for n in ALL if build(n).structure.keep_gate is not None and build(n).structure.inner is None]
+)
 @pytest.mark.parametrize("bias", [30.0, -30.0])
 def test_keep_gate_decides_whether_the_memory_is_kept(name, bias):
     # With every other parameter zero, the memory field's Jacobian ∂m(t)/∂m(t−1) is the keep
@@ -343,7 +455,9 @@ def test_the_default_structure_of_a_cell_that_describes_nothing():
 
 
 def test_structure_is_validated():
-    with pytest.raises(ValueError, match="torch_kernel must be one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu' or None, got 'LSTM'"):
+    with pytest.raises(
+        ValueError, match="torch_kernel must be one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu' or None, got 'LSTM'"
+    ):
         CellStructure(torch_kernel="LSTM")
     with pytest.raises(ValueError, match="has no kernel_extras"):
         CellStructure(torch_kernel="lstm", kernel_extras=("peephole=True",))
@@ -376,7 +490,9 @@ def concrete_cell_classes() -> set[str]:
 
 def names_in(node: ast.AST) -> set[str]:
     """The class names an expression mentions: ``LSTMCell``, ``cells.LSTMCell``, ``(A, B)``."""
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
 
 
 def class_tests(source: str, classes: set[str]) -> list[tuple[int, str]]:
@@ -385,11 +501,19 @@ def class_tests(source: str, classes: set[str]) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(ast.parse(source)):
         hit = False
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("isinstance", "issubclass")
+        ):
             hit = len(node.args) == 2 and bool(names_in(node.args[1]) & classes)
-        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops):
-            hit = any(isinstance(side, (ast.Name, ast.Attribute, ast.Tuple, ast.Set, ast.List)) and names_in(side) & classes
-                      for side in (node.left, *node.comparators))
+        elif isinstance(node, ast.Compare) and any(
+            isinstance(op, (ast.Is, ast.IsNot, ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops
+        ):
+            hit = any(
+                isinstance(side, (ast.Name, ast.Attribute, ast.Tuple, ast.Set, ast.List)) and names_in(side) & classes
+                for side in (node.left, *node.comparators)
+            )
         elif isinstance(node, ast.MatchClass):
             hit = bool(names_in(node.cls) & classes)
         if hit:
@@ -409,7 +533,16 @@ def test_the_scan_finds_class_tests():
 
 def test_no_code_outside_the_cells_tests_which_class_a_cell_is():
     classes = concrete_cell_classes()
-    assert {"ElmanCell", "LSTMCell", "GRUCell", "LeakyCell", "SkipCell", "ClockworkCell", "DeepTransitionCell", "AttentionCell"} <= classes
+    assert {
+        "ElmanCell",
+        "LSTMCell",
+        "GRUCell",
+        "LeakyCell",
+        "SkipCell",
+        "ClockworkCell",
+        "DeepTransitionCell",
+        "AttentionCell",
+    } <= classes
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE.parent).as_posix()

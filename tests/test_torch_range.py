@@ -7,9 +7,9 @@ in it. Add an API here when the package starts calling one newer than the bound.
 """
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -53,12 +53,14 @@ def test_the_lower_bound_has_every_api_the_package_calls():
     assert "torch.compiler.is_exporting" in used and "nn.utils.get_total_norm" in used  # the scan sees the calls
     newer = {api: floor for api, floor in used.items() if Version(floor) > bound}
     assert not newer, f"pyproject says torch>={bound}, but the package calls APIs first released later: {newer}"
-    assert bound == max(Version(f) for f in used.values()), "the bound is higher than any listed API needs: say why here"
+    assert bound == max(Version(f) for f in used.values()), (
+        "the bound is higher than any listed API needs: say why here"
+    )
 
 
 def test_the_listed_apis_exist_in_the_installed_torch():
-    from torch.export import Dim
     import torch._inductor
+    from torch.export import Dim
 
     assert callable(torch.compiler.is_exporting)
     assert callable(torch.nn.utils.get_total_norm) and callable(torch.nn.utils.clip_grads_with_norm_)
@@ -70,6 +72,6 @@ def test_the_readme_states_the_bound_and_the_tested_version():
     bound = lower_bound(torch_requirement())
     assert f"torch ≥ {bound}" in text
     installed = Version(torch.__version__).base_version
-    assert re.search(rf"[Tt]ested[^.]*\b{re.escape(installed)}\b", text), \
+    assert re.search(rf"[Tt]ested[^.]*\b{re.escape(installed)}\b", text), (
         f"the README should say which torch the tests ran on ({installed})"
-
+    )

@@ -103,7 +103,9 @@ class AttentionCell(RecurrentCell):
         if mask is None:
             mask = torch.ones(B, S, dtype=torch.bool, device=memory.device)
         elif mask.shape != (B, S) or mask.dtype != torch.bool:
-            raise ValueError(f"{owner}: mask must be a bool tensor of shape (B, S) = {(B, S)}, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"{owner}: mask must be a bool tensor of shape (B, S) = {(B, S)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
         inner = self.cell.prepare_state(inner, B, memory.dtype, memory.device)
         context = memory.new_zeros(B, self.memory_size)
         return AttentionState(inner, context, memory, self.key(memory), mask)  # keys (B, S, A)
@@ -118,10 +120,14 @@ class AttentionCell(RecurrentCell):
         if state is None:
             self.init_state(batch_size)
         if not (is_state(state) and len(state) == len(AttentionState._fields)):
-            raise TypeError(f"{owner}: state must be an AttentionState{AttentionState._fields}, got {type(state).__name__}")
+            raise TypeError(
+                f"{owner}: state must be an AttentionState{AttentionState._fields}, got {type(state).__name__}"
+            )
         state = AttentionState(*state)
         if state.memory.shape[0] != batch_size:
-            raise ValueError(f"{owner}: the state's memory has batch {state.memory.shape[0]}, the input has batch {batch_size}")
+            raise ValueError(
+                f"{owner}: the state's memory has batch {state.memory.shape[0]}, the input has batch {batch_size}"
+            )
         return state._replace(inner=self.cell.prepare_state(state.inner, batch_size, dtype, device))
 
     def attend(self, s: Tensor, state: AttentionState) -> tuple[Tensor, Tensor]:

@@ -32,8 +32,12 @@ from torch import Tensor, nn
 from .state import coerce_state, is_state
 
 # torch's fused one-step ops, by the structure's torch_kernel name (see RecurrentCell.step)
-_CELL_KERNELS = {"lstm": torch._VF.lstm_cell, "gru": torch._VF.gru_cell, "rnn_tanh": torch._VF.rnn_tanh_cell,
-                 "rnn_relu": torch._VF.rnn_relu_cell}
+_CELL_KERNELS = {
+    "lstm": torch._VF.lstm_cell,
+    "gru": torch._VF.gru_cell,
+    "rnn_tanh": torch._VF.rnn_tanh_cell,
+    "rnn_relu": torch._VF.rnn_relu_cell,
+}
 
 TORCH_KERNELS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -47,19 +51,25 @@ def not_a_tensor(x: Any, name: str, owner: str, layout: str, kind: str = "a tens
     convert it (a type problem, not a shape one)."""
     hint = ""
     if hasattr(x, "__array__") and not isinstance(x, Tensor):
-        hint = (f"; convert a NumPy array first with torch.from_numpy({name}) or torch.as_tensor({name}, "
-                f"dtype=torch.float32) (NumPy's default float64 is not the parameters' float32)")
+        hint = (
+            f"; convert a NumPy array first with torch.from_numpy({name}) or torch.as_tensor({name}, "
+            f"dtype=torch.float32) (NumPy's default float64 is not the parameters' float32)"
+        )
     elif isinstance(x, (list, tuple)):
-        hint = (f"; convert it first with torch.as_tensor({name}), or pad a list of sequences of different "
-                f"lengths with rnnkit.data.pad_sequences")
+        hint = (
+            f"; convert it first with torch.as_tensor({name}), or pad a list of sequences of different "
+            f"lengths with rnnkit.data.pad_sequences"
+        )
     return TypeError(f"{owner}: {prefix}{name} must be {kind} of shape {layout}, got {type(x).__name__}{hint}")
 
 
 def from_torch_hint(obj: Any) -> str:
     """A hint for a torch.nn recurrent module given where an rnnkit cell or layer is expected."""
     if isinstance(obj, nn.RNNBase):
-        return (f"; convert a torch.nn.{type(obj).__name__} with rnnkit.from_torch(module), which gives the rnnkit "
-                f"Stack that computes the same (weights copied)")
+        return (
+            f"; convert a torch.nn.{type(obj).__name__} with rnnkit.from_torch(module), which gives the rnnkit "
+            f"Stack that computes the same (weights copied)"
+        )
     if isinstance(obj, nn.RNNCellBase):
         return f"; convert a torch.nn.{type(obj).__name__} with rnnkit.from_torch(module), the equal rnnkit cell"
     return ""
@@ -187,16 +197,22 @@ class CellStructure:
         for name in ("torch_kernel", "kernel_family"):
             value = getattr(self, name)
             if value is not None and value not in TORCH_KERNELS:
-                raise ValueError(f"CellStructure: {name} must be one of {', '.join(map(repr, TORCH_KERNELS))} or None, got {value!r}")
+                raise ValueError(
+                    f"CellStructure: {name} must be one of {', '.join(map(repr, TORCH_KERNELS))} or None, got {value!r}"
+                )
         if self.torch_kernel is not None and self.kernel_extras:
-            raise ValueError(f"CellStructure: a cell torch computes exactly has no kernel_extras, got torch_kernel={self.torch_kernel!r} "
-                             f"with kernel_extras={self.kernel_extras!r}")
+            raise ValueError(
+                f"CellStructure: a cell torch computes exactly has no kernel_extras, got torch_kernel={self.torch_kernel!r} "
+                f"with kernel_extras={self.kernel_extras!r}"
+            )
         if self.kernel_family is None:
             object.__setattr__(self, "kernel_family", self.torch_kernel)
         if self.keep_gate is not None and self.keep_gate not in dict(self.gates):
-            raise ValueError(f"CellStructure: keep_gate {self.keep_gate!r} is not one of the gates {[g for g, _ in self.gates]}")
+            raise ValueError(
+                f"CellStructure: keep_gate {self.keep_gate!r} is not one of the gates {[g for g, _ in self.gates]}"
+            )
 
-    def under(self, prefix: str) -> "CellStructure":
+    def under(self, prefix: str) -> CellStructure:
         """This structure as seen from a wrapper that holds the cell at ``prefix`` (e.g. ``"cell"``):
         every path gets ``prefix + "."`` in front."""
 
@@ -230,7 +246,9 @@ class RecurrentCell(nn.Module):
         """Draw fresh initial values for every parameter (each cell documents its scheme)."""
         raise NotImplementedError
 
-    def init_state(self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None) -> Any:
+    def init_state(
+        self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> Any:
         """The zero state for a batch of ``batch_size``; dtype and device default to the parameters'."""
         raise NotImplementedError
 
@@ -273,8 +291,11 @@ class RecurrentCell(nn.Module):
         except Exception:  # a cell whose state needs more than a batch size (e.g. a memory)
             state = None
         fields = tuple(state._fields) if is_state(state) else ()
-        matrices = tuple(name for name, p in self.named_parameters()
-                         if name.rpartition(".")[2].startswith("weight_hh") and p.dim() == 2)
+        matrices = tuple(
+            name
+            for name, p in self.named_parameters()
+            if name.rpartition(".")[2].startswith("weight_hh") and p.dim() == 2
+        )
         return CellStructure(recurrent_matrices=matrices, state_fields=fields)
 
     def _computes_step_of(self, cls: type) -> bool:
@@ -352,8 +373,10 @@ class RecurrentCell(nn.Module):
             )
         dtype, device = self.reference_dtype_device()
         if x.dtype != dtype:
-            raise TypeError(f"{owner}: input x has dtype {x.dtype}, expected the parameters' dtype {dtype}"
-                            + dtype_hint(x.dtype, dtype))
+            raise TypeError(
+                f"{owner}: input x has dtype {x.dtype}, expected the parameters' dtype {dtype}"
+                + dtype_hint(x.dtype, dtype)
+            )
         if x.device != device:
             raise ValueError(f"{owner}: input x is on {x.device}, expected the parameters' device {device}")
 

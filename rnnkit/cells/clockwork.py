@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import CellStructure, RecurrentCell, check_choice, check_size, uniform_
 from .elman import ACTIVATIONS
@@ -79,7 +80,9 @@ class ClockworkCell(RecurrentCell):
         for p, idx in zip(periods, groups):
             unit_period[idx] = p
         self.register_buffer("unit_period", unit_period, persistent=False)
-        mask = (unit_period.unsqueeze(0) >= unit_period.unsqueeze(1)).to(torch.get_default_dtype())  # (H, H): row reads column
+        mask = (unit_period.unsqueeze(0) >= unit_period.unsqueeze(1)).to(
+            torch.get_default_dtype()
+        )  # (H, H): row reads column
         self.register_buffer("connection_mask", mask, persistent=False)
         self._make_parameters(H, bias)
         self.reset_parameters()

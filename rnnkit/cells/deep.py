@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -101,9 +102,13 @@ class DeepTransitionCell(RecurrentCell):
             input_size = cell.input_size
         self.input_size = check_size(input_size, "input_size", owner)
         if input_layers and input_layers[-1] != cell.input_size:
-            raise ValueError(f"{owner}: the last input layer must have the cell's input_size {cell.input_size}, got input_layers={input_layers}")
+            raise ValueError(
+                f"{owner}: the last input layer must have the cell's input_size {cell.input_size}, got input_layers={input_layers}"
+            )
         if not input_layers and input_size != cell.input_size:
-            raise ValueError(f"{owner}: input_size={input_size} differs from the cell's {cell.input_size}; add input_layers to map one to the other")
+            raise ValueError(
+                f"{owner}: input_size={input_size} differs from the cell's {cell.input_size}; add input_layers to map one to the other"
+            )
         if transition_layers and transition_layers[-1] != cell.hidden_size:
             raise ValueError(
                 f"{owner}: the last transition layer must have the hidden size {cell.hidden_size}, got transition_layers={transition_layers}"

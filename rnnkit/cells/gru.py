@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import CellStructure, RecurrentCell, check_size, uniform_
 from .lstm import set_gate_bias
@@ -36,7 +36,9 @@ class GRUCell(RecurrentCell):
     past; recurrent matrix ``weight_hh``; torch kernel ``"gru"``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, forget_bias: float | None = None) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, forget_bias: float | None = None
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         self.input_size = check_size(input_size, "input_size", owner)

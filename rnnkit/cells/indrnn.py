@@ -134,9 +134,13 @@ class IndRNNCell(RecurrentCell):
 
 def _check_range(value, owner: str) -> tuple[float, float]:
     """``recurrent_init`` as a (low, high) pair of finite floats with low < high."""
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value
+    ok = (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value)
     )
     if not ok or not value[0] < value[1]:
-        raise ValueError(f"{owner}: recurrent_init must be a pair (low, high) of finite numbers with low < high, got {value!r}")
+        raise ValueError(
+            f"{owner}: recurrent_init must be a pair (low, high) of finite numbers with low < high, got {value!r}"
+        )
     return float(value[0]), float(value[1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,9 @@ def alphas_from_time_constants(hidden_size: int, tau_min: float, tau_max: float)
     the network units at many time scales (Goodfellow et al., *Deep Learning*, §10.9.2).
     """
     if not (isinstance(tau_min, (int, float)) and isinstance(tau_max, (int, float)) and 1 < tau_min <= tau_max):
-        raise ValueError(f"LeakyCell: tau must be (tau_min, tau_max) with 1 < tau_min ≤ tau_max, got ({tau_min!r}, {tau_max!r})")
+        raise ValueError(
+            f"LeakyCell: tau must be (tau_min, tau_max) with 1 < tau_min ≤ tau_max, got ({tau_min!r}, {tau_max!r})"
+        )
     tau = torch.logspace(math.log10(tau_min), math.log10(tau_max), hidden_size, dtype=torch.float64)
     return 1.0 - 1.0 / tau
 
@@ -71,7 +74,9 @@ class LeakyCell(RecurrentCell):
         from .skip import SkipCell
 
         if isinstance(cell, SkipCell):
-            raise TypeError(f"{owner}: cannot wrap a SkipCell (its history would be mixed); use SkipCell(LeakyCell(cell, ...), delay) instead")
+            raise TypeError(
+                f"{owner}: cannot wrap a SkipCell (its history would be mixed); use SkipCell(LeakyCell(cell, ...), delay) instead"
+            )
         self.cell = cell
         self.input_size, self.hidden_size = cell.input_size, cell.hidden_size
         self.projection_size = cell.projection_size

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from .base import CellStructure, RecurrentCell, check_size, uniform_
 from .state import LSTMState
 
-
 DEFAULT_FORGET_BIAS = 1.0
 
 

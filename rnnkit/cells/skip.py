@@ -68,7 +68,9 @@ class SkipCell(RecurrentCell):
     def structure(self) -> CellStructure:
         """The wrapped cell's structure under ``cell.``, with ``weight_skip`` and the state ``(inner, past)``."""
         inner = self.cell.structure.under("cell")
-        return self._wrapper_structure(recurrent_matrices=(*inner.recurrent_matrices, "weight_skip"), state_fields=SkipState._fields)
+        return self._wrapper_structure(
+            recurrent_matrices=(*inner.recurrent_matrices, "weight_skip"), state_fields=SkipState._fields
+        )
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> SkipState:
         dtype, device = self._dtype_device(dtype, device)

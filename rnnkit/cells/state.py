@@ -8,7 +8,8 @@ without knowing which cell made it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -98,11 +99,11 @@ def coerce_state(state: Any, template: Any, owner: str, path: str = "state") -> 
     """
     if isinstance(template, Tensor):
         if not isinstance(state, Tensor):
-            raise TypeError(f"{owner}: {path} must be a tensor of shape {tuple(template.shape)}, got {type(state).__name__}")
-        if state.shape != template.shape:
-            raise ValueError(
-                f"{owner}: {path} has shape {tuple(state.shape)}, expected {tuple(template.shape)}"
+            raise TypeError(
+                f"{owner}: {path} must be a tensor of shape {tuple(template.shape)}, got {type(state).__name__}"
             )
+        if state.shape != template.shape:
+            raise ValueError(f"{owner}: {path} has shape {tuple(state.shape)}, expected {tuple(template.shape)}")
         if state.dtype != template.dtype:
             raise TypeError(f"{owner}: {path} has dtype {state.dtype}, expected {template.dtype}")
         if state.device != template.device:
@@ -119,6 +120,4 @@ def coerce_state(state: Any, template: Any, owner: str, path: str = "state") -> 
         else:
             got = type(state).__name__
         raise TypeError(f"{owner}: {path} must be a {name}{tuple(fields)}, got {got}")
-    return type(template)(
-        *(coerce_state(s, t, owner, f"{path}.{f}") for s, t, f in zip(state, template, fields))
-    )
+    return type(template)(*(coerce_state(s, t, owner, f"{path}.{f}") for s, t, f in zip(state, template, fields)))

@@ -15,8 +15,16 @@ from pathlib import Path
 
 from . import bench, diagnose, eval, export, prepare, sample, tasks, train
 
-SUBCOMMANDS = {"train": train, "sample": sample, "eval": eval, "export": export, "tasks": tasks, "bench": bench,
-               "diagnose": diagnose, "prepare": prepare}
+SUBCOMMANDS = {
+    "train": train,
+    "sample": sample,
+    "eval": eval,
+    "export": export,
+    "tasks": tasks,
+    "bench": bench,
+    "diagnose": diagnose,
+    "prepare": prepare,
+}
 
 
 class UsageError(Exception):
@@ -118,8 +126,15 @@ def _say(e: BaseException) -> None:
 
 
 # the user's mistakes (exit 2): bad flags or settings, paths that are missing, taken or unusable
-USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-               NotADirectoryError, PermissionError)
+USER_ERRORS = (
+    UsageError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = parser.parse_args(argv)
         except UsageError as e:
-            raise UsageError(suggest_flags(parser, argv, str(e).split(": ", 1)[1])
-                             if str(e).startswith("rnnkit: unrecognized") else str(e)) from None
+            raise UsageError(
+                suggest_flags(parser, argv, str(e).split(": ", 1)[1])
+                if str(e).startswith("rnnkit: unrecognized")
+                else str(e)
+            ) from None
         if args.command is None:
             parser.print_help()
             return 2

@@ -26,16 +26,36 @@ def _size(text: str) -> tuple[int, int, int, int]:
 
 def add_parser(subs) -> None:
     """Register ``rnnkit bench`` and its options on the CLI's subparsers."""
-    p = subs.add_parser("bench", help="time every cell against torch.nn.LSTM", description=__doc__,
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--cells", nargs="+", choices=list(bench_cells()), default=None, help="cells to measure (default: all)")
-    p.add_argument("--size", type=_size, action="append", default=None, metavar="B,T,I,H",
-                   help="a size to measure (repeatable; default: 16,100,64,128 32,100,256,256 64,100,512,512)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed repeats per measurement (median reported; half as many for the reference and naive loops)")
+    p = subs.add_parser(
+        "bench",
+        help="time every cell against torch.nn.LSTM",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--cells", nargs="+", choices=list(bench_cells()), default=None, help="cells to measure (default: all)"
+    )
+    p.add_argument(
+        "--size",
+        type=_size,
+        action="append",
+        default=None,
+        metavar="B,T,I,H",
+        help="a size to measure (repeatable; default: 16,100,64,128 32,100,256,256 64,100,512,512)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed repeats per measurement (median reported; half as many for the reference and naive loops)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch and the engines; 1 gives ratios that hold still on a shared machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch and the engines; 1 gives ratios that hold still on a shared machine",
+    )
     p.add_argument("--json", dest="json_path", default=None, help="also write the rows to this JSON file")
 
 

@@ -22,14 +22,30 @@ from ..tasks.charlm import STDLIB_CHARS, CharLMConfig
 def add_parser(subs) -> None:
     """Register ``rnnkit prepare`` and its options."""
     defaults = CharLMConfig()
-    p = subs.add_parser("prepare", help="encode a corpus into a cached token file (rnnkit train does it on first use)",
-                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data", nargs="?", default=None, help="a text file or a folder of .txt/.py/.md files "
-                                                         "(default: the standard library's source)")
-    p.add_argument("--max-chars", type=int, default=None, help="keep only the first N characters (default: all of DATA; "
-                                                               f"of the stdlib, {STDLIB_CHARS:,})")
-    p.add_argument("--holdout-every", type=int, default=defaults.holdout_every,
-                   help="hold out every n-th file for validation and test (else a 1/n tail of each file)")
+    p = subs.add_parser(
+        "prepare",
+        help="encode a corpus into a cached token file (rnnkit train does it on first use)",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        help="a text file or a folder of .txt/.py/.md files (default: the standard library's source)",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help=f"keep only the first N characters (default: all of DATA; of the stdlib, {STDLIB_CHARS:,})",
+    )
+    p.add_argument(
+        "--holdout-every",
+        type=int,
+        default=defaults.holdout_every,
+        help="hold out every n-th file for validation and test (else a 1/n tail of each file)",
+    )
     p.add_argument("--json", action="store_true", help="print what was prepared as one JSON object on the last line")
 
 
@@ -52,11 +68,25 @@ def run(args) -> int:
     corpus = prepare_corpus(args.data, max_chars=max_chars, holdout_every=args.holdout_every, log=log)
     seconds = time.monotonic() - tick
     parts = {name: sum(len(p) for p in corpus.parts(name)) for name in ("train", "val", "test")}
-    print(f"{'prepared' if built else 'cached'}: {len(corpus.tokens):,} characters in {corpus.files:,} files, "
-          f"vocabulary {len(corpus.vocab)} ({corpus.tokens.dtype}); train {parts['train']:,}, validation "
-          f"{parts['val']:,}, test {parts['test']:,} characters; {corpus.folder} ({seconds:.1f} s)")
+    print(
+        f"{'prepared' if built else 'cached'}: {len(corpus.tokens):,} characters in {corpus.files:,} files, "
+        f"vocabulary {len(corpus.vocab)} ({corpus.tokens.dtype}); train {parts['train']:,}, validation "
+        f"{parts['val']:,}, test {parts['test']:,} characters; {corpus.folder} ({seconds:.1f} s)"
+    )
     if args.json:
-        print(json.dumps({"folder": str(corpus.folder), "cache": str(cache_root()), "characters": len(corpus.tokens),
-                          "files": corpus.files, "vocabulary": len(corpus.vocab), "dtype": corpus.tokens.dtype.name,
-                          "built": bool(built), "seconds": round(seconds, 3), **parts}))
+        print(
+            json.dumps(
+                {
+                    "folder": str(corpus.folder),
+                    "cache": str(cache_root()),
+                    "characters": len(corpus.tokens),
+                    "files": corpus.files,
+                    "vocabulary": len(corpus.vocab),
+                    "dtype": corpus.tokens.dtype.name,
+                    "built": bool(built),
+                    "seconds": round(seconds, 3),
+                    **parts,
+                }
+            )
+        )
     return 0

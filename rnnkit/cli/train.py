@@ -49,6 +49,7 @@ def _none_or(kind):
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__} or none, got {text!r}") from None
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -61,8 +62,10 @@ class _Renamed(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"rnnkit train: {option_string} is deprecated and goes in the next release; it is now {self.new_flag}",
-              file=sys.stderr)
+        print(
+            f"rnnkit train: {option_string} is deprecated and goes in the next release; it is now {self.new_flag}",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -79,7 +82,10 @@ def add_task_options(p: argparse.ArgumentParser, config_cls) -> None:
     defaults = config_cls()
     types = field_types(config_cls)
     shared = {f.name for f in fields(TrainingSettings)}
-    groups = {False: p.add_argument_group("the task's settings"), True: p.add_argument_group("how long and how to train")}
+    groups = {
+        False: p.add_argument_group("the task's settings"),
+        True: p.add_argument_group("how long and how to train"),
+    }
     for f in sorted(types, key=lambda f: f in shared):  # stable: each group in declaration order
         tp, group = types[f], groups[f in shared]
         flag = "--" + f.replace("_", "-")
@@ -93,32 +99,58 @@ def add_task_options(p: argparse.ArgumentParser, config_cls) -> None:
         group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=base.__name__.upper(), help=text)
     for old, new in renamed_fields(config_cls).items():
         _, kind = _flag_type(types[new])
-        p.add_argument("--" + old.replace("_", "-"), dest=new, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                       action=_Renamed, new_flag="--" + new.replace("_", "-"))
+        p.add_argument(
+            "--" + old.replace("_", "-"),
+            dest=new,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+            action=_Renamed,
+            new_flag="--" + new.replace("_", "-"),
+        )
 
 
 def add_parser(subs) -> None:
     """Register ``rnnkit train`` and its options."""
-    p = subs.add_parser("train", help="train a task (default: char-level LSTM on the stdlib's source)",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subs.add_parser(
+        "train",
+        help="train a task (default: char-level LSTM on the stdlib's source)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tasks = p.add_subparsers(dest="task", metavar="TASK", parser_class=type(p))
     for name, task in TASKS.items():
         about = f"rnnkit train {name}: {task.summary}"
         if name == DEFAULT_TASK:
             others = ", ".join(t for t in TASKS if t != name)
-            about = (f"rnnkit train [{name}]: {task.summary}. The default task: `rnnkit train [options]` trains it. "
-                     f"Other tasks: {others} (`rnnkit train TASK --help`; `rnnkit tasks` says what each is).")
+            about = (
+                f"rnnkit train [{name}]: {task.summary}. The default task: `rnnkit train [options]` trains it. "
+                f"Other tasks: {others} (`rnnkit train TASK --help`; `rnnkit tasks` says what each is)."
+            )
         t = tasks.add_parser(name, help=task.summary, description=about)
-        t.add_argument("--config", metavar="FILE", help="a TOML, JSON or YAML file of settings, or a run's config.json "
-                                                        "(flags override it)")
-        t.add_argument("--resume", action="store_true",
-                       help="continue a run from its latest checkpoint: the one in --out, else the newest "
-                            f"runs/{name}[-k]; --max-steps counts the whole run's updates, --max-time the seconds of "
-                            "this session")
+        t.add_argument(
+            "--config",
+            metavar="FILE",
+            help="a TOML, JSON or YAML file of settings, or a run's config.json (flags override it)",
+        )
+        t.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue a run from its latest checkpoint: the one in --out, else the newest "
+            f"runs/{name}[-k]; --max-steps counts the whole run's updates, --max-time the seconds of "
+            "this session",
+        )
         t.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
-        t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on the last line")
-        t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (launches torchrun; "
-                                                              "--batch-size is the global batch, a multiple of N)")
+        t.add_argument(
+            "--json", action="store_true", help="print the final metrics as one JSON object on the last line"
+        )
+        t.add_argument(
+            "--nproc",
+            type=int,
+            metavar="N",
+            help="train with N processes on this machine (launches torchrun; "
+            "--batch-size is the global batch, a multiple of N)",
+        )
         add_task_options(t, task.Config)
 
 
@@ -136,8 +168,10 @@ def resolve_config(task_cls, args) -> object:
         cfg.out = str(run)
         runs = RunFolder.runs_of(task_cls.name)
         if not flags.get("out") and len(runs) > 1:
-            print(f"--resume: {len(runs)} {task_cls.name} runs; continuing the newest, {run} "
-                  f"(--out picks another: {', '.join(str(r) for r in runs[:-1])})")
+            print(
+                f"--resume: {len(runs)} {task_cls.name} runs; continuing the newest, {run} "
+                f"(--out picks another: {', '.join(str(r) for r in runs[:-1])})"
+            )
     if args.config:
         cfg = check_config(cls, read_config_file(args.config, task=task_cls.name), source=args.config, base=cfg)
     return check_config(cls, flags, source="flags", base=cfg)
@@ -158,8 +192,17 @@ def relaunch_command(args, nproc: int) -> list[str]:
             argv.append(flag if value else "--no-" + flag[2:])
         else:
             argv += [flag, "none" if value is None else repr(value) if isinstance(value, float) else str(value)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "rnnkit", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "rnnkit",
+        *argv,
+    ]
 
 
 def run(args) -> int:
@@ -171,8 +214,10 @@ def run(args) -> int:
     if nproc is not None and nproc < 1:
         raise UsageError(f"rnnkit train: --nproc must be an int ≥ 1, got {nproc}")
     if nproc is not None and nproc > 1 and distributed.launched() is not None:
-        raise UsageError("rnnkit train: --nproc starts its own processes; under torchrun leave it out "
-                         "(torchrun's --nproc_per_node says how many)")
+        raise UsageError(
+            "rnnkit train: --nproc starts its own processes; under torchrun leave it out "
+            "(torchrun's --nproc_per_node says how many)"
+        )
     if args.resume and args.overwrite:
         raise UsageError("rnnkit train: --resume and --overwrite exclude each other")
     cfg = resolve_config(task_cls, args)
@@ -194,9 +239,12 @@ def run(args) -> int:
     if over > 0:  # the first validation came after the budget, so it could not be planned for: say so
         budget += f", over by {over:.0f} s: the final validation took {result['validation_time']:.0f} s"
     validating = f"validating took {result['evaluation_time']:.1f} s, {100 * result['evaluation_share']:.1f} %"
-    print(f"\nfinished: {result['steps']} updates in {result['training_time']:.0f} s of training "
-          f"({result['stop_reason']}{budget}; {result['wall_time']:.0f} s in all, reading the data included; "
-          f"{validating}); validation {metric} {result[metric]:.4g}" + (f" (baseline {base:.4g})" if base is not None else ""))
+    print(
+        f"\nfinished: {result['steps']} updates in {result['training_time']:.0f} s of training "
+        f"({result['stop_reason']}{budget}; {result['wall_time']:.0f} s in all, reading the data included; "
+        f"{validating}); validation {metric} {result[metric]:.4g}"
+        + (f" (baseline {base:.4g})" if base is not None else "")
+    )
     run = RunFolder(out)
     print(f"checkpoints: {run.best}, {run.latest.name}; log: {run.log(cfg.log_format).name}; plot: {run.curves.name}")
     prog = invocation()

@@ -16,10 +16,10 @@
 """
 
 from .corpus import CharVocab, DataError, read_text, split_documents, stdlib_corpus, stdlib_documents
-from .datasets import digits, numbers_to_words, sunspots, tag_source, tagging
+from .datasets import PairsData, digits, numbers_to_words, sunspots, tag_source, tagging
 from .padding import Padded, PaddedBatch, SequenceCollate, SequenceDataset, collate_sequences, pad_sequences
-from .datasets import PairsData
 from .pairs import load_pairs, read_pairs
+from .synthetic import SequenceBatch, adding, copy_memory, heldout_generator, temporal_order
 from .text import (
     BOS,
     EOS,
@@ -33,7 +33,6 @@ from .text import (
     exact_match,
     pad_batch,
 )
-from .synthetic import SequenceBatch, adding, copy_memory, heldout_generator, temporal_order
 from .tokens import TokenCorpus, prepare_corpus
 
 __all__ = [

@@ -69,7 +69,12 @@ def split_documents(docs: list[str], every: int = 20) -> tuple[str, str]:
 
 
 # Byte-order marks of encodings other than UTF-8, for a message that says what the file is.
-_FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+_FOREIGN_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 TEXT_SUFFIXES = (".txt", ".py", ".md")  # the files a data folder contributes
 
 
@@ -84,7 +89,9 @@ def decode_text(raw: bytes, name: str) -> str:
     """
     for bom, encoding in _FOREIGN_BOMS:
         if raw.startswith(bom):
-            raise DataError(f"{name} is {encoding} text (byte-order mark at offset 0), expected UTF-8; re-encode it as UTF-8")
+            raise DataError(
+                f"{name} is {encoding} text (byte-order mark at offset 0), expected UTF-8; re-encode it as UTF-8"
+            )
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise DataError(f"{name} looks binary, expected UTF-8 text: NUL byte at offset {nul}")
@@ -159,7 +166,7 @@ class CharVocab:
             self._sorted = (points[order], order)
 
     @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
+    def from_text(cls, text: str) -> CharVocab:
         """The vocabulary of ``text``: its distinct characters, sorted."""
         return cls(sorted(set(text)))
 
@@ -193,6 +200,6 @@ class CharVocab:
         return json.dumps(self.chars, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "CharVocab":
+    def from_json(cls, text: str) -> CharVocab:
         """The inverse of :meth:`to_json`."""
         return cls(json.loads(text))

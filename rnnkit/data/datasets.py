@@ -42,7 +42,9 @@ def _require(module: str, package: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"{what} needs the package {package!r}, which is not installed: pip install rnnkit[tasks]") from e
+        raise ImportError(
+            f"{what} needs the package {package!r}, which is not installed: pip install rnnkit[tasks]"
+        ) from e
 
 
 def _check_int(value: Any, name: str, owner: str, minimum: int) -> int:
@@ -58,7 +60,9 @@ def _check_fractions(val_fraction: float, test_fraction: float, owner: str) -> N
         if not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ValueError(f"{owner}: {name} must be in (0, 1), got {f!r}")
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"{owner}: val_fraction + test_fraction must be < 1 to leave training data, got {val_fraction + test_fraction}")
+        raise ValueError(
+            f"{owner}: val_fraction + test_fraction must be < 1 to leave training data, got {val_fraction + test_fraction}"
+        )
 
 
 class Split(NamedTuple):
@@ -203,12 +207,18 @@ def seasonal_forecast(values: Tensor, origins: Tensor, horizon: int, period: int
 def forecast_mse(prediction: Tensor, target: Tensor) -> Tensor:
     """Mean squared error per horizon: (N, K), (N, K) → (K,)."""
     if prediction.shape != target.shape:
-        raise ValueError(f"forecast_mse: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}")
+        raise ValueError(
+            f"forecast_mse: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}"
+        )
     return ((prediction - target) ** 2).mean(dim=0)
 
 
 def sunspots(
-    window: int = 20, horizon: int = 1, val_fraction: float = 0.15, test_fraction: float = 0.15, period: int = SUNSPOT_PERIOD
+    window: int = 20,
+    horizon: int = 1,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    period: int = SUNSPOT_PERIOD,
 ) -> Sunspots:
     """statsmodels' yearly sunspot numbers (1700–2008, 309 years) as forecast windows.
 
@@ -338,7 +348,9 @@ def _sample_numbers(total: int, max_digits: int, gen: torch.Generator) -> list[i
     return list(seen)[:total]
 
 
-def numbers_to_words(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 1_000, max_digits: int = 6, seed: int = 0) -> PairsData:
+def numbers_to_words(
+    n_train: int = 20_000, n_val: int = 1_000, n_test: int = 1_000, max_digits: int = 6, seed: int = 0
+) -> PairsData:
     """Integers in digits → English words: a seq2seq task with different lengths and vocabularies.
 
     Sources are the digits of an integer with 1 … ``max_digits`` digits (the digit count
@@ -448,7 +460,9 @@ class Tagging(NamedTuple):
     skipped: list[str]
 
 
-def tagging(chunk_length: int = 200, max_chars: int = 4_000_000, every: int = 20, root: str | Path | None = None) -> Tagging:
+def tagging(
+    chunk_length: int = 200, max_chars: int = 4_000_000, every: int = 20, root: str | Path | None = None
+) -> Tagging:
     """Python source tagged per character (:func:`tag_source`), cut into chunks for batching.
 
     Whole files of the standard library (:func:`rnnkit.data.corpus.stdlib_files`, or the
@@ -518,7 +532,11 @@ def unigram_tag_accuracy(train: Split, test: Split, num_tags: int = len(TAGS)) -
 def __getattr__(name: str) -> Any:
     """Old names that still work, with a DeprecationWarning."""
     if name == "Seq2Seq":
-        warnings.warn("rnnkit.data.datasets.Seq2Seq is now PairsData (the name Seq2Seq is the model, rnnkit.Seq2Seq); "
-                      "the old name goes in a later release", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "rnnkit.data.datasets.Seq2Seq is now PairsData (the name Seq2Seq is the model, rnnkit.Seq2Seq); "
+            "the old name goes in a later release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return PairsData
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

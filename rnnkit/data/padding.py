@@ -25,7 +25,8 @@ feature shape (none for scalar steps such as token ids).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -121,8 +122,10 @@ def pad_sequences(
         if features is None:
             features = tuple(t.shape[1:])
         elif tuple(t.shape[1:]) != features:
-            raise ValueError(f"{owner}: sequence {k} has feature shape {tuple(t.shape[1:])} (shape {tuple(t.shape)}), "
-                             f"expected {features} like sequence 0")
+            raise ValueError(
+                f"{owner}: sequence {k} has feature shape {tuple(t.shape[1:])} (shape {tuple(t.shape)}), "
+                f"expected {features} like sequence 0"
+            )
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         raise ValueError(f"{owner}: the sequences are on several devices {sorted(map(str, devices))}; expected one")
@@ -189,13 +192,21 @@ class SequenceCollate:
         paired = [_is_pair(item) for item in items]
         if any(paired) and not all(paired):
             k = paired.index(False)
-            raise TypeError(f"{owner}: item {k} is not a (sequence, target) pair like item {paired.index(True)}; "
-                            f"got {type(items[k]).__name__}")
+            raise TypeError(
+                f"{owner}: item {k} is not a (sequence, target) pair like item {paired.index(True)}; "
+                f"got {type(items[k]).__name__}"
+            )
         if not all(paired):
-            x, lengths = pad_sequences(items, batch_first=self.batch_first, padding_value=self.padding_value, dtype=self.dtype)
+            x, lengths = pad_sequences(
+                items, batch_first=self.batch_first, padding_value=self.padding_value, dtype=self.dtype
+            )
             return PaddedBatch(x, lengths, None)
-        x, lengths = pad_sequences([item[0] for item in items], batch_first=self.batch_first,
-                                   padding_value=self.padding_value, dtype=self.dtype)
+        x, lengths = pad_sequences(
+            [item[0] for item in items],
+            batch_first=self.batch_first,
+            padding_value=self.padding_value,
+            dtype=self.dtype,
+        )
         targets = [_as_tensor(item[1], k, owner, "target") for k, item in enumerate(items)]
         return PaddedBatch(x, lengths, self._targets(targets, lengths, owner))
 
@@ -206,8 +217,10 @@ class SequenceCollate:
         if self.per_step:
             if not matches:
                 k = next(k for k, (t, n) in enumerate(zip(targets, lengths)) if t.dim() < 1 or t.shape[0] != int(n))
-                raise ValueError(f"{owner}: per-step targets must have their sequence's length first; target {k} has "
-                                 f"shape {tuple(targets[k].shape)}, its sequence {int(lengths[k])} steps")
+                raise ValueError(
+                    f"{owner}: per-step targets must have their sequence's length first; target {k} has "
+                    f"shape {tuple(targets[k].shape)}, its sequence {int(lengths[k])} steps"
+                )
             dtype = _result_dtype(targets, None)
             pad = self.target_padding_value
             if pad is None:
@@ -215,13 +228,17 @@ class SequenceCollate:
             return pad_sequences(targets, batch_first=self.batch_first, padding_value=pad, dtype=dtype).data
         shapes = {tuple(t.shape) for t in targets}
         if len(shapes) > 1:
-            raise ValueError(f"{owner}: targets of one per sequence must all have one shape, got {sorted(shapes)}"
-                             + (" (per_step=False was set)" if matches else ""))
+            raise ValueError(
+                f"{owner}: targets of one per sequence must all have one shape, got {sorted(shapes)}"
+                + (" (per_step=False was set)" if matches else "")
+            )
         return torch.stack([t.to(_result_dtype(targets, None)) for t in targets])  # (B, …)
 
     def __repr__(self) -> str:
-        return (f"SequenceCollate(batch_first={self.batch_first}, padding_value={self.padding_value}, "
-                f"target_padding_value={self.target_padding_value}, per_step={self.per_step})")
+        return (
+            f"SequenceCollate(batch_first={self.batch_first}, padding_value={self.padding_value}, "
+            f"target_padding_value={self.target_padding_value}, per_step={self.per_step})"
+        )
 
 
 def _is_pair(item: Any) -> bool:
@@ -252,7 +269,9 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, sequences: Sequence[Any], targets: Sequence[Any] | None = None) -> None:
         if targets is not None and len(targets) != len(sequences):
-            raise ValueError(f"SequenceDataset: {len(sequences)} sequences but {len(targets)} targets; expected one each")
+            raise ValueError(
+                f"SequenceDataset: {len(sequences)} sequences but {len(targets)} targets; expected one each"
+            )
         self.sequences, self.targets = sequences, targets
 
     def __len__(self) -> int:

@@ -16,8 +16,8 @@ Symbols: S source length, U target length (BOS and EOS included), N pairs.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .corpus import DataError
 from .datasets import PairsData, Seq2SeqSplit
@@ -41,8 +41,10 @@ def read_pairs(path: str | Path) -> list[Pair]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                f"save the file as UTF-8") from None
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    f"save the file as UTF-8"
+                ) from None
             if number == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
             line = line.rstrip("\r\n")
@@ -61,7 +63,9 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def holdout_split(pairs: Sequence[Pair], val_fraction: float, test_fraction: float) -> tuple[list[Pair], list[Pair], list[Pair]]:
+def holdout_split(
+    pairs: Sequence[Pair], val_fraction: float, test_fraction: float
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(train, val, test) of ``pairs``, in their order: a pair is test if crc32(source) mod 10 000
     < 10 000 · test_fraction, validation if below (test_fraction + val_fraction) · 10 000, else
     training. A fraction of 0 holds nothing out for that split."""
@@ -69,8 +73,10 @@ def holdout_split(pairs: Sequence[Pair], val_fraction: float, test_fraction: flo
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
             raise ValueError(f"holdout_split: {name} must be in [0, 1), got {f!r}")
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"holdout_split: val_fraction + test_fraction must be < 1 to leave training pairs, "
-                         f"got {val_fraction + test_fraction}")
+        raise ValueError(
+            f"holdout_split: val_fraction + test_fraction must be < 1 to leave training pairs, "
+            f"got {val_fraction + test_fraction}"
+        )
     parts: tuple[list[Pair], list[Pair], list[Pair]] = ([], [], [])
     test_end, val_end = round(10_000 * test_fraction), round(10_000 * (test_fraction + val_fraction))
     for pair in pairs:
@@ -88,14 +94,24 @@ def encode_pairs(pairs: Sequence[Pair], source_vocab: TokenVocab, target_vocab: 
     src, src_len = source_vocab.batch(sources)
     if int(src_len.min()) == 0:
         k = int((src_len == 0).nonzero()[0])
-        raise DataError(f"encode_pairs: the source {sources[k]!r} has no symbol of the vocabulary's kind ({source_vocab.split})")
+        raise DataError(
+            f"encode_pairs: the source {sources[k]!r} has no symbol of the vocabulary's kind ({source_vocab.split})"
+        )
     tgt, tgt_len = target_vocab.batch(targets, bos=True, eos=True)
     return Seq2SeqSplit(src, src_len, tgt, tgt_len, sources, targets)
 
 
-def load_pairs(path: str | Path, *, val: str | Path | None = None, test: str | Path | None = None,
-               val_fraction: float = 0.1, test_fraction: float = 0.1, min_count: int = 1, split: str = "chars",
-               vocabs: tuple[TokenVocab, TokenVocab] | None = None) -> PairsData:
+def load_pairs(
+    path: str | Path,
+    *,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    min_count: int = 1,
+    split: str = "chars",
+    vocabs: tuple[TokenVocab, TokenVocab] | None = None,
+) -> PairsData:
     """Read a pairs file into vocabularies and train/val/test splits.
 
     Validation and test pairs are the files ``val`` and ``test`` when given, else held out of
@@ -106,16 +122,21 @@ def load_pairs(path: str | Path, *, val: str | Path | None = None, test: str | P
     """
     pairs = read_pairs(path)
     extra = {name: read_pairs(p) for name, p in (("val", val), ("test", test)) if p is not None}
-    train, held_val, held_test = holdout_split(pairs, 0.0 if val is not None else val_fraction,
-                                               0.0 if test is not None else test_fraction)
+    train, held_val, held_test = holdout_split(
+        pairs, 0.0 if val is not None else val_fraction, 0.0 if test is not None else test_fraction
+    )
     parts = {"train": train, "val": extra.get("val", held_val), "test": extra.get("test", held_test)}
     for name, part in parts.items():
         if not part:
-            how = {"train": "lower val_fraction and test_fraction",
-                   "val": "give more pairs, a larger val_fraction, or a validation file",
-                   "test": "give more pairs, a larger test_fraction, or a test file"}[name]
+            how = {
+                "train": "lower val_fraction and test_fraction",
+                "val": "give more pairs, a larger val_fraction, or a validation file",
+                "test": "give more pairs, a larger test_fraction, or a test file",
+            }[name]
             raise DataError(f"the {name} split of {len(pairs)} pairs from {path} is empty: {how}")
     if vocabs is None:
-        vocabs = (TokenVocab.from_texts([s for s, _ in train], min_count=min_count, split=split),
-                  TokenVocab.from_texts([t for _, t in train], min_count=min_count, split=split))
+        vocabs = (
+            TokenVocab.from_texts([s for s, _ in train], min_count=min_count, split=split),
+            TokenVocab.from_texts([t for _, t in train], min_count=min_count, split=split),
+        )
     return PairsData(*vocabs, *(encode_pairs(parts[k], *vocabs) for k in ("train", "val", "test")))

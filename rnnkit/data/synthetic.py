@@ -155,7 +155,9 @@ def adding_correct(prediction: Tensor, target: Tensor, tolerance: float = ADDING
     """Which sequences are processed correctly: ``|prediction − target| < 0.04``. Bool (N,)."""
     prediction = torch.as_tensor(prediction)
     if prediction.shape != target.shape:
-        raise ValueError(f"adding_correct: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}")
+        raise ValueError(
+            f"adding_correct: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}"
+        )
     return (prediction - target).abs() < tolerance
 
 
@@ -265,7 +267,9 @@ def temporal_order(
     previous = 1  # position 1 holds E
     for k, (lo, hi) in enumerate(windows):
         if lo <= previous:
-            raise ValueError(f"{owner}: positions[{k}] = {(lo, hi)} must start after position {previous} (E, or the previous window)")
+            raise ValueError(
+                f"{owner}: positions[{k}] = {(lo, hi)} must start after position {previous} (E, or the previous window)"
+            )
         previous = hi
     if previous >= lo_len:
         raise ValueError(
@@ -284,7 +288,9 @@ def temporal_order(
     symbols[0] = _E
     symbols[lengths - 1, rows] = _B
     valid = torch.arange(hi_len).unsqueeze(1) < lengths  # (T, N)
-    inputs = torch.nn.functional.one_hot(symbols, len(TEMPORAL_ORDER_SYMBOLS)).float() * valid.unsqueeze(-1)  # (T, N, 8)
+    inputs = torch.nn.functional.one_hot(symbols, len(TEMPORAL_ORDER_SYMBOLS)).float() * valid.unsqueeze(
+        -1
+    )  # (T, N, 8)
     return SequenceBatch(inputs, targets, lengths)
 
 
@@ -297,7 +303,9 @@ def temporal_order_correct(output: Tensor, target: Tensor, tolerance: float | No
     one-hot target.
     """
     if output.dim() != 2 or output.shape[0] != target.shape[0]:
-        raise ValueError(f"temporal_order_correct: output must be (N, K) with N = {target.shape[0]}, got {tuple(output.shape)}")
+        raise ValueError(
+            f"temporal_order_correct: output must be (N, K) with N = {target.shape[0]}, got {tuple(output.shape)}"
+        )
     if tolerance is None:
         return output.argmax(dim=1) == target
     one_hot = torch.nn.functional.one_hot(target, output.shape[1]).to(output.dtype)  # (N, K)
@@ -323,7 +331,9 @@ def temporal_order_baseline(relevant: int = 2) -> dict[str, float]:
 COPY_BLANK = 0  # a_0, the blank; a_1 … a_8 are the symbols to remember; a_9 the delimiter
 
 
-def copy_memory(n: int, T: int, generator: torch.Generator | int, *, symbols: int = 8, memorize: int = 10) -> SequenceBatch:
+def copy_memory(
+    n: int, T: int, generator: torch.Generator | int, *, symbols: int = 8, memorize: int = 10
+) -> SequenceBatch:
     r"""The copy memory problem of Arjovsky, Shah & Bengio (2016), section 4.1.
 
     Categories: 0 the blank :math:`a_0`, 1 … 8 the symbols :math:`a_1 … a_8`, 9 the delimiter
@@ -384,6 +394,8 @@ def copy_memory_accuracy(logits: Tensor, targets: Tensor, memorize: int = 10) ->
     ``logits`` (T, N, K), ``targets`` (T, N). The memoryless strategy scores 1/8 here.
     """
     if logits.dim() != 3 or logits.shape[:2] != targets.shape:
-        raise ValueError(f"copy_memory_accuracy: logits must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"copy_memory_accuracy: logits must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got {tuple(logits.shape)}"
+        )
     pred = logits[-memorize:].argmax(dim=-1)  # (memorize, N)
     return float((pred == targets[-memorize:]).double().mean())

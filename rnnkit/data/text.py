@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -89,8 +90,15 @@ class TokenVocab:
         self._join = "" if split == "chars" else " "
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], *, min_count: int = 1, max_size: int | None = None, unk: bool = True,
-                   split: str = "chars") -> "TokenVocab":
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        *,
+        min_count: int = 1,
+        max_size: int | None = None,
+        unk: bool = True,
+        split: str = "chars",
+    ) -> TokenVocab:
         """The vocabulary of ``texts``: their symbols seen at least ``min_count`` times, the
         ``max_size`` most frequent of them if given (ties: the symbol that sorts first), in sorted
         order so the same texts always give the same ids.
@@ -118,14 +126,20 @@ class TokenVocab:
         if max_size is not None:
             kept = kept[:max_size]
         if not kept:
-            raise DataError(f"{owner}: no symbol occurs {min_count} times or more in the texts ({len(counts)} distinct)")
+            raise DataError(
+                f"{owner}: no symbol occurs {min_count} times or more in the texts ({len(counts)} distinct)"
+            )
         return cls(sorted(kept), unk=unk, split=split)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TokenVocab) and (self.tokens, self.unk, self.split) == (other.tokens, other.unk, other.split)
+        return isinstance(other, TokenVocab) and (self.tokens, self.unk, self.split) == (
+            other.tokens,
+            other.unk,
+            other.split,
+        )
 
     def __repr__(self) -> str:
         return f"TokenVocab({len(self.symbols)} {self.split}{', unk' if self.unk else ''}; {len(self)} ids with the specials)"
@@ -133,7 +147,7 @@ class TokenVocab:
     @property
     def symbols(self) -> list[str]:
         """The vocabulary's own symbols (after the specials), in id order."""
-        return self.tokens[len(SPECIALS) + self.unk:]
+        return self.tokens[len(SPECIALS) + self.unk :]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Ids of ``text``, optionally framed by BOS/EOS; a symbol not in the vocabulary becomes
@@ -144,14 +158,16 @@ class TokenVocab:
             try:
                 ids = [self.index[s] for s in self._split(text)]
             except KeyError as e:
-                raise DataError(f"{'character' if self.split == 'chars' else 'word'} {e.args[0]!r} is not in the "
-                                f"vocabulary (build it with unk=True to map unseen symbols to UNK)") from None
+                raise DataError(
+                    f"{'character' if self.split == 'chars' else 'word'} {e.args[0]!r} is not in the "
+                    f"vocabulary (build it with unk=True to map unseen symbols to UNK)"
+                ) from None
         return [BOS] * bos + ids + [EOS] * eos
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
         """The text up to the first EOS; PAD and BOS are skipped, UNK is written ``�``."""
         out = []
-        for i in (ids.tolist() if isinstance(ids, Tensor) else ids):
+        for i in ids.tolist() if isinstance(ids, Tensor) else ids:
             if i == EOS:
                 break
             if i == UNK and self.unk:
@@ -173,7 +189,7 @@ class TokenVocab:
         return {"symbols": self.symbols, "unk": self.unk, "split": self.split}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | list[str]) -> "TokenVocab":
+    def from_dict(cls, d: dict[str, Any] | list[str]) -> TokenVocab:
         """The inverse of :meth:`to_dict`; a plain list of symbols (older checkpoints) is a
         character vocabulary without UNK."""
         if isinstance(d, list):
@@ -204,7 +220,9 @@ def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], owner: st
         if isinstance(v, str):
             raise TypeError(f"{owner}: {name} must be a list of strings, got one string (wrap it: [text])")
     if len(hypotheses) != len(references) or not references:
-        raise ValueError(f"{owner}: need as many hypotheses as references (at least one), got {len(hypotheses)} and {len(references)}")
+        raise ValueError(
+            f"{owner}: need as many hypotheses as references (at least one), got {len(hypotheses)} and {len(references)}"
+        )
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -288,7 +306,9 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     try:
         sacrebleu = importlib.import_module("sacrebleu")
     except ImportError as e:
-        raise ImportError("BLEU needs the package 'sacrebleu', which is not installed: pip install rnnkit[tasks]") from e
+        raise ImportError(
+            "BLEU needs the package 'sacrebleu', which is not installed: pip install rnnkit[tasks]"
+        ) from e
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 

@@ -44,9 +44,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -96,8 +96,10 @@ def _strict_blocks(path: Path) -> Iterator[np.ndarray]:
             if offset == 0:
                 for bom, encoding in _FOREIGN_BOMS:
                     if raw.startswith(bom):
-                        raise DataError(f"{name} is {encoding} text (byte-order mark at offset 0), expected UTF-8; "
-                                        "re-encode it as UTF-8")
+                        raise DataError(
+                            f"{name} is {encoding} text (byte-order mark at offset 0), expected UTF-8; "
+                            "re-encode it as UTF-8"
+                        )
                 if raw.startswith(codecs.BOM_UTF8):
                     raw, offset = raw[3:], 3
             if not raw:
@@ -125,8 +127,10 @@ def _undecodable(path: Path, at: int) -> None:
     with path.open("rb") as f:
         head = f.read(at + 1)
     line = head.count(b"\n", 0, at) + 1
-    raise DataError(f"{str(path)!r} is not UTF-8 text: undecodable byte 0x{head[at]:02x} at offset {at} (line {line}); "
-                    "re-encode it as UTF-8")
+    raise DataError(
+        f"{str(path)!r} is not UTF-8 text: undecodable byte 0x{head[at]:02x} at offset {at} (line {line}); "
+        "re-encode it as UTF-8"
+    )
 
 
 def _stdlib_blocks(path: Path) -> Iterator[np.ndarray]:
@@ -155,7 +159,7 @@ class CorpusSource:
     where: str = "the stdlib corpus"
 
     @classmethod
-    def of(cls, data: str | os.PathLike | None) -> "CorpusSource":
+    def of(cls, data: str | os.PathLike | None) -> CorpusSource:
         """A user's file or folder (:func:`~rnnkit.data.corpus.text_files`), or None: the stdlib."""
         if data is None:
             return cls(stdlib_files(), "stdlib", "stdlib")
@@ -176,8 +180,13 @@ class CorpusSource:
 
 def cache_key(source: CorpusSource, max_chars: int | None, holdout_every: int) -> str:
     """The hash that names a corpus's cache entry: the source's identity and the settings."""
-    doc = {"format": FORMAT, "policy": source.policy, "files": source.identity(), "max_chars": max_chars,
-           "holdout_every": holdout_every}
+    doc = {
+        "format": FORMAT,
+        "policy": source.policy,
+        "files": source.identity(),
+        "max_chars": max_chars,
+        "holdout_every": holdout_every,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -198,8 +207,11 @@ def holdout_segments(lengths: list[int], holdout_every: int) -> list[tuple[int, 
         held = [k for k in range(len(lengths)) if k % n == n - 1]
         split = len(held) >= 2
         for k, size in enumerate(lengths):
-            part = SPLITS["train"] if k % n != n - 1 else (SPLITS["val"] if not split or held.index(k) % 2 == 0
-                                                             else SPLITS["test"])
+            part = (
+                SPLITS["train"]
+                if k % n != n - 1
+                else (SPLITS["val"] if not split or held.index(k) % 2 == 0 else SPLITS["test"])
+            )
             segs.append((start, start + size, part, k))
             start += size
         return segs
@@ -325,8 +337,9 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
     at, bar = 0, _progress(size, "encoding")
     try:
         with (folder / "tokens.npy").open("wb") as f:
-            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                                                     "shape": (C,)})
+            np.lib.format.write_array_header_2_0(
+                f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (C,)}
+            )
             for doc, block in _read_capped(source, max_chars, bar):
                 if not block.size:
                     continue
@@ -343,12 +356,24 @@ def _build(source: CorpusSource, max_chars: int | None, holdout_every: int, fold
         if bar is not None:
             bar.close()
     if at != C:
-        raise DataError(f"{source.where}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)")
+        raise DataError(
+            f"{source.where}: the corpus changed while it was being prepared ({C:,} then {at:,} characters)"
+        )
     np.save(folder / "segments.npy", segments)
-    meta = {"format": FORMAT, "source": source.name, "policy": source.policy, "identity": source.identity(),
-            "max_chars": max_chars, "holdout_every": holdout_every, "dtype": dtype.name, "tokens": C,
-            "files": len(lengths), "vocab": [chr(c) for c in code_points.tolist()], "counts": counts.tolist(),
-            "seconds": round(time.monotonic() - tick, 3)}
+    meta = {
+        "format": FORMAT,
+        "source": source.name,
+        "policy": source.policy,
+        "identity": source.identity(),
+        "max_chars": max_chars,
+        "holdout_every": holdout_every,
+        "dtype": dtype.name,
+        "tokens": C,
+        "files": len(lengths),
+        "vocab": [chr(c) for c in code_points.tolist()],
+        "counts": counts.tolist(),
+        "seconds": round(time.monotonic() - tick, 3),
+    }
     with (folder / "meta.json").open("w", encoding="utf-8") as f:  # last: an entry without it is unfinished
         json.dump(meta, f, ensure_ascii=False)
         f.flush()
@@ -370,8 +395,9 @@ def load_corpus(folder: str | os.PathLike) -> TokenCorpus:
         vocab = CharVocab(meta["vocab"])
         tokens = np.load(folder / "tokens.npy", mmap_mode="r")
         if tokens.dtype != np.dtype(meta["dtype"]) or tokens.shape != (meta["tokens"],):
-            raise ValueError(f"tokens.npy holds {tokens.shape} {tokens.dtype}, meta.json says ({meta['tokens']},) "
-                             f"{meta['dtype']}")
+            raise ValueError(
+                f"tokens.npy holds {tokens.shape} {tokens.dtype}, meta.json says ({meta['tokens']},) {meta['dtype']}"
+            )
         if token_dtype(len(vocab)) != tokens.dtype:
             raise ValueError(f"a vocabulary of {len(vocab)} is not stored as {tokens.dtype}")
         segments = np.load(folder / "segments.npy")
@@ -399,8 +425,14 @@ def _stale_temporaries(root: Path, name: str) -> None:
             pass  # another user's live process
 
 
-def prepare_corpus(data: str | os.PathLike | None, *, max_chars: int | None = None, holdout_every: int = 20,
-                   root: str | os.PathLike | None = None, log: Callable[[str], None] = lambda s: None) -> TokenCorpus:
+def prepare_corpus(
+    data: str | os.PathLike | None,
+    *,
+    max_chars: int | None = None,
+    holdout_every: int = 20,
+    root: str | os.PathLike | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> TokenCorpus:
     """The token file of a corpus, from the cache when it is there, else encoded into it first.
 
     Args:
@@ -437,7 +469,9 @@ def prepare_corpus(data: str | os.PathLike | None, *, max_chars: int | None = No
     tmp.mkdir()
     size = sum(p.stat().st_size for p in source.files)
     cap = "" if max_chars is None else f", the first {max_chars:,} characters"
-    log(f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files{cap}) into {entry} ...")
+    log(
+        f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files{cap}) into {entry} ..."
+    )
     tick = time.monotonic()
     try:
         _build(source, max_chars, holdout_every, tmp, log)
@@ -449,6 +483,8 @@ def prepare_corpus(data: str | os.PathLike | None, *, max_chars: int | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     corpus = load_corpus(entry)
-    log(f"prepared {len(corpus.tokens):,} characters ({corpus.tokens.dtype}, vocabulary {len(corpus.vocab)}) "
-        f"in {time.monotonic() - tick:.1f} s")
+    log(
+        f"prepared {len(corpus.tokens):,} characters ({corpus.tokens.dtype}, vocabulary {len(corpus.vocab)}) "
+        f"in {time.monotonic() - tick:.1f} s"
+    )
     return corpus

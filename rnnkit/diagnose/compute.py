@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,9 @@ def check_sequence(x: Any, cell: RecurrentCell, owner: str) -> Tensor:
     if x.dim() != 3:
         raise ValueError(f"{owner}: x must have shape (T, B, I), got {x.dim()}-D shape {tuple(x.shape)}")
     if x.shape[-1] != cell.input_size:
-        raise ValueError(f"{owner}: x has width {x.shape[-1]} (shape {tuple(x.shape)}), expected input_size={cell.input_size}")
+        raise ValueError(
+            f"{owner}: x has width {x.shape[-1]} (shape {tuple(x.shape)}), expected input_size={cell.input_size}"
+        )
     if x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"{owner}: x needs at least one step and one sequence, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -233,7 +236,9 @@ class GradientFlow:
         }
 
 
-def gradient_vs_lag(cell: RecurrentCell, x: Tensor, state: Any = None, *, loss: str = "last", seed: int = 0) -> GradientFlow:
+def gradient_vs_lag(
+    cell: RecurrentCell, x: Tensor, state: Any = None, *, loss: str = "last", seed: int = 0
+) -> GradientFlow:
     """Measure ‖∂L/∂h(T−k)‖ for k = 0 … T by back-propagation through ``cell`` over ``x``.
 
     Args:
@@ -275,7 +280,9 @@ def gradient_vs_lag(cell: RecurrentCell, x: Tensor, state: Any = None, *, loss: 
     if c_name:
         gc = torch.stack(grads[len(hs) :][::-1])  # (K+1, B, H)
         memory = gc.norm(dim=-1).mean(dim=1)
-    return GradientFlow(loss, grad_norm.detach(), None if memory is None else memory.detach(), gh.abs().mean(dim=1).detach())
+    return GradientFlow(
+        loss, grad_norm.detach(), None if memory is None else memory.detach(), gh.abs().mean(dim=1).detach()
+    )
 
 
 # -- Jacobian products ------------------------------------------------------------------------
@@ -335,7 +342,9 @@ class JacobianProducts:
         }
 
 
-def jacobian_products(cell: RecurrentCell, x: Tensor, state: Any = None, *, top: int = 4, sequences: int | None = None) -> JacobianProducts:
+def jacobian_products(
+    cell: RecurrentCell, x: Tensor, state: Any = None, *, top: int = 4, sequences: int | None = None
+) -> JacobianProducts:
     r"""∂s(T)/∂s(T−k) for k = 0 … T along the run of ``cell`` over ``x``, by multiplying the
     per-step Jacobians :math:`J(T) \cdots J(T-k+1)` (:func:`step_jacobian`) in float64.
 
@@ -432,7 +441,7 @@ def _matrix_label(path: str) -> str:
     """A recurrent matrix's name in :func:`recurrent_matrices`: its path with the last part's
     ``weight_`` dropped (``"weight_skip"`` → ``"skip"``, ``"cell.weight_skip"`` → ``"cell.skip"``)."""
     head, dot, last = path.rpartition(".")
-    return head + dot + (last[len("weight_"):] if last.startswith("weight_") else last)
+    return head + dot + (last[len("weight_") :] if last.startswith("weight_") else last)
 
 
 @dataclass
@@ -481,7 +490,11 @@ def matrix_spectrum(W: Tensor, max_power: int = 100) -> MatrixSpectrum:
     for t in range(max_power + 1):
         if t > 0:
             power = power @ W  # W^t
-        norms.append(torch.linalg.matrix_norm(power, ord=2) if torch.isfinite(power).all() else torch.tensor(math.inf, dtype=W.dtype))
+        norms.append(
+            torch.linalg.matrix_norm(power, ord=2)
+            if torch.isfinite(power).all()
+            else torch.tensor(math.inf, dtype=W.dtype)
+        )
     return MatrixSpectrum(tuple(W.shape), eig, float(eig.abs().max()), sv, torch.stack(norms))
 
 
@@ -491,8 +504,17 @@ def spectrum(cell: RecurrentCell, max_power: int = 100) -> dict[str, MatrixSpect
 
 
 # -- saturation ---------------------------------------------------------------------------------
-_KINDS = {torch.tanh: "tanh", Tensor.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid", Tensor.sigmoid: "sigmoid",
-          F.sigmoid: "sigmoid", torch.relu: "relu", Tensor.relu: "relu", F.relu: "relu"}
+_KINDS = {
+    torch.tanh: "tanh",
+    Tensor.tanh: "tanh",
+    F.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    Tensor.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    torch.relu: "relu",
+    Tensor.relu: "relu",
+    F.relu: "relu",
+}
 
 
 class _RecordNonlinearities(TorchFunctionMode):
@@ -528,7 +550,7 @@ class Histogram:
     counts: Tensor  # (bins,)
 
     @classmethod
-    def of(cls, values: Tensor, bins: int = 40, lo: float | None = None, hi: float | None = None) -> "Histogram":
+    def of(cls, values: Tensor, bins: int = 40, lo: float | None = None, hi: float | None = None) -> Histogram:
         """The histogram of ``values`` over [lo, hi] (default: their own range)."""
         values = values.flatten().double()
         lo = float(values.min()) if lo is None else lo
@@ -571,7 +593,9 @@ class NonlinearityStats:
         }
 
 
-def nonlinearity_stats(kind: str, a: Tensor, threshold: float = SATURATION_THRESHOLD, bins: int = 40) -> NonlinearityStats:
+def nonlinearity_stats(
+    kind: str, a: Tensor, threshold: float = SATURATION_THRESHOLD, bins: int = 40
+) -> NonlinearityStats:
     """Saturation, mean derivative and histograms of φ(a) for φ of ``kind`` over pre-activations ``a``."""
     a = a.double()
     if kind == "tanh":
@@ -616,10 +640,15 @@ def record_nonlinearities(cell: RecurrentCell, x: Tensor, state: Any = None) -> 
     names = nonlinearity_names(cell)
     if names is None or len(names) != len(kinds):
         names = [f"{kind}{j}" for j, kind in enumerate(kinds)]
-    return {name: (kind, torch.stack([calls[j][1] for calls in per_step])) for j, (name, kind) in enumerate(zip(names, kinds))}
+    return {
+        name: (kind, torch.stack([calls[j][1] for calls in per_step]))
+        for j, (name, kind) in enumerate(zip(names, kinds))
+    }
 
 
-def saturation(cell: RecurrentCell, x: Tensor, state: Any = None, threshold: float = SATURATION_THRESHOLD) -> dict[str, NonlinearityStats]:
+def saturation(
+    cell: RecurrentCell, x: Tensor, state: Any = None, threshold: float = SATURATION_THRESHOLD
+) -> dict[str, NonlinearityStats]:
     """How saturated each non-linearity of ``cell`` is over the run on ``x`` (T, B, I).
 
     Saturated units have φ'(a) near 0, so D(a) in every Jacobian J(t) = D(a(t)) W shrinks the
@@ -627,7 +656,10 @@ def saturation(cell: RecurrentCell, x: Tensor, state: Any = None, threshold: flo
     """
     if not (isinstance(threshold, float) and 0.5 < threshold < 1):
         raise ValueError(f"saturation: threshold must be a float in (0.5, 1), got {threshold!r}")
-    return {name: nonlinearity_stats(kind, a, threshold) for name, (kind, a) in record_nonlinearities(cell, x, state).items()}
+    return {
+        name: nonlinearity_stats(kind, a, threshold)
+        for name, (kind, a) in record_nonlinearities(cell, x, state).items()
+    }
 
 
 # -- time scales of leaky and clockwork cells -------------------------------------------------
@@ -840,7 +872,10 @@ def capture_layer_inputs(model: nn.Module, run: Callable[[nn.Module], Any]) -> d
             if module.reverse:
                 x = x.flip(0)
             if name not in captured:  # the first call: a model may call a layer again
-                captured[name] = (x.detach().clone(), None if state is None else map_state(lambda t: t.detach().clone(), state))
+                captured[name] = (
+                    x.detach().clone(),
+                    None if state is None else map_state(lambda t: t.detach().clone(), state),
+                )
 
         handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     was_training = model.training

@@ -9,8 +9,8 @@ no global state and no display needed — at ``FIGSIZE`` inches and ``DPI`` dots
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,7 +54,13 @@ def plot_gradient_vs_lag(flows: Mapping[str, GradientFlow], path: str | Path) ->
         base = float(flow.grad_norm[0]) or 1.0
         ax.plot(flow.lags, _positive(flow.grad_norm / base), color=color, label=name)
         if flow.memory_grad_norm is not None:
-            ax.plot(flow.lags, _positive(flow.memory_grad_norm / base), color=color, linestyle="--", label=f"{name}: memory c")
+            ax.plot(
+                flow.lags,
+                _positive(flow.memory_grad_norm / base),
+                color=color,
+                linestyle="--",
+                label=f"{name}: memory c",
+            )
         losses.add(flow.loss)
     ax.set_yscale("log")
     ax.set_xlabel("lag k (steps back from the last step T)")
@@ -80,7 +86,9 @@ def plot_jacobian_products(products: Mapping[str, JacobianProducts], path: str |
                 left.plot(lags, _positive(jp.blocks[block]), color=color, linestyle="--", label=f"{name}: ∂c/∂c")
         sv = jp.singular_values[jp.output_block]  # (K+1, top)
         for i in range(sv.shape[1]):
-            right.plot(lags, _positive(sv[:, i]), color=color, linewidth=1.5 if i == 0 else 0.7, label=name if i == 0 else None)
+            right.plot(
+                lags, _positive(sv[:, i]), color=color, linewidth=1.5 if i == 0 else 0.7, label=name if i == 0 else None
+            )
     for ax in (left, right):
         ax.set_yscale("log")
         ax.set_xlabel("k")
@@ -104,7 +112,9 @@ def plot_spectrum(name: str, spectra: Mapping[str, MatrixSpectrum], path: str | 
         if s.eigenvalues is None:
             left.plot([], [], " ", label=f"W_{matrix}: {s.shape[0]}×{s.shape[1]}, no eigenvalues")
             continue
-        left.scatter(s.eigenvalues.real, s.eigenvalues.imag, s=10, color=color, label=f"W_{matrix}: ρ = {s.spectral_radius:.3g}")
+        left.scatter(
+            s.eigenvalues.real, s.eigenvalues.imag, s=10, color=color, label=f"W_{matrix}: ρ = {s.spectral_radius:.3g}"
+        )
         t = list(range(s.power_norms.shape[0]))
         right.plot(t, _positive(s.power_norms), color=color, label=f"‖W_{matrix}^t‖")
         rho = torch.tensor(s.spectral_radius, dtype=torch.float64) ** torch.arange(len(t), dtype=torch.float64)
@@ -131,7 +141,9 @@ def plot_saturation(name: str, stats: Mapping[str, NonlinearityStats], path: str
     for j, (label, s) in enumerate(stats.items()):
         color = f"C{j % 10}"
         text = f"{label} ({s.kind}): {100 * s.saturated:.1f}% saturated"
-        left.stairs(s.pre_activation.counts / s.pre_activation.counts.sum(), s.pre_activation.edges, color=color, label=text)
+        left.stairs(
+            s.pre_activation.counts / s.pre_activation.counts.sum(), s.pre_activation.edges, color=color, label=text
+        )
         right.stairs(s.value.counts / s.value.counts.sum(), s.value.edges, color=color, label=label)
     left.set_xlabel("pre-activation a")
     right.set_xlabel("φ(a)")
@@ -160,8 +172,16 @@ def plot_time_scales(name: str, scales: TimeScales, path: str | Path) -> Path:
         base = float(curve[0]) or 1.0
         lags = torch.arange(curve.shape[0], dtype=torch.float64)
         measured = scales.group_decay_time.get(label, math.nan)
-        right.plot(lags.tolist(), _positive(curve / base), color=color, label=f"{label}: measured decay {measured:.3g} steps")
-        right.plot(lags.tolist(), _positive(torch.exp(-lags / scales.group_scale[label])), color=color, linestyle="--", linewidth=0.8)
+        right.plot(
+            lags.tolist(), _positive(curve / base), color=color, label=f"{label}: measured decay {measured:.3g} steps"
+        )
+        right.plot(
+            lags.tolist(),
+            _positive(torch.exp(-lags / scales.group_scale[label])),
+            color=color,
+            linestyle="--",
+            linewidth=0.8,
+        )
     right.set_yscale("log")
     right.set_xlabel("lag k")
     right.set_title("gradient per group (dashed: exp(−k/τ))", fontsize="medium")
@@ -181,7 +201,14 @@ def plot_clipping(log: TrainingLog, path: str | Path) -> Path:
         xs, ys = zip(*clipped)
         ax.scatter(xs, ys, s=8, color="C3", zorder=3, label=f"clipped ({len(clipped)} of {len(log.steps)})")
     if any(c is not None for c in log.clip):
-        ax.step(log.steps, [math.nan if c is None else c for c in log.clip], where="mid", color="k", linestyle="--", label="clip threshold")
+        ax.step(
+            log.steps,
+            [math.nan if c is None else c for c in log.clip],
+            where="mid",
+            color="k",
+            linestyle="--",
+            label="clip threshold",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("update")
     ax.set_ylabel("global gradient norm")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +64,13 @@ class CellReport:
         lag = self.summary_lag(lag)
         ratio = self.flow.ratio(lag)
         rate, time = decay_time(self.flow.grad_norm)
-        return {"lag": lag, "ratio": finite(ratio), "verdict": verdict(ratio), "rate_per_step": finite(rate), "decay_time": finite(time)}
+        return {
+            "lag": lag,
+            "ratio": finite(ratio),
+            "verdict": verdict(ratio),
+            "rate_per_step": finite(rate),
+            "decay_time": finite(time),
+        }
 
     def summary(self, lag: int = SUMMARY_LAG) -> str:
         """One line, e.g. ``elman: gradient at lag 50 is 3.1e-09 of lag 0: vanishing (...)``."""
@@ -230,12 +237,20 @@ def summary_lines(reports: dict[str, CellReport], log: TrainingLog | None = None
     lines = [r.summary(lag) for r in reports.values()]
     if log is not None:
         s = log.summary()
-        clip = "no clip threshold logged" if s["clip"] is None else f"clipped at {s['clip']:g} on {100 * s['clipped_share']:.0f}% of updates"
-        lines.append(f"training log: {s['updates']} updates, gradient norm median {s['grad_norm_median']:.3g}, max {s['grad_norm_max']:.3g}; {clip}")
+        clip = (
+            "no clip threshold logged"
+            if s["clip"] is None
+            else f"clipped at {s['clip']:g} on {100 * s['clipped_share']:.0f}% of updates"
+        )
+        lines.append(
+            f"training log: {s['updates']} updates, gradient norm median {s['grad_norm_median']:.3g}, max {s['grad_norm_max']:.3g}; {clip}"
+        )
     return lines
 
 
-def write_report(reports: dict[str, CellReport], out: str | Path, *, log: TrainingLog | None = None, settings: dict | None = None) -> list[Path]:
+def write_report(
+    reports: dict[str, CellReport], out: str | Path, *, log: TrainingLog | None = None, settings: dict | None = None
+) -> list[Path]:
     """Write the plots and ``diagnose.json`` (every number, inf/NaN as null) into folder ``out``.
 
     Files: ``gradient_vs_lag.png`` (all cells on one plot), ``jacobian_products.png``, and per

@@ -212,8 +212,14 @@ def _import_built(name: str, directory: Path) -> Any:
 
 
 def _write_stamp(directory: Path, name: str, flags: list[str], seconds: float) -> None:
-    record = {"name": name, "sources": list(SOURCES), "flags": flags, **_environment(),
-              "compile_seconds": round(seconds, 1), "built": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "name": name,
+        "sources": list(SOURCES),
+        "flags": flags,
+        **_environment(),
+        "compile_seconds": round(seconds, 1),
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     tmp = directory / f".{STAMP}.{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, directory / STAMP)
@@ -247,8 +253,10 @@ def _compile() -> Any:
             module = _torch_build(name, directory, flags)
         except Exception as err:
             first_line = (str(err).strip().splitlines() or [""])[0][:200]
-            _say(f"compiling the fused engine failed after {time.perf_counter() - start:.0f} s "
-                 f"({type(err).__name__}: {first_line})")
+            _say(
+                f"compiling the fused engine failed after {time.perf_counter() - start:.0f} s "
+                f"({type(err).__name__}: {first_line})"
+            )
             raise
         seconds = time.perf_counter() - start
         _write_stamp(directory, name, flags, seconds)

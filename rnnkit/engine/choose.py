@@ -59,11 +59,15 @@ def choose_engine(cell: Any, requested: str, x: Tensor, lengths: Tensor | None) 
         return "reference"
     if x.device.type != "cpu" or x.dtype not in DTYPES:
         if requested == "fused":
-            raise ValueError(f"Recurrent: engine='fused' runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}")
+            raise ValueError(
+                f"Recurrent: engine='fused' runs on CPU float32/float64 tensors, got {x.dtype} on {x.device}"
+            )
         return "reference"
     if load_extension() is None:
         if requested == "fused":
-            raise RuntimeError(f"Recurrent: engine='fused' asked for, but the fused engine could not be built: {build_error()}")
+            raise RuntimeError(
+                f"Recurrent: engine='fused' asked for, but the fused engine could not be built: {build_error()}"
+            )
         warn_fallback_once()
         return "reference"
     compiled = compile_cell(cell, x.dtype)

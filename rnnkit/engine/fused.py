@@ -89,7 +89,7 @@ __all__ = [
 DTYPES = (torch.float32, torch.float64)
 
 # cell -> {dtype: (signature, Plan or the reason it cannot be run)}
-_plans: "weakref.WeakKeyDictionary[RecurrentCell, dict]" = weakref.WeakKeyDictionary()
+_plans: weakref.WeakKeyDictionary[RecurrentCell, dict] = weakref.WeakKeyDictionary()
 _warned_untraceable: set = set()
 
 
@@ -98,8 +98,13 @@ def _signature(cell: RecurrentCell) -> tuple:
     and each parameter's and buffer's shape, so changing e.g. ``cell.cell_clip`` re-traces."""
     parts = []
     for m in cell.modules():
-        plain = tuple(sorted((k, v) for k, v in vars(m).items()
-                             if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+        plain = tuple(
+            sorted(
+                (k, v)
+                for k, v in vars(m).items()
+                if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))
+            )
+        )
         parts.append((type(m), plain))
     parts.extend((n, tuple(p.shape), p.dtype) for n, p in cell.named_parameters())
     parts.extend((n, tuple(b.shape), b.dtype) for n, b in cell.named_buffers())
@@ -196,7 +201,7 @@ class _FusedProgram(torch.autograd.Function):
         init, statics = list(tensors[:n]), list(tensors[n:])
         res = call.ext.program_forward(call.plan.program, gi, init, statics, call.lengths)
         y, saved, out = res[0], res[1], res[2]
-        souts, finals = res[3:3 + n], res[3 + n:3 + 2 * n]
+        souts, finals = res[3 : 3 + n], res[3 + n : 3 + 2 * n]
         ctx.save_for_backward(gi, saved, out, *init, *statics, *souts)
         ctx.call = call
         ctx.mark_non_differentiable(*[f for f, fld in zip(finals, call.plan.fields) if fld.kind == "counter"])
@@ -214,18 +219,19 @@ class _FusedProgram(torch.autograd.Function):
         saved_tensors = ctx.saved_tensors
         gi, saved, out = saved_tensors[:3]
         n_statics = len(call.plan.static_slots)
-        init = list(saved_tensors[3:3 + n])
-        statics = list(saved_tensors[3 + n:3 + n + n_statics])
-        souts = list(saved_tensors[3 + n + n_statics:])
+        init = list(saved_tensors[3 : 3 + n])
+        statics = list(saved_tensors[3 + n : 3 + n + n_statics])
+        souts = list(saved_tensors[3 + n + n_statics :])
         if grad_y is None:
             grad_y = torch.zeros((gi.shape[0], gi.shape[1], call.plan.program.out_width), dtype=gi.dtype)
         empty = gi.new_empty(0)
         gfinal = [g if g is not None else empty for g in grad_finals]
-        res = call.ext.program_backward(call.plan.program, grad_y, gfinal, gi, init, statics, call.lengths,
-                                        saved, souts, out)
+        res = call.ext.program_backward(
+            call.plan.program, grad_y, gfinal, gi, init, statics, call.lengths, saved, souts, out
+        )
         dgi = res[0]
-        dinit = [None if d.numel() == 0 else d for d in res[1:1 + n]]
-        dstatic = [None if d.numel() == 0 else d.reshape(s.shape) for d, s in zip(res[1 + n:], statics)]
+        dinit = [None if d.numel() == 0 else d for d in res[1 : 1 + n]]
+        dstatic = [None if d.numel() == 0 else d.reshape(s.shape) for d, s in zip(res[1 + n :], statics)]
         return (None, dgi, *dinit, *dstatic)
 
 
@@ -254,4 +260,3 @@ def run_fused(cell: RecurrentCell, x: Tensor, state: Any, lengths: Tensor | None
     steps = lengths if lengths is not None else T
     new = [fin if f.kind != "counter" else t + steps for f, t, fin in zip(fields, tensors, finals)]
     return y, rebuild_state(state, new)
-

@@ -25,7 +25,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..cells import LSTMState, RNNState
 from ..cells.base import RecurrentCell
 
-_KERNELS = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu}
+_KERNELS = {
+    "lstm": torch._VF.lstm,
+    "gru": torch._VF.gru,
+    "rnn_tanh": torch._VF.rnn_tanh,
+    "rnn_relu": torch._VF.rnn_relu,
+}
 
 
 def native_kind(cell: RecurrentCell) -> str | None:
@@ -98,8 +103,12 @@ def run_native_layers(
         packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
         order, unorder = packed.sorted_indices, packed.unsorted_indices
         hx = tuple(h.index_select(1, order) for h in hx) if lstm else hx.index_select(1, order)
-        result = kernel(packed.data, packed.batch_sizes, hx, weights, has_bias, num_layers, dropout, training, bidirectional)
-        y, _ = pad_packed_sequence(PackedSequence(result[0], packed.batch_sizes, order, unorder), total_length=x.shape[0])
+        result = kernel(
+            packed.data, packed.batch_sizes, hx, weights, has_bias, num_layers, dropout, training, bidirectional
+        )
+        y, _ = pad_packed_sequence(
+            PackedSequence(result[0], packed.batch_sizes, order, unorder), total_length=x.shape[0]
+        )
         finals = [h.index_select(1, unorder) for h in result[1:]]
     D = len(layer_cells[0])
     out = []
@@ -112,7 +121,9 @@ def run_native_layers(
     return y, out
 
 
-def run_native(cell: RecurrentCell, x: Tensor, state: Any, lengths: Tensor | None, reverse: bool, training: bool) -> tuple[Tensor, Any]:
+def run_native(
+    cell: RecurrentCell, x: Tensor, state: Any, lengths: Tensor | None, reverse: bool, training: bool
+) -> tuple[Tensor, Any]:
     """One layer through torch's kernel. x (T, B, I) time-major; returns (T, B, H) and the final state."""
     from ..recurrent import reverse_padded
 

@@ -164,8 +164,14 @@ def plan(trace: Trace, ext: Any) -> Plan:
             continue
         for i in (0, 1):
             m, x = v.args[i], v.args[1 - i]
-            if (m.kind == "dyn" and m.op == "matmul" and uses.get(id(m)) == 1 and m.width == v.width
-                    and len(m.attrs.get("init", ())) < 3 and ready_before(x, m)):
+            if (
+                m.kind == "dyn"
+                and m.op == "matmul"
+                and uses.get(id(m)) == 1
+                and m.width == v.width
+                and len(m.attrs.get("init", ())) < 3
+                and ready_before(x, m)
+            ):
                 v.op, v.args, v.attrs = "matmul", m.args, {"init": [*m.attrs.get("init", ()), x]}
                 stage[id(v)], made_by_ops[id(v)], order[id(v)] = stage[id(m)], False, order[id(m)]
                 dead.add(id(m))
@@ -247,7 +253,12 @@ def plan(trace: Trace, ext: Any) -> Plan:
         saved_roots.add(id(root(v)[0]))
     for v in nodes:  # a value read in a later stage outlives the per-row scratch of its own
         for a in v.args:
-            if isinstance(a, Value) and a.kind == "dyn" and v.op not in ("slice", "matmul") and stage[id(a)] < stage[id(v)]:
+            if (
+                isinstance(a, Value)
+                and a.kind == "dyn"
+                and v.op not in ("slice", "matmul")
+                and stage[id(a)] < stage[id(v)]
+            ):
                 batch_roots.add(id(root(a)[0]))
 
     loc: dict[int, tuple[int, int]] = {}  # id(root) -> (buffer, offset), forward
@@ -276,8 +287,9 @@ def plan(trace: Trace, ext: Any) -> Plan:
         widths[kind] += w
         return off
 
-    fixed: dict[int, tuple[int, int]] = {id(r): (L.buf("g_dsout", k), 0) for r in nodes for k in [claimed.get(id(r))]
-                                           if k is not None}
+    fixed: dict[int, tuple[int, int]] = {
+        id(r): (L.buf("g_dsout", k), 0) for r in nodes for k in [claimed.get(id(r))] if k is not None
+    }
     for v in nodes:
         if v.op == "slice" or id(v) in loc:
             continue
@@ -308,14 +320,24 @@ def plan(trace: Trace, ext: Any) -> Plan:
             i = parent[i]
         return i
 
-    passthrough = {"add": lambda v: v.args, "sub": lambda v: v.args[:1], "muladd": lambda v: v.args[2:],
-                   "matmul": lambda v: v.attrs.get("init", ())}
+    passthrough = {
+        "add": lambda v: v.args,
+        "sub": lambda v: v.args[:1],
+        "muladd": lambda v: v.args[2:],
+        "matmul": lambda v: v.attrs.get("init", ()),
+    }
     for v in nodes:
         if v.op not in passthrough or not v.grad:
             continue
         for a in passthrough[v.op](v):
-            if not (isinstance(a, Value) and a.kind == "dyn" and a.op != "slice" and a.grad and a.width == v.width
-                    and uses.get(id(a)) == 1):
+            if not (
+                isinstance(a, Value)
+                and a.kind == "dyn"
+                and a.op != "slice"
+                and a.grad
+                and a.width == v.width
+                and uses.get(id(a)) == 1
+            ):
                 continue
             ra, rv = find(id(a)), find(id(v))
             fa, fv = fixed.get(ra), fixed.get(rv)
@@ -363,8 +385,15 @@ def plan(trace: Trace, ext: Any) -> Plan:
         return b, o + off
 
     # -- instructions ------------------------------------------------------------------------------
-    def row(op: str, w: int, out: tuple[int, int], operands: list[tuple[tuple[int, int], int]], k: int = 0,
-            gout: tuple[int, int] = (-1, 0), gops: list[tuple[int, int]] = ()) -> list[int]:
+    def row(
+        op: str,
+        w: int,
+        out: tuple[int, int],
+        operands: list[tuple[tuple[int, int], int]],
+        k: int = 0,
+        gout: tuple[int, int] = (-1, 0),
+        gops: list[tuple[int, int]] = (),
+    ) -> list[int]:
         r = [0] * len(cols)
         r[cols["op"]], r[cols["w"]], r[cols["obuf"]], r[cols["ooff"]], r[cols["k"]] = ops[op], w, out[0], out[1], k
         for name in ("a", "b", "c"):
@@ -385,16 +414,29 @@ def plan(trace: Trace, ext: Any) -> Plan:
     def shares_gradient(a: Value, out_v: Value | None) -> bool:
         return out_v is not None and a.kind == "dyn" and a.op != "slice" and find(id(a)) == find(id(out_v))
 
-    def emit(s: int, op: str, w: int, out_v: Value | None, out_loc, out_gloc, args: list[Value], k: int = 0,
-             p: tuple[float, float] = (0.0, 0.0)) -> None:
-        operands = [(where(a), width_of(a, w, op) if op not in ("rowsum", "rowmean", "bsum", "bexpand") else a.width)
-                    for a in args]
+    def emit(
+        s: int,
+        op: str,
+        w: int,
+        out_v: Value | None,
+        out_loc,
+        out_gloc,
+        args: list[Value],
+        k: int = 0,
+        p: tuple[float, float] = (0.0, 0.0),
+    ) -> None:
+        operands = [
+            (where(a), width_of(a, w, op) if op not in ("rowsum", "rowmean", "bsum", "bexpand") else a.width)
+            for a in args
+        ]
         fwd[s].append(row(op, w, out_loc, operands, k))
         fwd_p[s].append(list(p))
         if op in _NO_GRAD_OPS or out_gloc[0] < 0:
             return
-        gops = [gwhere(a) if (op != "where" or i > 0) and not shares_gradient(a, out_v) else (-1, 0)
-                for i, a in enumerate(args)]
+        gops = [
+            gwhere(a) if (op != "where" or i > 0) and not shares_gradient(a, out_v) else (-1, 0)
+            for i, a in enumerate(args)
+        ]
         if all(g[0] < 0 for g in gops):
             return
         bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops))
@@ -409,8 +451,15 @@ def plan(trace: Trace, ext: Any) -> Plan:
         if v.op == "cat":
             pos = 0
             for a in v.args:
-                emit(s, "copy", a.width, None, (out_loc[0], out_loc[1] + pos),
-                     (out_g[0], out_g[1] + pos) if out_g[0] >= 0 else out_g, [a])
+                emit(
+                    s,
+                    "copy",
+                    a.width,
+                    None,
+                    (out_loc[0], out_loc[1] + pos),
+                    (out_g[0], out_g[1] + pos) if out_g[0] >= 0 else out_g,
+                    [a],
+                )
                 pos += a.width
             continue
         p = (v.attrs.get("p0", 0.0), v.attrs.get("p1", 0.0))
@@ -442,8 +491,17 @@ def plan(trace: Trace, ext: Any) -> Plan:
             elif x.grad and v.grad and not shares_gradient(x, v):
                 # the start value's gradient is the output's: added row by row once the stage's
                 # element-wise adjoints have filled it (first in forward order, so last backward)
-                bwd[stage[id(v)]].insert(0, row("copy", v.width, loc[id(v)], [(where(x), width_of(x, v.width, "copy"))],
-                                                gout=gloc[id(v)], gops=[gwhere(x)]))
+                bwd[stage[id(v)]].insert(
+                    0,
+                    row(
+                        "copy",
+                        v.width,
+                        loc[id(v)],
+                        [(where(x), width_of(x, v.width, "copy"))],
+                        gout=gloc[id(v)],
+                        gops=[gwhere(x)],
+                    ),
+                )
                 bwd_p[stage[id(v)]].insert(0, [0.0, 0.0])
         for i in range(len(inits) + 1, 4):
             r[gcols[f"i{i}buf"]] = -1
@@ -472,13 +530,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
     written = [False] * widths["frame"]
 
     def region(b: int, off: int, w: int) -> list[bool] | None:
-        return written[off:off + w] if b == frame_buf and b >= 0 else None
+        return written[off : off + w] if b == frame_buf and b >= 0 else None
 
     def mark(off: int, w: int) -> None:
-        written[off:off + w] = [True] * w
+        written[off : off + w] = [True] * w
 
     for s_ in reversed(range(n_stages)):
-        batch = ([("pre", r) for r in pre] if s_ == n_stages - 1 else [])
+        batch = [("pre", r) for r in pre] if s_ == n_stages - 1 else []
         batch += [("bwd", r) for r in reversed(bwd[s_])]
         dropped = []
         for kind, r in batch:
@@ -550,8 +608,14 @@ def plan(trace: Trace, ext: Any) -> Plan:
     P.rtemp_width, P.frame_width = widths["rtemp"], widths["frame"]
     P.out_width, P.out_alias = trace.output.width, out_alias
     P.clear_frame = clear_frame
-    stats = dict(stages=n_stages, forward=len(flat_fwd), backward=len(flat_bwd), gemms=len(gemms),
-                 clear_frame=clear_frame, **widths)
+    stats = dict(
+        stages=n_stages,
+        forward=len(flat_fwd),
+        backward=len(flat_bwd),
+        gemms=len(gemms),
+        clear_frame=clear_frame,
+        **widths,
+    )
     return Plan(P, trace, [v.index for v in slot_values], [v.grad for v in slot_values], trace.fields, stats)
 
 

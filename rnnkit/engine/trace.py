@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,29 +117,92 @@ class Trace:
 # -- the recording mode ----------------------------------------------------------------------------
 
 _UNARY = {
-    "neg": "neg", "__neg__": "neg", "negative": "neg",
-    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "exp": "exp", "log": "log", "abs": "abs",
-    "__abs__": "abs", "sqrt": "sqrt", "rsqrt": "rsqrt",
+    "neg": "neg",
+    "__neg__": "neg",
+    "negative": "neg",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "relu": "relu",
+    "exp": "exp",
+    "log": "log",
+    "abs": "abs",
+    "__abs__": "abs",
+    "sqrt": "sqrt",
+    "rsqrt": "rsqrt",
 }
 _BINARY = {
-    "add": "add", "__add__": "add", "__radd__": "add",
-    "sub": "sub", "subtract": "sub", "__sub__": "sub", "__rsub__": "rsub",
-    "mul": "mul", "multiply": "mul", "__mul__": "mul", "__rmul__": "mul",
-    "div": "div", "divide": "div", "true_divide": "div", "__truediv__": "div", "__rtruediv__": "rdiv", "__rdiv__": "rdiv",
-    "maximum": "max", "minimum": "min",
-    "gt": "gt", "__gt__": "gt", "greater": "gt", "ge": "ge", "__ge__": "ge", "greater_equal": "ge",
-    "lt": "lt", "__lt__": "lt", "less": "lt", "le": "le", "__le__": "le", "less_equal": "le",
-    "eq": "eq", "__eq__": "eq", "ne": "ne", "__ne__": "ne", "not_equal": "ne",
-    "__and__": "mul", "logical_and": "mul", "__or__": "max", "logical_or": "max",
-    "remainder": "rem", "__mod__": "rem", "fmod": "rem",
+    "add": "add",
+    "__add__": "add",
+    "__radd__": "add",
+    "sub": "sub",
+    "subtract": "sub",
+    "__sub__": "sub",
+    "__rsub__": "rsub",
+    "mul": "mul",
+    "multiply": "mul",
+    "__mul__": "mul",
+    "__rmul__": "mul",
+    "div": "div",
+    "divide": "div",
+    "true_divide": "div",
+    "__truediv__": "div",
+    "__rtruediv__": "rdiv",
+    "__rdiv__": "rdiv",
+    "maximum": "max",
+    "minimum": "min",
+    "gt": "gt",
+    "__gt__": "gt",
+    "greater": "gt",
+    "ge": "ge",
+    "__ge__": "ge",
+    "greater_equal": "ge",
+    "lt": "lt",
+    "__lt__": "lt",
+    "less": "lt",
+    "le": "le",
+    "__le__": "le",
+    "less_equal": "le",
+    "eq": "eq",
+    "__eq__": "eq",
+    "ne": "ne",
+    "__ne__": "ne",
+    "not_equal": "ne",
+    "__and__": "mul",
+    "logical_and": "mul",
+    "__or__": "max",
+    "logical_or": "max",
+    "remainder": "rem",
+    "__mod__": "rem",
+    "fmod": "rem",
 }
 _COMPARE = {"gt", "ge", "lt", "le", "eq", "ne"}
 _PASS = {"float", "double", "to", "type_as", "contiguous", "clone", "type"}
-_INPLACE_DUNDER = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__", "__imod__", "__iand__", "__ior__",
-                   "__setitem__"}
+_INPLACE_DUNDER = {
+    "__iadd__",
+    "__isub__",
+    "__imul__",
+    "__itruediv__",
+    "__ipow__",
+    "__imod__",
+    "__iand__",
+    "__ior__",
+    "__setitem__",
+}
 _SHAPE_ONLY = {
-    "size", "dim", "__len__", "is_floating_point", "numel", "__get__", "__format__", "__repr__",
-    "_is_view", "requires_grad_", "is_complex", "element_size", "stride", "storage_offset",
+    "size",
+    "dim",
+    "__len__",
+    "is_floating_point",
+    "numel",
+    "__get__",
+    "__format__",
+    "__repr__",
+    "_is_view",
+    "requires_grad_",
+    "is_complex",
+    "element_size",
+    "stride",
+    "storage_offset",
 }
 
 
@@ -147,7 +211,7 @@ def _name(func: Any) -> str:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, tracer: "_Tracer") -> None:
+    def __init__(self, tracer: _Tracer) -> None:
         super().__init__()
         self.tracer = tracer
 
@@ -188,8 +252,7 @@ class _Tracer:
         return self.bind(example, v)
 
     def static(self, recipe: Callable, example: Tensor, grad: bool) -> Value:
-        v = Value("static", example.numel(), "static", shape=tuple(example.shape), grad=grad,
-                  index=len(self.recipes))
+        v = Value("static", example.numel(), "static", shape=tuple(example.shape), grad=grad, index=len(self.recipes))
         self.recipes.append(recipe)
         self.static_values.append(v)
         self.bind(example, v)
@@ -199,8 +262,11 @@ class _Tracer:
         """A Python number as a static scalar (no gradient)."""
         if x not in self.consts:
             value = float(x)
-            self.consts[x] = self.static(lambda env, cell, v=value: torch.tensor(v, dtype=self.dtype),
-                                         torch.tensor(value, dtype=self.dtype), grad=False)
+            self.consts[x] = self.static(
+                lambda env, cell, v=value: torch.tensor(v, dtype=self.dtype),
+                torch.tensor(value, dtype=self.dtype),
+                grad=False,
+            )
         return self.consts[x]
 
     def value(self, x: Any, what: str) -> Value:
@@ -236,19 +302,25 @@ class _Tracer:
             if any(k is not None and k.kind != "static" for k in known):
                 raise Untraceable(f"'{name}' on a value of the step (Python control flow on a tensor's value)")
             # a parameter's value read into Python would be frozen into the program at its value now
-            raise Untraceable(f"'{name}' on a parameter or constant tensor (its value read into Python, "
-                              "which a compiled step would not follow when it changes)")
+            raise Untraceable(
+                f"'{name}' on a parameter or constant tensor (its value read into Python, "
+                "which a compiled step would not follow when it changes)"
+            )
         if name.endswith("_") and not name.startswith("__") or name in _INPLACE_DUNDER:
             if any(k is not None and k.kind != "static" for k in known) or any(id(t) in self.names for t in tensors):
                 raise Untraceable(f"in-place operation '{name}'")
         with torch.no_grad():
             out = func(*args, **kwargs)
-        if not isinstance(out, Tensor) and not (isinstance(out, (tuple, list)) and any(isinstance(o, Tensor) for o in out)):
+        if not isinstance(out, Tensor) and not (
+            isinstance(out, (tuple, list)) and any(isinstance(o, Tensor) for o in out)
+        ):
             return out  # a shape, a dtype, a number about a tensor
         if all(k is None or k.kind == "static" for k in known):
             if not tensors and isinstance(out, Tensor) and out.dim() >= 2 and out.shape[0] == TRACE_BATCH:
-                raise Untraceable(f"'{name}' making a tensor of shape (B, {', '.join(map(str, out.shape[1:]))}) "
-                                  "inside the step (use torch.zeros_like(h) or a number)")
+                raise Untraceable(
+                    f"'{name}' making a tensor of shape (B, {', '.join(map(str, out.shape[1:]))}) "
+                    "inside the step (use torch.zeros_like(h) or a number)"
+                )
             return self.record_static(func, args, kwargs, out)
         return self.lower(name, args, kwargs, out)
 
@@ -302,8 +374,14 @@ class _Tracer:
             hi = args[2] if len(args) > 2 else kwargs.get("max")
             if isinstance(lo, Tensor) or isinstance(hi, Tensor):
                 raise Untraceable("clamp with tensor bounds (use torch.maximum/minimum)")
-            return self.dyn("clamp", (a,), a.width, out, p0=-math.inf if lo is None else float(lo),
-                            p1=math.inf if hi is None else float(hi))
+            return self.dyn(
+                "clamp",
+                (a,),
+                a.width,
+                out,
+                p0=-math.inf if lo is None else float(lo),
+                p1=math.inf if hi is None else float(hi),
+            )
         if name in _BINARY:
             return self.binary(_BINARY[name], args, kwargs, out, name)
         if name == "__invert__" or name == "logical_not":
@@ -357,9 +435,15 @@ class _Tracer:
         return v
 
     def describe(self, v: Value) -> str:
-        return {"shift": "delay line slice", "push": "delay line", "counter": "step counter",
-                "next": "step counter", "col": "step counter", "unsq": "unsqueezed value",
-                "blocked": "blocked view"}.get(v.kind, v.kind + " value")
+        return {
+            "shift": "delay line slice",
+            "push": "delay line",
+            "counter": "step counter",
+            "next": "step counter",
+            "col": "step counter",
+            "unsq": "unsqueezed value",
+            "blocked": "blocked view",
+        }.get(v.kind, v.kind + " value")
 
     def out_width(self, out: Any, what: str) -> int:
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != TRACE_BATCH:
@@ -536,7 +620,9 @@ class _Tracer:
         bias = args[3] if len(args) > 3 else kwargs.get("bias")
         eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
         if tuple(shape) != (a.width,):
-            raise Untraceable(f"'layer_norm' over shape {tuple(shape)}; the engine normalises the feature axis ({a.width},)")
+            raise Untraceable(
+                f"'layer_norm' over shape {tuple(shape)}; the engine normalises the feature axis ({a.width},)"
+            )
         # one instruction (its adjoint recomputes the row's mean and deviation): nine primitive
         # passes over the row would cost several times as much
         w = self.value(weight, "layer_norm") if weight is not None else self.const(1.0)
@@ -545,7 +631,12 @@ class _Tracer:
 
     def reshape(self, args: tuple, out: Tensor, name: str) -> Any:
         a = self.value(args[0], name)
-        if a.kind == "dyn" and out.dim() == 3 and out.shape[0] == TRACE_BATCH and out.shape[1] * out.shape[2] == a.width:
+        if (
+            a.kind == "dyn"
+            and out.dim() == 3
+            and out.shape[0] == TRACE_BATCH
+            and out.shape[1] * out.shape[2] == a.width
+        ):
             return self.bind(out, Value("blocked", a.width, args=(a,), attrs={"k": out.shape[2]}))
         if a.kind == "dyn" and out.dim() == 2 and tuple(out.shape) == (TRACE_BATCH, a.width):
             return self.bind(out, a)
@@ -584,7 +675,9 @@ def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
     try:
         template = cell.init_state(TRACE_BATCH, dtype=dtype, device=torch.device("cpu"))
     except Exception as err:  # e.g. a state that needs more than a batch size (an attention memory)
-        raise Untraceable(f"a state its init_state cannot make from a batch size alone ({type(err).__name__}: {err})") from err
+        raise Untraceable(
+            f"a state its init_state cannot make from a batch size alone ({type(err).__name__}: {err})"
+        ) from err
     tensors = state_tensors(template)
     tracer = _Tracer(cell, dtype)
     fields: list[Field] = []
@@ -628,7 +721,9 @@ def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
             new_fields.append(None)
         elif f.kind == "delay":
             if v is None or v.kind != "push" or v.attrs["field"] != k:
-                raise Untraceable(f"the delay line (state tensor {k}) must advance as cat([past[:, 1:], v.unsqueeze(1)], 1)")
+                raise Untraceable(
+                    f"the delay line (state tensor {k}) must advance as cat([past[:, 1:], v.unsqueeze(1)], 1)"
+                )
             pushes[k] = v.attrs["value"]
             new_fields.append(None)
         else:
@@ -638,5 +733,6 @@ def trace_cell(cell: Any, dtype: torch.dtype) -> Trace:
     o = tracer.of.get(id(out))
     if o is None or o.kind != "dyn":
         raise Untraceable("the step's output is not a value of the step")
-    return Trace(fields, tracer.nodes, tracer.static_values, tracer.recipes, o, new_fields, pushes, template, tracer.ops)
-
+    return Trace(
+        fields, tracer.nodes, tracer.static_values, tracer.recipes, o, new_fields, pushes, template, tracer.ops
+    )

@@ -87,8 +87,10 @@ def as_layer(layer: Any, owner: str, *, steppable: bool = False) -> nn.Module:
     if isinstance(layer, RecurrentCell):
         layer = Recurrent(layer)
     if not isinstance(layer, nn.Module) or not all(hasattr(layer, a) for a in ("input_size", "output_size")):
-        raise TypeError(f"{owner}: layer must be an rnnkit cell or layer (Recurrent, Stack, ...), got {type(layer).__name__}"
-                        + from_torch_hint(layer))
+        raise TypeError(
+            f"{owner}: layer must be an rnnkit cell or layer (Recurrent, Stack, ...), got {type(layer).__name__}"
+            + from_torch_hint(layer)
+        )
     if getattr(layer, "batch_first", False):
         raise ValueError(f"{owner}: models are time-major, (T, B, ·); got a layer with batch_first=True")
     if steppable:
@@ -184,7 +186,9 @@ def sequence_mask(lengths: Tensor | None, steps: int, batch_size: int, device: t
     return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths  # (T, B)
 
 
-def check_float(x: Any, name: str, owner: str, layout: str, dim: int, width: int | None, like: Tensor | None = None) -> Tensor:
+def check_float(
+    x: Any, name: str, owner: str, layout: str, dim: int, width: int | None, like: Tensor | None = None
+) -> Tensor:
     """Raise unless ``x`` is a floating tensor of rank ``dim`` whose last size is ``width``."""
     if not isinstance(x, Tensor):
         raise not_a_tensor(x, name, owner, layout)
@@ -195,8 +199,10 @@ def check_float(x: Any, name: str, owner: str, layout: str, dim: int, width: int
     if width is not None and x.shape[-1] != width:
         raise ValueError(f"{owner}: {name} has width {x.shape[-1]} (shape {tuple(x.shape)}), expected {width}")
     if like is not None and x.dtype != like.dtype:
-        raise TypeError(f"{owner}: {name} has dtype {x.dtype}, expected the parameters' dtype {like.dtype}"
-                        + dtype_hint(x.dtype, like.dtype))
+        raise TypeError(
+            f"{owner}: {name} has dtype {x.dtype}, expected the parameters' dtype {like.dtype}"
+            + dtype_hint(x.dtype, like.dtype)
+        )
     return x
 
 
@@ -279,7 +285,9 @@ class OutputFeedback(nn.Module):
     def __init__(self, vocab_size: int | None, output_size: int | None, embedding_size: int | None, owner: str) -> None:
         super().__init__()
         if (vocab_size is None) == (output_size is None):
-            raise ValueError(f"{owner}: give exactly one of vocab_size (discrete outputs) and output_size (real outputs)")
+            raise ValueError(
+                f"{owner}: give exactly one of vocab_size (discrete outputs) and output_size (real outputs)"
+            )
         self.discrete = vocab_size is not None
         self.owner = owner
         if self.discrete:

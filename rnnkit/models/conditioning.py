@@ -21,7 +21,8 @@ width, V vocabulary, O real output size, L the largest length the length head pr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -113,8 +114,12 @@ class FeedbackDecoder(EngineReport, nn.Module):
             raise ValueError(f"{owner}: discrete outputs need bos, the id that stands for y(0)")
         expected = self.input_size + self.feedback.size + (self.context_size if self.context_as_input else 0)
         if self.layer.input_size != expected:
-            parts = f"I={self.input_size} + E={self.feedback.size}" + (f" + C={self.context_size}" if self.context_as_input else "")
-            raise ValueError(f"{owner}: the layer must read {parts} = {expected} inputs, got input_size {self.layer.input_size}")
+            parts = f"I={self.input_size} + E={self.feedback.size}" + (
+                f" + C={self.context_size}" if self.context_as_input else ""
+            )
+            raise ValueError(
+                f"{owner}: the layer must read {parts} = {expected} inputs, got input_size {self.layer.input_size}"
+            )
         # a cell that attends over a memory in its state (an AttentionCell) says so in its structure
         self.attention = isinstance(self.layer, Recurrent) and self.layer.cell.structure.memory_size is not None
         like = param_like(self.layer)
@@ -123,7 +128,9 @@ class FeedbackDecoder(EngineReport, nn.Module):
         if max_length is not None and halt:
             raise ValueError(f"{owner}: choose one way to end a sequence: halt=True or max_length, not both")
         if max_length is not None and self.context_size == 0:
-            raise ValueError(f"{owner}: max_length adds a length head reading the context, so it needs context_size > 0")
+            raise ValueError(
+                f"{owner}: max_length adds a length head reading the context, so it needs context_size > 0"
+            )
         self.length_head = LengthHead(self.context_size, max_length) if max_length is not None else None
         self.readout = Readout(self.layer.output_size, self.feedback.out_width, halt, head_hidden)
 
@@ -135,7 +142,9 @@ class FeedbackDecoder(EngineReport, nn.Module):
             return inner.init_state(batch_size, dtype=like.dtype, device=like.device)
         return layer_init_state(self.layer, batch_size, like.dtype, like.device)
 
-    def _initial_layer_state(self, v: Tensor | None, batch_size: int, memory: Tensor | None, mask: Tensor | None) -> Any:
+    def _initial_layer_state(
+        self, v: Tensor | None, batch_size: int, memory: Tensor | None, mask: Tensor | None
+    ) -> Any:
         like = param_like(self)
         state = self._zero_state(batch_size, like)
         if self.context_as_init:
@@ -184,7 +193,9 @@ class FeedbackDecoder(EngineReport, nn.Module):
         like = param_like(self)
         T, B = _time_batch(y, self.feedback, self.owner)
         lengths = check_lengths(lengths, B, T, like.device, self.owner)
-        y = self.feedback.check_targets(y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None)
+        y = self.feedback.check_targets(
+            y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None
+        )
         x = self._check_inputs(x, T, B, like)
         v = self._check_context(context, B, like)
         parts = [] if x is None else [x]
@@ -280,7 +291,12 @@ class VectorToSequence(FeedbackDecoder):
     def __init__(self, layer: Any, context_size: int, *, context_mode: str = "init", **kwargs: Any) -> None:
         if "input_size" in kwargs:
             raise TypeError("VectorToSequence: takes no per-step inputs (use OutputRecurrentRNN or FeedbackDecoder)")
-        super().__init__(layer, context_size=check_size(context_size, "context_size", self.owner), context_mode=context_mode, **kwargs)
+        super().__init__(
+            layer,
+            context_size=check_size(context_size, "context_size", self.owner),
+            context_mode=context_mode,
+            **kwargs,
+        )
 
     def forward(self, y: Tensor, context: Tensor, lengths: Any = None) -> SequenceOutput:
         return self.decode(y, context=context, lengths=lengths)
@@ -323,4 +339,3 @@ class OutputRecurrentRNN(FeedbackDecoder):
         if context is None:
             raise ValueError("OutputRecurrentRNN: start needs context = x (T, B, I), the inputs to read")
         return self.begin(batch_size, x=context)
-

@@ -15,7 +15,8 @@ Any cell of the zoo can be used in each. Symbols: T time, B batch, I input, H hi
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,23 +122,31 @@ class ResidualStack(EngineReport, nn.Module):
         num_layers: int,
         connections: str = "residual",
         dropout: float = 0.0,
-    ) -> "ResidualStack":
+    ) -> ResidualStack:
         """``num_layers`` layers of ``make_cell`` cells, sized for ``connections``."""
         num_layers = check_size(num_layers, "num_layers", "ResidualStack")
         check_choice(connections, "connections", "ResidualStack", CONNECTIONS)
-        sizes = [input_size] + [hidden_size if connections == "residual" else input_size + hidden_size] * (num_layers - 1)
+        sizes = [input_size] + [hidden_size if connections == "residual" else input_size + hidden_size] * (
+            num_layers - 1
+        )
         return cls([Recurrent(make_cell(i, hidden_size)) for i in sizes], connections, dropout)
 
     def _drop(self, h: Tensor) -> Tensor:
         return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
 
-    def _run(self, x: Tensor, state: Any, run_layer: Callable[[nn.Module, Tensor, Any], tuple[Tensor, Any]]) -> tuple[Tensor, tuple]:
+    def _run(
+        self, x: Tensor, state: Any, run_layer: Callable[[nn.Module, Tensor, Any], tuple[Tensor, Any]]
+    ) -> tuple[Tensor, tuple]:
         """The connections, for a whole sequence or one step (``run_layer`` says which)."""
         L = len(self.layers)
         if state is None:
             state = [None] * L
         elif not isinstance(state, (tuple, list)) or len(state) != L:
-            got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+            got = (
+                f"{type(state).__name__} of length {len(state)}"
+                if isinstance(state, (tuple, list))
+                else type(state).__name__
+            )
             raise TypeError(f"ResidualStack: state must be a tuple of {L} layer states, got {got}")
         finals, outs = [], []
         u = None
@@ -156,7 +165,9 @@ class ResidualStack(EngineReport, nn.Module):
         y = u if self.connections == "residual" else torch.cat(outs, dim=-1)
         return y, tuple(finals)
 
-    def forward(self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None) -> tuple[Tensor | PackedSequence, tuple]:
+    def forward(
+        self, x: Tensor | PackedSequence, state: Any = None, lengths: Any = None
+    ) -> tuple[Tensor | PackedSequence, tuple]:
         """Whole sequences: x (T, B, I), lengths (B,) → y (T, B, ·) and each layer's final state.
         x may be a PackedSequence, as for :class:`rnnkit.Stack`; y is then one, packed like x."""
         if isinstance(x, PackedSequence):  # as the padded batch with lengths; outputs packed like x
@@ -169,10 +180,14 @@ class ResidualStack(EngineReport, nn.Module):
         """One time step: x (B, I) → y (B, ·); each layer's cell ``forward`` once."""
         return self._run(x, state, layer_step)
 
-    def init_state(self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None) -> tuple:
+    def init_state(
+        self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> tuple:
         """Each layer's zero state, for a decoder that steps this stack."""
         ref = next(self.parameters())
-        return tuple(layer_init_state(layer, batch_size, dtype or ref.dtype, device or ref.device) for layer in self.layers)
+        return tuple(
+            layer_init_state(layer, batch_size, dtype or ref.dtype, device or ref.device) for layer in self.layers
+        )
 
     def final_output(self, state: Any) -> Tensor:
         """y at each sequence's last step, from the layers' final states."""

@@ -13,7 +13,7 @@ L the largest length a length head predicts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -104,7 +104,9 @@ class Readout(nn.Module):
     Shapes: h (…, H) → (logits (…, V), halt (…) or None).
     """
 
-    def __init__(self, in_size: int, out_size: int, halt: bool = False, hidden: Sequence[int] = (), activation: str = "tanh") -> None:
+    def __init__(
+        self, in_size: int, out_size: int, halt: bool = False, hidden: Sequence[int] = (), activation: str = "tanh"
+    ) -> None:
         super().__init__()
         check_choice(activation, "activation", "Readout", ("tanh", "relu"))
         self.out = OutputHead(in_size, out_size, hidden, activation)
@@ -112,4 +114,3 @@ class Readout(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.out(h), (self.halt(h) if self.halt is not None else None)
-

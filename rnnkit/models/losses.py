@@ -72,7 +72,9 @@ def sequence_nll(logits: Tensor, targets: Tensor, lengths: Any = None, reduction
     _check_rank(targets, "targets", owner, "(T, B)", 2, False)
     T, B, V = logits.shape
     if targets.shape != (T, B):
-        raise ValueError(f"{owner}: targets must have shape (T, B) = {(T, B)} to match logits {tuple(logits.shape)}, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"{owner}: targets must have shape (T, B) = {(T, B)} to match logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
     lengths = _lengths(lengths, T, B, logits.device, owner)
     mask = sequence_mask(lengths, T, B, logits.device)
     y = torch.where(mask, targets.long(), torch.zeros_like(targets, dtype=torch.long))  # padding → a valid id
@@ -97,7 +99,9 @@ def squared_error(values: Tensor, targets: Tensor, lengths: Any = None, reductio
     _check_rank(values, "values", owner, "(T, B, O)", 3, True)
     _check_rank(targets, "targets", owner, "(T, B, O)", 3, True)
     if targets.shape != values.shape:
-        raise ValueError(f"{owner}: targets must have the values' shape {tuple(values.shape)}, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"{owner}: targets must have the values' shape {tuple(values.shape)}, got {tuple(targets.shape)}"
+        )
     T, B, _ = values.shape
     lengths = _lengths(lengths, T, B, values.device, owner)
     mask = sequence_mask(lengths, T, B, values.device)

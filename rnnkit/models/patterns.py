@@ -14,7 +14,8 @@ Every model is time-major. Symbols: T time, B batch, I input size, E embedding s
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,9 @@ class InputEmbedding(nn.Module):
         if vocab_size is not None:
             check_size(vocab_size, "vocab_size", owner)
             if embedding_size is not None and embedding_size != input_size:
-                raise ValueError(f"{owner}: embedding_size={embedding_size} but the layer reads input_size {input_size}")
+                raise ValueError(
+                    f"{owner}: embedding_size={embedding_size} but the layer reads input_size {input_size}"
+                )
             self.embedding = nn.Embedding(vocab_size, input_size)
         elif embedding_size is not None:
             raise ValueError(f"{owner}: embedding_size needs vocab_size (token inputs)")
@@ -311,7 +314,9 @@ class JordanNetwork(nn.Module):
         like = param_like(self)
         T, B = _time_batch(y, self.feedback, "JordanNetwork")
         lengths = check_lengths(lengths, B, T, like.device, "JordanNetwork")
-        y = self.feedback.check_targets(y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None)
+        y = self.feedback.check_targets(
+            y, like, sequence_mask(lengths, T, B, like.device) if lengths is not None else None
+        )
         x = self._check_x(x, T, B, like)
         h = self._h(x, self.feedback(self.feedback.shift(y, self.bos, like)))  # (T, B, H)
         logits, halt = self.readout(h)  # (T, B, V), (T, B)

@@ -16,7 +16,8 @@ width (its summary C has width D too), H decoder hidden, V target vocabulary, A 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -114,12 +115,15 @@ class Seq2Seq(nn.Module):
         D = encoder.output_size
         if attention_size is not None:
             if not isinstance(decoder, RecurrentCell):
-                raise TypeError(f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}")
+                raise TypeError(
+                    f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}"
+                )
             _check_attention_width(decoder, embedding_size, D, context)
             # attention reads the whole encoder memory each step, which the fused engine's row
             # programs do not hold: this layer runs the reference loop by design, without a warning
-            decoder = Recurrent(AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")),
-                                engine="reference")
+            decoder = Recurrent(
+                AttentionCell(decoder, D, check_size(attention_size, "attention_size", "Seq2Seq")), engine="reference"
+            )
         self.encoder = encoder
         self.decoder = Seq2SeqDecoder(
             decoder,
@@ -171,8 +175,13 @@ class Seq2Seq(nn.Module):
         B = enc.summary.shape[0]
         if isinstance(tgt, Tensor) and tgt.dim() == 2 and tgt.shape[1] != B:
             raise ValueError(f"Seq2Seq: tgt has batch {tgt.shape[1]} but src has batch {B}")
-        if (isinstance(tgt, Tensor) and tgt.dim() == 2 and tgt.shape[0] > 0 and not torch.compiler.is_exporting()
-                and bool((tgt[0] == self.bos).all())):  # the values of an exported program's input are not known
+        if (
+            isinstance(tgt, Tensor)
+            and tgt.dim() == 2
+            and tgt.shape[0] > 0
+            and not torch.compiler.is_exporting()
+            and bool((tgt[0] == self.bos).all())
+        ):  # the values of an exported program's input are not known
             raise ValueError(
                 f"Seq2Seq: tgt starts with bos (id {self.bos}) in every column, but the decoder prepends bos itself, so "
                 f"it would read BOS twice; pass the targets without it: tgt[1:] and tgt_lengths - 1 (e.g. "
@@ -184,7 +193,9 @@ class Seq2Seq(nn.Module):
     def start(self, batch_size: int | None = None, context: EncoderMemory | None = None) -> DecoderState:
         """The decoding state before step 1; ``context`` is ``encode(src, src_lengths)``."""
         if not isinstance(context, EncoderMemory):
-            raise TypeError(f"Seq2Seq: start needs context = model.encode(src, src_lengths), got {type(context).__name__}")
+            raise TypeError(
+                f"Seq2Seq: start needs context = model.encode(src, src_lengths), got {type(context).__name__}"
+            )
         memory, mask = self._memory(context)
         return self.decoder.begin(batch_size, context=context.summary, memory=memory, memory_mask=mask)
 

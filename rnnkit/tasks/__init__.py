@@ -14,10 +14,42 @@ from .seq2seq import Seq2SeqTask
 from .sunspots import SunspotsTask
 from .tagging import TaggingTask
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (CharLMTask, DigitsTask, SunspotsTask, Seq2SeqTask, TaggingTask,
-                                                         CaptionTask, AddingTask, TemporalOrderTask, CopyTask, ReberTask,
-                                                         LongLagSequencesTask, TwoSequenceTask, MultiplicationTask)}
+TASKS: dict[str, type[Task]] = {
+    t.name: t
+    for t in (
+        CharLMTask,
+        DigitsTask,
+        SunspotsTask,
+        Seq2SeqTask,
+        TaggingTask,
+        CaptionTask,
+        AddingTask,
+        TemporalOrderTask,
+        CopyTask,
+        ReberTask,
+        LongLagSequencesTask,
+        TwoSequenceTask,
+        MultiplicationTask,
+    )
+}
 
-__all__ = ["TASKS", "Task", "TaskConfig", "run_task", "load_run", "CharLMTask", "DigitsTask", "SunspotsTask", "Seq2SeqTask", "TaggingTask",
-           "CaptionTask", "AddingTask", "TemporalOrderTask", "CopyTask", "ReberTask", "LongLagSequencesTask",
-           "TwoSequenceTask", "MultiplicationTask"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "TaskConfig",
+    "run_task",
+    "load_run",
+    "CharLMTask",
+    "DigitsTask",
+    "SunspotsTask",
+    "Seq2SeqTask",
+    "TaggingTask",
+    "CaptionTask",
+    "AddingTask",
+    "TemporalOrderTask",
+    "CopyTask",
+    "ReberTask",
+    "LongLagSequencesTask",
+    "TwoSequenceTask",
+    "MultiplicationTask",
+]

@@ -9,9 +9,10 @@ the model for ``rnnkit sample`` and ``rnnkit eval`` without the training data.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -19,8 +20,8 @@ from torch import nn
 from ..cells.registry import CELLS
 from ..checkpoint import read_meta
 from ..train import Callback, Plot, RunFolder, StepResult, TrainConfig, Trainer, TrainingSettings, distributed
-from ..train.trainer import SMOOTHING
 from ..train.device import check_device, resolve_device
+from ..train.trainer import SMOOTHING
 from .config import check_config
 
 
@@ -59,8 +60,10 @@ class TaskConfig(TrainingSettings):
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.dropout > 0 and self.num_layers == 1:  # torch.nn only warns; a setting that does nothing is an error
-            raise ValueError(f"dropout acts between stacked layers, so with num_layers = 1 it would do nothing; "
-                             f"got dropout = {self.dropout}: use num_layers ≥ 2 or dropout = 0")
+            raise ValueError(
+                f"dropout acts between stacked layers, so with num_layers = 1 it would do nothing; "
+                f"got dropout = {self.dropout}: use num_layers ≥ 2 or dropout = 0"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
@@ -75,7 +78,7 @@ class TaskConfig(TrainingSettings):
             raise ValueError("give max_steps or max_time (or max_epochs): with none of them the run would never end")
         self.validate()
 
-    def train_config(self, task: "Task | None" = None) -> TrainConfig:
+    def train_config(self, task: Task | None = None) -> TrainConfig:
         """The trainer's config: these training settings, and what ``task`` watches."""
         shared = {f.name: getattr(self, f.name) for f in fields(TrainingSettings)}
         cfg = TrainConfig(**shared)
@@ -182,7 +185,7 @@ class Task:
         return {"task": self.name, "config": asdict(self.cfg)}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Task":
+    def from_meta(cls, meta: dict) -> Task:
         """The task of a checkpoint's meta, config checked, without its data."""
         return cls(check_config(cls.Config, meta["config"], source="checkpoint"))
 
@@ -208,8 +211,10 @@ class _Validation(Callback):
     def on_validation(self, trainer: Trainer, metrics: dict) -> None:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         recent = [r["loss"] for r in trainer.history if r.get("kind") == "train"][-SMOOTHING:]
-        self.log(f"step {trainer.step:6d}  train loss {sum(recent) / len(recent):.4f} (mean of last {len(recent)})  "
-                 f"val {shown}")
+        self.log(
+            f"step {trainer.step:6d}  train loss {sum(recent) / len(recent):.4f} (mean of last {len(recent)})  "
+            f"val {shown}"
+        )
 
 
 def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
@@ -223,11 +228,25 @@ def free_run_folder(task_name: str, root: str | Path = "runs") -> Path:
 #: Everything else (model, data, optimizer, seed…) is the run's own: the checkpoint's weights,
 #: optimizer state and data position only mean something with it, and a changed learning rate
 #: would be overwritten by the optimizer state anyway.
-RESUME_MAY_CHANGE = frozenset({"max_steps", "max_time", "max_epochs", "eval_every", "eval_budget", "patience", "progress",
-                               "out", "sample_length", "temperature", "device", "keep_checkpoints"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "max_steps",
+        "max_time",
+        "max_epochs",
+        "eval_every",
+        "eval_budget",
+        "patience",
+        "progress",
+        "out",
+        "sample_length",
+        "temperature",
+        "device",
+        "keep_checkpoints",
+    }
+)
 
 
-def check_resumable(meta: dict, task: "Task") -> None:
+def check_resumable(meta: dict, task: Task) -> None:
     """Raise ValueError naming every setting of ``task.cfg`` that differs from the run the checkpoint
     ``meta`` belongs to (other than :data:`RESUME_MAY_CHANGE`), or if it is another task's run."""
     if meta.get("task") != task.name:
@@ -255,28 +274,40 @@ def open_run(task: Task, resume: bool = False, overwrite: bool = False) -> tuple
     run.check_writable()
     if not resume:
         if not overwrite and run.holds_run():
-            raise FileExistsError(f"{run} already holds a run: add --resume to continue it, --overwrite to start over "
-                                  f"there, or choose another --out")
+            raise FileExistsError(
+                f"{run} already holds a run: add --resume to continue it, --overwrite to start over "
+                f"there, or choose another --out"
+            )
         return run, None
     meta = run.resume_meta(task.name)
     check_resumable(meta, task)
     step = int(meta["trainer"]["step"])
     if cfg.max_steps is not None and cfg.max_steps <= step:
-        raise ValueError(f"--resume: the run in {run} is at update {step}, and max_steps is {cfg.max_steps}: nothing "
-                         f"to do; give a larger --max-steps (or --max-steps none --max-time SECONDS) to train it further")
+        raise ValueError(
+            f"--resume: the run in {run} is at update {step}, and max_steps is {cfg.max_steps}: nothing "
+            f"to do; give a larger --max-steps (or --max-steps none --max-time SECONDS) to train it further"
+        )
     return run, meta
 
 
 def resume_plan(run: RunFolder, meta: dict, cfg: TaskConfig) -> str:
     """The line a resumed run prints first: where it resumes and what it will do."""
     step = int(meta["trainer"]["step"])
-    limits = ([f"to update {cfg.max_steps}"] if cfg.max_steps is not None else []) + \
-             ([f"for at most {cfg.max_time:g} s more"] if cfg.max_time is not None else [])
-    return f"resuming {run} at update {step}: training {' or '.join(limits)}" + (", whichever comes first" if len(limits) > 1 else "")
+    limits = ([f"to update {cfg.max_steps}"] if cfg.max_steps is not None else []) + (
+        [f"for at most {cfg.max_time:g} s more"] if cfg.max_time is not None else []
+    )
+    return f"resuming {run} at update {step}: training {' or '.join(limits)}" + (
+        ", whichever comes first" if len(limits) > 1 else ""
+    )
 
 
-def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = False, overwrite: bool = False,
-             device: str | torch.device | None = None) -> dict:
+def run_task(
+    task: Task,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+) -> dict:
     """Train ``task`` with its config; write checkpoints, log and plot; return the final metrics.
 
     The model trains on ``device``, by default the config's ``device`` resolved on this machine
@@ -324,16 +355,32 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
     if main:
         run.write_config(task.meta())
     if distributed.world_size() > 1:
-        log(f"{distributed.world_size()} processes, each training on {cfg.batch_size // distributed.world_size()} "
-            f"of every batch of {cfg.batch_size}")
+        log(
+            f"{distributed.world_size()} processes, each training on {cfg.batch_size // distributed.world_size()} "
+            f"of every batch of {cfg.batch_size}"
+        )
     batches = distributed.shard(task.batches())  # this process's share of every global batch
-    plot = Plot(run.curves, task.monitor, metric=task.metric, baseline=task.baseline.get(task.metric),
-                title=f"{run.path.name}: {task.name}, {cfg.cell} × {cfg.num_layers}, hidden {cfg.hidden_size}",
-                metric_label=task.metric_label)
+    plot = Plot(
+        run.curves,
+        task.monitor,
+        metric=task.metric,
+        baseline=task.baseline.get(task.metric),
+        title=f"{run.path.name}: {task.name}, {cfg.cell} × {cfg.num_layers}, hidden {cfg.hidden_size}",
+        metric_label=task.metric_label,
+    )
     train_config = cfg.train_config(task)
     train_config.overwrite = overwrite  # open_run checked the folder: the trainer applies the same rule
-    trainer = Trainer(model, opt, task, batches, train_config, evaluate=task.evaluate, scheduler=sched,
-                      callbacks=[_Validation(task, log), *task.callbacks(log), plot], meta=task.meta())
+    trainer = Trainer(
+        model,
+        opt,
+        task,
+        batches,
+        train_config,
+        evaluate=task.evaluate,
+        scheduler=sched,
+        callbacks=[_Validation(task, log), *task.callbacks(log), plot],
+        meta=task.meta(),
+    )
     result = trainer.fit(resume_from=run.latest if resume else None)
     final = result.val or task.evaluate(model.eval(), "val")  # the trainer validates at its last step
     summary = {
@@ -350,7 +397,9 @@ def run_task(task: Task, log: Callable[[str], None] = print, resume: bool = Fals
         "baseline": task.baseline.get(task.metric),
         "training_time": round(result.seconds, 2),
         "validation_time": round(trainer.validation_seconds, 2),  # the last validation and its checkpoints
-        "evaluation_time": round(result.evaluation_seconds, 2),  # every validation of this call, samples and checkpoints included
+        "evaluation_time": round(
+            result.evaluation_seconds, 2
+        ),  # every validation of this call, samples and checkpoints included
         "evaluation_share": round(result.evaluation_seconds / max(result.seconds, 1e-9), 4),
         "max_time": cfg.max_time,
         "wall_time": round(time.monotonic() - start, 2),

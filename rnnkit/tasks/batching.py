@@ -14,7 +14,8 @@ batches and takes its own consecutive share of each (:meth:`Minibatches.shard`).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,8 +39,16 @@ class Minibatches(PassPosition):
             (see :meth:`shard`); ``batch_size`` stays the global batch and must be a multiple of N.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, take: Callable[[Tensor, int], Any], *,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        take: Callable[[Tensor, int], Any],
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         if n < 1:
             raise ValueError(f"Minibatches: n must be ≥ 1 example, got {n}")
         if batch_size < 1:
@@ -49,7 +58,7 @@ class Minibatches(PassPosition):
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
-    def shard(self, num_replicas: int, rank: int) -> "Minibatches":
+    def shard(self, num_replicas: int, rank: int) -> Minibatches:
         """The same batches, of which this copy yields only process ``rank``'s share.
 
         Each global batch idx (b,) is cut by :func:`torch.tensor_split` into N consecutive parts

@@ -118,8 +118,16 @@ def beside(image: Tensor, notes: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def caption(model: VectorToSequence, images: Tensor, *, max_length: int, method: str = "greedy", beam_width: int = 4,
-            n_best: int = 1, **sampling) -> list[list[tuple[str, float]]]:
+def caption(
+    model: VectorToSequence,
+    images: Tensor,
+    *,
+    max_length: int,
+    method: str = "greedy",
+    beam_width: int = 4,
+    n_best: int = 1,
+    **sampling,
+) -> list[list[tuple[str, float]]]:
     """Caption every image (N, C) with ``generate`` (ending at EOS): for each image its
     ``n_best`` captions with their scores, best first (one for greedy decoding and sampling).
     The images may live on the CPU; each batch of them is moved to the model's device."""
@@ -127,8 +135,16 @@ def caption(model: VectorToSequence, images: Tensor, *, max_length: int, method:
     device = model_device(model)
     for s in chunks(images.shape[0], EVAL_BATCH):
         v = to_device(images[s], device)  # (B, C)
-        got = generate(model, max_length=max_length, method=method, beam_width=beam_width, n_best=n_best, end="eos",
-                       context=v, **sampling)
+        got = generate(
+            model,
+            max_length=max_length,
+            method=method,
+            beam_width=beam_width,
+            n_best=n_best,
+            end="eos",
+            context=v,
+            **sampling,
+        )
         tokens, lengths, scores = got.tokens, got.lengths, got.scores
         if n_best == 1:  # Generated (B, L) → the same as one hypothesis each, (B, 1, L)
             tokens, lengths, scores = tokens.unsqueeze(1), lengths.unsqueeze(1), scores.unsqueeze(1)
@@ -141,7 +157,9 @@ class CaptionTask(Task):
     """Digit images → their names, one character at a time (see the module docstring)."""
 
     name = "caption"
-    summary = "captioning: an 8×8 digit image conditions a decoder that writes its name (exact match and CER, greedy vs beam)"
+    summary = (
+        "captioning: an 8×8 digit image conditions a decoder that writes its name (exact match and CER, greedy vs beam)"
+    )
     Config = CaptionConfig
     metric = "exact_match"
     higher_is_better = True
@@ -161,10 +179,16 @@ class CaptionTask(Task):
             self.baselines[s] = {"exact_match": exact_match(guess, refs), "cer": char_error_rate(guess, refs)}
         self.baseline = self.baselines["val"]
         n = {s: split.labels.numel() for s, split in self.data.items()}
-        log(f"caption: {n['train']} / {n['val']} / {n['test']} images (8×8, v = {PIXELS} pixels) → their names, "
-            f"vocabulary {len(VOCAB)}; the image enters the decoder as {cfg.condition}")
-        log(f"  baseline (always {self.majority!r}, the most frequent training caption): " + "; ".join(
-            f"{s} exact match {b['exact_match']:.3f}, CER {b['cer']:.3f}" for s, b in self.baselines.items()))
+        log(
+            f"caption: {n['train']} / {n['val']} / {n['test']} images (8×8, v = {PIXELS} pixels) → their names, "
+            f"vocabulary {len(VOCAB)}; the image enters the decoder as {cfg.condition}"
+        )
+        log(
+            f"  baseline (always {self.majority!r}, the most frequent training caption): "
+            + "; ".join(
+                f"{s} exact match {b['exact_match']:.3f}, CER {b['cer']:.3f}" for s, b in self.baselines.items()
+            )
+        )
 
     def references(self, split: str) -> list[str]:
         """The true captions of a split's images."""
@@ -174,9 +198,12 @@ class CaptionTask(Task):
         cfg = self.cfg
         E = cfg.embedding_size
         width = E + (PIXELS if cfg.condition in ("input", "both") else 0)
-        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), width, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout)
-        self.model = VectorToSequence(layer, PIXELS, context_mode=cfg.condition, vocab_size=len(VOCAB), embedding_size=E,
-                                      bos=BOS, eos=EOS)
+        layer = Stack.build(
+            lambda i, h: make_cell(cfg.cell, i, h), width, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout
+        )
+        self.model = VectorToSequence(
+            layer, PIXELS, context_mode=cfg.condition, vocab_size=len(VOCAB), embedding_size=E, bos=BOS, eos=EOS
+        )
         return self.model
 
     def describe(self, model) -> str:
@@ -209,7 +236,9 @@ class CaptionTask(Task):
         out = {"loss": total / count}
         refs = self.references(split)
         for method, prefix in (("greedy", ""), ("beam", "beam_")):
-            found = caption(model, data.images, max_length=self.max_length, method=method, beam_width=self.cfg.beam_width)
+            found = caption(
+                model, data.images, max_length=self.max_length, method=method, beam_width=self.cfg.beam_width
+            )
             hyps = [c[0][0] if c else "" for c in found]  # none: no hypothesis ended (beam search, all −∞)
             out[f"{prefix}exact_match"] = exact_match(hyps, refs)
             out[f"{prefix}cer"] = char_error_rate(hyps, refs)
@@ -221,8 +250,16 @@ class CaptionTask(Task):
             self.data = {"test": as_images(digits("rows", seed=self.cfg.seed).test)}
         return self.data["test"]
 
-    def sample_text(self, model: VectorToSequence, prime: str = "", length: int = 20, method: str = "greedy",
-                    beam_width: int = 4, n_best: int = 1, **sampling) -> str:
+    def sample_text(
+        self,
+        model: VectorToSequence,
+        prime: str = "",
+        length: int = 20,
+        method: str = "greedy",
+        beam_width: int = 4,
+        n_best: int = 1,
+        **sampling,
+    ) -> str:
         """Test images printed beside their captions (up to ``length`` characters each).
 
         ``prime`` picks the images: test-split numbers separated by commas or spaces
@@ -237,8 +274,9 @@ class CaptionTask(Task):
         if any(k >= n for k in picked):
             raise DataError(f"caption: the test split has images 0 … {n - 1}, got {max(picked)}")
         idx = torch.tensor(picked)
-        found = caption(model, test.images[idx], max_length=length, method=method, beam_width=beam_width,
-                        n_best=n_best, **sampling)
+        found = caption(
+            model, test.images[idx], max_length=length, method=method, beam_width=beam_width, n_best=n_best, **sampling
+        )
         blocks = []
         for k, image, label, hyps in zip(picked, test.images[idx], test.labels[idx].tolist(), found):
             if n_best == 1:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,10 +49,14 @@ STDLIB_CHARS = 4_000_000  # the built-in corpus's size when max_chars is not giv
 @dataclass
 class CharLMConfig(TaskConfig):
     data: str | None = None  # a text file or folder; None: the Python standard library's source
-    max_chars: int | None = None  # cap on the corpus size, in characters; None: all of --data (of the stdlib, its first 4,000,000)
+    max_chars: int | None = (
+        None  # cap on the corpus size, in characters; None: all of --data (of the stdlib, its first 4,000,000)
+    )
     embedding_size: int = 64  # character embedding width
     seq_length: int = 100  # truncated BPTT: steps per chunk (shorter where a file ends)
-    holdout_every: int = 20  # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
+    holdout_every: int = (
+        20  # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
+    )
     sample_length: int = 200  # characters printed at each validation
     temperature: float = 0.8  # sampling temperature of the printed samples
     hidden_size: int = 256  # units per recurrent layer (char-rnn's rnn_size)
@@ -65,9 +70,12 @@ class CharLMConfig(TaskConfig):
 
     def __post_init__(self, val_every: int | None) -> None:
         if val_every is not None:
-            warnings.warn("CharLMConfig: val_every is now holdout_every (how often a file is held out; eval_every "
-                          "is how often to validate); the old name goes in the next release", DeprecationWarning,
-                          stacklevel=3)
+            warnings.warn(
+                "CharLMConfig: val_every is now holdout_every (how often a file is held out; eval_every "
+                "is how often to validate); the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
             self.holdout_every = val_every
 
     def check(self) -> None:
@@ -95,7 +103,11 @@ class CharLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.embedding_size)
         self.rnn = Stack.build(
-            lambda i, h: make_cell(cfg.cell, i, h), cfg.embedding_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout
+            lambda i, h: make_cell(cfg.cell, i, h),
+            cfg.embedding_size,
+            cfg.hidden_size,
+            cfg.num_layers,
+            dropout=cfg.dropout,
         )
         self.head = nn.Linear(self.rnn.output_size, vocab_size)
 
@@ -167,7 +179,9 @@ class TBPTTStep:
         total, n = masked_nll(logits, chunk.targets, chunk.lengths)
         self.previous = chunk
         # items: characters (throughput in chars/s); sequences: the lanes' chunks
-        return StepResult(total / n, items=n, metrics={"bpc": float(total.detach()) / n / math.log(2)}, sequences=len(chunk.lanes))
+        return StepResult(
+            total / n, items=n, metrics={"bpc": float(total.detach()) / n / math.log(2)}, sequences=len(chunk.lanes)
+        )
 
     def state_dict(self) -> dict:
         """The carried state (per layer, its tensors) and the lanes it belongs to, on the CPU:
@@ -175,7 +189,10 @@ class TBPTTStep:
         (and gathered from every process as plain CPU tensors, whatever device each trains on)."""
         if self.state is None:
             return {"state": None, "lanes": None}
-        return {"state": [[t.detach().cpu() for t in layer] for layer in self.state], "lanes": self.previous.lanes.cpu()}
+        return {
+            "state": [[t.detach().cpu() for t in layer] for layer in self.state],
+            "lanes": self.previous.lanes.cpu(),
+        }
 
     def load_state_dict(self, saved: dict) -> None:
         """Restore what :meth:`state_dict` saved (the stack accepts plain tuples as states)."""
@@ -184,8 +201,13 @@ class TBPTTStep:
             return
         self.state = tuple(tuple(layer) for layer in saved["state"])
         lanes = saved["lanes"]  # carry() needs only the lanes of the previous chunk
-        self.previous = Chunk(lanes.new_empty(0, len(lanes)), lanes.new_empty(0, len(lanes)), lanes.new_empty(len(lanes)),
-                              lanes.new_zeros(len(lanes), dtype=torch.bool), lanes)
+        self.previous = Chunk(
+            lanes.new_empty(0, len(lanes)),
+            lanes.new_empty(0, len(lanes)),
+            lanes.new_empty(len(lanes)),
+            lanes.new_zeros(len(lanes), dtype=torch.bool),
+            lanes,
+        )
 
     @staticmethod
     def merge_state_dicts(states: list[dict]) -> dict:
@@ -224,20 +246,40 @@ def evaluate_stream(model: CharLM, stream: LaneStream, progress: bool = False) -
     return {"loss": total / count, "bpc": total / count / math.log(2), "perplexity": math.exp(total / count)}
 
 
-def sample(model: CharLM, vocab: CharVocab, length: int, prime: str = "\n", *, method: str = "sample",
-           temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None, beam_width: int = 4,
-           generator: torch.Generator | None = None) -> str:
+def sample(
+    model: CharLM,
+    vocab: CharVocab,
+    length: int,
+    prime: str = "\n",
+    *,
+    method: str = "sample",
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    beam_width: int = 4,
+    generator: torch.Generator | None = None,
+) -> str:
     """Feed ``prime`` through the model, then generate ``length`` characters."""
     tokens = vocab.encode(prime).view(1, -1)  # (1, P)
-    out = generate(model, max_length=length, method=method, temperature=temperature, top_k=top_k, top_p=top_p,
-                   beam_width=beam_width, end=None, prime=tokens, generator=generator)
+    out = generate(
+        model,
+        max_length=length,
+        method=method,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        beam_width=beam_width,
+        end=None,
+        prime=tokens,
+        generator=generator,
+    )
     return vocab.decode(out.tokens[0, : out.lengths[0]].tolist())
 
 
 class _PrintSamples(Callback):
     """char-rnn's habit: a sample at every validation, so the user watches the text improve."""
 
-    def __init__(self, task: "CharLMTask", log: Callable[[str], None]) -> None:
+    def __init__(self, task: CharLMTask, log: Callable[[str], None]) -> None:
         self.task, self.log = task, log
         self.generator = torch.Generator().manual_seed(task.cfg.seed)
 
@@ -250,8 +292,13 @@ class _PrintSamples(Callback):
         self.generator.set_state(saved["generator"])
 
     def on_validation(self, trainer, metrics) -> None:
-        text = sample(trainer.model, self.task.vocab, self.task.cfg.sample_length,
-                      temperature=self.task.cfg.temperature, generator=self.generator)
+        text = sample(
+            trainer.model,
+            self.task.vocab,
+            self.task.cfg.sample_length,
+            temperature=self.task.cfg.temperature,
+            generator=self.generator,
+        )
         self.log("  sample: " + text.replace("\n", "\n          "))
 
 
@@ -303,10 +350,15 @@ class CharLMTask(Task):
         source = cfg.data or "the Python standard library's source"
         whole = corpus.files >= n  # whole files held out, else each file's tail
         split = whole and held[SPLITS["val"]] + held[SPLITS["test"]] >= 2
-        held_out = (f"{held[SPLITS['val']]} validation and {held[SPLITS['test']]} test files held out" if split
-                    else f"{'1 file' if whole else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split")
-        log(f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(self.vocab)}; "
-            f"{held_out}; unigram baseline {self.baseline['bpc']:.3f} bits/char")
+        held_out = (
+            f"{held[SPLITS['val']]} validation and {held[SPLITS['test']]} test files held out"
+            if split
+            else f"{'1 file' if whole else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split"
+        )
+        log(
+            f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(self.vocab)}; "
+            f"{held_out}; unigram baseline {self.baseline['bpc']:.3f} bits/char"
+        )
 
     def _corpus(self, data: str | None, log) -> TokenCorpus:
         """The token file of ``data`` (None: the stdlib), prepared into the cache if it is not there
@@ -387,9 +439,11 @@ class CharLMTask(Task):
         if split not in ("val", "test"):
             raise ValueError(f"charlm: split must be 'val' or 'test', got {split!r}")
         if split not in self.streams:
-            raise ValueError("charlm: this run has no test split: its corpus held out a single file or the tails of "
-                             f"files (a test split needs ≥ {2 * self.cfg.holdout_every} files, every "
-                             f"{self.cfg.holdout_every}th held out); use --split val")
+            raise ValueError(
+                "charlm: this run has no test split: its corpus held out a single file or the tails of "
+                f"files (a test split needs ≥ {2 * self.cfg.holdout_every} files, every "
+                f"{self.cfg.holdout_every}th held out); use --split val"
+            )
         self.baseline = self.baselines[split]
         return evaluate_stream(model, self.streams[split], progress=self.show_progress)
 
@@ -400,7 +454,7 @@ class CharLMTask(Task):
         return {**super().meta(), "vocab": self.vocab.chars}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "CharLMTask":
+    def from_meta(cls, meta: dict) -> CharLMTask:
         task = super().from_meta(meta)
         task.vocab = CharVocab(meta["vocab"])
         return task

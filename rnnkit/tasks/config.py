@@ -89,15 +89,20 @@ def check_config(cls: type, values: dict, source: str = "config", base: Any = No
     for old in [k for k in values if k in renamed and k not in hints]:
         new = renamed[old]
         if source != "checkpoint":  # a run saved before the rename is not the user's to fix
-            warnings.warn(f"{source}: {old!r} is now {new!r}; the old name goes in the next release",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{source}: {old!r} is now {new!r}; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         value = values.pop(old)
         values.setdefault(new, value)
     unknown = [k for k in values if k not in hints]
     if unknown:
         close = {k: difflib.get_close_matches(k.replace("-", "_"), names, n=1) for k in unknown}
         hint = "".join(f" (did you mean {close[k][0]!r}?)" for k in unknown if close[k])
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}{hint}; known: {', '.join(names)}")
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}{hint}; known: {', '.join(names)}"
+        )
     current = dataclasses.asdict(base) if base is not None else {}
     merged = {**current, **{k: coerce(k, v, hints[k], source) for k, v in values.items()}}
     return cls(**merged)
@@ -126,10 +131,14 @@ def read_config_file(path: str | Path, task: str | None = None) -> dict:
             try:
                 import yaml
             except ImportError:
-                raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use TOML or JSON") from None
+                raise ConfigError(
+                    f"{path}: YAML configs need PyYAML (pip install pyyaml); or use TOML or JSON"
+                ) from None
             data = yaml.load(text, Loader=_yaml_loader(yaml))
         else:
-            raise ConfigError(f"{path}: config files must end in .toml, .json, .yaml or .yml, got {suffix or 'no suffix'!r}")
+            raise ConfigError(
+                f"{path}: config files must end in .toml, .json, .yaml or .yml, got {suffix or 'no suffix'!r}"
+            )
     except ConfigError:
         raise
     except Exception as e:  # the parsers' own errors carry line and column
@@ -138,8 +147,10 @@ def read_config_file(path: str | Path, task: str | None = None) -> dict:
         data = data["train"]
     if isinstance(data, dict) and "task" in data and isinstance(data.get("config"), dict):  # a run's config.json
         if task is not None and data["task"] != task:
-            raise ConfigError(f"{path}: the settings of a {data['task']!r} run, not {task!r}: "
-                              f"rnnkit train {data['task']} --config {path}")
+            raise ConfigError(
+                f"{path}: the settings of a {data['task']!r} run, not {task!r}: "
+                f"rnnkit train {data['task']} --config {path}"
+            )
         data = {k: v for k, v in data["config"].items() if k != "out"}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings, got {type(data).__name__}")

@@ -72,29 +72,45 @@ class DigitsTask(Task):
         cfg = self.cfg
         self.data = digits(cfg.order, seed=cfg.seed)
         train = self.data.train
-        self.baselines = {s: {"accuracy": majority_accuracy(train.targets, getattr(self.data, s).targets)} for s in ("val", "test")}
+        self.baselines = {
+            s: {"accuracy": majority_accuracy(train.targets, getattr(self.data, s).targets)} for s in ("val", "test")
+        }
         self.baseline = self.baselines["val"]
         T, _, I = train.inputs.shape
-        log(f"digits: {train.targets.numel()} train, {self.data.val.targets.numel()} val, {self.data.test.targets.numel()} test "
+        log(
+            f"digits: {train.targets.numel()} train, {self.data.val.targets.numel()} val, {self.data.test.targets.numel()} test "
             f"images as {T} steps × {I} pixels; majority-class baseline accuracy {self.baseline['accuracy']:.3f} (val), "
-            f"{self.baselines['test']['accuracy']:.3f} (test)")
+            f"{self.baselines['test']['accuracy']:.3f} (test)"
+        )
 
     def build_model(self) -> ManyToOne:
         cfg = self.cfg
         width = 8 if cfg.order == "rows" else 1  # I, pixels per step
-        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), width, cfg.hidden_size, cfg.num_layers,
-                            bidirectional=cfg.bidirectional, dropout=cfg.dropout)
+        layer = Stack.build(
+            lambda i, h: make_cell(cfg.cell, i, h),
+            width,
+            cfg.hidden_size,
+            cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout,
+        )
         return ManyToOne(layer, CLASSES)
 
     def batches(self) -> Minibatches:
         train = self.data.train
-        return Minibatches(train.targets.numel(), self.cfg.batch_size, self.cfg.seed,
-                           lambda idx, _: (train.inputs[:, idx], train.targets[idx]))  # (T, B, I), (B,)
+        return Minibatches(
+            train.targets.numel(),
+            self.cfg.batch_size,
+            self.cfg.seed,
+            lambda idx, _: (train.inputs[:, idx], train.targets[idx]),
+        )  # (T, B, I), (B,)
 
     def step(self, model: ManyToOne, batch) -> StepResult:
         x, y = batch
         logits = model(x)  # (B, K)
-        return StepResult(F.cross_entropy(logits, y), items=y.numel(), metrics={"accuracy": accuracy(logits.detach(), y)})
+        return StepResult(
+            F.cross_entropy(logits, y), items=y.numel(), metrics={"accuracy": accuracy(logits.detach(), y)}
+        )
 
     def evaluate(self, model: ManyToOne, split: str = "val") -> dict[str, float]:
         """Loss and accuracy on ``split`` ("val" or "test"); ``baseline`` becomes that split's."""

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +76,13 @@ EVAL_CHUNK = 512  # held-out sequences per forward pass: bounds evaluation memor
 class LongLagConfig(TaskConfig):
     """Settings the three long-lag tasks share (a task's own config sets its defaults)."""
 
-    forget_bias: float | None = 5.0  # initial forget-gate bias of LSTM (update gate of GRU) cells: large for long lags; None: the cell's own
+    forget_bias: float | None = (
+        5.0  # initial forget-gate bias of LSTM (update gate of GRU) cells: large for long lags; None: the cell's own
+    )
     heldout_size: int = TEST_SIZE  # sequences in each fixed held-out set, val and test (the paper's 2560)
-    stop_when_solved: int | None = 3  # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
+    stop_when_solved: int | None = (
+        3  # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
+    )
     hidden_size: int = 64  # units per recurrent layer
     batch_size: int = 64  # fresh sequences per update
     lr: float = 3e-3  # Adam learning rate
@@ -162,8 +166,9 @@ class FinalStepModel(nn.Module):
 def build_stack(cfg: LongLagConfig, input_size: int) -> Stack:
     """The config's recurrent stack: ``num_layers`` layers of ``cfg.cell``, H = ``hidden_size``,
     with the forget gates' initial bias set to ``cfg.forget_bias`` (see :func:`set_forget_bias`)."""
-    stack = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), input_size, cfg.hidden_size, cfg.num_layers,
-                        dropout=cfg.dropout)
+    stack = Stack.build(
+        lambda i, h: make_cell(cfg.cell, i, h), input_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout
+    )
     if cfg.forget_bias is not None:
         for layer in stack.layers:
             set_forget_bias(layer.cell, cfg.forget_bias)
@@ -198,14 +203,16 @@ class _StopWhenSolved(Callback):
     criterion. More than one leaves a margin: a model that just reaches ≤ 3 wrong of 2560
     validation sequences is on the border, and may have 4 wrong of the 2560 test ones."""
 
-    def __init__(self, task: "LongLagTask", log: Callable[[str], None]) -> None:
+    def __init__(self, task: LongLagTask, log: Callable[[str], None]) -> None:
         self.task, self.log = task, log
         self.in_a_row = 0
 
     def on_validation(self, trainer, metrics) -> None:
         self.in_a_row = self.in_a_row + 1 if self.task.solved(metrics) else 0
         if self.in_a_row >= self.task.cfg.stop_when_solved:
-            self.log(f"solved at step {trainer.step}: {self.task.verdict(metrics)}, {self.in_a_row} validations in a row")
+            self.log(
+                f"solved at step {trainer.step}: {self.task.verdict(metrics)}, {self.in_a_row} validations in a row"
+            )
             trainer.should_stop, trainer.stop_reason = True, "solved"
 
 
@@ -265,8 +272,10 @@ class LongLagTask(Task):
         self.heldout = {"test": self.draw_heldout(sizes["test"], gen), "val": self.draw_heldout(sizes["val"], gen)}
         self.baseline = self.baselines(self.heldout["val"].targets)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in self.baseline.items())
-        log(f"{self.name}: {self.describe_data()}; {self.describe_training()}; "
-            f"held out: {sizes['val']} validation and {sizes['test']} test sequences; baseline: {shown}")
+        log(
+            f"{self.name}: {self.describe_data()}; {self.describe_training()}; "
+            f"held out: {sizes['val']} validation and {sizes['test']} test sequences; baseline: {shown}"
+        )
 
     def describe_training(self) -> str:
         """What the model trains on, for the log."""
@@ -308,8 +317,11 @@ class LongLagTask(Task):
         outs = []
         for lo in range(0, n, EVAL_CHUNK):
             hi = min(lo + EVAL_CHUNK, n)
-            part = SequenceBatch(data.inputs[:, lo:hi], data.targets[:, lo:hi] if self.many_to_many else data.targets[lo:hi],
-                                 None if data.lengths is None else data.lengths[lo:hi])
+            part = SequenceBatch(
+                data.inputs[:, lo:hi],
+                data.targets[:, lo:hi] if self.many_to_many else data.targets[lo:hi],
+                None if data.lengths is None else data.lengths[lo:hi],
+            )
             outs.append(self.forward(model, to_device(part, device)))
         return torch.cat(outs, dim=1 if self.many_to_many else 0), data.targets.to(device)
 
@@ -329,8 +341,10 @@ class LongLagTask(Task):
 
     def verdict(self, metrics: dict[str, float]) -> str:
         """The validation metrics that met :meth:`solved`, and the criterion, in words (for the log)."""
-        return (f"{int(metrics['wrong'])} wrong of {self.heldout_sizes()['val']} validation sequences "
-                f"(≤ {MAX_WRONG} of {TEST_SIZE} allowed)")
+        return (
+            f"{int(metrics['wrong'])} wrong of {self.heldout_sizes()['val']} validation sequences "
+            f"(≤ {MAX_WRONG} of {TEST_SIZE} allowed)"
+        )
 
     def callbacks(self, log):
         return [] if self.cfg.stop_when_solved is None else [_StopWhenSolved(self, log)]
@@ -347,7 +361,9 @@ class AddingConfig(LongLagConfig):
     def check(self) -> None:
         super().check()
         if self.length < 20:
-            raise ValueError(f"length must be ≥ 20 (the first mark's window must lie in the first T/2 steps), got {self.length}")
+            raise ValueError(
+                f"length must be ≥ 20 (the first mark's window must lie in the first T/2 steps), got {self.length}"
+            )
 
 
 class AddingTask(LongLagTask):
@@ -505,8 +521,11 @@ class CopyTask(LongLagTask):
 
     def metrics(self, outputs, targets):
         recalled = outputs[-COPY_MEMORIZE:].argmax(-1) == targets[-COPY_MEMORIZE:]  # (10, N)
-        return {"loss": float(sequence_nll(outputs, targets, reduction="mean")),
-                "accuracy": float(recalled.double().mean()), "wrong": int((~recalled.all(0)).sum())}
+        return {
+            "loss": float(sequence_nll(outputs, targets, reduction="mean")),
+            "accuracy": float(recalled.double().mean()),
+            "wrong": int((~recalled.all(0)).sum()),
+        }
 
     def baselines(self, targets):
         return {"loss": copy_memory_baseline(self.cfg.delay, COPY_SYMBOLS, COPY_MEMORIZE), "accuracy": 1 / COPY_SYMBOLS}

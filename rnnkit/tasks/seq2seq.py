@@ -79,7 +79,9 @@ class Seq2SeqConfig(TaskConfig):
     attention_size: int = 32  # A, the attention's hidden width
     context: str = "init"  # how the summary C enters the decoder: init (h(0)), input (every step) or both
     bidirectional: bool = False  # read the source both ways (the summary is [h(S); g(1)])
-    teacher_schedule: str = "constant"  # ε_i, P(feed the true character): constant, linear, exponential or inverse-sigmoid
+    teacher_schedule: str = (
+        "constant"  # ε_i, P(feed the true character): constant, linear, exponential or inverse-sigmoid
+    )
     teacher_param: float | None = None  # the schedule's ε, c or k (Bengio et al. 2015); None: a default per schedule
     beam_width: int = 4  # hypotheses kept by the beam search at evaluation
     hidden_size: int = 64  # units per recurrent layer (per direction in the encoder)
@@ -105,8 +107,10 @@ class Seq2SeqConfig(TaskConfig):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction must be < 1 to leave training pairs, got "
-                             f"{self.val_fraction + self.test_fraction}")
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave training pairs, got "
+                f"{self.val_fraction + self.test_fraction}"
+            )
         if not 1 <= self.max_digits <= MAX_DIGITS:
             raise ValueError(f"max_digits must be in [1, {MAX_DIGITS}], got {self.max_digits}")
         if self.context not in ("init", "input", "both"):
@@ -163,8 +167,17 @@ def teacher_forced_nll(model: Seq2Seq, pairs: Pairs, reduction: str = "mean") ->
 
 
 @torch.no_grad()
-def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_lengths: Tensor, *, max_length: int,
-              method: str = "greedy", beam_width: int = 4, **sampling) -> list[str]:
+def translate(
+    model: Seq2Seq,
+    target_vocab: TokenVocab,
+    sources: Tensor,
+    source_lengths: Tensor,
+    *,
+    max_length: int,
+    method: str = "greedy",
+    beam_width: int = 4,
+    **sampling,
+) -> list[str]:
     """The translations of every source, decoded by :func:`rnnkit.generate` until EOS.
 
     Args:
@@ -187,8 +200,16 @@ def translate(model: Seq2Seq, target_vocab: TokenVocab, sources: Tensor, source_
         lengths = source_lengths[s]
         src, lengths = to_device((sources[: int(lengths.max()), s], lengths), device)  # (S, B), (B,)
         memory = model.encode(src, lengths)
-        out = generate(model, lengths.numel(), max_length=max_length, method=method, beam_width=beam_width,
-                       end="eos", context=memory, **sampling)
+        out = generate(
+            model,
+            lengths.numel(),
+            max_length=max_length,
+            method=method,
+            beam_width=beam_width,
+            end="eos",
+            context=memory,
+            **sampling,
+        )
         texts += [target_vocab.decode(row[:n]) for row, n in zip(out.tokens, out.lengths.tolist())]
     return texts
 
@@ -198,8 +219,10 @@ class Seq2SeqTask(Task):
     encoder–decoder (see the module docstring)."""
 
     name = "seq2seq"
-    summary = ("numbers in digits → English words, or your own pairs (--data FILE of source<TAB>target lines), "
-               "encoder–decoder ± attention (exact match, CER, chrF, BLEU; greedy vs beam)")
+    summary = (
+        "numbers in digits → English words, or your own pairs (--data FILE of source<TAB>target lines), "
+        "encoder–decoder ± attention (exact match, CER, chrF, BLEU; greedy vs beam)"
+    )
     Config = Seq2SeqConfig
     metric = "exact_match"
     sample_hint = "--prime 1234 --method beam"  # what `rnnkit train` suggests after training
@@ -223,13 +246,22 @@ class Seq2SeqTask(Task):
         for s in ("val", "test"):
             split = getattr(self.data, s)
             spelled = [spell_digits(x) for x in split.source_texts]
-            self.baselines[s] = {"exact_match": exact_match(spelled, split.target_texts), "bleu": bleu(spelled, split.target_texts)}
+            self.baselines[s] = {
+                "exact_match": exact_match(spelled, split.target_texts),
+                "bleu": bleu(spelled, split.target_texts),
+            }
         self.baseline = self.baselines["val"]
         ex = self.data.train
-        log(f"seq2seq: numbers of 1–{cfg.max_digits} digits → words; {cfg.n_train} / {cfg.n_val} / {cfg.n_test} pairs; "
-            f"vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}; e.g. {ex.source_texts[0]!r} → {ex.target_texts[0]!r}")
-        log("  baseline (each digit spelled alone): " + "; ".join(
-            f"{s} exact match {b['exact_match']:.3f}, BLEU {b['bleu']:.1f}" for s, b in self.baselines.items()))
+        log(
+            f"seq2seq: numbers of 1–{cfg.max_digits} digits → words; {cfg.n_train} / {cfg.n_val} / {cfg.n_test} pairs; "
+            f"vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}; e.g. {ex.source_texts[0]!r} → {ex.target_texts[0]!r}"
+        )
+        log(
+            "  baseline (each digit spelled alone): "
+            + "; ".join(
+                f"{s} exact match {b['exact_match']:.3f}, BLEU {b['bleu']:.1f}" for s, b in self.baselines.items()
+            )
+        )
 
     def _prepare_pairs(self, log, eval_data: str | None = None) -> None:
         """Your own pairs (``cfg.data``), or for ``rnnkit eval --data`` all pairs of ``eval_data``
@@ -237,8 +269,16 @@ class Seq2SeqTask(Task):
         cfg = self.cfg
         vocabs = None if self.source_vocab is None else (self.source_vocab, self.target_vocab)  # a checkpoint's
         if eval_data is None:
-            self.data = load_pairs(cfg.data, val=cfg.val_data, test=cfg.test_data, val_fraction=cfg.val_fraction,
-                                   test_fraction=cfg.test_fraction, min_count=cfg.min_count, split=cfg.tokens, vocabs=vocabs)
+            self.data = load_pairs(
+                cfg.data,
+                val=cfg.val_data,
+                test=cfg.test_data,
+                val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction,
+                min_count=cfg.min_count,
+                split=cfg.tokens,
+                vocabs=vocabs,
+            )
         else:
             split = encode_pairs(read_pairs(eval_data), *vocabs)
             self.data = PairsData(*vocabs, split, split, split)
@@ -248,17 +288,27 @@ class Seq2SeqTask(Task):
         for s in ("val", "test"):  # copying the source: what a model must beat on cognates or transliteration
             split = getattr(self.data, s)
             copied, refs = split.source_texts, split.target_texts
-            self.baselines[s] = {"exact_match": exact_match(copied, refs), "cer": char_error_rate(copied, refs),
-                                 "chrf": chrf(copied, refs)}
+            self.baselines[s] = {
+                "exact_match": exact_match(copied, refs),
+                "cer": char_error_rate(copied, refs),
+                "chrf": chrf(copied, refs),
+            }
         self.baseline = self.baselines["val"]
         d = self.data
         unk = sum(int((x.sources == UNK).sum()) for x in (d.val, d.test))
-        log(f"seq2seq: pairs from {eval_data or cfg.data}; {len(d.train.source_texts)} / {len(d.val.source_texts)} / "
+        log(
+            f"seq2seq: pairs from {eval_data or cfg.data}; {len(d.train.source_texts)} / {len(d.val.source_texts)} / "
             f"{len(d.test.source_texts)} pairs; {cfg.tokens}, vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}"
             f"{f'; {unk} held-out source symbols unknown (UNK)' if unk else ''}; "
-            f"e.g. {d.train.source_texts[0]!r} → {d.train.target_texts[0]!r}")
-        log("  baseline (the source copied): " + "; ".join(
-            f"{s} exact match {b['exact_match']:.3f}, CER {b['cer']:.3f}, chrF {b['chrf']:.1f}" for s, b in self.baselines.items()))
+            f"e.g. {d.train.source_texts[0]!r} → {d.train.target_texts[0]!r}"
+        )
+        log(
+            "  baseline (the source copied): "
+            + "; ".join(
+                f"{s} exact match {b['exact_match']:.3f}, CER {b['cer']:.3f}, chrF {b['chrf']:.1f}"
+                for s, b in self.baselines.items()
+            )
+        )
 
     def prepare_eval(self, data: str | None, log) -> None:
         """For ``rnnkit eval``: the run's held-out pairs, or every pair of the file ``data`` (a
@@ -266,8 +316,10 @@ class Seq2SeqTask(Task):
         if data is None:
             return self.prepare(log)
         if self.cfg.data is None:
-            raise ValueError("rnnkit eval: this seq2seq run trained on the built-in numbers → words, which makes its own "
-                             "data; --data applies to runs trained on your own pairs (rnnkit train seq2seq --data FILE)")
+            raise ValueError(
+                "rnnkit eval: this seq2seq run trained on the built-in numbers → words, which makes its own "
+                "data; --data applies to runs trained on your own pairs (rnnkit train seq2seq --data FILE)"
+            )
         self.schedule = self.cfg.schedule()
         self._prepare_pairs(log, eval_data=data)
 
@@ -278,16 +330,26 @@ class Seq2SeqTask(Task):
             return make_cell(cfg.cell, i, h)
 
         E, H = cfg.embedding_size, cfg.hidden_size
-        encoder = Encoder(Stack.build(cell, E, H, cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.dropout),
-                          vocab_size=len(self.source_vocab))
+        encoder = Encoder(
+            Stack.build(cell, E, H, cfg.num_layers, bidirectional=cfg.bidirectional, dropout=cfg.dropout),
+            vocab_size=len(self.source_vocab),
+        )
         D = encoder.output_size
         width = E + (D if cfg.context in ("input", "both") else 0)
         if cfg.attention:  # the attention cell reads [x; c(t)] and must wrap a single cell
             decoder = cell(width + D, H)
         else:
             decoder = Stack.build(cell, width, H, cfg.num_layers, dropout=cfg.dropout)
-        self.model = Seq2Seq(encoder, decoder, len(self.target_vocab), E, bos=BOS, eos=EOS, context=cfg.context,
-                             attention_size=cfg.attention_size if cfg.attention else None)
+        self.model = Seq2Seq(
+            encoder,
+            decoder,
+            len(self.target_vocab),
+            E,
+            bos=BOS,
+            eos=EOS,
+            context=cfg.context,
+            attention_size=cfg.attention_size if cfg.attention else None,
+        )
         return self.model
 
     def describe(self, model) -> str:
@@ -296,7 +358,9 @@ class Seq2SeqTask(Task):
 
     def batches(self) -> Minibatches:
         train = self.data.train
-        return Minibatches(len(train.source_texts), self.cfg.batch_size, self.cfg.seed, lambda idx, i: take(train, idx, i))
+        return Minibatches(
+            len(train.source_texts), self.cfg.batch_size, self.cfg.seed, lambda idx, i: take(train, idx, i)
+        )
 
     def step(self, model: Seq2Seq, pairs: Pairs) -> StepResult:
         eps = self.schedule(pairs.update)  # the update count travels with the batch, so resume keeps it
@@ -326,8 +390,15 @@ class Seq2SeqTask(Task):
         out = {"loss": total / count}
         refs = data.target_texts
         for method, prefix in (("greedy", ""), ("beam", "beam_")):
-            hyps = translate(model, self.target_vocab, data.sources, data.source_lengths, max_length=self.max_length,
-                             method=method, beam_width=self.cfg.beam_width)
+            hyps = translate(
+                model,
+                self.target_vocab,
+                data.sources,
+                data.source_lengths,
+                max_length=self.max_length,
+                method=method,
+                beam_width=self.cfg.beam_width,
+            )
             out[f"{prefix}exact_match"] = exact_match(hyps, refs)
             out[f"{prefix}cer"] = char_error_rate(hyps, refs)
             out[f"{prefix}chrf"] = chrf(hyps, refs)
@@ -338,8 +409,16 @@ class Seq2SeqTask(Task):
                     raise  # the numbers task reports BLEU; your own pairs do without it (sacrebleu not installed)
         return out
 
-    def sample_text(self, model: Seq2Seq, prime: str = "1234", length: int = 200, method: str = "greedy",
-                    beam_width: int = 4, n_best: int = 1, **sampling) -> str:
+    def sample_text(
+        self,
+        model: Seq2Seq,
+        prime: str = "1234",
+        length: int = 200,
+        method: str = "greedy",
+        beam_width: int = 4,
+        n_best: int = 1,
+        **sampling,
+    ) -> str:
         """The translation of ``prime`` (a number in digits; blank: 1234), up to ``length``
         characters: ``"1234 → one thousand two hundred thirty-four"``; with ``n_best`` > 1 (beam
         search) the n best translations, one a line, each with its score (log p / L^α)."""
@@ -354,12 +433,30 @@ class Seq2SeqTask(Task):
         src = torch.tensor(self.source_vocab.encode(number)).view(-1, 1)  # (S, 1)
         if n_best > 1:
             src, lengths = to_device((src, torch.tensor([src.shape[0]])), model_device(model))
-            best = generate(model, max_length=length, method=method, beam_width=beam_width, n_best=n_best, end="eos",
-                            context=model.encode(src, lengths))
-            return "\n".join(f"{number} → {self.target_vocab.decode(row[:n])}  ({score:.3f})"
-                             for row, n, score in zip(best.tokens[0], best.lengths[0].tolist(), best.scores[0].tolist()) if n > 0)
-        text = translate(model, self.target_vocab, src, torch.tensor([src.shape[0]]), max_length=length,
-                         method=method, beam_width=beam_width, **sampling)[0]
+            best = generate(
+                model,
+                max_length=length,
+                method=method,
+                beam_width=beam_width,
+                n_best=n_best,
+                end="eos",
+                context=model.encode(src, lengths),
+            )
+            return "\n".join(
+                f"{number} → {self.target_vocab.decode(row[:n])}  ({score:.3f})"
+                for row, n, score in zip(best.tokens[0], best.lengths[0].tolist(), best.scores[0].tolist())
+                if n > 0
+            )
+        text = translate(
+            model,
+            self.target_vocab,
+            src,
+            torch.tensor([src.shape[0]]),
+            max_length=length,
+            method=method,
+            beam_width=beam_width,
+            **sampling,
+        )[0]
         return f"{number} → {text}"
 
     def final_sample(self, result: dict) -> str:
@@ -373,13 +470,19 @@ class Seq2SeqTask(Task):
         return "\n".join(lines)
 
     def meta(self) -> dict:
-        return {**super().meta(), "source_vocab": self.source_vocab.to_dict(), "target_vocab": self.target_vocab.to_dict()}
+        return {
+            **super().meta(),
+            "source_vocab": self.source_vocab.to_dict(),
+            "target_vocab": self.target_vocab.to_dict(),
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Seq2SeqTask":
+    def from_meta(cls, meta: dict) -> Seq2SeqTask:
         task = super().from_meta(meta)
-        task.source_vocab, task.target_vocab = (TokenVocab.from_dict(meta["source_vocab"]),
-                                                  TokenVocab.from_dict(meta["target_vocab"]))
+        task.source_vocab, task.target_vocab = (
+            TokenVocab.from_dict(meta["source_vocab"]),
+            TokenVocab.from_dict(meta["target_vocab"]),
+        )
         return task
 
 

@@ -56,7 +56,9 @@ class SunspotsConfig(TaskConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.k_ahead > self.window + self.horizon:
-            raise ValueError(f"k_ahead must be ≤ window + horizon = {self.window + self.horizon} (the training sequence), got {self.k_ahead}")
+            raise ValueError(
+                f"k_ahead must be ≤ window + horizon = {self.window + self.horizon} (the training sequence), got {self.k_ahead}"
+            )
 
 
 class Forecaster(FeedbackDecoder):
@@ -126,12 +128,16 @@ class SunspotsTask(Task):
         self.baseline = self.baselines["val"]
         d, K = self.data, cfg.horizon
         first, train_last, val_last, last = (int(d.years[i]) for i in (0, d.bounds[0] - 1, d.bounds[1] - 1, -1))
-        log(f"sunspots: years {first}–{last}; train to {train_last}, validate to {val_last}, test after; "
+        log(
+            f"sunspots: years {first}–{last}; train to {train_last}, validate to {val_last}, test after; "
             f"{d.train.origins.numel()} / {d.val.origins.numel()} / "
-            f"{d.test.origins.numel()} windows of {cfg.window} years, forecasts {K} year{'s' if K > 1 else ''} ahead")
+            f"{d.test.origins.numel()} windows of {cfg.window} years, forecasts {K} year{'s' if K > 1 else ''} ahead"
+        )
         for s in ("val", "test"):
-            shown = "; ".join(f"{name} {v[0]:.0f} (1 year)" + (f", {v[-1]:.0f} ({K} years)" if K > 1 else "")
-                              for name, v in self.naive[s].items())
+            shown = "; ".join(
+                f"{name} {v[0]:.0f} (1 year)" + (f", {v[-1]:.0f} ({K} years)" if K > 1 else "")
+                for name, v in self.naive[s].items()
+            )
             log(f"  {s} baselines, MSE: {shown}")
 
     def _best_naive(self, split: str) -> dict[str, float]:
@@ -144,7 +150,9 @@ class SunspotsTask(Task):
 
     def build_model(self) -> Forecaster:
         cfg = self.cfg
-        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), 1, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout)
+        layer = Stack.build(
+            lambda i, h: make_cell(cfg.cell, i, h), 1, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout
+        )
         return Forecaster(layer)
 
     def batches(self) -> Minibatches:
@@ -170,7 +178,9 @@ class SunspotsTask(Task):
         w = getattr(self.data, split)
         y = to_device(series(w), model_device(model))  # (W + K, N, 1)
         loss = float(squared_error(model(y).logits, y, reduction="mean"))
-        predicted = self.data.denormalise(forecast(model, w.inputs, self.cfg.horizon).cpu())  # (N, K), the data's device
+        predicted = self.data.denormalise(
+            forecast(model, w.inputs, self.cfg.horizon).cpu()
+        )  # (N, K), the data's device
         mse = forecast_mse(predicted, self.data.denormalise(w.targets))  # (K,)
         out = {"loss": loss, "mse_1": float(mse[0])}
         if self.cfg.horizon > 1:

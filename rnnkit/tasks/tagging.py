@@ -85,7 +85,9 @@ class TaggingTask(Task):
     """Per-character token-kind tagging of Python source (see the module docstring)."""
 
     name = "tagging"
-    summary = "tag every character of stdlib Python source by token kind, tokenize as ground truth (accuracy vs unigram tags)"
+    summary = (
+        "tag every character of stdlib Python source by token kind, tokenize as ground truth (accuracy vs unigram tags)"
+    )
     Config = TaggingConfig
     metric = "accuracy"
     sample_hint = "--prime 'x = f(1)  # call'"  # what `rnnkit train` suggests after training
@@ -99,35 +101,58 @@ class TaggingTask(Task):
         cfg = self.cfg
         self.data = tagging(cfg.chunk_length, cfg.max_chars, cfg.every, root=cfg.data)
         if self.vocab is not None and self.vocab.chars != self.data.vocab.chars:
-            raise DataError(f"tagging: the data's characters differ from the checkpoint's vocabulary "
-                            f"({len(self.data.vocab)} vs {len(self.vocab)}); the corpus changed since training")
+            raise DataError(
+                f"tagging: the data's characters differ from the checkpoint's vocabulary "
+                f"({len(self.data.vocab)} vs {len(self.vocab)}); the corpus changed since training"
+            )
         self.vocab = self.data.vocab
         train = self.data.train
         self.baselines = {s: {"accuracy": unigram_tag_accuracy(train, getattr(self.data, s))} for s in ("val", "test")}
         self.baseline = self.baselines["val"]
         sizes = " / ".join(f"{getattr(self.data, s).targets.numel():,}" for s in ("train", "val", "test"))
-        log(f"tagging: {len(self.data.files)} files of {cfg.data or 'the standard library'} ({len(self.data.skipped)} skipped, "
-            f"not tokenizable); {sizes} characters in chunks of {cfg.chunk_length}; vocabulary {len(self.vocab)}; tags {', '.join(TAGS)}")
+        log(
+            f"tagging: {len(self.data.files)} files of {cfg.data or 'the standard library'} ({len(self.data.skipped)} skipped, "
+            f"not tokenizable); {sizes} characters in chunks of {cfg.chunk_length}; vocabulary {len(self.vocab)}; tags {', '.join(TAGS)}"
+        )
         majority = {s: majority_accuracy(train.targets, getattr(self.data, s).targets) for s in ("val", "test")}
-        log("  baselines: " + "; ".join(f"{s} unigram-tag accuracy {self.baselines[s]['accuracy']:.3f}, "
-                                        f"majority tag {majority[s]:.3f}" for s in ("val", "test")))
+        log(
+            "  baselines: "
+            + "; ".join(
+                f"{s} unigram-tag accuracy {self.baselines[s]['accuracy']:.3f}, majority tag {majority[s]:.3f}"
+                for s in ("val", "test")
+            )
+        )
 
     def build_model(self) -> Tagger:
         cfg = self.cfg
-        layer = Stack.build(lambda i, h: make_cell(cfg.cell, i, h), cfg.embedding_size, cfg.hidden_size, cfg.num_layers,
-                            bidirectional=cfg.bidirectional, dropout=cfg.dropout)
+        layer = Stack.build(
+            lambda i, h: make_cell(cfg.cell, i, h),
+            cfg.embedding_size,
+            cfg.hidden_size,
+            cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout,
+        )
         return Tagger(layer, len(TAGS), vocab_size=len(self.vocab))
 
     def batches(self) -> Minibatches:
         train = self.data.train
-        return Minibatches(train.inputs.shape[1], self.cfg.batch_size, self.cfg.seed,
-                           lambda idx, _: (train.inputs[:, idx], train.targets[:, idx]))  # (T, B) each
+        return Minibatches(
+            train.inputs.shape[1],
+            self.cfg.batch_size,
+            self.cfg.seed,
+            lambda idx, _: (train.inputs[:, idx], train.targets[:, idx]),
+        )  # (T, B) each
 
     def step(self, model: Tagger, batch) -> StepResult:
         x, y = batch
         logits = model(x)  # (T, B, K)
-        return StepResult(sequence_nll(logits, y, reduction="mean"), items=y.numel(), sequences=y.shape[1],
-                          metrics={"accuracy": tag_accuracy(logits.detach(), y)})
+        return StepResult(
+            sequence_nll(logits, y, reduction="mean"),
+            items=y.numel(),
+            sequences=y.shape[1],
+            metrics={"accuracy": tag_accuracy(logits.detach(), y)},
+        )
 
     def evaluate(self, model: Tagger, split: str = "val") -> dict[str, float]:
         """Loss and per-character accuracy on ``split`` ("val" or "test"); ``baseline`` becomes that split's."""
@@ -163,7 +188,7 @@ class TaggingTask(Task):
         return {**super().meta(), "vocab": self.vocab.chars}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "TaggingTask":
+    def from_meta(cls, meta: dict) -> TaggingTask:
         task = super().from_meta(meta)
         task.vocab = CharVocab(meta["vocab"])
         return task

@@ -16,18 +16,44 @@
 
 from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
 from .clipping import clip_gradients
+from .epochs import Epochs
 from .feedback import Rollout, k_step_ahead_loss, rollout
 from .run_folder import RunFolder
-from .epochs import Epochs
-from .supervised import Classification, Regression, Tagging, balanced_class_weights, confusion_matrix
 from .schedules import SCHEDULES, Constant, Exponential, InverseSigmoid, Linear
+from .supervised import Classification, Regression, Tagging, balanced_class_weights, confusion_matrix
 from .tbptt import Chunk, LaneStream
 from .trainer import StepResult, TrainConfig, Trainer, TrainingDiverged, TrainingSettings, TrainResult, seed_everything
 
 __all__ = [
-    "Trainer", "TrainConfig", "TrainingSettings", "StepResult", "TrainResult", "TrainingDiverged", "seed_everything",
-    "Callback", "EarlyStopping", "LogFile", "Checkpoints", "Plot", "ProgressBar", "RunFolder",
-    "LaneStream", "Chunk", "rollout", "Rollout", "k_step_ahead_loss",
-    "SCHEDULES", "Constant", "Linear", "Exponential", "InverseSigmoid", "clip_gradients",
-    "Epochs", "Classification", "Tagging", "Regression", "balanced_class_weights", "confusion_matrix",
+    "Trainer",
+    "TrainConfig",
+    "TrainingSettings",
+    "StepResult",
+    "TrainResult",
+    "TrainingDiverged",
+    "seed_everything",
+    "Callback",
+    "EarlyStopping",
+    "LogFile",
+    "Checkpoints",
+    "Plot",
+    "ProgressBar",
+    "RunFolder",
+    "LaneStream",
+    "Chunk",
+    "rollout",
+    "Rollout",
+    "k_step_ahead_loss",
+    "SCHEDULES",
+    "Constant",
+    "Linear",
+    "Exponential",
+    "InverseSigmoid",
+    "clip_gradients",
+    "Epochs",
+    "Classification",
+    "Tagging",
+    "Regression",
+    "balanced_class_weights",
+    "confusion_matrix",
 ]

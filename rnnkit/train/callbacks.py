@@ -39,22 +39,22 @@ class Callback:
     #: the name this callback's state is saved under in a checkpoint (if None, ``callback.<i>``)
     state_key: ClassVar[str | None] = None
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first update (after a resume has restored the trainer)."""
 
-    def on_step(self, trainer: "Trainer", record: dict) -> None:
+    def on_step(self, trainer: Trainer, record: dict) -> None:
         """After every update, with its log record."""
 
-    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_validation(self, trainer: Trainer, metrics: dict) -> None:
         """After every validation (``trainer.improved`` says whether the monitored metric did)."""
 
-    def on_save(self, trainer: "Trainer") -> None:
+    def on_save(self, trainer: Trainer) -> None:
         """After every validation, once every callback has seen it: where checkpoints are written."""
 
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None:
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
         """After a checkpoint was written to ``path``."""
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         """When training ends, also by an exception."""
 
 
@@ -66,7 +66,7 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int) -> None:
         self.patience, self.bad = patience, 0
 
-    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_validation(self, trainer: Trainer, metrics: dict) -> None:
         self.bad = 0 if trainer.improved else self.bad + 1
         if self.bad >= self.patience:
             trainer.stop("early_stopping")
@@ -87,23 +87,23 @@ class LogFile(Callback):
     def __init__(self, folder: str | Path, fmt: str = "jsonl") -> None:
         self.folder, self.fmt, self.log = Path(folder), fmt, None
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         if distributed.is_main():  # the log on disk up to this step (a resumed run's checkpoint), continued
             self.log = RunLog(self.folder, self.fmt, upto=trainer.step)
 
-    def on_step(self, trainer: "Trainer", record: dict) -> None:
+    def on_step(self, trainer: Trainer, record: dict) -> None:
         if self.log:
             self.log.write(record)
 
-    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_validation(self, trainer: Trainer, metrics: dict) -> None:
         if self.log:
             self.log.write(trainer.history[-1])
 
-    def on_save(self, trainer: "Trainer") -> None:
+    def on_save(self, trainer: Trainer) -> None:
         if self.log:  # before the checkpoint: a resumed run finds every record up to it
             self.log.flush()
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         if self.log:
             self.log.close()
             self.log = None
@@ -119,7 +119,7 @@ class Checkpoints(Callback):
 
         self.run, self.keep = RunFolder(folder), keep
 
-    def on_save(self, trainer: "Trainer") -> None:
+    def on_save(self, trainer: Trainer) -> None:
         distributed.merge_states(trainer.stateful())  # a collective: state held in shards is saved whole
         if not distributed.is_main():
             return
@@ -149,15 +149,23 @@ class Plot(Callback):
     validation, training records thinned to a few thousand), so its memory does not grow with
     the run; a resumed run's are read back from its log."""
 
-    def __init__(self, path: str | Path, monitor: str = "loss", *, metric: str | None = None,
-                 baseline: float | None = None, title: str | None = None, metric_label: str | None = None,
-                 every: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        monitor: str = "loss",
+        *,
+        metric: str | None = None,
+        baseline: float | None = None,
+        title: str | None = None,
+        metric_label: str | None = None,
+        every: float = 60.0,
+    ) -> None:
         self.path, self.monitor, self.metric, self.baseline = Path(path), monitor, metric, baseline
         self.title, self.metric_label, self.every = title, metric_label, every
         self.drawn_at, self.drawn_step = 0.0, None  # trainer.elapsed() and step at the last drawing
         self.curves = CurveRecords()
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         self.drawn_at, self.drawn_step = 0.0, None
         self.curves = CurveRecords()
         log = trainer.out / f"metrics.{trainer.config.log_format}" if trainer.out else None
@@ -168,25 +176,32 @@ class Plot(Callback):
         for record in records:
             self.curves.add(record)
 
-    def on_step(self, trainer: "Trainer", record: dict) -> None:
+    def on_step(self, trainer: Trainer, record: dict) -> None:
         self.curves.add(record)
 
-    def on_validation(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_validation(self, trainer: Trainer, metrics: dict) -> None:
         self.curves.add(trainer.history[-1])
 
-    def on_save(self, trainer: "Trainer") -> None:
+    def on_save(self, trainer: Trainer) -> None:
         if trainer.elapsed() - self.drawn_at >= self.every:
             self.draw(trainer)
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         if self.drawn_step != trainer.step and any(r.get("kind") == "train" for r in self.curves.records()):
             self.draw(trainer)
 
-    def draw(self, trainer: "Trainer") -> None:
+    def draw(self, trainer: Trainer) -> None:
         """Write the curves of the run so far."""
         if distributed.is_main():
-            plot_curves(self.curves.records(), self.path, monitor=self.monitor, metric=self.metric,
-                        baseline=self.baseline, title=self.title or self.path.parent.name, metric_label=self.metric_label)
+            plot_curves(
+                self.curves.records(),
+                self.path,
+                monitor=self.monitor,
+                metric=self.metric,
+                baseline=self.baseline,
+                title=self.title or self.path.parent.name,
+                metric_label=self.metric_label,
+            )
         self.drawn_at, self.drawn_step = trainer.elapsed(), trainer.step
 
 
@@ -195,13 +210,14 @@ class ProgressBar(Callback):
     showing the loss of the update just made; only where stderr is a terminal, so a log file
     gets no ``\\r`` frames. Print beside it with :func:`write`, which lifts the bar first."""
 
-    def __init__(self, max_steps: int | None, max_time: float | None, *, force: bool = False,
-                 mininterval: float = 0.1) -> None:
+    def __init__(
+        self, max_steps: int | None, max_time: float | None, *, force: bool = False, mininterval: float = 0.1
+    ) -> None:
         """``force``: show the bar whatever stderr is; ``mininterval``: seconds between redraws."""
         self.max_steps, self.max_time, self.force, self.bar = max_steps, max_time, force, None
         self.mininterval, self.shown = mininterval, 0
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         if not distributed.is_main() or not (self.force or _is_terminal(sys.stderr)):
             return
         from tqdm.auto import tqdm
@@ -209,11 +225,19 @@ class ProgressBar(Callback):
         by_steps = self.max_steps is not None
         self.shown = trainer.step if by_steps else 0
         total = self.max_steps if by_steps else int(round(self.max_time))
-        self.bar = tqdm(total=total, initial=self.shown, unit="step" if by_steps else "s", dynamic_ncols=True,
-                        leave=False, file=sys.stderr, mininterval=self.mininterval, miniters=1,
-                        bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]")
+        self.bar = tqdm(
+            total=total,
+            initial=self.shown,
+            unit="step" if by_steps else "s",
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stderr,
+            mininterval=self.mininterval,
+            miniters=1,
+            bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
+        )
 
-    def on_step(self, trainer: "Trainer", record: dict) -> None:
+    def on_step(self, trainer: Trainer, record: dict) -> None:
         if self.bar is None:
             return
         # whole counts: updates, or whole seconds of this session's budget
@@ -223,7 +247,7 @@ class ProgressBar(Callback):
         self.bar.update(now - self.shown)
         self.shown = now
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -10,9 +10,8 @@ Both use torch's implementations (``clip_grad_value_``, ``clip_grads_with_norm_`
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-import torch
 from torch import nn
 
 
@@ -25,7 +24,9 @@ def check_clip(value: float | None, name: str) -> float | None:
     return float(value)
 
 
-def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float | None = None, max_value: float | None = None) -> float:
+def clip_gradients(
+    parameters: Iterable[nn.Parameter], max_norm: float | None = None, max_value: float | None = None
+) -> float:
     """Clip gradients in place: first element-wise to [−max_value, max_value], then the global
     norm to max_norm. Returns the global 2-norm **before** any clipping, so exploding gradients
     show in the log even when clipping hides them from the update."""

@@ -47,14 +47,19 @@ def resolve_device(spec: str) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
-                   else "no CUDA device is visible")
-            raise ValueError(f"device {spec!r} asked for, but CUDA is not available here: {why}; "
-                             f"use device 'cpu' or 'auto'")
+            why = (
+                f"torch {torch.__version__} is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA device is visible"
+            )
+            raise ValueError(
+                f"device {spec!r} asked for, but CUDA is not available here: {why}; use device 'cpu' or 'auto'"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device {spec!r} asked for, but this machine has {count} CUDA device(s): "
-                             f"cuda:0 … cuda:{count - 1}")
+            raise ValueError(
+                f"device {spec!r} asked for, but this machine has {count} CUDA device(s): cuda:0 … cuda:{count - 1}"
+            )
     return device
 
 

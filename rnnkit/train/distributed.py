@@ -51,9 +51,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,12 +81,16 @@ def launched(environ: dict | None = None) -> Launch | None:
         try:
             values[key] = int(text)
         except (TypeError, ValueError):
-            raise ValueError(f"torch.distributed launch: the environment variable {key} must be an integer "
-                             f"(set by torchrun), got {text!r}") from None
+            raise ValueError(
+                f"torch.distributed launch: the environment variable {key} must be an integer "
+                f"(set by torchrun), got {text!r}"
+            ) from None
     launch = Launch(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
     if launch.world_size < 1 or not 0 <= launch.rank < launch.world_size or launch.local_rank < 0:
-        raise ValueError(f"torch.distributed launch: expected 0 ≤ RANK < WORLD_SIZE and LOCAL_RANK ≥ 0, got "
-                         f"RANK={launch.rank}, WORLD_SIZE={launch.world_size}, LOCAL_RANK={launch.local_rank}")
+        raise ValueError(
+            f"torch.distributed launch: expected 0 ≤ RANK < WORLD_SIZE and LOCAL_RANK ≥ 0, got "
+            f"RANK={launch.rank}, WORLD_SIZE={launch.world_size}, LOCAL_RANK={launch.local_rank}"
+        )
     return launch
 
 
@@ -124,8 +129,10 @@ def session(device: str | torch.device = "cpu") -> Iterator[torch.device]:
         return
     if device.type == "cuda":
         if not torch.cuda.is_available() or launch.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"torch.distributed: process LOCAL_RANK={launch.local_rank} needs cuda:{launch.local_rank}, "
-                               f"but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise RuntimeError(
+                f"torch.distributed: process LOCAL_RANK={launch.local_rank} needs cuda:{launch.local_rank}, "
+                f"but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -202,9 +209,11 @@ def combine(shard: Shard) -> Combined:
     shards = gather(shard)
     W = sum(s.weight for s in shards)
     if not W > 0:
-        raise ValueError(f"distributed step: the shards of this global batch weigh {W} in total; every global "
-                         f"batch must hold at least one unit (the step functions returned weights "
-                         f"{[s.weight for s in shards]})")
+        raise ValueError(
+            f"distributed step: the shards of this global batch weigh {W} in total; every global "
+            f"batch must hold at least one unit (the step functions returned weights "
+            f"{[s.weight for s in shards]})"
+        )
     loss = sum(s.weight * s.loss for s in shards if s.weight > 0) / W
     names = list(dict.fromkeys(k for s in shards for k in s.metrics))
     metrics = {}
@@ -212,8 +221,9 @@ def combine(shard: Shard) -> Combined:
         having = [s for s in shards if k in s.metrics and s.weight > 0]
         w = sum(s.weight for s in having)
         metrics[k] = sum(s.weight * s.metrics[k] for s in having) / w if w > 0 else math.nan
-    return Combined(loss, sum(s.items for s in shards), sum(s.sequences for s in shards), metrics,
-                    shard.weight * len(shards) / W)
+    return Combined(
+        loss, sum(s.items for s in shards), sum(s.sequences for s in shards), metrics, shard.weight * len(shards) / W
+    )
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -225,7 +235,9 @@ class StepModule(nn.Module):
     parameter, so this process joins the gradient all-reduce with zeros.
     """
 
-    def __init__(self, model: nn.Module, step_fn: Callable[[nn.Module, Any], Any], empty: Callable[[Tensor], Any]) -> None:
+    def __init__(
+        self, model: nn.Module, step_fn: Callable[[nn.Module, Any], Any], empty: Callable[[Tensor], Any]
+    ) -> None:
         super().__init__()
         self.model, self.step_fn, self.empty = model, step_fn, empty
 
@@ -236,8 +248,12 @@ class StepModule(nn.Module):
         return self.step_fn(self.model, batch)
 
 
-def wrap(model: nn.Module, step_fn: Callable[[nn.Module, Any], Any], empty: Callable[[Tensor], Any],
-         find_unused_parameters: bool = False) -> nn.Module:
+def wrap(
+    model: nn.Module,
+    step_fn: Callable[[nn.Module, Any], Any],
+    empty: Callable[[Tensor], Any],
+    find_unused_parameters: bool = False,
+) -> nn.Module:
     """``DistributedDataParallel(StepModule(model, step_fn, empty))`` on the model's device.
 
     Call it on every process after the model is loaded: DDP copies rank 0's parameters and
@@ -248,8 +264,9 @@ def wrap(model: nn.Module, step_fn: Callable[[nn.Module, Any], Any], empty: Call
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(StepModule(model, step_fn, empty), device_ids=ids,
-                                   find_unused_parameters=find_unused_parameters)
+    return DistributedDataParallel(
+        StepModule(model, step_fn, empty), device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def shard_sizes(n: int, parts: int) -> list[int]:
@@ -264,8 +281,10 @@ def check_divisible(batch_size: int, num_replicas: int, rank: int, owner: str) -
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
         raise ValueError(f"{owner}: rank must be an int in [0, {num_replicas - 1}], got {rank!r}")
     if batch_size % num_replicas:
-        raise ValueError(f"{owner}: the global batch_size {batch_size} is not divisible by the {num_replicas} processes; "
-                         f"each process takes an equal share of every batch, so choose a multiple of {num_replicas}")
+        raise ValueError(
+            f"{owner}: the global batch_size {batch_size} is not divisible by the {num_replicas} processes; "
+            f"each process takes an equal share of every batch, so choose a multiple of {num_replicas}"
+        )
 
 
 def shard(source: Any, num_replicas: int | None = None, rank: int | None = None) -> Any:
@@ -295,6 +314,23 @@ def merge_states(objects: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "Launch", "launched", "session", "is_distributed", "rank", "world_size", "is_main", "broadcast", "agree", "gather",
-    "Shard", "Combined", "combine", "StepModule", "wrap", "shard", "shard_sizes", "check_divisible", "merge_states",
+    "Launch",
+    "launched",
+    "session",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "broadcast",
+    "agree",
+    "gather",
+    "Shard",
+    "Combined",
+    "combine",
+    "StepModule",
+    "wrap",
+    "shard",
+    "shard_sizes",
+    "check_divisible",
+    "merge_states",
 ]

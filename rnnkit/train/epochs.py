@@ -12,8 +12,8 @@ what to pass instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,11 +37,14 @@ class Epochs:
     skips its first ``index`` batches.
     """
 
-    def __init__(self, data: Iterable, *, max_epochs: int | None = None, shuffle: bool = False,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, data: Iterable, *, max_epochs: int | None = None, shuffle: bool = False, seed: int | None = None
+    ) -> None:
         if shuffle and not _is_list_like(data):
-            raise ValueError(f"Epochs: shuffle=True reorders a list of batches; a {type(data).__name__} is not one — "
-                             "a DataLoader shuffles itself: DataLoader(..., shuffle=True)")
+            raise ValueError(
+                f"Epochs: shuffle=True reorders a list of batches; a {type(data).__name__} is not one — "
+                "a DataLoader shuffles itself: DataLoader(..., shuffle=True)"
+            )
         self.data, self.max_epochs, self.shuffle, self.seed = data, max_epochs, bool(shuffle), seed
         self.one_shot = isinstance(data, Iterator)  # a generator: iter() gives itself, not a new pass
         self.epoch, self.index, self._completed = 0, 0, 0
@@ -49,7 +52,7 @@ class Epochs:
         self._pass: Iterator[Any] | None = None
         self._source_positioned = False  # the source itself stands at (epoch, index): skip nothing
 
-    def __iter__(self) -> "Epochs":
+    def __iter__(self) -> Epochs:
         return self
 
     def __next__(self) -> tuple[int, Any]:
@@ -92,9 +95,12 @@ class Epochs:
                     f"training data is a one-shot iterator ({type(self.data).__name__}): it gave {self._first_pass} batches "
                     f"in its first pass and cannot start a second. Pass something that can be iterated again — a list of "
                     f"batches, a torch DataLoader, or an object whose __iter__ starts a new pass — or stop after one pass "
-                    f"(max_epochs=1, or max_steps ≤ {self._first_pass})")
-            raise ValueError(f"training data gave {self._first_pass} batches in its first pass and none in pass "
-                             f"{self.epoch + 1}; a source must give batches at every pass")
+                    f"(max_epochs=1, or max_steps ≤ {self._first_pass})"
+                )
+            raise ValueError(
+                f"training data gave {self._first_pass} batches in its first pass and none in pass "
+                f"{self.epoch + 1}; a source must give batches at every pass"
+            )
         if self.epoch == 0:
             self._first_pass = self.index
         self.epoch, self.index, self._completed, self._pass = self.epoch + 1, 0, self._completed + 1, None
@@ -132,7 +138,6 @@ class Epochs:
         self.epoch, self.index, self._completed = int(state["epoch"]), int(state["index"]), int(state["completed"])
         self._pass = None
 
-
     def continue_from(self, epoch: int, index: int) -> None:
         """Read on from batch ``index`` of pass ``epoch`` where the source itself was put back
         there (its own ``load_state_dict``, :mod:`rnnkit.train.positions`): nothing is skipped
@@ -142,5 +147,6 @@ class Epochs:
 
 
 def _is_list_like(data: Any) -> bool:
-    return isinstance(data, Sequence) or (hasattr(data, "__len__") and hasattr(data, "__getitem__")
-                                          and not isinstance(data, torch.utils.data.DataLoader))
+    return isinstance(data, Sequence) or (
+        hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(data, torch.utils.data.DataLoader)
+    )

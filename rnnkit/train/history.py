@@ -11,7 +11,7 @@ curves of a run of any length.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 HISTORY_KEEP = 10_000  # records a Trainer keeps in memory (the log on disk holds them all)
 CURVE_POINTS = 4_000  # training records the plot keeps (validations: as many again)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def read_log(path: str | Path) -> list[dict]:

@@ -27,8 +27,16 @@ def _log_if_spread(ax, *series) -> None:
         ax.set_yscale("log")
 
 
-def plot_curves(history: list[dict], path: str | Path, monitor: str = "loss", *, metric: str | None = None,
-                baseline: float | None = None, title: str | None = None, metric_label: str | None = None) -> Path:
+def plot_curves(
+    history: list[dict],
+    path: str | Path,
+    monitor: str = "loss",
+    *,
+    metric: str | None = None,
+    baseline: float | None = None,
+    title: str | None = None,
+    metric_label: str | None = None,
+) -> Path:
     """Write the curves of a run's log records to ``path`` (PNG; see :func:`curves_figure`)."""
     fig = curves_figure(history, monitor, metric=metric, baseline=baseline, title=title, metric_label=metric_label)
     path = Path(path)
@@ -38,8 +46,15 @@ def plot_curves(history: list[dict], path: str | Path, monitor: str = "loss", *,
     return path
 
 
-def curves_figure(history: list[dict], monitor: str = "loss", *, metric: str | None = None,
-                  baseline: float | None = None, title: str | None = None, metric_label: str | None = None):
+def curves_figure(
+    history: list[dict],
+    monitor: str = "loss",
+    *,
+    metric: str | None = None,
+    baseline: float | None = None,
+    title: str | None = None,
+    metric_label: str | None = None,
+):
     """A matplotlib ``Figure`` of a run's log records: loss, the task's metric, gradient norm.
 
     ``metric``: the task's headline metric (``bpc``, ``accuracy``…), drawn from the training
@@ -78,14 +93,20 @@ def curves_figure(history: list[dict], monitor: str = "loss", *, metric: str | N
         ours = [(r["step"], r[metric]) for r in train if metric in r]
         if ours:
             s, v = zip(*ours)
-            ax.plot(s, _smooth(np.array(v, dtype=float), max(1, len(v) // 50)), color="tab:blue", label="train (smoothed)")
+            ax.plot(
+                s, _smooth(np.array(v, dtype=float), max(1, len(v) // 50)), color="tab:blue", label="train (smoothed)"
+            )
         points = [(r["step"], r[f"val_{metric}"]) for r in val if f"val_{metric}" in r]
         if points:
             ax.plot(*zip(*points), "o-", color="tab:orange", label="validation")
         if baseline is not None:
             ax.axhline(baseline, color="tab:gray", linestyle="--", label=f"baseline {baseline:.4g}")
         _log_if_spread(ax, [v for _, v in ours], [v for _, v in points], [baseline] if baseline is not None else [])
-        ax.set(xlabel="update", ylabel=label, title=metric + (f" (watched: {monitor})" if monitor not in ("loss", metric) else ""))
+        ax.set(
+            xlabel="update",
+            ylabel=label,
+            title=metric + (f" (watched: {monitor})" if monitor not in ("loss", metric) else ""),
+        )
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ..checkpoint import BEST, LATEST, read_meta, write_atomic
 
@@ -109,7 +109,7 @@ class RunFolder:
         return path
 
     @staticmethod
-    def of(checkpoint: str | os.PathLike) -> "RunFolder":
+    def of(checkpoint: str | os.PathLike) -> RunFolder:
         """The run folder a checkpoint file or run folder belongs to."""
         path = Path(checkpoint)
         return RunFolder(path if path.is_dir() else path.parent)
@@ -142,12 +142,13 @@ class RunFolder:
             probe.mkdir()
             probe.rmdir()
         except OSError as e:
-            raise PermissionError(f"out: cannot create {str(self.path)!r} in {str(existing)!r}: "
-                                  f"{e.strerror or e}") from None
+            raise PermissionError(
+                f"out: cannot create {str(self.path)!r} in {str(existing)!r}: {e.strerror or e}"
+            ) from None
 
     # -- choosing a folder -----------------------------------------------------------------------
     @staticmethod
-    def runs_of(name: str, root: str | os.PathLike = "runs") -> list["RunFolder"]:
+    def runs_of(name: str, root: str | os.PathLike = "runs") -> list[RunFolder]:
         """The runs named ``<root>/<name>`` or ``<root>/<name>-k`` that hold a checkpoint, oldest
         latest checkpoint first."""
         root = Path(root)
@@ -159,7 +160,7 @@ class RunFolder:
         return sorted(runs, key=lambda r: (r.latest.stat().st_mtime_ns, str(r.path)))
 
     @staticmethod
-    def free(name: str, root: str | os.PathLike = "runs") -> "RunFolder":
+    def free(name: str, root: str | os.PathLike = "runs") -> RunFolder:
         """``runs/<name>``, or ``runs/<name>-2``, ``-3``… — the first that holds no checkpoint."""
         base = Path(root) / name
         k, folder = 1, RunFolder(base)
@@ -169,17 +170,18 @@ class RunFolder:
         return folder
 
     @staticmethod
-    def to_resume(name: str, root: str | os.PathLike = "runs") -> "RunFolder":
+    def to_resume(name: str, root: str | os.PathLike = "runs") -> RunFolder:
         """The run ``--resume`` continues when no ``--out`` is given: the one whose latest
         checkpoint is newest among ``runs/<name>[-k]`` (the one trained last)."""
         runs = RunFolder.runs_of(name, root)
         if not runs:
-            raise FileNotFoundError(f"--resume: no {name!r} run to resume in {str(root)!r} "
-                                    f"(no {name}[-k]/{LATEST}); give --out")
+            raise FileNotFoundError(
+                f"--resume: no {name!r} run to resume in {str(root)!r} (no {name}[-k]/{LATEST}); give --out"
+            )
         return runs[-1]
 
     @staticmethod
-    def choose(name: str, resume: bool = False, root: str | os.PathLike = "runs") -> "RunFolder":
+    def choose(name: str, resume: bool = False, root: str | os.PathLike = "runs") -> RunFolder:
         """Where a run of task ``name`` goes when no folder is given: :meth:`to_resume` when
         resuming, else :meth:`free`."""
         return RunFolder.to_resume(name, root) if resume else RunFolder.free(name, root)
@@ -198,11 +200,16 @@ class RunFolder:
         """Raise ValueError naming every setting in ``given`` that differs from the checkpoint's
         ``meta["config"]``, except those in ``may_change``."""
         saved, free = meta.get("config", {}), set(may_change)
-        changed = [f"{name}: the run has {saved.get(name)!r}, given {value!r}" for name, value in given.items()
-                   if name not in free and saved.get(name) != value]
+        changed = [
+            f"{name}: the run has {saved.get(name)!r}, given {value!r}"
+            for name, value in given.items()
+            if name not in free and saved.get(name) != value
+        ]
         if changed:
-            raise ValueError(f"--resume continues the run in {self.path} with the settings of its checkpoint; "
-                             f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out")
+            raise ValueError(
+                f"--resume continues the run in {self.path} with the settings of its checkpoint; "
+                f"these differ: {'; '.join(changed)}. Drop them, or start a new run with another --out"
+            )
 
 
 __all__ = ["RunFolder", "CONFIG", "CURVES"]

@@ -17,7 +17,9 @@ import math
 from dataclasses import dataclass
 
 
-def _number(value, name: str, owner: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
+def _number(
+    value, name: str, owner: str, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)

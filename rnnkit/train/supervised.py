@@ -30,7 +30,8 @@ Symbols: B batch, T steps, K classes, O real outputs per sequence or step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,18 @@ from torch import Tensor, nn
 from .device import model_device, to_device
 from .trainer import StepResult
 
-__all__ = ["Classification", "Tagging", "Regression", "SupervisedJob", "ClassifierJob", "accuracy", "confusion_matrix", "balanced_class_weights",
-           "classification_metrics", "step_mask"]
+__all__ = [
+    "Classification",
+    "Tagging",
+    "Regression",
+    "SupervisedJob",
+    "ClassifierJob",
+    "accuracy",
+    "confusion_matrix",
+    "balanced_class_weights",
+    "classification_metrics",
+    "step_mask",
+]
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> float:
@@ -53,8 +64,10 @@ def confusion_matrix(predicted: Tensor, targets: Tensor, num_classes: int) -> Te
 
     predicted, targets: integer tensors of one shape (class ids in [0, K))."""
     if predicted.shape != targets.shape:
-        raise ValueError(f"confusion_matrix: predicted has shape {tuple(predicted.shape)}, targets {tuple(targets.shape)}; "
-                         "expected the same")
+        raise ValueError(
+            f"confusion_matrix: predicted has shape {tuple(predicted.shape)}, targets {tuple(targets.shape)}; "
+            "expected the same"
+        )
     flat = targets.reshape(-1).long() * num_classes + predicted.reshape(-1).long()
     return torch.bincount(flat.cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -99,8 +112,10 @@ def _unpack(batch: Any, owner: str) -> tuple[Tensor, Tensor | None, Tensor]:
         return batch[0], batch[1], batch[2]
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], None, batch[1]
-    raise TypeError(f"{owner}: a batch must be (x, lengths, y) or (x, y), got {type(batch).__name__}"
-                    + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    raise TypeError(
+        f"{owner}: a batch must be (x, lengths, y) or (x, y), got {type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
 
 
 def _forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -157,8 +172,10 @@ class ClassifierJob(SupervisedJob):
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.get_default_dtype())
             if class_weights.shape != (num_classes,) or bool((class_weights < 0).any()):
-                raise ValueError(f"{self.owner}: class_weights must be {num_classes} numbers ≥ 0 (one per class), "
-                                 f"got shape {tuple(class_weights.shape)}")
+                raise ValueError(
+                    f"{self.owner}: class_weights must be {num_classes} numbers ≥ 0 (one per class), "
+                    f"got shape {tuple(class_weights.shape)}"
+                )
         self.class_weights = class_weights
 
     def _rows(self, out: Tensor, lengths: Tensor | None, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,8 +184,10 @@ class ClassifierJob(SupervisedJob):
 
     def _check(self, logits: Tensor) -> None:
         if logits.shape[-1] != self.num_classes:
-            raise ValueError(f"{self.owner}: the model gave {logits.shape[-1]} logits per item, expected num_classes = "
-                             f"{self.num_classes}")
+            raise ValueError(
+                f"{self.owner}: the model gave {logits.shape[-1]} logits per item, expected num_classes = "
+                f"{self.num_classes}"
+            )
 
     def _weights(self, like: Tensor) -> Tensor | None:
         return None if self.class_weights is None else self.class_weights.to(like.device, like.dtype)
@@ -176,8 +195,12 @@ class ClassifierJob(SupervisedJob):
     def _step(self, out: Tensor, lengths: Tensor | None, y: Tensor) -> StepResult:
         logits, labels = self._rows(out, lengths, y)
         loss = F.cross_entropy(logits, labels, weight=self._weights(logits))
-        return StepResult(loss, items=labels.numel(), sequences=int(out.shape[-2]),
-                          metrics={"accuracy": accuracy(logits.detach(), labels)})
+        return StepResult(
+            loss,
+            items=labels.numel(),
+            sequences=int(out.shape[-2]),
+            metrics={"accuracy": accuracy(logits.detach(), labels)},
+        )
 
     def evaluate(self, model: nn.Module, batches: Iterable) -> dict[str, float]:
         """``loss`` (the training loss: cross-entropy in nats, weighted as in training, averaged
@@ -227,11 +250,15 @@ class Classification(ClassifierJob):
 
     def _rows(self, out: Tensor, lengths: Tensor | None, y: Tensor) -> tuple[Tensor, Tensor]:
         if out.dim() != 2:
-            raise ValueError(f"Classification: the model must give logits (B, K), got shape {tuple(out.shape)} "
-                             "(a label per step is Tagging)")
+            raise ValueError(
+                f"Classification: the model must give logits (B, K), got shape {tuple(out.shape)} "
+                "(a label per step is Tagging)"
+            )
         self._check(out)
         if y.shape != out.shape[:1]:
-            raise ValueError(f"Classification: y must be (B,) = ({out.shape[0]},) class ids, got shape {tuple(y.shape)}")
+            raise ValueError(
+                f"Classification: y must be (B,) = ({out.shape[0]},) class ids, got shape {tuple(y.shape)}"
+            )
         return out, y.long()
 
 
@@ -301,21 +328,25 @@ class Regression(SupervisedJob):
         """The prediction errors of the real elements, flattened (N,)."""
         if y.shape != out.shape:
             want = "(T, B, O)" if self.per_step else "(B, O)"
-            raise ValueError(f"Regression: y must have the model's output shape {tuple(out.shape)} {want}, got "
-                             f"{tuple(y.shape)}")
+            raise ValueError(
+                f"Regression: y must have the model's output shape {tuple(out.shape)} {want}, got {tuple(y.shape)}"
+            )
         e = out - y.to(out.dtype)
         if not self.per_step:
             return e.reshape(-1)
         if out.dim() < 2:
-            raise ValueError(f"Regression(per_step=True): outputs must be (T, B) or (T, B, O), got shape {tuple(out.shape)}")
+            raise ValueError(
+                f"Regression(per_step=True): outputs must be (T, B) or (T, B, O), got shape {tuple(out.shape)}"
+            )
         mask = step_mask(lengths, out.shape[0], out.shape[1], out.device)  # (T, B)
         return e[mask].reshape(-1)
 
     def _step(self, out: Tensor, lengths: Tensor | None, y: Tensor) -> StepResult:
         e = self._errors(out, lengths, y)
         sequences = int(out.shape[1] if self.per_step else out.shape[0])
-        return StepResult(e.pow(2).mean(), items=e.numel(), sequences=sequences,
-                          metrics={"mae": float(e.detach().abs().mean())})
+        return StepResult(
+            e.pow(2).mean(), items=e.numel(), sequences=sequences, metrics={"mae": float(e.detach().abs().mean())}
+        )
 
     def evaluate(self, model: nn.Module, batches: Iterable) -> dict[str, float]:
         """``loss`` and ``mse`` (mean squared error), ``rmse`` and ``mae`` (mean absolute error)

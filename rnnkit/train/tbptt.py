@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 import mmap
-from typing import Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +38,6 @@ from torch import Tensor
 from ..cells.state import detach_state, map_state
 from .distributed import check_divisible
 from .positions import PassPosition
-
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
@@ -123,20 +123,35 @@ class LaneStream(PassPosition):
     (each lane's place at chunk i is found from its pieces' chunk counts, not by stepping).
     """
 
-    def __init__(self, documents: Sequence[Tensor], batch_size: int, chunk_length: int, *,
-                 split_documents: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        documents: Sequence[Tensor],
+        batch_size: int,
+        chunk_length: int,
+        *,
+        split_documents: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         for name, v in (("batch_size", batch_size), ("chunk_length", chunk_length)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LaneStream: {name} must be an int ≥ 1, got {v!r}")
         check_divisible(batch_size, num_replicas, rank, "LaneStream")
         docs = []
         for i, d in enumerate(documents):
-            integer = (isinstance(d, Tensor) and not d.is_floating_point() and not d.is_complex() and d.dtype != torch.bool
-                       or isinstance(d, np.ndarray) and np.issubdtype(d.dtype, np.integer))
+            integer = (
+                isinstance(d, Tensor)
+                and not d.is_floating_point()
+                and not d.is_complex()
+                and d.dtype != torch.bool
+                or isinstance(d, np.ndarray)
+                and np.issubdtype(d.dtype, np.integer)
+            )
             if not integer or d.ndim != 1:
                 got = f"{tuple(d.shape)} {d.dtype}" if isinstance(d, (Tensor, np.ndarray)) else type(d).__name__
-                raise ValueError(f"LaneStream: document {i} must be a 1-D int64 tensor (or integer tensor or numpy "
-                                 f"array), got {got}")
+                raise ValueError(
+                    f"LaneStream: document {i} must be a 1-D int64 tensor (or integer tensor or numpy array), got {got}"
+                )
             if len(d) >= 2:
                 docs.append(d.cpu().numpy() if isinstance(d, Tensor) else d)  # a view: no copy
         if not docs:
@@ -151,14 +166,18 @@ class LaneStream(PassPosition):
         sizes = [len(d) - 1 for d in docs]
         self.split_documents = split_documents
         # per lane, its pieces (doc, start, stop) in steps of the documents
-        self.lanes = split_lanes(sizes, batch_size) if split_documents else [
-            [(i, 0, sizes[i]) for i in lane] for lane in deal_lanes(sizes, batch_size)]
+        self.lanes = (
+            split_lanes(sizes, batch_size)
+            if split_documents
+            else [[(i, 0, sizes[i]) for i in lane] for lane in deal_lanes(sizes, batch_size)]
+        )
         # per lane, the chunk at which each of its pieces starts (and, last, its number of chunks)
-        self._starts = [np.cumsum([0] + [-(-(stop - start) // chunk_length) for _, start, stop in pieces])
-                        for pieces in self.lanes]
+        self._starts = [
+            np.cumsum([0] + [-(-(stop - start) // chunk_length) for _, start, stop in pieces]) for pieces in self.lanes
+        ]
         self.num_replicas, self.rank = num_replicas, rank
 
-    def shard(self, num_replicas: int, rank: int) -> "LaneStream":
+    def shard(self, num_replicas: int, rank: int) -> LaneStream:
         """The same stream, of which this copy yields only process ``rank``'s lanes.
 
         Lanes are dealt over the global B as for one process; process r owns lanes

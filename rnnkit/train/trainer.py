@@ -20,20 +20,21 @@ import random
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .history import HISTORY_KEEP, bounded_history
+from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
 from .clipping import check_clip, clip_gradients
 from .device import model_device, to_device
 from .epochs import Epochs
-from .callbacks import Callback, Checkpoints, EarlyStopping, LogFile, Plot, ProgressBar
+from .history import HISTORY_KEEP, bounded_history
 from .run_folder import RunFolder
 
 
@@ -73,13 +74,19 @@ class TrainingSettings:
     # The run stops at the first limit reached of max_steps, max_epochs and max_time. A budget given
     # alone is the limit: max_steps None means DEFAULT_MAX_STEPS only when neither max_time nor
     # max_epochs is given (see step_limit()).
-    max_steps: int | None = None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
-    max_time: float | None = None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
+    max_steps: int | None = (
+        None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
+    )
+    max_time: float | None = (
+        None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
+    )
     max_epochs: int | None = None  # passes over the training data, counted over the whole run; None: no pass limit
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints), unless eval_budget holds one back
-    eval_budget: float | None = 0.05  # the most of the run's time validation may take (its checkpoints, samples and plot included): a validation due by eval_every waits while it would take more; None: every eval_every updates, whatever it costs
+    eval_budget: float | None = (
+        0.05  # the most of the run's time validation may take (its checkpoints, samples and plot included): a validation due by eval_every waits while it would take more; None: every eval_every updates, whatever it costs
+    )
     patience: int | None = None  # early stopping: validations without improvement; None: never
     out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
@@ -87,7 +94,7 @@ class TrainingSettings:
     seed: int | None = 0  # seeds torch, numpy and random before training; None: leave them
     keep_checkpoints: int = 0  # also keep the last n checkpoints as step-<update>-<metric>-<value>.safetensors; 0: none
 
-    def validate(self) -> "TrainingSettings":
+    def validate(self) -> TrainingSettings:
         """Return self if every setting is allowed, else raise naming the first that is not."""
         owner = type(self).__name__
         for name in ("max_steps", "max_epochs", "eval_every", "patience"):
@@ -95,15 +102,28 @@ class TrainingSettings:
             if v is None and name != "eval_every":
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{owner}: {name} must be an int ≥ 1{' or None' if name != 'eval_every' else ''}, got {v!r}")
-        if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(self.max_time, (int, float)) or not self.max_time > 0):
+                raise ValueError(
+                    f"{owner}: {name} must be an int ≥ 1{' or None' if name != 'eval_every' else ''}, got {v!r}"
+                )
+        if self.max_time is not None and (
+            isinstance(self.max_time, bool) or not isinstance(self.max_time, (int, float)) or not self.max_time > 0
+        ):
             raise ValueError(f"{owner}: max_time must be a number of seconds > 0 or None, got {self.max_time!r}")
-        if isinstance(self.keep_checkpoints, bool) or not isinstance(self.keep_checkpoints, int) or self.keep_checkpoints < 0:
+        if (
+            isinstance(self.keep_checkpoints, bool)
+            or not isinstance(self.keep_checkpoints, int)
+            or self.keep_checkpoints < 0
+        ):
             raise ValueError(f"{owner}: keep_checkpoints must be an int ≥ 0, got {self.keep_checkpoints!r}")
-        if self.eval_budget is not None and (isinstance(self.eval_budget, bool) or not isinstance(self.eval_budget, (int, float))
-                                             or not 0 < self.eval_budget <= 1):
-            raise ValueError(f"{owner}: eval_budget must be a share of the run's time in (0, 1] (0.05: 5 %) or None, "
-                             f"got {self.eval_budget!r}")
+        if self.eval_budget is not None and (
+            isinstance(self.eval_budget, bool)
+            or not isinstance(self.eval_budget, (int, float))
+            or not 0 < self.eval_budget <= 1
+        ):
+            raise ValueError(
+                f"{owner}: eval_budget must be a share of the run's time in (0, 1] (0.05: 5 %) or None, "
+                f"got {self.eval_budget!r}"
+            )
         check_clip(self.clip_norm, "clip_norm")
         check_clip(self.clip_value, "clip_value")
         if self.log_format not in ("jsonl", "csv"):
@@ -168,16 +188,22 @@ class TrainConfig(TrainingSettings):
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
-    shuffle: bool = False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
+    shuffle: bool = (
+        False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
+    )
     # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not reseed: training
     # continues the random stream that built the model), else 0; an int: fit seeds torch, numpy and random with it; None: leave them
     seed: int | str | None = "auto"
-    overwrite: bool = False  # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
+    overwrite: bool = (
+        False  # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
+    )
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Return self if every setting is allowed, else raise naming the first that is not."""
         super().validate()
-        if not (self.seed is None or self.seed == "auto" or (isinstance(self.seed, int) and not isinstance(self.seed, bool))):
+        if not (
+            self.seed is None or self.seed == "auto" or (isinstance(self.seed, int) and not isinstance(self.seed, bool))
+        ):
             raise ValueError(f"TrainConfig: seed must be an int, 'auto' or None, got {self.seed!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"TrainConfig: mode must be 'min' or 'max', got {self.mode!r}")
@@ -241,7 +267,9 @@ class TrainResult:
     history: list[dict]  # the last Trainer.history_keep records (every one is in the run's log, ``log``)
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
     epochs: int = 0  # passes over the training data read to their end, in the whole run
-    evaluation_seconds: float = 0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
+    evaluation_seconds: float = (
+        0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
+    )
     log: str | None = None  # the run's log file, which holds every record (None: the run wrote none)
 
 
@@ -396,7 +424,8 @@ class Trainer:
                 # one collective: a clock read or a callback's stop on any process holds for all
                 self._due = self._due or self.step % self.config.eval_every == 0
                 out_of_time, self.should_stop, halfway, wait = distributed.agree(
-                    self._out_of_time(), self.should_stop, self._halfway_unmeasured(), self._due and self._over_budget())
+                    self._out_of_time(), self.should_stop, self._halfway_unmeasured(), self._due and self._over_budget()
+                )
                 if out_of_time and not self.should_stop:
                     self.stop("max_time")
                 if ((self._due and not wait) or halfway) and not self._finished():
@@ -407,10 +436,21 @@ class Trainer:
             self._call("on_fit_end")
         train = [r["loss"] for r in self.history if r.get("kind") == "train"]
         log = self.out / f"metrics.{self.config.log_format}" if self.out else None
-        return TrainResult(self.step, self.items, self.sequences, self.elapsed(), self.stop_reason or "max_steps",
-                           train[-1] if train else math.nan, dict(self.last_val), self.best, list(self.history),
-                           _mean(train[-SMOOTHING:]), self.epochs.completed, self.evaluation_seconds,
-                           str(log) if log is not None and log.is_file() else None)
+        return TrainResult(
+            self.step,
+            self.items,
+            self.sequences,
+            self.elapsed(),
+            self.stop_reason or "max_steps",
+            train[-1] if train else math.nan,
+            dict(self.last_val),
+            self.best,
+            list(self.history),
+            _mean(train[-SMOOTHING:]),
+            self.epochs.completed,
+            self.evaluation_seconds,
+            str(log) if log is not None and log.is_file() else None,
+        )
 
     def stop(self, reason: str = "callback") -> None:
         """End training after the current update, saying why (``TrainResult.stop_reason``)."""
@@ -442,8 +482,11 @@ class Trainer:
                         self.stop("max_epochs")
                         break
         # DDP copies rank 0's weights to every process here, after a resume has loaded them
-        self._replicas = (distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
-                          if distributed.is_distributed() else None)
+        self._replicas = (
+            distributed.wrap(self.model, self.step_fn, _empty_shard, cfg.find_unused_parameters)
+            if distributed.is_distributed()
+            else None
+        )
         self._device = model_device(self.model)  # the data comes on the CPU; the step runs where the weights are
         self._time_before = self.history[-1]["time"] if self.history else 0.0
         self.validation_seconds = _last_validation_seconds(self.history)  # a resumed run knows from its log
@@ -464,8 +507,10 @@ class Trainer:
         run = RunFolder(self.out)
         run.check_writable()
         if resume_from is None and not self.config.overwrite and not self._wrote_out and run.holds_run():
-            raise FileExistsError(f"{run} already holds a run: fit(resume_from=RunFolder(out).latest) continues it, "
-                                  f"TrainConfig(overwrite=True) starts over there, or choose another out")
+            raise FileExistsError(
+                f"{run} already holds a run: fit(resume_from=RunFolder(out).latest) continues it, "
+                f"TrainConfig(overwrite=True) starts over there, or choose another out"
+            )
         self._wrote_out = True
 
     def load_best(self) -> nn.Module:
@@ -485,8 +530,10 @@ class Trainer:
         elif self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         elif self.evaluate_fn is not None or self.step == 0:
-            raise RuntimeError(f"Trainer.load_best: no best weights yet — fit() has not validated with "
-                               f"{self.config.monitor!r} (the monitored metric) among evaluate()'s results")
+            raise RuntimeError(
+                f"Trainer.load_best: no best weights yet — fit() has not validated with "
+                f"{self.config.monitor!r} (the monitored metric) among evaluate()'s results"
+            )
         return self.model
 
     def _finished(self) -> bool:
@@ -583,24 +630,33 @@ class Trainer:
             metrics = distributed.broadcast(metrics)
             watchers = [type(cb).__name__ for cb in self.callbacks if isinstance(cb, (EarlyStopping, Checkpoints))]
             if cfg.monitor not in metrics and watchers:  # without watchers a missing monitor only means no best
-                raise KeyError(f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}, "
-                               f"which {' and '.join(watchers)} watch: return it, or set TrainConfig(monitor=…, mode=…) "
-                               f"to one of those")
+                raise KeyError(
+                    f"evaluate() returned {sorted(metrics)}, without the monitored metric {cfg.monitor!r}, "
+                    f"which {' and '.join(watchers)} watch: return it, or set TrainConfig(monitor=…, mode=…) "
+                    f"to one of those"
+                )
             self.last_val = metrics
             value = metrics.get(cfg.monitor)
             self.improved = value is not None and (
-                self.best is None or (value < self.best if cfg.mode == "min" else value > self.best))
+                self.best is None or (value < self.best if cfg.mode == "min" else value > self.best)
+            )
             if self.improved:
                 self.best = value
                 if self.out is None:  # no best checkpoint to reload later: keep the weights here
                     self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             took = time.monotonic() - tick
-            self.history.append({"kind": "val", "step": self.step, "time": round(self._time_before + self.elapsed(), 4),
-                                 **{f"val_{k}": v for k, v in metrics.items()},
-                                 # the evaluation itself, and the share of this fit() spent validating so far
-                                 # (this validation's samples and checkpoints count from the next record on)
-                                 "eval_seconds": round(took, 4),
-                                 "eval_share": round((self.evaluation_seconds + took) / max(self.elapsed(), 1e-9), 4)})
+            self.history.append(
+                {
+                    "kind": "val",
+                    "step": self.step,
+                    "time": round(self._time_before + self.elapsed(), 4),
+                    **{f"val_{k}": v for k, v in metrics.items()},
+                    # the evaluation itself, and the share of this fit() spent validating so far
+                    # (this validation's samples and checkpoints count from the next record on)
+                    "eval_seconds": round(took, 4),
+                    "eval_share": round((self.evaluation_seconds + took) / max(self.elapsed(), 1e-9), 4),
+                }
+            )
             self._call("on_validation", metrics)
             self.should_stop = distributed.agree(self.should_stop)[0]  # a callback's stop holds for all processes
         self._call("on_save")
@@ -622,16 +678,18 @@ class Trainer:
         extra = self.stateful()
         if "data" in extra and not read_meta(path).get("trainer", {}).get("data_state"):
             del extra["data"]  # a checkpoint from before the source had a state: replay instead
-        meta = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               restore_rng=True, extra=extra)
+        meta = load_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, restore_rng=True, extra=extra
+        )
         state = meta["trainer"]
         self.step, self.items, self.best = state["step"], state["items"], state["best"]
         self.sequences = state["sequences"]
         self.last_val = meta.get("val", {})
         log_path = path.parent / f"metrics.{self.config.log_format}"
         if log_path.is_file():  # streamed: only the last history_keep records stay
-            self.history = bounded_history((r for r in iter_log(log_path) if r["step"] <= self.step),
-                                           self.history.maxlen)
+            self.history = bounded_history(
+                (r for r in iter_log(log_path) if r["step"] <= self.step), self.history.maxlen
+            )
         return "data" in extra
 
     def save(self, path: Path, also: Sequence[Path] = ()) -> Path:
@@ -644,12 +702,25 @@ class Trainer:
         extra = self.stateful()
         meta = {
             **self.meta,
-            "trainer": {"step": self.step, "items": self.items, "sequences": self.sequences, "best": self.best,
-                        "config": asdict(self.config), "data_state": "data" in extra},
+            "trainer": {
+                "step": self.step,
+                "items": self.items,
+                "sequences": self.sequences,
+                "best": self.best,
+                "config": asdict(self.config),
+                "data_state": "data" in extra,
+            },
             "val": self.last_val,
         }
-        return save_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, meta=meta,
-                               extra=extra, also=also)
+        return save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            meta=meta,
+            extra=extra,
+            also=also,
+        )
 
     def stateful(self) -> dict[str, Any]:
         """What carries state between updates and is saved with every checkpoint, so a resumed
@@ -659,9 +730,13 @@ class Trainer:
         data source if it has them (its position, :mod:`rnnkit.train.positions`)."""
         step_fn = self.step_fn
         if not _has_state(step_fn) and _has_state(getattr(step_fn, "__self__", None)):
-            warnings.warn("Trainer: the state of a bound method's object is saved for now, but will not be from the "
-                          "next release; pass the stateful object itself as step_fn (callable) or its state through "
-                          "a callback", DeprecationWarning, stacklevel=3)
+            warnings.warn(
+                "Trainer: the state of a bound method's object is saved for now, but will not be from the "
+                "next release; pass the stateful object itself as step_fn (callable) or its state through "
+                "a callback",
+                DeprecationWarning,
+                stacklevel=3,
+            )
             step_fn = step_fn.__self__
         objects = {"step_fn": step_fn, "data": self.data}  # the data source: where it stands (a position)
         for i, cb in enumerate(self.callbacks):
@@ -671,9 +746,15 @@ class Trainer:
         return {name: obj for name, obj in objects.items() if _has_state(obj)}
 
     def _diverged(self, what: str, value: float) -> str:
-        kept = f"; the last good checkpoint is kept in {self.out}" if self.out and RunFolder(self.out).latest.exists() else ""
-        return (f"training diverged at step {self.step + 1}: the {what} is {value}{kept}. "
-                f"Try a lower learning rate or gradient clipping (clip_norm, now {self.config.clip_norm}).")
+        kept = (
+            f"; the last good checkpoint is kept in {self.out}"
+            if self.out and RunFolder(self.out).latest.exists()
+            else ""
+        )
+        return (
+            f"training diverged at step {self.step + 1}: the {what} is {value}{kept}. "
+            f"Try a lower learning rate or gradient clipping (clip_norm, now {self.config.clip_norm})."
+        )
 
 
 SMOOTHING = 20  # updates in TrainResult.train_loss_smoothed
@@ -703,8 +784,11 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
         found.append(EarlyStopping(cfg.patience))
     if cfg.out:
         run = RunFolder(cfg.out)
-        found += [LogFile(run.path, cfg.log_format), Checkpoints(run.path, cfg.keep_checkpoints),
-                  Plot(run.curves, cfg.monitor)]
+        found += [
+            LogFile(run.path, cfg.log_format),
+            Checkpoints(run.path, cfg.keep_checkpoints),
+            Plot(run.curves, cfg.monitor),
+        ]
     if cfg.progress:
         found.append(ProgressBar(cfg.step_limit(), cfg.max_time))
     return found
@@ -721,10 +805,12 @@ def _check_step_result(result: Any) -> StepResult:
     if isinstance(result, StepResult):
         return result
     if isinstance(result, Tensor):
-        raise TypeError("step_fn must return a StepResult, got a bare Tensor: return "
-                        "rnnkit.train.StepResult(loss, items=<items in the batch>) — items counts throughput and "
-                        "weighs the loss across processes (or use a ready step: rnnkit.train.Classification, "
-                        "Tagging, Regression)")
+        raise TypeError(
+            "step_fn must return a StepResult, got a bare Tensor: return "
+            "rnnkit.train.StepResult(loss, items=<items in the batch>) — items counts throughput and "
+            "weighs the loss across processes (or use a ready step: rnnkit.train.Classification, "
+            "Tagging, Regression)"
+        )
     raise TypeError(f"step_fn must return a rnnkit.train.StepResult(loss, items=…), got {type(result).__name__}")
 
 
@@ -733,14 +819,18 @@ def _empty_shard(zero: Tensor) -> StepResult:
     return StepResult(zero, items=0, sequences=0, weight=0.0)
 
 
-def _shard_of(result: StepResult) -> "distributed.Shard":
+def _shard_of(result: StepResult) -> distributed.Shard:
     """What this process tells the others about its step (see :func:`distributed.combine`)."""
     weight = float(result.items if result.weight is None else result.weight)
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"StepResult.weight (or items) must be a finite number ≥ 0, got {weight}")
-    return distributed.Shard(weight, float(result.loss.detach()) if weight > 0 else 0.0, int(result.items),
-                             int(result.items if result.sequences is None else result.sequences),
-                             {k: float(v) for k, v in result.metrics.items()})
+    return distributed.Shard(
+        weight,
+        float(result.loss.detach()) if weight > 0 else 0.0,
+        int(result.items),
+        int(result.items if result.sequences is None else result.sequences),
+        {k: float(v) for k, v in result.metrics.items()},
+    )
 
 
 class _ProcessRNG:

@@ -56,7 +56,9 @@ def test_wrong_input_rank(cell):
 
 
 def test_wrong_input_dtype(cell):
-    with pytest.raises(TypeError, match="input x has dtype torch.float64, expected the parameters' dtype torch.float32"):
+    with pytest.raises(
+        TypeError, match="input x has dtype torch.float64, expected the parameters' dtype torch.float32"
+    ):
         cell(torch.randn(2, 3, dtype=torch.float64))
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnnkit.cells import ClockworkCell, ClockworkState, ElmanCell, RNNState
+from rnnkit.cells import ClockworkCell, ClockworkState, ElmanCell
 from tests.helpers import assert_same_computation, gradcheck_cell, randomize_, step_loop
 
 

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, SkipCell, alphas_from_time_constants
+from rnnkit.cells import (
+    ClockworkCell,
+    ElmanCell,
+    GRUCell,
+    LeakyCell,
+    LSTMCell,
+    LSTMState,
+    SkipCell,
+    alphas_from_time_constants,
+)
 from tests.helpers import assert_same_computation, gradcheck_cell, randomize_, step_loop
 
 
@@ -38,7 +47,15 @@ def test_leaky_lstm_equals_the_formula_on_h_and_c(learn):
     )
 
 
-@pytest.mark.parametrize("make", [lambda: ElmanCell(3, 5), lambda: LSTMCell(3, 5), lambda: GRUCell(3, 5), lambda: ClockworkCell(3, 5, periods=[1, 2])])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ElmanCell(3, 5),
+        lambda: LSTMCell(3, 5),
+        lambda: GRUCell(3, 5),
+        lambda: ClockworkCell(3, 5, periods=[1, 2]),
+    ],
+)
 def test_alpha_to_zero_is_the_plain_cell(make):
     torch.manual_seed(0)
     inner = make().double()
@@ -51,8 +68,13 @@ def test_alpha_to_zero_is_the_plain_cell(make):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kwargs", [dict(alpha=0.6), dict(alpha=0.3, learn_alpha=True), dict(tau=(2.0, 50.0)), dict(tau=(1.5, 8.0), learn_alpha=True)])
-@pytest.mark.parametrize("make", [lambda: ElmanCell(3, 5), lambda: LSTMCell(3, 5, peephole=True), lambda: GRUCell(3, 5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(alpha=0.6), dict(alpha=0.3, learn_alpha=True), dict(tau=(2.0, 50.0)), dict(tau=(1.5, 8.0), learn_alpha=True)],
+)
+@pytest.mark.parametrize(
+    "make", [lambda: ElmanCell(3, 5), lambda: LSTMCell(3, 5, peephole=True), lambda: GRUCell(3, 5)]
+)
 def test_leaky_gradcheck(make, kwargs):
     gradcheck_cell(LeakyCell(make(), **kwargs))
 

@@ -63,7 +63,11 @@ def reference_step(cell: LSTMCell, x, h, c):
 OPTIONS = [
     dict(forget_gate=fg, peephole=ph, block_size=bs, cell_clip=cc)
     for fg, ph, bs, cc in itertools.product([True, False], [False, True], [1, 3], [None, 1.5])
-] + [dict(proj_size=4), dict(proj_size=2, peephole=True, block_size=3), dict(proj_size=5, forget_gate=False, cell_clip=1.5)]
+] + [
+    dict(proj_size=4),
+    dict(proj_size=2, peephole=True, block_size=3),
+    dict(proj_size=5, forget_gate=False, cell_clip=1.5),
+]
 
 
 def _name(opts):
@@ -99,7 +103,9 @@ def test_parameter_shapes_of_blocks_and_peepholes():
     assert cell.weight_hh.shape == (21, 12)
     assert cell.weight_ci.shape == cell.weight_cf.shape == cell.weight_co.shape == (12,)
     plain = LSTMCell(5, 12)
-    assert sum(p.numel() for p in cell.parameters() if p.dim() == 2) < sum(p.numel() for p in plain.parameters() if p.dim() == 2)
+    assert sum(p.numel() for p in cell.parameters() if p.dim() == 2) < sum(
+        p.numel() for p in plain.parameters() if p.dim() == 2
+    )
     no_forget = LSTMCell(5, 12, forget_gate=False, peephole=True)
     assert no_forget.weight_ih.shape == (36, 5) and no_forget.weight_cf is None
 

@@ -148,7 +148,9 @@ def test_layer_equals_the_papers_equations_with_gradients(name):
     cell = random_cell(name, seed=1)
     _, step, lstm = VARIANTS[name]
     if name == "indrnn-clamped":  # some u beyond ±m, so the bound (and its zero gradient) acts
-        assert (cell.weight_hh.abs() > cell.recurrent_max_abs).any() and (cell.weight_hh.abs() < cell.recurrent_max_abs).any()
+        assert (cell.weight_hh.abs() > cell.recurrent_max_abs).any() and (
+            cell.weight_hh.abs() < cell.recurrent_max_abs
+        ).any()
     layer = Recurrent(cell, engine="reference")
     x, h0, c0 = random(7, 4, I, seed=2), random(4, H, seed=3), random(4, H, seed=4)
 
@@ -191,8 +193,9 @@ def test_padded_batch_equals_each_sequence_alone(name, reverse):
     for b, n in enumerate(lengths):
         alone = x[:n, b : b + 1]
         zeros = torch.zeros(1, H, dtype=F64)
-        want_y, want_final = step_loop(lambda x_t, s: step(cell, x_t, s), alone.flip(0) if reverse else alone,
-                                       (zeros, zeros) if lstm else (zeros,))
+        want_y, want_final = step_loop(
+            lambda x_t, s: step(cell, x_t, s), alone.flip(0) if reverse else alone, (zeros, zeros) if lstm else (zeros,)
+        )
         if reverse:
             want_y = want_y.flip(0)
         torch.testing.assert_close(y[:n, b : b + 1], want_y, **TOL[F64])
@@ -221,8 +224,13 @@ def test_step_state_type_and_checks(name):
 
 
 def test_registry_names():
-    expected = {"layernorm-lstm": LayerNormLSTMCell, "layernorm-gru": LayerNormGRUCell, "mgu": MGUCell,
-                "cifg": CIFGLSTMCell, "indrnn": IndRNNCell}
+    expected = {
+        "layernorm-lstm": LayerNormLSTMCell,
+        "layernorm-gru": LayerNormGRUCell,
+        "mgu": MGUCell,
+        "cifg": CIFGLSTMCell,
+        "indrnn": IndRNNCell,
+    }
     for name, cls in expected.items():
         assert name in CELLS
         cell = make_cell(name, 3, 4)
@@ -234,7 +242,9 @@ def test_repr():
     assert repr(LayerNormGRUCell(3, 4, bias=False, eps=1e-3)) == "LayerNormGRUCell(3, 4, eps=0.001, bias=False)"
     assert repr(MGUCell(3, 4, bias=False)) == "MGUCell(3, 4, bias=False)"
     assert repr(CIFGLSTMCell(3, 4, peephole=True)) == "CIFGLSTMCell(3, 4, peephole=True)"
-    assert repr(IndRNNCell(3, 4, recurrent_max_abs=2.0)) == "IndRNNCell(3, 4, nonlinearity='relu', recurrent_max_abs=2.0)"
+    assert (
+        repr(IndRNNCell(3, 4, recurrent_max_abs=2.0)) == "IndRNNCell(3, 4, nonlinearity='relu', recurrent_max_abs=2.0)"
+    )
 
 
 # -- the documented initialisation -----------------------------------------------------------------
@@ -318,7 +328,10 @@ def test_bad_arguments():
         CIFGLSTMCell(3, 4, bias=False, forget_bias=5.0)
     with pytest.raises(ValueError, match="IndRNNCell: nonlinearity must be one of 'tanh', 'relu', got 'sigmoid'"):
         IndRNNCell(3, 4, nonlinearity="sigmoid")
-    with pytest.raises(ValueError, match=r"IndRNNCell: recurrent_init must be a pair \(low, high\) of finite numbers with low < high, got \(1.0, 0.0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"IndRNNCell: recurrent_init must be a pair \(low, high\) of finite numbers with low < high, got \(1.0, 0.0\)",
+    ):
         IndRNNCell(3, 4, recurrent_init=(1.0, 0.0))
     with pytest.raises(ValueError, match="recurrent_init must be a pair"):
         IndRNNCell(3, 4, recurrent_init=0.5)

@@ -20,7 +20,13 @@ def test_skip_elman_reads_h_t_minus_d():
         hs = [torch.zeros(2, 5, dtype=torch.float64)] * d
         out = []
         for t in range(x.shape[0]):
-            a = inner.bias_ih + inner.bias_hh + hs[-1] @ inner.weight_hh.T + hs[-d] @ cell.weight_skip.T + x[t] @ inner.weight_ih.T
+            a = (
+                inner.bias_ih
+                + inner.bias_hh
+                + hs[-1] @ inner.weight_hh.T
+                + hs[-d] @ cell.weight_skip.T
+                + x[t] @ inner.weight_ih.T
+            )
             hs.append(torch.tanh(a))
             out.append(hs[-1])
         return torch.stack(out)
@@ -29,7 +35,15 @@ def test_skip_elman_reads_h_t_minus_d():
     assert_same_computation(run_ours, reference, [x], params, params)
 
 
-@pytest.mark.parametrize("make", [lambda: ElmanCell(3, 4), lambda: LSTMCell(3, 4), lambda: GRUCell(3, 4), lambda: ClockworkCell(3, 4, periods=[1, 2])])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ElmanCell(3, 4),
+        lambda: LSTMCell(3, 4),
+        lambda: GRUCell(3, 4),
+        lambda: ClockworkCell(3, 4, periods=[1, 2]),
+    ],
+)
 def test_zero_skip_weights_is_the_plain_cell(make):
     torch.manual_seed(0)
     inner = make().double()
@@ -47,7 +61,15 @@ def test_zero_skip_weights_is_the_plain_cell(make):
 
 
 @pytest.mark.parametrize("delay", [2, 5])
-@pytest.mark.parametrize("make", [lambda: ElmanCell(3, 4), lambda: LSTMCell(3, 4, peephole=True), lambda: GRUCell(3, 4), lambda: LeakyCell(GRUCell(3, 4), alpha=0.4, learn_alpha=True)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ElmanCell(3, 4),
+        lambda: LSTMCell(3, 4, peephole=True),
+        lambda: GRUCell(3, 4),
+        lambda: LeakyCell(GRUCell(3, 4), alpha=0.4, learn_alpha=True),
+    ],
+)
 def test_skip_gradcheck(make, delay):
     gradcheck_cell(SkipCell(make(), delay=delay), steps=delay + 3)
 

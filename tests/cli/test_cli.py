@@ -10,8 +10,23 @@ import pytest
 from rnnkit.checkpoint import read_meta
 from rnnkit.cli import main
 
-TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-length", "20", "--batch-size", "4", "--max-steps", "6",
-        "--eval-every", "3", "--eval-budget", "none", "--no-progress"]  # the tests count validations
+TINY = [
+    "--hidden-size",
+    "16",
+    "--num-layers",
+    "1",
+    "--seq-length",
+    "20",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--eval-budget",
+    "none",
+    "--no-progress",
+]  # the tests count validations
 
 
 @pytest.fixture
@@ -29,7 +44,20 @@ def last_json(text):
 
 def test_train_checkpoint_sample_eval_resume_through_the_console_entry_point(tmp_path, corpus, capsys):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(out), "--json", "--holdout-every", "3", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rnnkit",
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--json",
+        "--holdout-every",
+        "3",
+        *TINY,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)
@@ -46,7 +74,10 @@ def test_train_checkpoint_sample_eval_resume_through_the_console_entry_point(tmp
     assert main(["sample", str(out), "--length", "50", "--prime", "def "]) == 0
     text = capsys.readouterr().out
     assert text.startswith("def ") and len(text) >= 54
-    assert main(["sample", str(out / "latest.safetensors"), "--length", "20", "--method", "beam", "--beam-width", "2"]) == 0
+    assert (
+        main(["sample", str(out / "latest.safetensors"), "--length", "20", "--method", "beam", "--beam-width", "2"])
+        == 0
+    )
     capsys.readouterr()
 
     assert main(["eval", str(out / "latest.safetensors"), "--json"]) == 0
@@ -71,13 +102,17 @@ def test_train_prints_progress_samples_and_the_command_to_sample_more(tmp_path, 
 
 def test_config_file_with_flags_overriding_it(tmp_path, corpus, capsys):
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'data = "{corpus}"\nhidden-size = 12\ncell = "gru"\nmax_steps = 4\nprogress = false\n'
-                   f'eval_every = 2\nseq_length = 10\nbatch_size = 2\n')
+    cfg.write_text(
+        f'data = "{corpus}"\nhidden-size = 12\ncell = "gru"\nmax_steps = 4\nprogress = false\n'
+        f"eval_every = 2\nseq_length = 10\nbatch_size = 2\n"
+    )
     out = tmp_path / "r"
     assert main(["train", "--config", str(cfg), "--hidden-size", "10", "--out", str(out), "--json"]) == 0
     saved = json.loads((out / "config.json").read_text())["config"]
     assert (saved["hidden_size"], saved["cell"], saved["max_steps"]) == (10, "gru", 4)
-    (tmp_path / "run.json").write_text(json.dumps({"hidden_size": 8, "max_steps": 2, "progress": False, "data": str(corpus)}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({"hidden_size": 8, "max_steps": 2, "progress": False, "data": str(corpus)})
+    )
     assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out)]) == 2  # never over a run
     assert main(["train", "--config", str(tmp_path / "run.json"), "--out", str(out), "--overwrite"]) == 0
 
@@ -86,8 +121,16 @@ def test_help_documents_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["train", "charlm", "--help"])
     text = capsys.readouterr().out
-    for flag, default in [("--hidden-size", "256"), ("--seq-length", "100"), ("--clip-norm", "5.0"), ("--cell", "'lstm'"),
-                          ("--max-time", "120.0"), ("--seed", "0"), ("--lr-decay", "1.0"), ("--temperature", "0.8")]:
+    for flag, default in [
+        ("--hidden-size", "256"),
+        ("--seq-length", "100"),
+        ("--clip-norm", "5.0"),
+        ("--cell", "'lstm'"),
+        ("--max-time", "120.0"),
+        ("--seed", "0"),
+        ("--lr-decay", "1.0"),
+        ("--temperature", "0.8"),
+    ]:
         assert re.search(re.escape(flag) + r".*?\(default:\s+" + re.escape(default) + r"\)", text, re.S), flag
 
 
@@ -115,7 +158,10 @@ def test_tasks_lists_every_task(capsys):
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["train", "--lr", "inf"], "flags: lr must be a finite number, got inf"),
         (["train", "--max-time", "nan"], "flags: max_time must be a finite number, got nan"),
-        (["train", "--seed", "99999999999999999999"], r"flags: seed must be int within ±2\^63, got 99999999999999999999"),
+        (
+            ["train", "--seed", "99999999999999999999"],
+            r"flags: seed must be int within ±2\^63, got 99999999999999999999",
+        ),
         (["train", "--hidden-size", "1e3"], "invalid int value: '1e3'"),
         (["train", "--embedding-size", "0"], "embedding_size must be ≥ 1, got 0"),
         (["train", "--resume", "--out", "/no/such/run"], "--resume: '/no/such/run' holds no run to resume"),
@@ -171,7 +217,14 @@ def test_yaml_numbers_read_as_toml_and_json_read_them(tmp_path):
     from rnnkit.tasks import TASKS
     from rnnkit.tasks.config import check_config, read_config_file
 
-    values = {"lr": "1e-3", "weight_decay": "2.5E-4", "clip_norm": "1.0e+1", "max_time": "30", "hidden_size": "12", "temperature": "-0.5e0"}
+    values = {
+        "lr": "1e-3",
+        "weight_decay": "2.5E-4",
+        "clip_norm": "1.0e+1",
+        "max_time": "30",
+        "hidden_size": "12",
+        "temperature": "-0.5e0",
+    }
     (tmp_path / "run.yaml").write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
     (tmp_path / "run.json").write_text("{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}")
     from_yaml, from_json = read_config_file(tmp_path / "run.yaml"), read_config_file(tmp_path / "run.json")
@@ -195,11 +248,13 @@ def test_unreadable_data_exits_2(tmp_path, capsys):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "pictures").mkdir()
     (tmp_path / "pictures" / "cat.png").write_bytes(b"\x89PNG")
-    cases = [("utf16.txt", "utf16.txt' is UTF-16 text (byte-order mark at offset 0), expected UTF-8"),
-             ("blob.txt", "blob.txt' looks binary, expected UTF-8 text: NUL byte at offset 7"),
-             ("empty.txt", "empty.txt' holds no text"),
-             ("pictures", "no .txt, .py or .md files"),
-             ("missing", "missing' does not exist")]
+    cases = [
+        ("utf16.txt", "utf16.txt' is UTF-16 text (byte-order mark at offset 0), expected UTF-8"),
+        ("blob.txt", "blob.txt' looks binary, expected UTF-8 text: NUL byte at offset 7"),
+        ("empty.txt", "empty.txt' holds no text"),
+        ("pictures", "no .txt, .py or .md files"),
+        ("missing", "missing' does not exist"),
+    ]
     for name, message in cases:
         assert main(["train", "--data", str(tmp_path / name), "--out", str(tmp_path / "r"), *TINY]) == 2, name
         err = capsys.readouterr().err
@@ -209,7 +264,9 @@ def test_unreadable_data_exits_2(tmp_path, capsys):
 
 def test_bench_reports_every_requested_cell_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--cells", "lstm", "peephole", "--size", "2,5,3,4", "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        main(["bench", "--cells", "lstm", "peephole", "--size", "2,5,3,4", "--repeats", "1", "--json", str(out)]) == 0
+    )
     text = capsys.readouterr().out
     assert "×LSTM" in text and "native" in text and "fused" in text
     rows = json.loads(out.read_text())

@@ -31,8 +31,28 @@ def run_folder(tmp_path_factory):
     for k in range(3):
         (corpus / f"f{k}.py").write_text(f"def add{k}(a, b):\n    return a + b * {k}\n\n" * 40)
     out = root / "run"
-    argv = ["train", "--data", str(corpus), "--out", str(out), "--hidden-size", "6", "--num-layers", "2", "--seq-length", "10",
-            "--batch-size", "2", "--max-steps", "2", "--eval-every", "2", "--holdout-every", "3", "--no-progress"]
+    argv = [
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden-size",
+        "6",
+        "--num-layers",
+        "2",
+        "--seq-length",
+        "10",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--holdout-every",
+        "3",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     return out, corpus
 
@@ -42,7 +62,12 @@ def test_default_compares_tanh_rnn_irnn_gru_and_lstm_on_one_plot(tmp_path, capsy
     assert main(["diagnose", "--hidden-size", "6", "--input-size", "3", *TINY, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     lines = summary(text)
-    assert [(name, lag) for name, lag, _, _ in lines] == [("elman", "10"), ("irnn", "10"), ("gru", "10"), ("lstm", "10")]
+    assert [(name, lag) for name, lag, _, _ in lines] == [
+        ("elman", "10"),
+        ("irnn", "10"),
+        ("gru", "10"),
+        ("lstm", "10"),
+    ]
     doc = json.loads((out / "diagnose.json").read_text())
     assert list(doc["cells"]) == ["elman", "irnn", "gru", "lstm"]
     assert doc["settings"]["cells"] == ["elman", "irnn", "gru", "lstm"] and doc["settings"]["hidden_size"] == 6
@@ -53,17 +78,39 @@ def test_default_compares_tanh_rnn_irnn_gru_and_lstm_on_one_plot(tmp_path, capsy
         assert len(doc["cells"][name]["gradient_vs_lag"]["grad_norm"]) == 11
     assert f"in {out}; start with {out / 'gradient_vs_lag.png'}" in text
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == sorted(["gradient_vs_lag.png", "jacobian_products.png"] + [f"{k}_{c}.png" for c in ("elman", "irnn", "gru", "lstm") for k in ("spectrum", "saturation")])
+    assert pngs == sorted(
+        ["gradient_vs_lag.png", "jacobian_products.png"]
+        + [f"{k}_{c}.png" for c in ("elman", "irnn", "gru", "lstm") for k in ("spectrum", "saturation")]
+    )
     assert all(png_size(out / p) == (800, 500) for p in pngs)
 
 
 def test_chosen_cells_loss_at_every_step_and_a_training_log(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
-    records = [{"kind": "train", "step": s, "loss": 2.0, "grad_norm": g, "clip": 1.0} for s, g in ((1, 0.5), (2, 3.0), (3, 0.8))]
+    records = [
+        {"kind": "train", "step": s, "loss": 2.0, "grad_norm": g, "clip": 1.0}
+        for s, g in ((1, 0.5), (2, 3.0), (3, 0.8))
+    ]
     log.write_text("\n".join(json.dumps(r) for r in records + [{"kind": "val", "step": 3, "val_bpc": 2.5}]) + "\n")
     out = tmp_path / "d"
-    argv = ["diagnose", "--cell", "leaky", "--cell", "lstm1997", "--hidden-size", "4", "--input-size", "2", *TINY,
-            "--loss", "every", "--log", str(log), "--out", str(out)]
+    argv = [
+        "diagnose",
+        "--cell",
+        "leaky",
+        "--cell",
+        "lstm1997",
+        "--hidden-size",
+        "4",
+        "--input-size",
+        "2",
+        *TINY,
+        "--loss",
+        "every",
+        "--log",
+        str(log),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert [name for name, *_ in summary(text)] == ["leaky", "lstm1997"]
@@ -92,8 +139,23 @@ def test_a_checkpoint_is_diagnosed_layer_by_layer_beside_an_untrained_copy(run_f
 
     # on the model's own kind of text, and from a checkpoint file rather than the folder
     out2 = tmp_path / "d2"
-    assert main(["diagnose", str(run / "latest.safetensors"), "--data", str(corpus / "f1.py"), "--steps", "6", "--batch", "2",
-                 "--out", str(out2)]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                str(run / "latest.safetensors"),
+                "--data",
+                str(corpus / "f1.py"),
+                "--steps",
+                "6",
+                "--batch",
+                "2",
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     assert [lag for _, lag, *_ in summary(capsys.readouterr().out)] == ["6"] * 4
     assert json.loads((out2 / "diagnose.json").read_text())["settings"]["data"] == str(corpus / "f1.py")
 
@@ -102,15 +164,28 @@ def test_checkpoint_data_errors_exit_2(run_folder, tmp_path, capsys):
     run, corpus = run_folder
     short = tmp_path / "short.py"
     short.write_text("def f(): pass\n")
-    assert main(["diagnose", str(run), "--data", str(short), "--steps", "10", "--batch", "4", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            ["diagnose", str(run), "--data", str(short), "--steps", "10", "--batch", "4", "--out", str(tmp_path / "d")]
+        )
+        == 2
+    )
     assert "--data has 14 characters; --steps 10 × --batch 4 needs 40" in capsys.readouterr().err
     odd = tmp_path / "odd.py"
     odd.write_text("§" * 50)
-    assert main(["diagnose", str(run), "--data", str(odd), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(["diagnose", str(run), "--data", str(odd), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")])
+        == 2
+    )
     assert "not in the model's vocabulary" in capsys.readouterr().err
     latin1 = tmp_path / "latin1.py"
     latin1.write_bytes(b"caf\xe9 = 1\n" * 20)  # the corpora's decoding rule: strict UTF-8, the byte named
-    assert main(["diagnose", str(run), "--data", str(latin1), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            ["diagnose", str(run), "--data", str(latin1), "--steps", "5", "--batch", "2", "--out", str(tmp_path / "d")]
+        )
+        == 2
+    )
     assert "is not UTF-8 text: undecodable byte 0xe9 at offset 3 (line 1)" in capsys.readouterr().err
     assert main(["diagnose", str(run), "--cell", "gru"]) == 2
     assert "--cell describe fresh cells; give them or a checkpoint, not both" in capsys.readouterr().err
@@ -141,13 +216,33 @@ def test_usage_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
 
 def test_a_checkpoint_of_a_task_without_text_feeds_each_layer_random_input(tmp_path, capsys):
     run = tmp_path / "adding"
-    argv = ["train", "adding", "--hidden-size", "4", "--length", "20", "--batch-size", "4", "--max-steps", "2",
-            "--eval-every", "2", "--heldout-size", "8", "--no-progress", "--out", str(run)]
+    argv = [
+        "train",
+        "adding",
+        "--hidden-size",
+        "4",
+        "--length",
+        "20",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--heldout-size",
+        "8",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     out = tmp_path / "d"
     assert main(["diagnose", str(run), "--steps", "7", "--batch", "2", "--out", str(out)]) == 0
-    assert [(name, lag) for name, lag, *_ in summary(capsys.readouterr().out)] == [("rnn.layers.0", "7"), ("rnn.layers.0 (untrained)", "7")]
+    assert [(name, lag) for name, lag, *_ in summary(capsys.readouterr().out)] == [
+        ("rnn.layers.0", "7"),
+        ("rnn.layers.0 (untrained)", "7"),
+    ]
     assert png_size(out / "clipping.png") == (800, 500)
     assert main(["diagnose", str(run), "--data", str(tmp_path / "any.txt"), "--out", str(tmp_path / "d2")]) == 2
     assert "--data applies to checkpoints of text tasks" in capsys.readouterr().err

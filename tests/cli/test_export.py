@@ -6,7 +6,19 @@ import torch
 from rnnkit.cli import main
 from rnnkit.tasks import load_run
 
-TINY = ["--hidden-size", "8", "--num-layers", "2", "--batch-size", "4", "--max-steps", "2", "--eval-every", "2", "--no-progress"]
+TINY = [
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "2",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "2",
+    "--eval-every",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -20,7 +32,9 @@ def corpus(tmp_path):
 
 def test_export_a_char_lm_run_writes_a_step_program_equal_to_the_model(tmp_path, corpus, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(corpus), "--out", str(run), "--seq-length", "10", "--val-every", "3", *TINY]) == 0
+    assert (
+        main(["train", "--data", str(corpus), "--out", str(run), "--seq-length", "10", "--val-every", "3", *TINY]) == 0
+    )
     capsys.readouterr()
     assert main(["export", str(run)]) == 0
     text = capsys.readouterr().out
@@ -42,8 +56,12 @@ def test_export_a_char_lm_run_writes_a_step_program_equal_to_the_model(tmp_path,
     lengths = torch.tensor([6, 2, 4])
     tokens = torch.randint(0, model.head.out_features, (6, 3))
     state = tuple((torch.randn(3, 8), torch.randn(3, 8)) for _ in range(2))  # the program's state is an input
-    torch.testing.assert_close(torch.export.load(out).module()(tokens, lengths=lengths, state=state)[0],
-                               model(tokens, state, lengths)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.export.load(out).module()(tokens, lengths=lengths, state=state)[0],
+        model(tokens, state, lengths)[0],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_export_a_digits_classifier_over_a_peephole_lstm(tmp_path, capsys):

@@ -12,8 +12,23 @@ from hypothesis import strategies as st
 
 from rnnkit.cli import main
 
-TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-length", "10", "--batch-size", "2", "--max-steps", "2",
-        "--eval-every", "2", "--no-progress", "--embedding-size", "4"]
+TINY = [
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--seq-length",
+    "10",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "2",
+    "--eval-every",
+    "2",
+    "--no-progress",
+    "--embedding-size",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,64 +67,178 @@ def digest(folder):
 
 
 BAD_NUMBERS = ["-1", "0", "-7", "x", "1.5.2", "", "nan", "1e999999"]
-SIZE_FLAGS = ["--hidden-size", "--num-layers", "--batch-size", "--seq-length", "--eval-every", "--embedding-size",
-              "--max-chars", "--lr-decay-every", "--sample-length"]
+SIZE_FLAGS = [
+    "--hidden-size",
+    "--num-layers",
+    "--batch-size",
+    "--seq-length",
+    "--eval-every",
+    "--embedding-size",
+    "--max-chars",
+    "--lr-decay-every",
+    "--sample-length",
+]
 
 
 @st.composite
 def bad_invocation(draw, root, corpus, run):
-    kind = draw(st.sampled_from([
-        "size", "real", "number", "name", "flag", "path", "config", "taken", "both", "checkpoint", "sample", "eval", "bench",
-        "top"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "size",
+                "real",
+                "number",
+                "name",
+                "flag",
+                "path",
+                "config",
+                "taken",
+                "both",
+                "checkpoint",
+                "sample",
+                "eval",
+                "bench",
+                "top",
+            ]
+        )
+    )
     if kind == "size":
         argv = ["train", draw(st.sampled_from(SIZE_FLAGS)), draw(st.sampled_from(BAD_NUMBERS))]
     elif kind == "real":
-        flag, values = draw(st.sampled_from([
-            ("--lr", ["0", "-0.1", "abc"]), ("--dropout", ["1", "-0.5", "2"]), ("--clip-norm", ["0", "-3", "inf?"]),
-            ("--clip-value", ["-1", "0"]), ("--lr-decay", ["0", "1.5"]), ("--temperature", ["0", "-1"]),
-            ("--max-time", ["0", "-5"]), ("--weight-decay", ["-1"])]))
+        flag, values = draw(
+            st.sampled_from(
+                [
+                    ("--lr", ["0", "-0.1", "abc"]),
+                    ("--dropout", ["1", "-0.5", "2"]),
+                    ("--clip-norm", ["0", "-3", "inf?"]),
+                    ("--clip-value", ["-1", "0"]),
+                    ("--lr-decay", ["0", "1.5"]),
+                    ("--temperature", ["0", "-1"]),
+                    ("--max-time", ["0", "-5"]),
+                    ("--weight-decay", ["-1"]),
+                ]
+            )
+        )
         argv = ["train", flag, draw(st.sampled_from(values))]
     elif kind == "number":  # parse as numbers, but no setting means anything at inf, nan or beyond int64
-        flag, values = draw(st.sampled_from([
-            ("--lr", ["inf", "nan", "-inf"]), ("--max-time", ["inf", "nan"]), ("--clip-norm", ["inf", "nan"]),
-            ("--seed", ["99999999999999999999", "-99999999999999999999"]), ("--hidden-size", ["123456789012345678901234567890"]),
-            ("--temperature", ["nan"]), ("--dropout", ["nan"])]))
+        flag, values = draw(
+            st.sampled_from(
+                [
+                    ("--lr", ["inf", "nan", "-inf"]),
+                    ("--max-time", ["inf", "nan"]),
+                    ("--clip-norm", ["inf", "nan"]),
+                    ("--seed", ["99999999999999999999", "-99999999999999999999"]),
+                    ("--hidden-size", ["123456789012345678901234567890"]),
+                    ("--temperature", ["nan"]),
+                    ("--dropout", ["nan"]),
+                ]
+            )
+        )
         # a tiny run around it, so that a value let through fails fast instead of training on the stdlib
-        argv = ["train", flag, draw(st.sampled_from(values)), "--data", str(corpus), "--max-steps", "1", "--out", str(root / "never")]
+        argv = [
+            "train",
+            flag,
+            draw(st.sampled_from(values)),
+            "--data",
+            str(corpus),
+            "--max-steps",
+            "1",
+            "--out",
+            str(root / "never"),
+        ]
     elif kind == "name":
         flag = draw(st.sampled_from(["--cell", "--optimizer", "--log-format"]))
         argv = ["train", flag, draw(st.sampled_from(["transformer", "", "LSTM ", "adamax", "xml"]))]
     elif kind == "flag":
-        argv = [draw(st.sampled_from(["train", "sample", "eval", "tasks", "bench"])),
-                draw(st.sampled_from(["--frobnicate", "--hidden_size=3", "-z", "--cellz=lstm"]))]
+        argv = [
+            draw(st.sampled_from(["train", "sample", "eval", "tasks", "bench"])),
+            draw(st.sampled_from(["--frobnicate", "--hidden_size=3", "-z", "--cellz=lstm"])),
+        ]
         if argv[0] in ("sample", "eval"):
             argv.insert(1, str(run))
     elif kind == "path":
-        argv = ["train", "--data", draw(st.sampled_from(["/no/such/file", str(root / "binary.txt"), str(root / "empty.txt"),
-                                                         str(root / "fuzz-missing-dir") + "/", str(root / "nul.txt"),
-                                                         str(root / "utf16.txt"), str(root / "latin1.txt"),
-                                                         str(root / "pictures")]))]
+        argv = [
+            "train",
+            "--data",
+            draw(
+                st.sampled_from(
+                    [
+                        "/no/such/file",
+                        str(root / "binary.txt"),
+                        str(root / "empty.txt"),
+                        str(root / "fuzz-missing-dir") + "/",
+                        str(root / "nul.txt"),
+                        str(root / "utf16.txt"),
+                        str(root / "latin1.txt"),
+                        str(root / "pictures"),
+                    ]
+                )
+            ),
+        ]
     elif kind == "config":
-        argv = ["train", "--config", str(root / draw(st.sampled_from(["bad.toml", "typo.json", "wrongtype.toml", "none.yaml",
-                                                                      "corpus.txt", "nan.toml", "inf.json", "huge.toml",
-                                                                      "list.yaml"])))]
+        argv = [
+            "train",
+            "--config",
+            str(
+                root
+                / draw(
+                    st.sampled_from(
+                        [
+                            "bad.toml",
+                            "typo.json",
+                            "wrongtype.toml",
+                            "none.yaml",
+                            "corpus.txt",
+                            "nan.toml",
+                            "inf.json",
+                            "huge.toml",
+                            "list.yaml",
+                        ]
+                    )
+                )
+            ),
+        ]
     elif kind == "taken":
         argv = ["train", "--data", str(corpus), "--out", str(run)]  # a run is there: refuse, never overwrite
     elif kind == "both":
         argv = ["train", "--out", str(run), "--resume", "--overwrite"]
     elif kind == "checkpoint":
-        argv = [draw(st.sampled_from(["sample", "eval"])),
-                str(root / draw(st.sampled_from(["evil.safetensors", "notes.txt", "nothing.safetensors", "corpus.txt"])))]
+        argv = [
+            draw(st.sampled_from(["sample", "eval"])),
+            str(root / draw(st.sampled_from(["evil.safetensors", "notes.txt", "nothing.safetensors", "corpus.txt"]))),
+        ]
     elif kind == "sample":
-        flag, value = draw(st.sampled_from([("--length", "0"), ("--length", "-3"), ("--temperature", "0"), ("--top-k", "0"),
-                                            ("--top-p", "1.5"), ("--top-p", "0"), ("--beam-width", "0"), ("--method", "magic"),
-                                            ("--prime", "\u2603 snowman")]))
+        flag, value = draw(
+            st.sampled_from(
+                [
+                    ("--length", "0"),
+                    ("--length", "-3"),
+                    ("--temperature", "0"),
+                    ("--top-k", "0"),
+                    ("--top-p", "1.5"),
+                    ("--top-p", "0"),
+                    ("--beam-width", "0"),
+                    ("--method", "magic"),
+                    ("--prime", "\u2603 snowman"),
+                ]
+            )
+        )
         argv = ["sample", str(run), flag, value]
     elif kind == "eval":
-        argv = ["eval", str(run), *draw(st.sampled_from([["--split", "train"], ["--data", "/no/such"],
-                                                         ["--data", str(root / "binary.txt")]]))]
+        argv = [
+            "eval",
+            str(run),
+            *draw(
+                st.sampled_from([["--split", "train"], ["--data", "/no/such"], ["--data", str(root / "binary.txt")]])
+            ),
+        ]
     elif kind == "bench":
-        argv = ["bench", *draw(st.sampled_from([["--size", "1,2,3"], ["--size", "0,1,1,1"], ["--cells", "nope"], ["--repeats", "x"]]))]
+        argv = [
+            "bench",
+            *draw(
+                st.sampled_from([["--size", "1,2,3"], ["--size", "0,1,1,1"], ["--cells", "nope"], ["--repeats", "x"]])
+            ),
+        ]
     else:
         argv = [draw(st.sampled_from(["frobnicate", "--version-please", "trian", "TRAIN"]))]
     extra = draw(st.lists(st.sampled_from(["--seed", "3", "--no-progress", "--json"]), max_size=2))

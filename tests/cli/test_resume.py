@@ -13,12 +13,36 @@ from pathlib import Path
 
 import pytest
 
-from rnnkit.checkpoint import CheckpointError, load_checkpoint, read_meta
+from rnnkit.checkpoint import CheckpointError, read_meta
 
 # dropout on, so the masks must come back too; several chunks per file, so the carried state matters
-SETTINGS = ["--hidden-size", "24", "--num-layers", "2", "--dropout", "0.3", "--seq-length", "16", "--batch-size", "3",
-            "--max-steps", "150", "--max-time", "None", "--eval-every", "10", "--eval-budget", "none", "--sample-length", "40", "--no-progress",
-            "--holdout-every", "3", "--seed", "7"]
+SETTINGS = [
+    "--hidden-size",
+    "24",
+    "--num-layers",
+    "2",
+    "--dropout",
+    "0.3",
+    "--seq-length",
+    "16",
+    "--batch-size",
+    "3",
+    "--max-steps",
+    "150",
+    "--max-time",
+    "None",
+    "--eval-every",
+    "10",
+    "--eval-budget",
+    "none",
+    "--sample-length",
+    "40",
+    "--no-progress",
+    "--holdout-every",
+    "3",
+    "--seed",
+    "7",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +73,7 @@ def samples(stdout):
             step = int(line.split()[1])
         elif line.startswith("  sample:"):
             rest = []
-            for x in lines[i + 1:]:
+            for x in lines[i + 1 :]:
                 if not x.startswith(" " * 10):  # a sample's continuation lines are indented
                     break
                 rest.append(x)
@@ -92,7 +116,12 @@ def test_sigkill_at_an_arbitrary_step_then_resume_gives_the_uninterrupted_curve(
     assert [key(r) for r in got] == [key(r) for r in reference]  # the log holds each step once, in order
     for a, b in zip(got, reference):
         if a["kind"] == "train":
-            assert (a["loss"], a["grad_norm"], a["bpc"], a["epoch"]) == (b["loss"], b["grad_norm"], b["bpc"], b["epoch"]), a["step"]
+            assert (a["loss"], a["grad_norm"], a["bpc"], a["epoch"]) == (
+                b["loss"],
+                b["grad_norm"],
+                b["bpc"],
+                b["epoch"],
+            ), a["step"]
         else:
             assert a["val_loss"] == b["val_loss"], a["step"]
     # the same samples after the resume point
@@ -101,21 +130,44 @@ def test_sigkill_at_an_arbitrary_step_then_resume_gives_the_uninterrupted_curve(
     assert after and all(resumed_samples[s] == whole_samples[s] for s in after)
 
 
-
 def test_resume_refuses_settings_that_differ_from_the_checkpoint_and_changes_nothing(tmp_path, corpus, capsys):
     from rnnkit.cli import main
 
     out = tmp_path / "run"
-    tiny = ["--data", str(corpus), "--out", str(out), "--hidden-size", "8", "--num-layers", "1", "--seq-length", "8",
-            "--batch-size", "2", "--max-steps", "2", "--eval-every", "2", "--no-progress", "--sample-length", "5"]
+    tiny = [
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden-size",
+        "8",
+        "--num-layers",
+        "1",
+        "--seq-length",
+        "8",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--no-progress",
+        "--sample-length",
+        "5",
+    ]
     assert main(["train", *tiny]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.txt").write_text("zzz qqq\n" * 50)
-    for flags, said in [(["--cell", "gru"], "cell: the run has 'lstm', given 'gru'"),
-                        (["--data", str(other)], f"data: the run has {str(corpus)!r}, given {str(other)!r}"),
-                        (["--hidden-size", "16", "--lr", "0.1"], "hidden_size: the run has 8, given 16; lr: the run has 0.002, given 0.1")]:
+    for flags, said in [
+        (["--cell", "gru"], "cell: the run has 'lstm', given 'gru'"),
+        (["--data", str(other)], f"data: the run has {str(corpus)!r}, given {str(other)!r}"),
+        (
+            ["--hidden-size", "16", "--lr", "0.1"],
+            "hidden_size: the run has 8, given 16; lr: the run has 0.002, given 0.1",
+        ),
+    ]:
         capsys.readouterr()
         assert main(["train", *tiny, "--resume", *flags]) == 2
         err = capsys.readouterr().err.strip()
@@ -130,8 +182,18 @@ def test_run_task_resume_with_other_settings_writes_nothing(tmp_path, corpus):
     from rnnkit.tasks import run_task
     from rnnkit.tasks.charlm import CharLMConfig, CharLMTask
 
-    small = dict(data=str(corpus), out=str(tmp_path / "run"), hidden_size=8, num_layers=1, seq_length=8, batch_size=2,
-                 max_steps=2, eval_every=2, progress=False, sample_length=5)
+    small = dict(
+        data=str(corpus),
+        out=str(tmp_path / "run"),
+        hidden_size=8,
+        num_layers=1,
+        seq_length=8,
+        batch_size=2,
+        max_steps=2,
+        eval_every=2,
+        progress=False,
+        sample_length=5,
+    )
     run_task(CharLMTask(CharLMConfig(**small)), log=lambda s: None)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with pytest.raises(ValueError, match="these differ: hidden_size: the run has 8, given 12"):
@@ -144,7 +206,13 @@ def test_out_that_is_a_file_and_dropout_that_does_nothing_are_refused(tmp_path, 
 
     (tmp_path / "afile").write_text("mine")
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "afile"), "--max-steps", "1"]) == 2
-    assert f"out must be a folder (new, or holding a run), but {str(tmp_path / 'afile')!r} is a file" in capsys.readouterr().err
+    assert (
+        f"out must be a folder (new, or holding a run), but {str(tmp_path / 'afile')!r} is a file"
+        in capsys.readouterr().err
+    )
     assert (tmp_path / "afile").read_text() == "mine"
-    assert main(["train", "--data", str(corpus), "--num-layers", "1", "--dropout", "0.5", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--data", str(corpus), "--num-layers", "1", "--dropout", "0.5", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "dropout acts between stacked layers, so with num_layers = 1 it would do nothing" in capsys.readouterr().err

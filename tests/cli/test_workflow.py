@@ -19,9 +19,29 @@ import pytest
 from rnnkit.checkpoint import read_meta
 from rnnkit.cli import invocation, main
 
-TINY = ["--hidden-size", "8", "--num-layers", "1", "--embedding-size", "4", "--seq-length", "10", "--batch-size", "2",
-        "--eval-every", "3", "--eval-budget", "none", "--no-progress", "--sample-length", "5", "--holdout-every", "3",
-        "--max-time", "none"]  # every 3rd update validates and checkpoints, whatever it costs: the tests count them
+TINY = [
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--embedding-size",
+    "4",
+    "--seq-length",
+    "10",
+    "--batch-size",
+    "2",
+    "--eval-every",
+    "3",
+    "--eval-budget",
+    "none",
+    "--no-progress",
+    "--sample-length",
+    "5",
+    "--holdout-every",
+    "3",
+    "--max-time",
+    "none",
+]  # every 3rd update validates and checkpoints, whatever it costs: the tests count them
 
 
 @pytest.fixture
@@ -85,8 +105,20 @@ def _run_in_terminal(argv, cwd):
 
 def test_in_a_terminal_the_bar_never_glues_to_printed_lines_and_counts_are_whole(tmp_path, corpus):
     flags = [a for a in TINY if a != "--no-progress"]
-    argv = [sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out", str(tmp_path / "r"), *flags,
-            "--max-steps", "9", "--progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "rnnkit",
+        "train",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "r"),
+        *flags,
+        "--max-steps",
+        "9",
+        "--progress",
+    ]
     screen = _run_in_terminal(argv, tmp_path)
     assert "it/s" in screen or "step/s" in screen or "s/step" in screen, screen  # the bar was drawn
     for line in screen.replace("\r\n", "\n").split("\n"):
@@ -100,9 +132,25 @@ def test_in_a_terminal_the_bar_never_glues_to_printed_lines_and_counts_are_whole
 def test_with_stderr_to_a_file_there_is_no_bar(tmp_path, corpus):
     flags = [a for a in TINY if a != "--no-progress"]
     with open(tmp_path / "err.txt", "w") as err:
-        done = subprocess.run([sys.executable, "-m", "rnnkit", "train", "--data", str(corpus), "--out",
-                               str(tmp_path / "r"), *flags, "--max-steps", "4"], stdout=subprocess.PIPE,
-                              stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rnnkit",
+                "train",
+                "--data",
+                str(corpus),
+                "--out",
+                str(tmp_path / "r"),
+                *flags,
+                "--max-steps",
+                "4",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=300,
+        )
     assert done.returncode == 0
     assert "\r" not in (tmp_path / "err.txt").read_text()
 
@@ -153,8 +201,11 @@ def test_the_last_update_loss_and_the_smoothed_loss_have_their_own_names(tmp_pat
     assert train(corpus, tmp_path / "r", "--max-steps", "25", "--eval-every", "25", "--json") == 0
     text = capsys.readouterr().out
     result = last_json(text)
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(x)["kind"] == "train"]
+    losses = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
     assert result["train_loss_last"] == losses[-1]
     assert result["train_loss"] == pytest.approx(sum(losses[-20:]) / 20)
     assert f"train loss {result['train_loss']:.4f} (mean of last 20)" in text
@@ -166,8 +217,12 @@ def test_train_help_lists_the_default_tasks_options(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "rnnkit train [charlm]" in text and "Other tasks: digits" in text
-    for flag, default in [("--hidden-size", "256"), ("--holdout-every", "20"), ("--max-time", "120.0"),
-                          ("--keep-checkpoints", "0")]:
+    for flag, default in [
+        ("--hidden-size", "256"),
+        ("--holdout-every", "20"),
+        ("--max-time", "120.0"),
+        ("--keep-checkpoints", "0"),
+    ]:
         assert re.search(re.escape(flag) + r".*?\(default:\s+" + re.escape(default) + r"\)", text, re.S), flag
 
 
@@ -193,8 +248,14 @@ def test_printed_commands_name_the_program_that_ran(tmp_path, corpus, monkeypatc
     line = next(x for x in done.stdout.splitlines() if x.startswith("sample more with: "))
     printed = line.removeprefix("sample more with: ")
     assert printed.startswith(f"{sys.executable} -m rnnkit sample ")
-    again = subprocess.run([*printed.split()[:3], "sample", str(tmp_path / "r"), "--length", "5"], capture_output=True,
-                           text=True, env=env, timeout=300, cwd=tmp_path)
+    again = subprocess.run(
+        [*printed.split()[:3], "sample", str(tmp_path / "r"), "--length", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr  # it runs as printed
     monkeypatch.setenv("RNNKIT_PROG", "scripts/rnnkit")  # what scripts/rnnkit says about itself
     assert invocation() == "scripts/rnnkit"
@@ -206,12 +267,18 @@ def test_printed_commands_name_the_program_that_ran(tmp_path, corpus, monkeypatc
 
 
 # 9 ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, said", [
-    (["train", "--hiden-size", "3"], "--hiden-size: did you mean --hidden-size?"),
-    (["train", "digits", "--max-stesp", "3"], "--max-stesp: did you mean --max-steps?"),
-    (["sample", "x", "--temprature", "1"], "--temprature: did you mean --temperature?"),
-    (["sample", "x", "--temperature", "0"], "--temperature must be > 0 (for the most likely token at every step, --method greedy)"),
-])
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["train", "--hiden-size", "3"], "--hiden-size: did you mean --hidden-size?"),
+        (["train", "digits", "--max-stesp", "3"], "--max-stesp: did you mean --max-steps?"),
+        (["sample", "x", "--temprature", "1"], "--temprature: did you mean --temperature?"),
+        (
+            ["sample", "x", "--temperature", "0"],
+            "--temperature must be > 0 (for the most likely token at every step, --method greedy)",
+        ),
+    ],
+)
 def test_usage_mistakes_get_a_pointer(argv, said, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # were a mistake to run, it would write here
     assert main(argv) == 2

@@ -6,8 +6,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnkit.data.corpus import (CharVocab, DataError, decode_text, read_documents, read_text, split_documents,
-                                stdlib_corpus, stdlib_files)
+from rnnkit.data.corpus import (
+    CharVocab,
+    DataError,
+    decode_text,
+    read_documents,
+    read_text,
+    split_documents,
+    stdlib_corpus,
+    stdlib_files,
+)
 
 
 def test_stdlib_corpus_is_the_stdlibs_own_source_sorted_and_capped():
@@ -97,7 +105,11 @@ def test_folder_documents_sorted_nested_empty_files_skipped(tmp_path):
     (tmp_path / "pkg" / "sub" / "a.md").write_text("# a\n")
     (tmp_path / "pkg" / "image.png").write_bytes(b"\x89PNG\x00")  # not a text suffix: never opened
     (tmp_path / "pkg" / "notes.txt").write_text("\u00e9t\u00e9\n")
-    assert read_documents(tmp_path / "pkg") == ["bee\n", "\u00e9t\u00e9\n", "# a\n"]  # pkg/b.py, pkg/notes.txt, pkg/sub/a.md
+    assert read_documents(tmp_path / "pkg") == [
+        "bee\n",
+        "\u00e9t\u00e9\n",
+        "# a\n",
+    ]  # pkg/b.py, pkg/notes.txt, pkg/sub/a.md
     assert read_text(tmp_path / "pkg") == "bee\n\u00e9t\u00e9\n# a\n"
     assert read_documents(tmp_path / "pkg", max_chars=6) == ["bee\n", "\u00e9t"]  # characters, not bytes
     assert read_documents(tmp_path / "pkg" / "b.py") == ["bee\n"]

@@ -39,7 +39,11 @@ from rnnkit.data.datasets import (
 
 @pytest.mark.parametrize(
     "module, call",
-    [("sklearn.datasets", lambda: digits()), ("statsmodels.api", lambda: sunspots()), ("sacrebleu", lambda: bleu(["a"], ["a"]))],
+    [
+        ("sklearn.datasets", lambda: digits()),
+        ("statsmodels.api", lambda: sunspots()),
+        ("sacrebleu", lambda: bleu(["a"], ["a"])),
+    ],
 )
 def test_missing_optional_dependency_names_the_extra(monkeypatch, module, call):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
@@ -165,7 +169,9 @@ def test_seasonal_forecast_goes_back_whole_cycles():
         for h in range(1, 14):
             assert float(pred[i, h - 1]) == float(values[t + h - 6 * math.ceil(h / 6)])
             assert t + h - 6 * math.ceil(h / 6) <= t
-    torch.testing.assert_close(persistence_forecast(values, origins, 3), values[origins].unsqueeze(1).repeat(1, 3), rtol=0, atol=0)
+    torch.testing.assert_close(
+        persistence_forecast(values, origins, 3), values[origins].unsqueeze(1).repeat(1, 3), rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="origins must be ≥ period − 1 = 5, got 2"):
         seasonal_forecast(values, torch.tensor([2]), horizon=1, period=6)
     with pytest.raises(ValueError, match=r"prediction must have the target's shape \(2, 3\)"):
@@ -185,7 +191,9 @@ def test_sunspots_bad_arguments():
 _SMALL = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen".split())}  # fmt: skip
-_SMALL.update({w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)})
+_SMALL.update(
+    {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+)
 
 
 def words_to_number(text: str) -> int:
@@ -282,8 +290,16 @@ def _bleu_by_formula(hyps, refs):
 
 
 def test_bleu_and_exact_match():
-    refs = ["nine hundred ninety-nine thousand one hundred five", "four hundred thousand two hundred", "one million seven hundred"]
-    hyps = ["nine hundred ninety-nine thousand one hundred five", "four hundred thousand three hundred", "one million seven"]
+    refs = [
+        "nine hundred ninety-nine thousand one hundred five",
+        "four hundred thousand two hundred",
+        "one million seven hundred",
+    ]
+    hyps = [
+        "nine hundred ninety-nine thousand one hundred five",
+        "four hundred thousand three hundred",
+        "one million seven",
+    ]
     assert bleu(hyps, refs) == pytest.approx(_bleu_by_formula(hyps, refs), rel=1e-9)
     assert bleu(refs, refs) == pytest.approx(100.0)
     assert exact_match(hyps, refs) == pytest.approx(1 / 3)
@@ -386,7 +402,9 @@ def test_tagging_chunks_whole_files_into_splits(tmp_path):
         n = len(text) // 16
         assert split.inputs.shape == split.targets.shape == (16, n)
         assert data.vocab.decode(split.inputs.t().flatten()) == text[: 16 * n]
-        torch.testing.assert_close(split.targets.t().flatten(), torch.cat([tag_source(t) for t in part])[: 16 * n], rtol=0, atol=0)
+        torch.testing.assert_close(
+            split.targets.t().flatten(), torch.cat([tag_source(t) for t in part])[: 16 * n], rtol=0, atol=0
+        )
     with pytest.raises(DataError, match="the val split holds 0 characters of 1 files"):
         tagging(chunk_length=16, max_chars=10, every=4, root=tmp_path)
 
@@ -402,7 +420,11 @@ def test_tagging_baselines():
 def test_tagging_on_the_stdlib_is_deterministic():
     a = tagging(chunk_length=64, max_chars=40_000, every=3)
     b = tagging(chunk_length=64, max_chars=40_000, every=3)
-    assert a.files == b.files and torch.equal(a.train.inputs, b.train.inputs) and torch.equal(a.test.targets, b.test.targets)
+    assert (
+        a.files == b.files
+        and torch.equal(a.train.inputs, b.train.inputs)
+        and torch.equal(a.test.targets, b.test.targets)
+    )
     assert set(a.train.targets.unique().tolist()) == set(range(len(TAGS)))
     with pytest.raises(ValueError, match="tagging: every must be ≥ 3, got 2"):
         tagging(every=2)

@@ -51,11 +51,25 @@ NON_REBER_EXAMPLES = ["BTSSPXSE", "BPTVVB", "BTXXVVSE", "BPVSPSE", "BTSSSE"]
 # with the embedding: node "o" after the opening B, "i" before the inner B, inner nodes 1–6,
 # "t"/"p" after the inner E (remembering the second symbol), "z" before the final E.
 TRANSITIONS = {
-    ("start", "B"): "o", ("o", "T"): "iT", ("o", "P"): "iP",
+    ("start", "B"): "o",
+    ("o", "T"): "iT",
+    ("o", "P"): "iP",
 }
 for outer in "TP":
-    inner = {("i", "B"): "1", ("1", "T"): "2", ("1", "P"): "3", ("2", "S"): "2", ("2", "X"): "4", ("3", "T"): "3",
-             ("3", "V"): "5", ("4", "X"): "3", ("4", "S"): "6", ("5", "P"): "4", ("5", "V"): "6", ("6", "E"): "end"}
+    inner = {
+        ("i", "B"): "1",
+        ("1", "T"): "2",
+        ("1", "P"): "3",
+        ("2", "S"): "2",
+        ("2", "X"): "4",
+        ("3", "T"): "3",
+        ("3", "V"): "5",
+        ("4", "X"): "3",
+        ("4", "S"): "6",
+        ("5", "P"): "4",
+        ("5", "V"): "6",
+        ("6", "E"): "end",
+    }
     for (node, symbol), to in inner.items():
         TRANSITIONS[(node + outer, symbol)] = to + outer
     TRANSITIONS[("end" + outer, outer)] = "z"
@@ -175,7 +189,9 @@ def test_noise_free_lag_sequences_are_the_papers(random_middle):
     assert abs(firsts[x_sym] - n / 2) < 4 * math.sqrt(n / 4)
     if random_middle:
         expected = n * (p - 1) / (p - 1)
-        assert set(middles) == set(range(p - 1)) and all(abs(c - expected) < 5 * math.sqrt(expected) for c in middles.values())
+        assert set(middles) == set(range(p - 1)) and all(
+            abs(c - expected) < 5 * math.sqrt(expected) for c in middles.values()
+        )
     ids = noise_free_lag(n, p, 4, random_middle=random_middle, one_hot=False)
     assert torch.equal(ids.inputs, x.argmax(-1)) and torch.equal(ids.targets, y)
 
@@ -227,7 +243,13 @@ def test_very_long_lag_sequences_are_the_papers():
 
 def test_very_long_lag_table_is_the_papers_table_3():
     assert VERY_LONG_LAG_TABLE[1] == (100, 100, 31_000) and VERY_LONG_LAG_TABLE[4] == (1000, 1000, 49_000)
-    assert [row[:2] for row in VERY_LONG_LAG_TABLE[4:]] == [(1000, 1000), (1000, 500), (1000, 200), (1000, 100), (1000, 50)]
+    assert [row[:2] for row in VERY_LONG_LAG_TABLE[4:]] == [
+        (1000, 1000),
+        (1000, 500),
+        (1000, 200),
+        (1000, 100),
+        (1000, 50),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,16 +344,19 @@ def test_multiplication_targets_and_the_n_seq_rate():
     assert multiplication_allowed_wrong(2560, 13) == 16  # 13 · 2560 / 2000 = 16.6
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: noise_free_lag(4, 1, 0), "p must be ≥ 2"),
-    (lambda: very_long_lag(4, 0, 10, 0), "p must be ≥ 1"),
-    (lambda: very_long_lag(4, 3, -1, 0), "q must be ≥ 0"),
-    (lambda: two_sequence(4, 3, 0, informative=3), "T must be ≥ 4"),
-    (lambda: two_sequence(4, 30, 0, variant="d"), "variant must be 'a', 'b' or 'c'"),
-    (lambda: multiplication(4, 10, 0), "T must be ≥ 20"),
-    (lambda: embedded_reber(0, 0), "n must be ≥ 1"),
-    (lambda: encode_reber([]), "no strings"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: noise_free_lag(4, 1, 0), "p must be ≥ 2"),
+        (lambda: very_long_lag(4, 0, 10, 0), "p must be ≥ 1"),
+        (lambda: very_long_lag(4, 3, -1, 0), "q must be ≥ 0"),
+        (lambda: two_sequence(4, 3, 0, informative=3), "T must be ≥ 4"),
+        (lambda: two_sequence(4, 30, 0, variant="d"), "variant must be 'a', 'b' or 'c'"),
+        (lambda: multiplication(4, 10, 0), "T must be ≥ 20"),
+        (lambda: embedded_reber(0, 0), "n must be ≥ 1"),
+        (lambda: encode_reber([]), "no strings"),
+    ],
+)
 def test_bad_arguments_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -61,17 +61,28 @@ def test_nested_lists_are_read_as_arrays():
     assert n.tolist() == [1, 2] and x[:, 1].tolist() == [[3.0, 4.0], [5.0, 6.0]] and x[1, 0].tolist() == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    ([], ValueError, "sequences is empty"),
-    ([np.zeros((3, 2)), np.zeros((4, 3))], ValueError, r"sequence 1 has feature shape \(3,\).*expected \(2,\) like sequence 0"),
-    ([np.zeros((3, 2)), "hello"], TypeError, "sequence 1 must be a NumPy array or a tensor, got str"),
-    ([np.zeros((3, 2)), np.array(["a", "b"])], TypeError, "sequence 1 must hold numbers, got an array of dtype <U1"),
-    ([np.zeros((3, 2)), {"x": 1}], TypeError, "sequence 1 must be a NumPy array or a tensor, got dict"),
-    ([None], TypeError, "sequence 0 must be a NumPy array or a tensor, got NoneType"),
-    ([np.zeros((0, 2))], ValueError, "sequence 0 has no steps"),
-    ([np.float32(1.0)], ValueError, "sequence 0 is a scalar"),
-    (np.zeros((3, 4, 2)), TypeError, "must be a list of arrays or tensors, got ndarray"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ([], ValueError, "sequences is empty"),
+        (
+            [np.zeros((3, 2)), np.zeros((4, 3))],
+            ValueError,
+            r"sequence 1 has feature shape \(3,\).*expected \(2,\) like sequence 0",
+        ),
+        ([np.zeros((3, 2)), "hello"], TypeError, "sequence 1 must be a NumPy array or a tensor, got str"),
+        (
+            [np.zeros((3, 2)), np.array(["a", "b"])],
+            TypeError,
+            "sequence 1 must hold numbers, got an array of dtype <U1",
+        ),
+        ([np.zeros((3, 2)), {"x": 1}], TypeError, "sequence 1 must be a NumPy array or a tensor, got dict"),
+        ([None], TypeError, "sequence 0 must be a NumPy array or a tensor, got NoneType"),
+        ([np.zeros((0, 2))], ValueError, "sequence 0 has no steps"),
+        ([np.float32(1.0)], ValueError, "sequence 0 is a scalar"),
+        (np.zeros((3, 4, 2)), TypeError, "must be a list of arrays or tensors, got ndarray"),
+    ],
+)
 def test_pad_sequences_errors_name_the_item(bad, error, match):
     with pytest.raises(error, match=match):
         pad_sequences(bad)

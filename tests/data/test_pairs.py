@@ -23,20 +23,23 @@ def test_reads_pairs_skipping_blank_lines_with_crlf_and_a_bom(tmp_path):
     assert read_pairs(f) == [("chat", "cat"), ("chien", "dog"), ("été", "summer")]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("chat\tcat\nchien dog\n", r"p.tsv:2: expected source<TAB>target, got no tab: 'chien dog'"),
-    ("chat\tcat\tCC-BY 2.0\n", r"p.tsv:1: expected source<TAB>target, got 3 tab-separated fields"),
-    ("a\tb\n\tdog\n", r"p.tsv:2: the source \(before the tab\) is empty"),
-    ("", r"holds no pair"),
-    ("\n\n", r"holds no pair"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("chat\tcat\nchien dog\n", r"p.tsv:2: expected source<TAB>target, got no tab: 'chien dog'"),
+        ("chat\tcat\tCC-BY 2.0\n", r"p.tsv:1: expected source<TAB>target, got 3 tab-separated fields"),
+        ("a\tb\n\tdog\n", r"p.tsv:2: the source \(before the tab\) is empty"),
+        ("", r"holds no pair"),
+        ("\n\n", r"holds no pair"),
+    ],
+)
 def test_bad_lines_are_refused_with_their_number(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_pairs(write(tmp_path / "p.tsv", text))
 
 
 def test_bad_encoding_names_the_line(tmp_path):
-    f = write(tmp_path / "p.tsv", "chat\tcat\n".encode() + "été\tsummer\n".encode("latin-1"))
+    f = write(tmp_path / "p.tsv", b"chat\tcat\n" + "été\tsummer\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"p.tsv:2: not UTF-8 text \(byte 0xe9 at column 1\)"):
         read_pairs(f)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -68,7 +71,10 @@ def test_encode_pairs_frames_targets_and_not_sources():
     a, b = sv.index["a"], sv.index["b"]
     assert split.sources.t().tolist() == [[a, b], [b, PAD]] and split.source_lengths.tolist() == [2, 1]
     x, y, z = (tv.index[c] for c in "xyz")
-    assert split.targets.t().tolist() == [[BOS, z, y, EOS], [BOS, x, UNK, EOS]] and split.target_lengths.tolist() == [4, 4]
+    assert split.targets.t().tolist() == [[BOS, z, y, EOS], [BOS, x, UNK, EOS]] and split.target_lengths.tolist() == [
+        4,
+        4,
+    ]
 
 
 def test_load_pairs_builds_the_vocabularies_from_training_pairs_and_takes_split_files(tmp_path):

@@ -22,14 +22,13 @@ from rnnkit.data.synthetic import (
     copy_memory,
     copy_memory_accuracy,
     copy_memory_baseline,
+    heldout_generator,
     solved,
     temporal_order,
     temporal_order_baseline,
     temporal_order_correct,
     temporal_order_solved,
-    heldout_generator,
 )
-
 
 # ---------------------------------------------------------------------------------------------
 # adding
@@ -72,7 +71,13 @@ def test_adding_positions_and_lengths_cover_their_ranges_uniformly():
     # marked is P(X1 = t) + P(X2 = t): 1/10 + 9/10 · 1/(T/2 − 1) for t < 10, 1/(T/2 − 1) up to T/2.
     marked = (x[..., 1] == 1).sum(dim=1).double()  # (T,) how often each position is marked
     m = T // 2 - 1
-    expected = torch.tensor([0.1 + 0.9 / m if t < 10 else (1 / m if t < T // 2 else 0.0) for t in range(x.shape[0])], dtype=torch.float64) * n
+    expected = (
+        torch.tensor(
+            [0.1 + 0.9 / m if t < 10 else (1 / m if t < T // 2 else 0.0) for t in range(x.shape[0])],
+            dtype=torch.float64,
+        )
+        * n
+    )
     assert torch.all(marked[T // 2 :] == 0)
     sd = expected[: T // 2].sqrt()
     assert torch.all((marked[: T // 2] - expected[: T // 2]).abs() < 4 * sd), (marked, expected)
@@ -213,7 +218,9 @@ def test_temporal_order_bad_arguments():
         temporal_order(3, 1, length=(60, 70))
     with pytest.raises(ValueError, match=r"positions\[1\] = \(15, 30\) must start after position 20"):
         temporal_order(3, 1, positions=((10, 20), (15, 30)))
-    with pytest.raises(ValueError, match=r"length must be a pair of ints \(low, high\) with low ≤ high, got \(110, 100\)"):
+    with pytest.raises(
+        ValueError, match=r"length must be a pair of ints \(low, high\) with low ≤ high, got \(110, 100\)"
+    ):
         temporal_order(3, 1, length=(110, 100))
     with pytest.raises(ValueError, match="positions must hold 2 or 3"):
         temporal_order(3, 1, positions=((10, 20),))

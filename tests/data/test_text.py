@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import random
 import warnings
 
@@ -13,8 +13,18 @@ import torch
 import rnnkit
 from rnnkit.data import text as T
 from rnnkit.data.corpus import DataError
-from rnnkit.data.text import BOS, EOS, PAD, UNK, TokenVocab, char_error_rate, chrf, edit_distance, exact_match, pad_batch
-
+from rnnkit.data.text import (
+    BOS,
+    EOS,
+    PAD,
+    UNK,
+    TokenVocab,
+    char_error_rate,
+    chrf,
+    edit_distance,
+    exact_match,
+    pad_batch,
+)
 
 # ---------------------------------------------------------------------------------------------
 # vocabularies
@@ -75,7 +85,7 @@ def test_pad_batch_matches_a_loop_on_random_lengths():
     x, lengths = pad_batch(seqs)
     assert x.shape == (max(map(len, seqs)), 7)
     for b, s in enumerate(seqs):
-        assert x[: len(s), b].tolist() == s and (x[len(s):, b] == PAD).all() and lengths[b] == len(s)
+        assert x[: len(s), b].tolist() == s and (x[len(s) :, b] == PAD).all() and lengths[b] == len(s)
     with pytest.raises(ValueError, match="at least one sequence"):
         pad_batch([])
 
@@ -105,7 +115,10 @@ def test_bad_arguments_say_what_was_expected():
 
 def test_public_homes_and_old_import_paths():
     from rnnkit.data import TokenVocab as from_data
-    from rnnkit.data.datasets import TokenVocab as old, bleu as old_bleu, exact_match as old_em, pad_batch as old_pad
+    from rnnkit.data.datasets import TokenVocab as old
+    from rnnkit.data.datasets import bleu as old_bleu
+    from rnnkit.data.datasets import exact_match as old_em
+    from rnnkit.data.datasets import pad_batch as old_pad
 
     assert rnnkit.TokenVocab is from_data is old is T.TokenVocab
     assert old_bleu is T.bleu and old_em is T.exact_match and old_pad is T.pad_batch
@@ -125,9 +138,8 @@ def test_public_homes_and_old_import_paths():
 
 def _levenshtein_recursive(a, b):
     """The textbook recursion, memoised: the reference for edit_distance."""
-    from functools import lru_cache
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def d(i, j):
         if i == 0 or j == 0:
             return i + j
@@ -181,7 +193,9 @@ def test_chrf_equals_sacrebleu_on_random_corpora():
     gen = random.Random(1)
 
     def text():
-        return " ".join("".join(gen.choice("abcde") for _ in range(gen.randrange(1, 6))) for _ in range(gen.randrange(0, 4)))
+        return " ".join(
+            "".join(gen.choice("abcde") for _ in range(gen.randrange(1, 6))) for _ in range(gen.randrange(0, 4))
+        )
 
     for _ in range(20):
         n = gen.randrange(1, 6)

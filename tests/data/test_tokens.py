@@ -25,8 +25,15 @@ def unicode_alphabet(rng: random.Random, size: int) -> list[str]:
     """``size`` distinct characters from all planes (no surrogates, no NUL), astral ones included."""
     points = set()
     while len(points) < size:
-        c = rng.choice([rng.randrange(1, 0x80), rng.randrange(0x80, 0x800), rng.randrange(0x800, 0xD800),
-                        rng.randrange(0xE000, 0x10000), rng.randrange(0x10000, 0x110000)])
+        c = rng.choice(
+            [
+                rng.randrange(1, 0x80),
+                rng.randrange(0x80, 0x800),
+                rng.randrange(0x800, 0xD800),
+                rng.randrange(0xE000, 0x10000),
+                rng.randrange(0x10000, 0x110000),
+            ]
+        )
         points.add(c)
     return [chr(c) for c in sorted(points)]
 
@@ -71,7 +78,13 @@ def test_a_vocabulary_of_more_than_65536_characters_is_stored_as_uint32(tmp_path
 
 
 def test_token_dtype_is_the_smallest_that_holds_the_vocabulary():
-    assert [token_dtype(v) for v in (1, 256, 257, 65536, 65537)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
+    assert [token_dtype(v) for v in (1, 256, 257, 65536, 65537)] == [
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint16,
+        np.uint32,
+    ]
 
 
 def test_max_chars_and_the_split_are_those_of_the_in_memory_path(tmp_path):
@@ -90,8 +103,11 @@ def test_max_chars_and_the_split_are_those_of_the_in_memory_path(tmp_path):
         text = corpus.text()
         # whole files held out, the held-out ones alternating val, test (as the char-LM did in memory)
         held = docs[2::3]
-        want = {"train": [d for k, d in enumerate(docs) if k % 3 != 2],
-                "val": held[0::2] if len(held) >= 2 else held, "test": held[1::2] if len(held) >= 2 else []}
+        want = {
+            "train": [d for k, d in enumerate(docs) if k % 3 != 2],
+            "val": held[0::2] if len(held) >= 2 else held,
+            "test": held[1::2] if len(held) >= 2 else [],
+        }
         for split, parts in want.items():
             assert ["".join(text[a:b]) for a, b, s, _ in corpus.segments.tolist() if s == tk.SPLITS[split]] == parts
 
@@ -117,12 +133,15 @@ def test_training_counts_are_the_training_parts_character_counts(tmp_path):
     np.testing.assert_array_equal(corpus.counts, np.bincount(train, minlength=len(corpus.vocab)))
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"ok\n" * 5 + b"caf\xe9 au lait", None),
-    (b"\xff\xfeh\x00i\x00", "UTF-16 text"),
-    (b"abc\x00def", "NUL byte at offset 3"),
-    (b"abcdefgh\xe2\x82", None),  # ends inside a character
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"ok\n" * 5 + b"caf\xe9 au lait", None),
+        (b"\xff\xfeh\x00i\x00", "UTF-16 text"),
+        (b"abc\x00def", "NUL byte at offset 3"),
+        (b"abcdefgh\xe2\x82", None),  # ends inside a character
+    ],
+)
 def test_bytes_that_are_not_utf8_are_refused_as_decode_text_refuses_them(tmp_path, small_blocks, raw, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(raw)

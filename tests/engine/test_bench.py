@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from rnnkit import Recurrent
-from rnnkit.bench import EXTRA_CELLS, SIZES, TARGETS, BenchRow, bench, bench_cells, random_lengths, target_lines, torch_module_of
+from rnnkit.bench import (
+    EXTRA_CELLS,
+    SIZES,
+    TARGETS,
+    BenchRow,
+    bench,
+    bench_cells,
+    random_lengths,
+    target_lines,
+    torch_module_of,
+)
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell
 from rnnkit.cells.registry import CELLS
 from rnnkit.cli import main
@@ -62,7 +72,11 @@ def test_bench_rows_compare_against_the_right_references():
     rows = bench(["lstm", "gru", "peephole", "leaky", "guide-cho-gru"], [(2, 5, 3, 4)], repeats=1, log=lambda _: None)
     by_cell = {r.cell: r for r in rows}
     assert {c: r.engine for c, r in by_cell.items()} == {
-        "lstm": "native", "gru": "native", "peephole": "fused", "leaky": "fused", "guide-cho-gru": "fused",
+        "lstm": "native",
+        "gru": "native",
+        "peephole": "fused",
+        "leaky": "fused",
+        "guide-cho-gru": "fused",
     }
     for r in rows:
         assert r.ms > 0 and r.naive_ms > 0 and r.reference_ms > 0 and r.lengths_ms > 0 and r.memory_bytes > 0
@@ -95,8 +109,22 @@ def test_candidates_are_timed_round_robin_so_load_changes_hit_them_alike():
     runs = {name: (lambda name=name: calls.append(name)) for name in ("ours", "torch_lstm", "naive")}
     ms = _interleaved_ms(runs, {"ours": 3, "torch_lstm": 3, "naive": 1}, torch.device("cpu"))
     # each round: every candidate still due, twice in a row (an untimed call, then the timed one)
-    assert calls == ["ours", "ours", "torch_lstm", "torch_lstm", "naive", "naive",
-                     "ours", "ours", "torch_lstm", "torch_lstm", "ours", "ours", "torch_lstm", "torch_lstm"]
+    assert calls == [
+        "ours",
+        "ours",
+        "torch_lstm",
+        "torch_lstm",
+        "naive",
+        "naive",
+        "ours",
+        "ours",
+        "torch_lstm",
+        "torch_lstm",
+        "ours",
+        "ours",
+        "torch_lstm",
+        "torch_lstm",
+    ]
     assert set(ms) == set(runs) and all(t >= 0 for t in ms.values())
 
 
@@ -107,18 +135,40 @@ def test_bench_refuses_an_unknown_cell():
 
 def _row(cell, size, **figures):
     B, T, I, H = size
-    base = dict(threads=1, engine="fused", ms=1.0, torch_lstm_ms=1.0, naive_ms=1.0, reference_ms=1.0, vs_torch_lstm=1.0,
-                speedup_vs_naive=1.0, speedup_vs_reference=1.0, memory_bytes=1, torch_lstm_memory_bytes=1,
-                memory_vs_torch_lstm=1.0, torch_same_ms=None, vs_torch_same=None, lengths_ms=1.0, lengths_vs_full=1.0)
+    base = dict(
+        threads=1,
+        engine="fused",
+        ms=1.0,
+        torch_lstm_ms=1.0,
+        naive_ms=1.0,
+        reference_ms=1.0,
+        vs_torch_lstm=1.0,
+        speedup_vs_naive=1.0,
+        speedup_vs_reference=1.0,
+        memory_bytes=1,
+        torch_lstm_memory_bytes=1,
+        memory_vs_torch_lstm=1.0,
+        torch_same_ms=None,
+        vs_torch_same=None,
+        lengths_ms=1.0,
+        lengths_vs_full=1.0,
+    )
     return BenchRow(cell, B, T, I, H, **{**base, **figures})
 
 
 def test_targets_judge_the_rows_they_name():
-    assert {(t.cell, t.column) for t in TARGETS} == {("layernorm-lstm", "vs_torch_lstm"), ("guide-cho-gru", "speedup_vs_reference")}
+    assert {(t.cell, t.column) for t in TARGETS} == {
+        ("layernorm-lstm", "vs_torch_lstm"),
+        ("guide-cho-gru", "speedup_vs_reference"),
+    }
     small, large = SIZES[0], SIZES[-1]
-    rows = [_row("layernorm-lstm", small, vs_torch_lstm=1.5), _row("layernorm-lstm", large, vs_torch_lstm=1.7),
-            _row("guide-cho-gru", small, speedup_vs_reference=5.2), _row("guide-cho-gru", large, speedup_vs_reference=2.0),
-            _row("lstm", small, vs_torch_lstm=9.0)]
+    rows = [
+        _row("layernorm-lstm", small, vs_torch_lstm=1.5),
+        _row("layernorm-lstm", large, vs_torch_lstm=1.7),
+        _row("guide-cho-gru", small, speedup_vs_reference=5.2),
+        _row("guide-cho-gru", large, speedup_vs_reference=2.0),
+        _row("lstm", small, vs_torch_lstm=9.0),
+    ]
     lines = target_lines(rows)
     assert len(lines) == 3  # the guide's cell is judged at the smallest size only; the LSTM not at all
     assert lines[0].startswith("layernorm-lstm at (16, 100, 64, 128): vs_torch_lstm = 1.50 (target ≤ 1.6): met")
@@ -128,13 +178,32 @@ def test_targets_judge_the_rows_they_name():
 
 def test_bench_command_prints_the_engine_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--cells", "irnn", "clockwork", "guide-cho-gru", "--size", "2,4,3,4", "--repeats", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--cells",
+                "irnn",
+                "clockwork",
+                "guide-cho-gru",
+                "--size",
+                "2,4,3,4",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "×same" in text and "ref÷" in text and "len×" in text and "native" in text and "fused" in text
     rows = json.loads(out.read_text())
     assert [(r["cell"], r["engine"], r["threads"]) for r in rows] == [
-        ("irnn", "native", 1), ("clockwork", "fused", 1), ("guide-cho-gru", "fused", 1)]
+        ("irnn", "native", 1),
+        ("clockwork", "fused", 1),
+        ("guide-cho-gru", "fused", 1),
+    ]
     assert rows[0]["vs_torch_same"] > 0 and rows[1]["vs_torch_same"] is None
     assert "targets:" not in text  # no row at a size a target names
 

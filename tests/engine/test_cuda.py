@@ -65,7 +65,9 @@ def test_native_stack_on_cuda_equals_torch_nn(kind):
 
 def test_fused_engine_stays_on_the_cpu():
     cell = make_cell("peephole", 3, 4).cuda()
-    with pytest.raises(ValueError, match="engine='fused' runs on CPU float32/float64 tensors, got torch.float32 on cuda"):
+    with pytest.raises(
+        ValueError, match="engine='fused' runs on CPU float32/float64 tensors, got torch.float32 on cuda"
+    ):
         Recurrent(cell, engine="fused")(torch.randn(5, 2, 3, device="cuda"))
     layer = Recurrent(cell)  # auto: the reference loop, on the GPU
     y, _ = layer(torch.randn(5, 2, 3, device="cuda"))

@@ -10,7 +10,7 @@ import torch
 from rnnkit import Recurrent
 from rnnkit.cells import ClockworkCell, ElmanCell, GRUCell, LeakyCell, LSTMCell, LSTMState, RNNState, SkipCell
 from rnnkit.cells.state import map_state, state_tensors
-from rnnkit.engine import build, fused
+from rnnkit.engine import build
 from tests.helpers import TOL, randomize_, step_loop
 
 # Every core and option the engine covers, alone and wrapped. (I, H) → cell; H is even, ≥ 3.
@@ -39,7 +39,9 @@ FUSED_CELLS = {
     "skip-gru": lambda i, h: SkipCell(GRUCell(i, h), delay=2),
     "skip-peephole": lambda i, h: SkipCell(LSTMCell(i, h, peephole=True), delay=4),
     "skip-clockwork": lambda i, h: SkipCell(ClockworkCell(i, h, periods=(2, 1)), delay=2),
-    "skip-leaky-lstm": lambda i, h: SkipCell(LeakyCell(LSTMCell(i, h, forget_gate=False), alpha=0.4, learn_alpha=True), delay=2),
+    "skip-leaky-lstm": lambda i, h: SkipCell(
+        LeakyCell(LSTMCell(i, h, forget_gate=False), alpha=0.4, learn_alpha=True), delay=2
+    ),
     "skip-leaky-gru": lambda i, h: SkipCell(LeakyCell(GRUCell(i, h), tau=(2.0, 5.0)), delay=3),
 }
 
@@ -59,9 +61,11 @@ def random_state(cell, batch, gen, dtype):
     """A random initial state: every float field from N(0, 1), integer counters from [0, 5)."""
     template = cell.init_state(batch, dtype=dtype)
     return map_state(
-        lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dtype)
-        if t.is_floating_point()
-        else torch.randint(0, 5, t.shape, generator=gen),
+        lambda t: (
+            torch.randn(t.shape, generator=gen, dtype=torch.float64).to(dtype)
+            if t.is_floating_point()
+            else torch.randint(0, 5, t.shape, generator=gen)
+        ),
         template,
     )
 
@@ -85,8 +89,11 @@ def compare_engines(cell, x, state, lengths, reverse, dtype, batch_first=False):
         grads = torch.autograd.grad(loss, wrt)
         results.append((outs, grads))
     (out_f, grad_f), (out_r, grad_r) = results
-    names = ["x", *(f"state[{k}]" for k, t in enumerate(state_tensors(state)) if t.is_floating_point()),
-             *(n for n, _ in cell.named_parameters())]
+    names = [
+        "x",
+        *(f"state[{k}]" for k, t in enumerate(state_tensors(state)) if t.is_floating_point()),
+        *(n for n, _ in cell.named_parameters()),
+    ]
     for k, (a, b) in enumerate(zip(out_f, out_r)):
         if a.is_floating_point():
             torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output {k}: {m}")
@@ -110,7 +117,9 @@ def test_fused_equals_reference_float64(name, seed):
     compare_engines(cell, x, state, lengths, reverse=seed >= 1, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", ["peephole", "blocks-peephole", "gru", "leaky-lstm-learned", "skip-elman", "clockwork"])
+@pytest.mark.parametrize(
+    "name", ["peephole", "blocks-peephole", "gru", "leaky-lstm-learned", "skip-elman", "clockwork"]
+)
 def test_fused_equals_reference_float32(name):
     gen = torch.Generator().manual_seed(5)
     T, B, I, H = 7, 5, 3, 6
@@ -135,7 +144,15 @@ def test_fused_batch_first():
     gen = torch.Generator().manual_seed(4)
     cell = randomize_(FUSED_CELLS["skip-peephole"](3, 4).double(), seed=4)
     x = torch.randn(3, 6, 3, generator=gen, dtype=torch.float64)  # (B, T, I)
-    compare_engines(cell, x, random_state(cell, 3, gen, torch.float64), [6, 1, 4], reverse=True, dtype=torch.float64, batch_first=True)
+    compare_engines(
+        cell,
+        x,
+        random_state(cell, 3, gen, torch.float64),
+        [6, 1, 4],
+        reverse=True,
+        dtype=torch.float64,
+        batch_first=True,
+    )
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -230,7 +247,9 @@ def test_failed_build_falls_back_to_the_reference_loop_with_one_warning(monkeypa
     cell = randomize_(LSTMCell(3, 4, peephole=True).double(), seed=1)
     layer = Recurrent(cell)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match=r"fused engine could not be built \(RuntimeError: no compiler here\)") as record:
+    with pytest.warns(
+        RuntimeWarning, match=r"fused engine could not be built \(RuntimeError: no compiler here\)"
+    ) as record:
         y, state = layer(x)
         layer(x)
         Recurrent(LeakyCell(GRUCell(3, 4), alpha=0.5))(x.float())
@@ -239,7 +258,9 @@ def test_failed_build_falls_back_to_the_reference_loop_with_one_warning(monkeypa
     y_ref, state_ref = step_loop(cell, x, None)
     torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
     torch.testing.assert_close(state.c, state_ref.c, **TOL[torch.float64])
-    with pytest.raises(RuntimeError, match="engine='fused' asked for, but the fused engine could not be built: no compiler here"):
+    with pytest.raises(
+        RuntimeError, match="engine='fused' asked for, but the fused engine could not be built: no compiler here"
+    ):
         Recurrent(cell, engine="fused")(x)
 
 
@@ -247,7 +268,9 @@ def test_fused_engine_refusals():
     with pytest.raises(ValueError, match="engine='fused' cannot run this cell: SineCell's step uses operation 'sin'"):
         Recurrent(SineCell(3, 4), engine="fused")
     layer = Recurrent(LSTMCell(3, 4, peephole=True).to(torch.bfloat16), engine="fused")
-    with pytest.raises(ValueError, match="engine='fused' runs on CPU float32/float64 tensors, got torch.bfloat16 on cpu"):
+    with pytest.raises(
+        ValueError, match="engine='fused' runs on CPU float32/float64 tensors, got torch.bfloat16 on cpu"
+    ):
         layer(torch.randn(4, 2, 3, dtype=torch.bfloat16))
 
 

@@ -81,6 +81,11 @@ def test_projected_lstm_native_equals_reference(seed):
     native = Recurrent(cell, reverse=reverse, engine="native")
     reference = Recurrent(cell, reverse=reverse, engine="reference")
     params = list(cell.parameters())
-    assert_same_computation(lambda x, h0, c0: native(x, (h0, c0), lengths),
-                            lambda x, h0, c0: reference(x, (h0, c0), lengths), [x, h0, c0], params, params)
+    assert_same_computation(
+        lambda x, h0, c0: native(x, (h0, c0), lengths),
+        lambda x, h0, c0: reference(x, (h0, c0), lengths),
+        [x, h0, c0],
+        params,
+        params,
+    )
     assert native.last_engine == "native"

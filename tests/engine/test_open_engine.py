@@ -217,8 +217,10 @@ class CounterCell(UserCell):
 
     def init_state(self, batch_size, *, dtype=None, device=None):
         dtype, device = self._dtype_device(dtype, device)
-        return CountState(torch.zeros(batch_size, self.hidden_size, dtype=dtype, device=device),
-                          torch.zeros(batch_size, dtype=torch.long, device=device))
+        return CountState(
+            torch.zeros(batch_size, self.hidden_size, dtype=dtype, device=device),
+            torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
 
     def recurrence(self, gi, state):
         h, t = state
@@ -291,13 +293,19 @@ def compare(build, x, state, lengths, dtype=F64):
     for engine in ("fused", "reference"):
         module = build(engine)
         xs = x.detach().clone().requires_grad_()
-        s0 = None if state is None else map_state(lambda t: t.detach().clone().requires_grad_(t.is_floating_point()), state)
+        s0 = (
+            None
+            if state is None
+            else map_state(lambda t: t.detach().clone().requires_grad_(t.is_floating_point()), state)
+        )
         y, final = module(xs, s0, lengths)
         layers = [m for m in module.modules() if isinstance(m, Recurrent)]
         assert [m.last_engine for m in layers] == [engine] * len(layers)
         outs = [y, *state_tensors(final)]
         gen = torch.Generator().manual_seed(99)
-        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=F64).to(dtype)).sum() for o in outs if o.is_floating_point())
+        loss = sum(
+            (o * torch.randn(o.shape, generator=gen, dtype=F64).to(dtype)).sum() for o in outs if o.is_floating_point()
+        )
         names, params = zip(*module.named_parameters())
         wrt = [xs, *(t for t in ([] if s0 is None else state_tensors(s0)) if t.is_floating_point()), *params]
         results.append((outs, torch.autograd.grad(loss, wrt)))
@@ -368,8 +376,12 @@ def test_stack_fused_equals_reference(name):
     x = torch.randn(T, B, I, generator=gen, dtype=F64)
     state = (random_state(first, B, gen, F64), random_state(second, B, gen, F64))
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
-    compare(lambda engine: Stack([Recurrent(first, engine=engine), Recurrent(second, reverse=True, engine=engine)]),
-            x, state, lengths)
+    compare(
+        lambda engine: Stack([Recurrent(first, engine=engine), Recurrent(second, reverse=True, engine=engine)]),
+        x,
+        state,
+        lengths,
+    )
     fw, bw, top = make(name, I, H, seed=5), make(name, I, H, seed=6), make(name, 2 * H, H, seed=7)
     compare(lambda engine: Stack([bidirectional(fw, bw, engine), Recurrent(top, engine=engine)]), x, None, lengths)
 
@@ -377,7 +389,9 @@ def test_stack_fused_equals_reference(name):
 # -- 2. gradcheck through a fused layer ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"])
+@pytest.mark.parametrize(
+    "name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"]
+)
 def test_gradcheck_through_the_fused_layer(name):
     """float64 finite differences against the fused engine's BPTT, with respect to x, every float
     field of the initial state and every parameter; lengths and reversal included."""
@@ -437,8 +451,11 @@ def test_fused_new_cell_equals_the_papers_equations(name):
         y, final = Recurrent(cell, reverse=reverse, engine="fused")(x, lengths=torch.tensor(lengths))
         for b, n in enumerate(lengths):
             alone = x[:n, b : b + 1]
-            want_y, want_final = step_loop(lambda x_t, s: step(cell, x_t, s), alone.flip(0) if reverse else alone,
-                                           (zeros, zeros) if lstm else (zeros,))
+            want_y, want_final = step_loop(
+                lambda x_t, s: step(cell, x_t, s),
+                alone.flip(0) if reverse else alone,
+                (zeros, zeros) if lstm else (zeros,),
+            )
             torch.testing.assert_close(y[:n, b : b + 1], want_y.flip(0) if reverse else want_y, **TOL[F64])
             assert (y[n:, b] == 0).all(), "outputs past a sequence's end must be zero"
             for got, want in zip(state_tensors(final), want_final):
@@ -603,8 +620,12 @@ def test_number_divided_by_a_value_of_the_step_runs_fused():
     cell = randomize_(HandSigmoidCell(3, 4).double(), seed=16)
     assert fused.why_not_fused(cell) is None
     x = torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(16), dtype=F64)
-    compare(lambda engine: Recurrent(cell, reverse=True, engine=engine), x, random_state(cell, 3, torch.Generator(), F64),
-            torch.tensor([5, 2, 4]))
+    compare(
+        lambda engine: Recurrent(cell, reverse=True, engine=engine),
+        x,
+        random_state(cell, 3, torch.Generator(), F64),
+        torch.tensor([5, 2, 4]),
+    )
 
 
 class TemperatureCell(UserCell):
@@ -659,15 +680,22 @@ def test_tensor_made_with_the_batch_dimension_is_named_by_its_factory():
 # -- 6. float32, and a batch split across threads --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"])
+@pytest.mark.parametrize(
+    "name", ["layernorm-lstm", "mgu", "cifg-peephole", "cho-gru", "hand-norm", "plain-norm", "blocks", "skip-counter"]
+)
 def test_fused_equals_reference_float32(name):
     gen = torch.Generator().manual_seed(18)
     T, B, I, H = 7, 5, 3, 6
     cell = make(name, I, H, seed=18, dtype=torch.float32)
     x = torch.randn(T, B, I, generator=gen)
     state = random_state(cell, B, gen, torch.float32)
-    compare(lambda engine: Recurrent(cell, reverse=True, engine=engine), x, state, torch.tensor([7, 2, 5, 1, 6]),
-            dtype=torch.float32)
+    compare(
+        lambda engine: Recurrent(cell, reverse=True, engine=engine),
+        x,
+        state,
+        torch.tensor([7, 2, 5, 1, 6]),
+        dtype=torch.float32,
+    )
 
 
 @pytest.fixture

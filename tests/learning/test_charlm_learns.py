@@ -39,9 +39,23 @@ def test_lstm_gets_far_below_the_unigram_entropy_of_a_small_text(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8")
     entropy = unigram_entropy(text)
-    task, result = train(CharLMTask, tmp_path / "run", data=str(path), cell="lstm", num_layers=1, hidden_size=128,
-                         embedding_size=32, batch_size=16, seq_length=50, holdout_every=10, max_steps=600,
-                         sample_length=40, seed=0)
+    task, result = train(
+        CharLMTask,
+        tmp_path / "run",
+        data=str(path),
+        cell="lstm",
+        num_layers=1,
+        hidden_size=128,
+        embedding_size=32,
+        batch_size=16,
+        seq_length=50,
+        holdout_every=10,
+        max_steps=600,
+        sample_length=40,
+        seed=0,
+    )
     assert 4.2 < entropy < 4.5 and result["baseline"] > entropy  # the text is the one measured
     assert result["bpc"] <= entropy - 1.3, f"held-out {result['bpc']:.3f} bits/char; unigram entropy {entropy:.3f}"
-    assert result["bpc"] > 1.5, f"held-out {result['bpc']:.3f} bits/char: too good to be learnt; does the model see its targets?"
+    assert result["bpc"] > 1.5, (
+        f"held-out {result['bpc']:.3f} bits/char: too good to be learnt; does the model see its targets?"
+    )

@@ -12,7 +12,16 @@ def test_bidirectional_lstm_tags_source_far_better_than_unigram_tags(tmp_path):
     0.923, 0.957; tagging each character with its most frequent tag gets 0.499. Threshold: at
     least 0.35 above that baseline (≥ 0.849; the worst seed has 0.07 to spare).
     """
-    _, result = train(TaggingTask, tmp_path / "run", max_chars=300_000, every=10, chunk_length=100, hidden_size=32,
-                      max_steps=300, seed=0)
-    assert result["accuracy"] - result["baseline"] >= 0.35, \
+    _, result = train(
+        TaggingTask,
+        tmp_path / "run",
+        max_chars=300_000,
+        every=10,
+        chunk_length=100,
+        hidden_size=32,
+        max_steps=300,
+        seed=0,
+    )
+    assert result["accuracy"] - result["baseline"] >= 0.35, (
         f"held-out accuracy {result['accuracy']:.3f}, unigram tags {result['baseline']:.3f}"
+    )

@@ -24,7 +24,9 @@ def tokens(T, B, seed=0):
 
 def v2s(cell_input_extra, mode, make=lambda i, h: ElmanCell(i, h), seed=0, **kw):
     torch.manual_seed(seed)
-    model = VectorToSequence(make(E + cell_input_extra, 5), C, context_mode=mode, vocab_size=V, embedding_size=E, bos=0, eos=1, **kw)
+    model = VectorToSequence(
+        make(E + cell_input_extra, 5), C, context_mode=mode, vocab_size=V, embedding_size=E, bos=0, eos=1, **kw
+    )
     return randomize_(model.double(), seed=seed)
 
 
@@ -205,7 +207,9 @@ def test_conditioning_bad_arguments():
     with pytest.raises(ValueError, match="a decoder's layer must run forward in time"):
         VectorToSequence(Recurrent(ElmanCell(4, 5), reverse=True), C, vocab_size=V, embedding_size=E, bos=0)
     with pytest.raises(ValueError, match="a decoder's layer must run forward in time, got a Bidirectional layer"):
-        OutputRecurrentRNN(ResidualStack([Bidirectional(GRUCell(7, 2), merge="sum")]), 3, vocab_size=V, embedding_size=E, bos=0)
+        OutputRecurrentRNN(
+            ResidualStack([Bidirectional(GRUCell(7, 2), merge="sum")]), 3, vocab_size=V, embedding_size=E, bos=0
+        )
     model = v2s(0, "init")
     with pytest.raises(ValueError, match=r"context has width 4 \(shape \(2, 4\)\), expected 3"):
         model(tokens(3, 2), rand(2, 4))

@@ -19,7 +19,9 @@ def rand(*shape, seed=0):
 
 def test_deep_transition_elman_equals_its_equation():
     """h(t) = tanh(b + W φ(W_2 φ(W_1 h(t-1) + b_1) + b_2) + U φ(W_x x(t) + b_x))."""
-    cell = randomize_(DeepTransitionCell(ElmanCell(4, 5), 3, input_layers=(4,), transition_layers=(6, 5)).double(), seed=1)
+    cell = randomize_(
+        DeepTransitionCell(ElmanCell(4, 5), 3, input_layers=(4,), transition_layers=(6, 5)).double(), seed=1
+    )
     inner, (W1, W2), (Wx,) = cell.cell, cell.mlp_hh.layers, cell.mlp_in.layers
 
     def ref(x, h0):
@@ -32,7 +34,9 @@ def test_deep_transition_elman_equals_its_equation():
         return torch.stack(outs)
 
     params = list(cell.parameters())
-    assert_same_computation(lambda x, h0: Recurrent(cell)(x, (h0,))[0], ref, [rand(6, 2, 3), rand(2, 5, seed=1)], params, params)
+    assert_same_computation(
+        lambda x, h0: Recurrent(cell)(x, (h0,))[0], ref, [rand(6, 2, 3), rand(2, 5, seed=1)], params, params
+    )
 
 
 @pytest.mark.parametrize(
@@ -164,15 +168,21 @@ def test_deep_tagger_stack_with_dropout_equals_torch_gru():
 def test_deep_bad_arguments():
     with pytest.raises(ValueError, match="residual connections need every layer to read and write the same width"):
         ResidualStack([GRUCell(3, 4), GRUCell(4, 5)])
-    with pytest.raises(ValueError, match=r"layer 1 reads \[x; h\^0\], so its input_size must be I \+ H = 3 \+ 4, got 4"):
+    with pytest.raises(
+        ValueError, match=r"layer 1 reads \[x; h\^0\], so its input_size must be I \+ H = 3 \+ 4, got 4"
+    ):
         ResidualStack([GRUCell(3, 4), GRUCell(4, 4)], "skip")
     with pytest.raises(ValueError, match="connections must be one of 'residual', 'skip', got 'dense'"):
         ResidualStack([GRUCell(3, 4)], "dense")
     with pytest.raises(TypeError, match=r"state must be a tuple of 2 layer states, got list of length 1"):
         ResidualStack.build(GRUCell, 3, 4, 2)(torch.randn(3, 2, 3), [None])
-    with pytest.raises(ValueError, match=r"the last transition layer must have the hidden size 4, got transition_layers=\(6,\)"):
+    with pytest.raises(
+        ValueError, match=r"the last transition layer must have the hidden size 4, got transition_layers=\(6,\)"
+    ):
         DeepTransitionCell(GRUCell(3, 4), transition_layers=(6,))
-    with pytest.raises(ValueError, match=r"the last input layer must have the cell's input_size 3, got input_layers=\(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"the last input layer must have the cell's input_size 3, got input_layers=\(5,\)"
+    ):
         DeepTransitionCell(GRUCell(3, 4), 2, input_layers=(5,))
     with pytest.raises(ValueError, match="input_layers need input_size"):
         DeepTransitionCell(GRUCell(3, 4), input_layers=(3,))

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from rnnkit.models import SequenceOutput, halt_loss, halt_targets, length_loss, sequence_loss, sequence_nll, squared_error
+from rnnkit.models import (
+    SequenceOutput,
+    halt_loss,
+    halt_targets,
+    length_loss,
+    sequence_loss,
+    sequence_nll,
+    squared_error,
+)
 from tests.helpers import TOL
 
 T, B, V, O = 5, 3, 6, 2
@@ -47,7 +55,11 @@ def test_sequence_nll_gradient_reaches_only_valid_steps(gen):
     p = torch.softmax(logits.detach(), -1)
     for b in range(B):
         for t in range(T):
-            expected = p[t, b] - torch.nn.functional.one_hot(targets[t, b], V) if t < LENGTHS[b] else torch.zeros(V, dtype=torch.float64)
+            expected = (
+                p[t, b] - torch.nn.functional.one_hot(targets[t, b], V)
+                if t < LENGTHS[b]
+                else torch.zeros(V, dtype=torch.float64)
+            )
             torch.testing.assert_close(logits.grad[t, b], expected, **tol)
 
 
@@ -95,10 +107,16 @@ def test_sequence_loss_adds_the_heads_losses(gen):
     length = torch.randn(B, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, V, (T, B), generator=gen)
     out = SequenceOutput(logits, halt, length)
-    expected = sequence_nll(logits, y, LENGTHS, "batch") + halt_loss(halt, LENGTHS, "batch") + length_loss(length, LENGTHS, "mean")
+    expected = (
+        sequence_nll(logits, y, LENGTHS, "batch")
+        + halt_loss(halt, LENGTHS, "batch")
+        + length_loss(length, LENGTHS, "mean")
+    )
     torch.testing.assert_close(sequence_loss(out, y, LENGTHS, "batch"), expected, **tol)
     values, targets = torch.randn(T, B, O, generator=gen), torch.randn(T, B, O, generator=gen)
-    torch.testing.assert_close(sequence_loss(SequenceOutput(values), targets, LENGTHS), squared_error(values, targets, LENGTHS))
+    torch.testing.assert_close(
+        sequence_loss(SequenceOutput(values), targets, LENGTHS), squared_error(values, targets, LENGTHS)
+    )
 
 
 def test_losses_say_what_they_expected(gen):
@@ -116,7 +134,9 @@ def test_losses_say_what_they_expected(gen):
         sequence_nll(logits, torch.full((T, B), 6))
     with pytest.raises(ValueError, match="reduction must be one of 'sum', 'batch', 'mean', 'none', got 'avg'"):
         sequence_nll(logits, y, reduction="avg")
-    with pytest.raises(ValueError, match=r"squared_error: targets must have the values' shape \(5, 3, 2\), got \(5, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"squared_error: targets must have the values' shape \(5, 3, 2\), got \(5, 3, 3\)"
+    ):
         squared_error(torch.randn(T, B, 2), torch.randn(T, B, 3))
     with pytest.raises(ValueError, match=r"halt_loss: halt_logits must have shape \(T, B\)"):
         halt_loss(torch.randn(T, B, 1))

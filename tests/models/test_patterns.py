@@ -64,7 +64,13 @@ def test_bidirectional_stacked_tagger_equals_torch_lstm_and_linear():
                 getattr(d.cell, name).data.copy_(getattr(theirs, f"{name}_l{k}{suffix}"))
     ours.head.proj.load_state_dict(head.state_dict())
     x = rand(5, 2, 3)
-    assert_same_computation(ours, lambda x: head(theirs(x)[0]), [x], list(ours.parameters()), list(theirs.parameters()) + list(head.parameters()))
+    assert_same_computation(
+        ours,
+        lambda x: head(theirs(x)[0]),
+        [x],
+        list(ours.parameters()),
+        list(theirs.parameters()) + list(head.parameters()),
+    )
 
 
 # -- pattern 2: Jordan network -------------------------------------------------------------------
@@ -88,14 +94,18 @@ def jordan_reference(model, y, x):
 
 def make_jordan(**kw):
     torch.manual_seed(0)
-    return randomize_(JordanNetwork(3, 5, vocab_size=6, embedding_size=4, bos=0, eos=1, halt=True, **kw).double(), seed=3)
+    return randomize_(
+        JordanNetwork(3, 5, vocab_size=6, embedding_size=4, bos=0, eos=1, halt=True, **kw).double(), seed=3
+    )
 
 
 def test_jordan_equals_hand_stepped_reference():
     model = make_jordan()
     y = torch.randint(0, 6, (7, 2), generator=torch.Generator().manual_seed(1))
     params = list(model.parameters())
-    assert_same_computation(lambda x: tuple(model(y, x)[:2]), lambda x: jordan_reference(model, y, x), [rand(7, 2, 3)], params, params)
+    assert_same_computation(
+        lambda x: tuple(model(y, x)[:2]), lambda x: jordan_reference(model, y, x), [rand(7, 2, 3)], params, params
+    )
 
 
 def test_jordan_teacher_forcing_is_one_batched_pass_equal_to_stepping():
@@ -195,7 +205,10 @@ def test_many_to_one_reads_h_tau_of_each_sequence():
 @pytest.mark.parametrize("merge", ["concat", "sum"])
 def test_bidirectional_encoder_summary_is_forward_h_tau_and_backward_g_1(merge):
     torch.manual_seed(0)
-    fwd, bwd = randomize_(SkipCell(ElmanCell(3, 4), delay=2).double(), seed=1), randomize_(LSTMCell(3, 4).double(), seed=2)
+    fwd, bwd = (
+        randomize_(SkipCell(ElmanCell(3, 4), delay=2).double(), seed=1),
+        randomize_(LSTMCell(3, 4).double(), seed=2),
+    )
     enc = Encoder(Bidirectional(fwd, bwd, merge=merge), vocab_size=None)
     x, lengths = rand(6, 2, 3), [6, 3]
     out = enc(x, lengths)
@@ -253,28 +266,49 @@ def test_a_numpy_array_is_a_type_error_that_says_how_to_convert():
 
     model = ManyToOne(Stack.build(GRUCell, 3, 8), 2)
     x = np.random.default_rng(0).normal(size=(5, 2, 3))
-    with pytest.raises(TypeError, match=r"Encoder: x must be a tensor of shape \(T, B, I\), got ndarray; convert a NumPy "
-                                        r"array first with torch.from_numpy\(x\) or torch.as_tensor\(x, dtype=torch.float32\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"Encoder: x must be a tensor of shape \(T, B, I\), got ndarray; convert a NumPy "
+        r"array first with torch.from_numpy\(x\) or torch.as_tensor\(x, dtype=torch.float32\)",
+    ):
         model(x)
-    with pytest.raises(TypeError, match=r"dtype torch.float64, expected the parameters' dtype torch.float32 \(float64 is "
-                                        r"NumPy's default: convert with x.float\(\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"dtype torch.float64, expected the parameters' dtype torch.float32 \(float64 is "
+        r"NumPy's default: convert with x.float\(\)",
+    ):
         model(torch.from_numpy(x))
-    with pytest.raises(TypeError, match=r"Recurrent|GRUCell: input x must be a tensor .* got ndarray; convert a NumPy array"):
+    with pytest.raises(
+        TypeError, match=r"Recurrent|GRUCell: input x must be a tensor .* got ndarray; convert a NumPy array"
+    ):
         Recurrent(GRUCell(3, 8))(x)
-    with pytest.raises(TypeError, match=r"Tagger: x must be a tensor .* got list; convert it first with torch.as_tensor\(x\), "
-                                        r"or pad .* rnnkit.data.pad_sequences"):
+    with pytest.raises(
+        TypeError,
+        match=r"Tagger: x must be a tensor .* got list; convert it first with torch.as_tensor\(x\), "
+        r"or pad .* rnnkit.data.pad_sequences",
+    ):
         Tagger(Recurrent(GRUCell(3, 8)), 2)([x[:, 0], x[:3, 1]])
     assert model(torch.as_tensor(x, dtype=torch.float32)).shape == (2, 2)  # what the message says works
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda m: ManyToOne(m, 2), lambda m: Tagger(m, 2), lambda m: Encoder(m),
-    lambda m: Stack([m]), lambda m: Recurrent(m),
-], ids=["ManyToOne", "Tagger", "Encoder", "Stack", "Recurrent"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda m: ManyToOne(m, 2),
+        lambda m: Tagger(m, 2),
+        lambda m: Encoder(m),
+        lambda m: Stack([m]),
+        lambda m: Recurrent(m),
+    ],
+    ids=["ManyToOne", "Tagger", "Encoder", "Stack", "Recurrent"],
+)
 @pytest.mark.parametrize("module", [torch.nn.LSTM(3, 8), torch.nn.GRUCell(3, 8)], ids=["LSTM", "GRUCell"])
 def test_a_torch_module_where_a_layer_belongs_points_to_from_torch(wrap, module):
-    with pytest.raises(TypeError, match=rf"got {type(module).__name__}.*convert a torch.nn.{type(module).__name__} with "
-                                        r"rnnkit.from_torch\(module\)"):
+    with pytest.raises(
+        TypeError,
+        match=rf"got {type(module).__name__}.*convert a torch.nn.{type(module).__name__} with "
+        r"rnnkit.from_torch\(module\)",
+    ):
         wrap(module)
 
 

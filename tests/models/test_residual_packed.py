@@ -15,8 +15,13 @@ from tests.helpers import TOL, randomize_
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_packed_input_equals_the_lengths_path(connections, enforce_sorted):
     gen = torch.Generator().manual_seed(3)
-    stack = ResidualStack.build(lambda i, h: LSTMCell(i, h, peephole=True) if i == 4 else GRUCell(i, h), 4, 6,
-                                num_layers=3, connections=connections)
+    stack = ResidualStack.build(
+        lambda i, h: LSTMCell(i, h, peephole=True) if i == 4 else GRUCell(i, h),
+        4,
+        6,
+        num_layers=3,
+        connections=connections,
+    )
     randomize_(stack.double(), seed=3)
     lengths = torch.tensor([7, 5, 2]) if enforce_sorted else torch.tensor([2, 7, 5])
     x = torch.randn(7, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)

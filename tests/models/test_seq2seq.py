@@ -19,7 +19,9 @@ def make(context="init", attention=None, bidirectional=False, seed=0, **kw):
     encoder = Encoder(enc_layer, vocab_size=SV)
     D = encoder.output_size
     extra = (D if context in ("input", "both") else 0) + (D if attention else 0)
-    model = Seq2Seq(encoder, LSTMCell(E + extra, H), TV, E, bos=0, eos=1, context=context, attention_size=attention, **kw)
+    model = Seq2Seq(
+        encoder, LSTMCell(E + extra, H), TV, E, bos=0, eos=1, context=context, attention_size=attention, **kw
+    )
     return randomize_(model.double(), scale=0.4, seed=seed)
 
 
@@ -54,7 +56,10 @@ def reference(model, src, tgt, src_lengths, context):
             parts = [emb[prev]] + ([C] if context in ("input", "both") else [])
             if att:
                 s_prev = s_state[0] if s_state is not None else torch.zeros(1, H, dtype=torch.float64)
-                e = torch.tanh(s_prev @ att.query.weight.T + memory @ att.key.weight.T + att.key.bias) @ att.score.weight.T  # (n, 1)
+                e = (
+                    torch.tanh(s_prev @ att.query.weight.T + memory @ att.key.weight.T + att.key.bias)
+                    @ att.score.weight.T
+                )  # (n, 1)
                 alpha = torch.softmax(e.squeeze(-1), 0)
                 c = (alpha.unsqueeze(-1) * memory).sum(0, keepdim=True)  # (1, D)
                 parts.append(c)
@@ -150,7 +155,9 @@ def test_seq2seq_bad_arguments():
     enc = Encoder(GRUCell(3, H), vocab_size=SV)
     with pytest.raises(ValueError, match=r"the layer must read I=0 \+ E=4 \+ C=5 = 9 inputs, got input_size 4"):
         Seq2Seq(enc, GRUCell(E, H), TV, E, bos=0, context="input")
-    with pytest.raises(ValueError, match=r"input_size must be embedding_size \+ memory_size = 4 \+ 5 = 9 .*got input_size 5"):
+    with pytest.raises(
+        ValueError, match=r"input_size must be embedding_size \+ memory_size = 4 \+ 5 = 9 .*got input_size 5"
+    ):
         Seq2Seq(enc, GRUCell(5, H), TV, E, bos=0, attention_size=3)
     with pytest.raises(TypeError, match="attention wraps the decoder's cell"):
         Seq2Seq(enc, Stack.build(GRUCell, E + H, H, 2), TV, E, bos=0, attention_size=3)
@@ -165,15 +172,24 @@ def test_seq2seq_bad_arguments():
 def test_attention_width_error_states_the_size_expected():
     # the case of the report: a bidirectional encoder of 2 × 128 = 256 and embeddings of 16
     enc = Encoder(Bidirectional(GRUCell(3, 128)), vocab_size=SV)
-    with pytest.raises(ValueError, match=r"the decoder cell reads \[e\(y\); c\(t\)\], so its input_size must be "
-                                         r"embedding_size \+ memory_size = 16 \+ 256 = 272 .*got input_size 160"):
+    with pytest.raises(
+        ValueError,
+        match=r"the decoder cell reads \[e\(y\); c\(t\)\], so its input_size must be "
+        r"embedding_size \+ memory_size = 16 \+ 256 = 272 .*got input_size 160",
+    ):
         Seq2Seq(enc, GRUCell(160, 32), TV, 16, bos=0, attention_size=8)
-    with pytest.raises(ValueError, match=r"embedding_size \+ the summary C \+ memory_size = 16 \+ 256 \+ 256 = 528 .*"
-                                         r"got input_size 272"):
+    with pytest.raises(
+        ValueError,
+        match=r"embedding_size \+ the summary C \+ memory_size = 16 \+ 256 \+ 256 = 528 .*"
+        r"got input_size 272",
+    ):
         Seq2Seq(enc, GRUCell(272, 32), TV, 16, bos=0, attention_size=8, context="both")
     Seq2Seq(enc, GRUCell(272, 32), TV, 16, bos=0, attention_size=8)  # the size it names is the one that works
-    with pytest.raises(ValueError, match=r"input_size must be I \+ memory_size = I \+ 256 with I ≥ 1 \(at least 257; "
-                                         r"I is the width of x\); got input_size 160"):
+    with pytest.raises(
+        ValueError,
+        match=r"input_size must be I \+ memory_size = I \+ 256 with I ≥ 1 \(at least 257; "
+        r"I is the width of x\); got input_size 160",
+    ):
         AttentionCell(GRUCell(160, 32), 256, 8)
 
 
@@ -181,7 +197,9 @@ def test_a_target_framed_with_bos_is_refused_and_the_message_says_what_to_pass()
     model = make("init", 3)  # bos = 0
     src, tgt = data(B=4)
     framed = torch.cat([torch.zeros(1, 4, dtype=torch.long), tgt])  # BOS, the targets: what Seq2SeqSplit holds
-    with pytest.raises(ValueError, match=r"tgt starts with bos \(id 0\) in every column.*tgt\[1:\] and tgt_lengths - 1"):
+    with pytest.raises(
+        ValueError, match=r"tgt starts with bos \(id 0\) in every column.*tgt\[1:\] and tgt_lengths - 1"
+    ):
         model(src, framed, tgt_lengths=[5, 5, 4, 3])
     tgt[0, 1] = 0  # one target that starts with the id of bos is not a framed batch
     assert model(src, tgt).logits.shape == (4, 4, TV)

@@ -17,7 +17,17 @@ from rnnkit.data.corpus import DataError
 from rnnkit.data.datasets import BOS, EOS, PAD, pad_batch
 from rnnkit.models import SequenceOutput, StepOutput
 from rnnkit.tasks import TASKS
-from rnnkit.tasks.caption import NAMES, PIXELS, VOCAB, CaptionConfig, CaptionTask, char_error_rate, edit_distance, render, take
+from rnnkit.tasks.caption import (
+    NAMES,
+    PIXELS,
+    VOCAB,
+    CaptionConfig,
+    CaptionTask,
+    char_error_rate,
+    edit_distance,
+    render,
+    take,
+)
 from tests.helpers import randomize_
 
 SMALL = ["--hidden-size", "8", "--embedding-size", "4", "--batch-size", "16", "--no-progress", "--json"]
@@ -36,7 +46,24 @@ def prepared(**kw) -> CaptionTask:
 def test_trains_through_the_cli_then_eval_and_sample_with_an_n_best_list(tmp_path, capsys):
     assert "caption" in TASKS
     out = tmp_path / "run"
-    assert main(["train", "caption", "--out", str(out), "--max-steps", "3", "--eval-every", "3", "--condition", "both", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "caption",
+                "--out",
+                str(out),
+                "--max-steps",
+                "3",
+                "--eval-every",
+                "3",
+                "--condition",
+                "both",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     result = last_json(capsys.readouterr().out)
     assert result["task"] == "caption" and result["metric"] == "exact_match" and result["steps"] == 3
     for key in ("exact_match", "val_cer", "val_beam_exact_match", "val_beam_cer"):
@@ -53,7 +80,25 @@ def test_trains_through_the_cli_then_eval_and_sample_with_an_n_best_list(tmp_pat
     assert lines[0] == f"test image 4 (a {NAMES[label]}):" and len(lines) == 9  # the header and 8 rows of pixels
     assert sum("→ " in line for line in lines) == 1
 
-    assert main(["sample", str(out), "--prime", "0,1", "--method", "beam", "--beam-width", "4", "--n-best", "3", "--length", "8"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(out),
+                "--prime",
+                "0,1",
+                "--method",
+                "beam",
+                "--beam-width",
+                "4",
+                "--n-best",
+                "3",
+                "--length",
+                "8",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.count("test image") == 2
     ranked = re.findall(r"(\d)\. ([a-z]*)  \((-?\d+\.\d+)\)", text)
@@ -62,11 +107,14 @@ def test_trains_through_the_cli_then_eval_and_sample_with_an_n_best_list(tmp_pat
     assert scores[0] >= scores[1] >= scores[2] and scores[3] >= scores[4] >= scores[5]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--n-best", "2"], "--n-best 2 lists beam search's best hypotheses; add --method beam"),
-    (["--method", "beam", "--n-best", "5", "--beam-width", "4"], "--n-best must be ≤ --beam-width"),
-    (["--n-best", "0"], "--n-best must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--n-best", "2"], "--n-best 2 lists beam search's best hypotheses; add --method beam"),
+        (["--method", "beam", "--n-best", "5", "--beam-width", "4"], "--n-best must be ≤ --beam-width"),
+        (["--n-best", "0"], "--n-best must be ≥ 1, got 0"),
+    ],
+)
 def test_sample_refuses_an_n_best_it_cannot_give(argv, message, tmp_path, capsys):
     assert main(["sample", str(tmp_path), *argv]) == 2  # before any checkpoint is read
     assert message in capsys.readouterr().err
@@ -121,7 +169,9 @@ def test_evaluation_scores_the_captions_by_exact_match_and_character_error_rate(
     refs = [NAMES[k] for k in data.labels.tolist()]
     keys = [row.numpy().tobytes() for row in data.images]
     assert len(set(keys)) == len(keys)  # the oracle tells the images apart
-    answers = {key: ref if k % 3 else ref + "s" for k, (key, ref) in enumerate(zip(keys, refs))}  # every third: one letter too many
+    answers = {
+        key: ref if k % 3 else ref + "s" for k, (key, ref) in enumerate(zip(keys, refs))
+    }  # every third: one letter too many
     got = task.evaluate(Oracle(answers), split)
     wrong = len(range(0, len(refs), 3))
     for prefix in ("", "beam_"):  # one-hot logits: beam search finds the greedy answer too
@@ -129,10 +179,12 @@ def test_evaluation_scores_the_captions_by_exact_match_and_character_error_rate(
         assert got[f"{prefix}cer"] == pytest.approx(wrong / sum(map(len, refs)), abs=1e-12)
     majority = max(range(10), key=lambda k: (task.data["train"].labels == k).sum())
     assert task.baseline["exact_match"] == pytest.approx(refs.count(NAMES[majority]) / len(refs), abs=1e-12)
-    assert task.baseline["cer"] == pytest.approx(sum(lev(NAMES[majority], r) for r in refs) / sum(map(len, refs)), abs=1e-12)
+    assert task.baseline["cer"] == pytest.approx(
+        sum(lev(NAMES[majority], r) for r in refs) / sum(map(len, refs)), abs=1e-12
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lev(a, b):
     """The edit distance by its recursive definition (the independent reference)."""
     if not a or not b:
@@ -141,7 +193,9 @@ def lev(a, b):
 
 
 def test_edit_distance_and_character_error_rate_follow_their_definitions():
-    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "four") == 4 and edit_distance("six", "six") == 0
+    assert (
+        edit_distance("kitten", "sitting") == 3 and edit_distance("", "four") == 4 and edit_distance("six", "six") == 0
+    )
     rng = random.Random(0)
     for _ in range(200):
         a, b = ("".join(rng.choices("efinorstuvwxz", k=rng.randint(0, 7))) for _ in range(2))
@@ -211,7 +265,9 @@ def test_the_decoder_learns_to_name_the_digits(condition, tmp_path):
         _, result = train(CaptionTask, tmp_path / "run", condition=condition, max_steps=1500, seed=0)
     finally:
         torch.set_num_threads(threads)
-    shown = (f"held-out exact match {result['exact_match']:.3f} (beam {result['val_beam_exact_match']:.3f}), "
-             f"CER {result['val_cer']:.3f}; most frequent caption {result['baseline']:.3f}")
+    shown = (
+        f"held-out exact match {result['exact_match']:.3f} (beam {result['val_beam_exact_match']:.3f}), "
+        f"CER {result['val_cer']:.3f}; most frequent caption {result['baseline']:.3f}"
+    )
     assert result["exact_match"] >= 0.90 and result["val_cer"] <= 0.10, shown
     assert result["baseline"] <= 0.15, shown

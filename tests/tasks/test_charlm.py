@@ -76,8 +76,11 @@ def test_a_test_split_leaves_the_training_text_as_it_was(tmp_path):
 
 def test_without_enough_files_there_is_no_test_split_and_asking_says_so(tmp_path):
     (tmp_path / "one.txt").write_text("abc def\n" * 100)
-    task = CharLMTask(CharLMConfig(data=str(tmp_path / "one.txt"), seq_length=10, batch_size=2, hidden_size=8,
-                                   num_layers=1, embedding_size=4))
+    task = CharLMTask(
+        CharLMConfig(
+            data=str(tmp_path / "one.txt"), seq_length=10, batch_size=2, hidden_size=8, num_layers=1, embedding_size=4
+        )
+    )
     task.prepare(lambda s: None)
     with pytest.raises(ValueError, match="this run has no test split.*use --split val"):
         task.evaluate(task.build_model(), "test")
@@ -101,8 +104,16 @@ def test_prime_outside_the_vocabulary_is_refused():
 
 def test_a_corpus_shorter_than_one_chunk_trains_on_shorter_chunks(tmp_path):
     (tmp_path / "short.txt").write_text("def f(x):\n    return x\n")  # 23 characters, chunks of 100
-    task = CharLMTask(CharLMConfig(data=str(tmp_path / "short.txt"), seq_length=100, batch_size=4, hidden_size=8,
-                                   num_layers=1, embedding_size=4))
+    task = CharLMTask(
+        CharLMConfig(
+            data=str(tmp_path / "short.txt"),
+            seq_length=100,
+            batch_size=4,
+            hidden_size=8,
+            num_layers=1,
+            embedding_size=4,
+        )
+    )
     task.prepare(lambda s: None)
     chunks = list(task.train_stream)
     # 23 − 2 held out, − 1 for the target = 20 steps, cut into 4 lanes of 5

@@ -32,8 +32,9 @@ def corpus(tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
     for k in range(7):
-        (folder / f"{k}.txt").write_text("".join(rng.choice("abcdefgh ijé\n😀") for _ in range(rng.randrange(100, 500))),
-                                         encoding="utf-8")
+        (folder / f"{k}.txt").write_text(
+            "".join(rng.choice("abcdefgh ijé\n😀") for _ in range(rng.randrange(100, 500))), encoding="utf-8"
+        )
     return folder
 
 
@@ -46,8 +47,18 @@ def in_memory_streams(folder, n, batch_size, seq_length):
 
 
 def test_training_from_the_memory_map_equals_training_from_memory_update_for_update(corpus):
-    cfg = CharLMConfig(data=str(corpus), hidden_size=16, num_layers=1, embedding_size=8, seq_length=10, batch_size=3,
-                       holdout_every=3, max_steps=25, max_time=None, progress=False)
+    cfg = CharLMConfig(
+        data=str(corpus),
+        hidden_size=16,
+        num_layers=1,
+        embedding_size=8,
+        seq_length=10,
+        batch_size=3,
+        holdout_every=3,
+        max_steps=25,
+        max_time=None,
+        progress=False,
+    )
     task = CharLMTask(cfg)
     task.prepare(lambda line: None)
     assert all(isinstance(d, np.memmap) for d in task.train_stream.documents)
@@ -58,8 +69,13 @@ def test_training_from_the_memory_map_equals_training_from_memory_update_for_upd
         torch.manual_seed(0)
         model = charlm.CharLM(len(vocab), cfg)
         step = TBPTTStep()
-        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), step, data,
-                          TrainConfig(max_steps=25, eval_every=100, progress=False, seed=0))
+        trainer = Trainer(
+            model,
+            torch.optim.Adam(model.parameters(), lr=0.01),
+            step,
+            data,
+            TrainConfig(max_steps=25, eval_every=100, progress=False, seed=0),
+        )
         result = trainer.fit()
         return [r["loss"] for r in result.history if r["kind"] == "train"], model
 

@@ -56,17 +56,23 @@ def test_auto_and_cuda_indices_on_a_machine_with_two_gpus(two_gpus):
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cuda") == torch.device("cuda")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ValueError, match=r"device 'cuda:2' asked for, but this machine has 2 CUDA device\(s\): cuda:0 … cuda:1"):
+    with pytest.raises(
+        ValueError, match=r"device 'cuda:2' asked for, but this machine has 2 CUDA device\(s\): cuda:0 … cuda:1"
+    ):
         resolve_device("cuda:2")
 
 
 @pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:3"])
 def test_cuda_on_a_machine_without_it_is_refused_not_replaced_by_the_cpu(no_cuda, spec):
-    with pytest.raises(ValueError, match=rf"device '{spec}' asked for, but CUDA is not available here: .*use device 'cpu' or 'auto'"):
+    with pytest.raises(
+        ValueError, match=rf"device '{spec}' asked for, but CUDA is not available here: .*use device 'cpu' or 'auto'"
+    ):
         resolve_device(spec)
 
 
-@pytest.mark.parametrize("spec", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "auto:1", "", " cpu", "mps", "meta", 0, None])
+@pytest.mark.parametrize(
+    "spec", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "auto:1", "", " cpu", "mps", "meta", 0, None]
+)
 def test_unparseable_settings_are_refused_naming_the_value_and_the_choices(spec):
     message = f"device must be one of {', '.join(DEVICE_CHOICES)} (N a GPU index), got {spec!r}"
     with pytest.raises(ValueError) as caught:
@@ -100,8 +106,14 @@ class Holder:
 def nested():
     x, y, z = torch.randn(3, 2), torch.arange(4), torch.zeros(2, dtype=torch.bool)
     gen = torch.Generator()
-    return {"pair": Pair(x, 7), "items": [y, (z, "s", None)], "holder": Holder(x, [y, 1.5]), "gen": gen,
-            "ordered": collections.OrderedDict(t=z), "default": collections.defaultdict(list, t=y)}
+    return {
+        "pair": Pair(x, 7),
+        "items": [y, (z, "s", None)],
+        "holder": Holder(x, [y, 1.5]),
+        "gen": gen,
+        "ordered": collections.OrderedDict(t=z),
+        "default": collections.defaultdict(list, t=y),
+    }
 
 
 def tensors_of(obj):
@@ -161,16 +173,46 @@ def data(tmp_path_factory):
 
 RUN = dict(max_steps=3, max_time=None, eval_every=2, progress=False, seed=3)
 TINY = {  # (task, settings): every task, and the step variants that take another path
-    "charlm": ("charlm", dict(hidden_size=8, num_layers=2, embedding_size=4, seq_length=12, batch_size=4, holdout_every=3,
-                              sample_length=5)),
+    "charlm": (
+        "charlm",
+        dict(
+            hidden_size=8, num_layers=2, embedding_size=4, seq_length=12, batch_size=4, holdout_every=3, sample_length=5
+        ),
+    ),
     "digits": ("digits", dict(hidden_size=6, batch_size=8, bidirectional=True)),
     "sunspots": ("sunspots", dict(hidden_size=4, window=8, horizon=3, batch_size=8)),
     "sunspots-k-ahead": ("sunspots", dict(hidden_size=4, window=8, horizon=3, batch_size=8, k_ahead=3)),
-    "seq2seq": ("seq2seq", dict(n_train=64, n_val=12, n_test=12, max_digits=3, hidden_size=8, embedding_size=8,
-                                attention_size=8, batch_size=8, beam_width=2)),
-    "seq2seq-sampled": ("seq2seq", dict(n_train=64, n_val=12, n_test=12, max_digits=3, hidden_size=8, embedding_size=8,
-                                        attention=False, context="both", batch_size=8, beam_width=2,
-                                        teacher_schedule="constant", teacher_param=0.5)),
+    "seq2seq": (
+        "seq2seq",
+        dict(
+            n_train=64,
+            n_val=12,
+            n_test=12,
+            max_digits=3,
+            hidden_size=8,
+            embedding_size=8,
+            attention_size=8,
+            batch_size=8,
+            beam_width=2,
+        ),
+    ),
+    "seq2seq-sampled": (
+        "seq2seq",
+        dict(
+            n_train=64,
+            n_val=12,
+            n_test=12,
+            max_digits=3,
+            hidden_size=8,
+            embedding_size=8,
+            attention=False,
+            context="both",
+            batch_size=8,
+            beam_width=2,
+            teacher_schedule="constant",
+            teacher_param=0.5,
+        ),
+    ),
     "tagging": ("tagging", dict(every=5, chunk_length=40, hidden_size=6, embedding_size=5, batch_size=4)),
     "caption": ("caption", dict(hidden_size=6, embedding_size=4, batch_size=8, beam_width=2, condition="both")),
     "adding": ("adding", dict(length=20, hidden_size=6, heldout_size=40, batch_size=8)),
@@ -178,8 +220,10 @@ TINY = {  # (task, settings): every task, and the step variants that take anothe
     "copy": ("copy", dict(delay=5, hidden_size=6, heldout_size=40, batch_size=8)),
     "reber": ("reber", dict(hidden_size=6, training_size=16, heldout_size=16, batch_size=8)),
     "long-lag": ("long-lag", dict(p=8, q=8, variant="c", hidden_size=6, heldout_size=16, val_size=16, batch_size=8)),
-    "two-sequence": ("two-sequence", dict(length=10, variant="c", hidden_size=6, heldout_size=16, val_size=16,
-                                          batch_size=8)),
+    "two-sequence": (
+        "two-sequence",
+        dict(length=10, variant="c", hidden_size=6, heldout_size=16, val_size=16, batch_size=8),
+    ),
     "multiplication": ("multiplication", dict(length=20, hidden_size=6, heldout_size=40, batch_size=8)),
 }
 
@@ -268,22 +312,49 @@ def test_load_run_puts_the_model_on_the_device_asked(data, tmp_path, no_cuda):
 def cpu_run(data, tmp_path_factory):
     """A char-LM trained for 2 updates on the CPU through the CLI."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["train", "--data", str(data), "--out", str(out), "--hidden-size", "8", "--num-layers", "1",
-                 "--seq-length", "12", "--batch-size", "2", "--max-steps", "2", "--max-time", "none", "--no-progress",
-                 "--device", "cpu", "--sample-length", "5"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--hidden-size",
+            "8",
+            "--num-layers",
+            "1",
+            "--seq-length",
+            "12",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--max-time",
+            "none",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--sample-length",
+            "5",
+        ]
+    )
     assert code == 0
     return out
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "digits", "--max-steps", "1", "--device", "cuda"],
-    ["train", "--device", "cuda:0", "--max-steps", "1"],
-    ["train", "digits", "--max-steps", "1", "--device", "cuda", "--nproc", "2"],
-    ["sample", "RUN", "--device", "cuda"],
-    ["eval", "RUN", "--device", "cuda:1"],
-])
-def test_cuda_asked_for_on_a_machine_without_it_exits_2_with_one_line(command, cpu_run, tmp_path, no_cuda, capsys,
-                                                                      monkeypatch):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "digits", "--max-steps", "1", "--device", "cuda"],
+        ["train", "--device", "cuda:0", "--max-steps", "1"],
+        ["train", "digits", "--max-steps", "1", "--device", "cuda", "--nproc", "2"],
+        ["sample", "RUN", "--device", "cuda"],
+        ["eval", "RUN", "--device", "cuda:1"],
+    ],
+)
+def test_cuda_asked_for_on_a_machine_without_it_exits_2_with_one_line(
+    command, cpu_run, tmp_path, no_cuda, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # a train that went ahead would write runs/ here
     capsys.readouterr()
     code = main([str(cpu_run) if a == "RUN" else a for a in command])
@@ -293,8 +364,10 @@ def test_cuda_asked_for_on_a_machine_without_it_exits_2_with_one_line(command, c
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("command", [["train", "digits", "--device", "gpu"], ["sample", "RUN", "--device", "gpu"],
-                                     ["eval", "RUN", "--device", "gpu"]])
+@pytest.mark.parametrize(
+    "command",
+    [["train", "digits", "--device", "gpu"], ["sample", "RUN", "--device", "gpu"], ["eval", "RUN", "--device", "gpu"]],
+)
 def test_a_bad_device_exits_2_naming_it(command, cpu_run, capsys):
     capsys.readouterr()
     assert main([str(cpu_run) if a == "RUN" else a for a in command]) == 2
@@ -325,7 +398,9 @@ def test_a_run_saved_as_cuda_resumes_on_a_machine_without_it_with_device_cpu(dat
     assert main(["train", "digits", "--out", str(out), "--resume", "--max-steps", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device 'cuda' asked for" in err and "use device 'cpu'" in err
-    assert main(["train", "digits", "--out", str(out), "--resume", "--max-steps", "4", "--device", "cpu", "--json"]) == 0
+    assert (
+        main(["train", "digits", "--out", str(out), "--resume", "--max-steps", "4", "--device", "cpu", "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 4 and result["device"] == "cpu"
     assert read_meta(out / "latest.safetensors")["config"]["device"] == "cpu"
@@ -366,9 +441,33 @@ def test_every_task_on_cuda_starts_as_on_the_cpu(key, data, tmp_path, exact_cuda
 @CUDA
 def test_cli_train_and_sample_on_cuda(data, tmp_path, capsys, exact_cuda):
     out = tmp_path / "run"
-    code = main(["train", "--data", str(data), "--out", str(out), "--hidden-size", "8", "--num-layers", "1",
-                 "--seq-length", "12", "--batch-size", "2", "--max-steps", "3", "--max-time", "none", "--no-progress",
-                 "--device", "cuda", "--sample-length", "5", "--json"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--hidden-size",
+            "8",
+            "--num-layers",
+            "1",
+            "--seq-length",
+            "12",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "3",
+            "--max-time",
+            "none",
+            "--no-progress",
+            "--device",
+            "cuda",
+            "--sample-length",
+            "5",
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["device"].startswith("cuda") and result["steps"] == 3
@@ -390,11 +489,31 @@ def test_cli_train_and_sample_on_cuda(data, tmp_path, capsys, exact_cuda):
 def test_a_run_resumed_on_the_other_device_continues_as_on_one(first, then, data, tmp_path, capsys, exact_cuda):
     """Two updates on one device, two more after --resume on the other, against four on the CPU:
     weights, Adam's moments and the carried truncated-BPTT state all cross devices."""
-    common = ["--data", str(data), "--hidden-size", "8", "--num-layers", "2", "--seq-length", "12", "--batch-size", "2",
-              "--max-time", "none", "--no-progress", "--eval-every", "2", "--sample-length", "5"]
+    common = [
+        "--data",
+        str(data),
+        "--hidden-size",
+        "8",
+        "--num-layers",
+        "2",
+        "--seq-length",
+        "12",
+        "--batch-size",
+        "2",
+        "--max-time",
+        "none",
+        "--no-progress",
+        "--eval-every",
+        "2",
+        "--sample-length",
+        "5",
+    ]
     assert main(["train", *common, "--out", str(tmp_path / "whole"), "--max-steps", "4", "--device", "cpu"]) == 0
     assert main(["train", *common, "--out", str(tmp_path / "split"), "--max-steps", "2", "--device", first]) == 0
-    assert main(["train", *common, "--out", str(tmp_path / "split"), "--max-steps", "4", "--device", then, "--resume"]) == 0
+    assert (
+        main(["train", *common, "--out", str(tmp_path / "split"), "--max-steps", "4", "--device", then, "--resume"])
+        == 0
+    )
     capsys.readouterr()
     whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
     assert len(whole) == len(split) == 4

@@ -96,7 +96,22 @@ def test_an_unknown_order_is_refused_by_name():
 
 @pytest.mark.slow
 def test_lstm_learns_to_read_digits_row_by_row(tmp_path, capsys):
-    assert main(["train", "digits", "--max-steps", "600", "--eval-every", "200", "--out", str(tmp_path / "r"),
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "digits",
+                "--max-steps",
+                "600",
+                "--eval-every",
+                "200",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = last_json(capsys.readouterr().out)
     assert result["accuracy"] > 0.9 > 0.2 > result["baseline"]

@@ -41,7 +41,18 @@ from rnnkit.tasks.longlag import (
 )
 from tests.helpers import randomize_
 
-TINY = ["--hidden-size", "8", "--batch-size", "8", "--heldout-size", "64", "--eval-every", "2", "--no-progress", "--json"]
+TINY = [
+    "--hidden-size",
+    "8",
+    "--batch-size",
+    "8",
+    "--heldout-size",
+    "64",
+    "--eval-every",
+    "2",
+    "--no-progress",
+    "--json",
+]
 SMALL_TASKS = {"adding": ["--length", "20"], "temporal-order": [], "copy": ["--delay", "5"]}
 
 
@@ -233,7 +244,9 @@ def test_copy_metrics_equal_a_flat_cross_entropy():
     logits = torch.randn(26, 40, 10)
     logits[-10:] += F.one_hot(batch.targets[-10:], 10) * 3  # most recalled symbols right
     m = task.metrics(logits, batch.targets)
-    assert m["loss"] == pytest.approx(float(F.cross_entropy(logits.reshape(-1, 10), batch.targets.reshape(-1))), rel=1e-5)
+    assert m["loss"] == pytest.approx(
+        float(F.cross_entropy(logits.reshape(-1, 10), batch.targets.reshape(-1))), rel=1e-5
+    )
     right = logits[-10:].argmax(-1) == batch.targets[-10:]
     assert m["accuracy"] == pytest.approx(float(right.double().mean()), abs=1e-12)
     assert m["wrong"] == sum(not bool(right[:, b].all()) for b in range(40))

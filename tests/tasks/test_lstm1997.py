@@ -37,7 +37,18 @@ SMALL_TASKS = {
     "long-lag-b": ["--variant", "b", "--p", "6", "--heldout-size", "50", "--val-size", "30"],
     "long-lag-c": ["--variant", "c", "--p", "5", "--q", "8", "--heldout-size", "50", "--val-size", "30"],
     "two-sequence-a": ["--variant", "a", "--length", "20", "--heldout-size", "50", "--val-size", "30"],
-    "two-sequence-b": ["--variant", "b", "--length", "20", "--informative", "1", "--heldout-size", "50", "--val-size", "30"],
+    "two-sequence-b": [
+        "--variant",
+        "b",
+        "--length",
+        "20",
+        "--informative",
+        "1",
+        "--heldout-size",
+        "50",
+        "--val-size",
+        "30",
+    ],
     "two-sequence-c": ["--variant", "c", "--length", "20", "--heldout-size", "50", "--val-size", "30"],
     "multiplication": ["--length", "20", "--heldout-size", "64"],
 }
@@ -112,7 +123,10 @@ def reber_task():
 def test_reber_sets_are_the_papers(reber_task):
     """256 training strings for the seed; 256 validation and 256 test strings, none a training string."""
     train, val, test = set(reber_task.training_strings), set(reber_task.strings["val"]), set(reber_task.strings["test"])
-    assert len(reber_task.training_strings) == 256 and len(reber_task.strings["val"]) == len(reber_task.strings["test"]) == 256
+    assert (
+        len(reber_task.training_strings) == 256
+        and len(reber_task.strings["val"]) == len(reber_task.strings["test"]) == 256
+    )
     assert not train & val and not train & test and not val & test
     again = ReberTask(ReberConfig(seed=0))
     again.prepare(quiet)
@@ -148,7 +162,9 @@ def test_reber_metrics_judge_each_string_by_the_papers_rule(reber_task):
         for t, allowed in enumerate(reber_successors(s)):
             ranked = logits[t, b].argsort(descending=True).tolist()
             top = {REBER_SYMBOLS[k] for k in ranked[: len(allowed)]}
-            step_ok = top == set(allowed) and float(logits[t, b, ranked[len(allowed) - 1]]) > float(logits[t, b, ranked[len(allowed)]])
+            step_ok = top == set(allowed) and float(logits[t, b, ranked[len(allowed) - 1]]) > float(
+                logits[t, b, ranked[len(allowed)]]
+            )
             ok &= step_ok
             right_steps += step_ok
             total_steps += 1
@@ -202,7 +218,9 @@ def test_evaluation_in_chunks_equals_one_pass_for_three_dimensional_targets():
 
 @pytest.mark.parametrize("variant", ["a", "b"])
 def test_long_lag_metrics_are_the_025_rule_on_the_softmax(variant):
-    task = LongLagSequencesTask(LongLagSequencesConfig(variant=variant, p=5, heldout_size=40, val_size=30, hidden_size=4))
+    task = LongLagSequencesTask(
+        LongLagSequencesConfig(variant=variant, p=5, heldout_size=40, val_size=30, hidden_size=4)
+    )
     task.prepare(quiet)
     targets = task.heldout["val"].targets  # (5, 30)
     gen = torch.Generator().manual_seed(1)
@@ -210,7 +228,10 @@ def test_long_lag_metrics_are_the_025_rule_on_the_softmax(variant):
     m = task.metrics(logits, targets)
     p = logits.double().softmax(-1)
     steps = range(5) if variant == "a" else [4]
-    right = [all(abs(float(p[t, b, k]) - float(k == int(targets[t, b]))) < 0.25 for t in steps for k in range(6)) for b in range(30)]
+    right = [
+        all(abs(float(p[t, b, k]) - float(k == int(targets[t, b]))) < 0.25 for t in steps for k in range(6))
+        for b in range(30)
+    ]
     assert m["wrong"] == 30 - sum(right) and 0 < m["wrong"] < 30
     assert m["end_loss"] == pytest.approx(float(-p[4].log().gather(-1, targets[4].unsqueeze(-1)).mean()), rel=1e-5)
     assert task.baseline["wrong"] == 30
@@ -219,10 +240,14 @@ def test_long_lag_metrics_are_the_025_rule_on_the_softmax(variant):
 
 
 def test_long_lag_2c_is_many_to_one_with_two_outputs_and_the_02_rule():
-    task = LongLagSequencesTask(LongLagSequencesConfig(variant="c", p=5, q=10, heldout_size=40, val_size=30, hidden_size=4))
+    task = LongLagSequencesTask(
+        LongLagSequencesConfig(variant="c", p=5, q=10, heldout_size=40, val_size=30, hidden_size=4)
+    )
     task.prepare(quiet)
     data = task.heldout["val"]
-    assert data.inputs.dtype == torch.long and data.inputs.shape[1] == 30 and task.heldout["test"].targets.shape == (40,)
+    assert (
+        data.inputs.dtype == torch.long and data.inputs.shape[1] == 30 and task.heldout["test"].targets.shape == (40,)
+    )
     model = task.build_model()
     assert task.forward(model, data).shape == (30, 2)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.3], [0.0, 1.4]])  # softmax 0.88, 0.786, 0.802 on the target
@@ -253,11 +278,20 @@ def test_two_sequence_3c_trains_on_noisy_targets_and_is_judged_on_clean_ones():
     assert not set(torch.round(noisy * 10).tolist()) <= {2.0, 8.0}
 
 
-@pytest.mark.parametrize("variant, wrong, mae, solved", [
-    ("a", 0, 0.0099, True), ("a", 1, 0.005, False), ("a", 0, 0.0101, False),
-    ("b", 5, 0.039, True), ("b", 6, 0.02, False), ("b", 0, 0.041, False),
-    ("c", 0, 0.0149, True), ("c", 1, 0.01, False), ("c", 0, 0.0151, False),
-])
+@pytest.mark.parametrize(
+    "variant, wrong, mae, solved",
+    [
+        ("a", 0, 0.0099, True),
+        ("a", 1, 0.005, False),
+        ("a", 0, 0.0101, False),
+        ("b", 5, 0.039, True),
+        ("b", 6, 0.02, False),
+        ("b", 0, 0.041, False),
+        ("c", 0, 0.0149, True),
+        ("c", 1, 0.01, False),
+        ("c", 0, 0.0151, False),
+    ],
+)
 def test_two_sequence_is_solved_at_the_papers_st2(variant, wrong, mae, solved):
     task = TwoSequenceTask(TwoSequenceConfig(variant=variant))
     assert task.solved({"wrong": wrong, "mae": mae}) is solved
@@ -292,15 +326,18 @@ def test_multiplication_solved_at_the_n_seq_rate_and_baseline():
     assert task.forward(model, task.batch(0)).shape == (64,)
 
 
-@pytest.mark.parametrize("config, message", [
-    (lambda: LongLagSequencesConfig(variant="d"), "variant must be a .*, b .* or c"),
-    (lambda: LongLagSequencesConfig(p=1), "p must be ≥ 2 for variant a"),
-    (lambda: LongLagSequencesConfig(variant="c", q=-1), "q must be ≥ 0"),
-    (lambda: TwoSequenceConfig(length=3), "length must exceed informative"),
-    (lambda: TwoSequenceConfig(val_size=0), "val_size must be ≥ 1"),
-    (lambda: MultiplicationConfig(n_seq=0), r"n_seq must be in \[1, 2000\]"),
-    (lambda: ReberConfig(training_size=0), "training_size must be ≥ 1"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (lambda: LongLagSequencesConfig(variant="d"), "variant must be a .*, b .* or c"),
+        (lambda: LongLagSequencesConfig(p=1), "p must be ≥ 2 for variant a"),
+        (lambda: LongLagSequencesConfig(variant="c", q=-1), "q must be ≥ 0"),
+        (lambda: TwoSequenceConfig(length=3), "length must exceed informative"),
+        (lambda: TwoSequenceConfig(val_size=0), "val_size must be ≥ 1"),
+        (lambda: MultiplicationConfig(n_seq=0), r"n_seq must be in \[1, 2000\]"),
+        (lambda: ReberConfig(training_size=0), "training_size must be ≥ 1"),
+    ],
+)
 def test_bad_settings_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
         config().check()

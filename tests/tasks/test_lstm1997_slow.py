@@ -38,8 +38,21 @@ def run_cli(args):
 
 def train_and_test(task, out, budget, *flags):
     """Train ``task`` for at most ``budget`` updates; the --json summary and the final model's test metrics."""
-    result = run_cli(["train", task, "--out", str(out), "--no-progress", "--json", "--max-time", "none",
-                      "--max-steps", str(budget), *flags])
+    result = run_cli(
+        [
+            "train",
+            task,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--json",
+            "--max-time",
+            "none",
+            "--max-steps",
+            str(budget),
+            *flags,
+        ]
+    )
     test = run_cli(["eval", str(out / "latest.safetensors"), "--split", "test", "--json"])
     return result, test
 
@@ -52,17 +65,20 @@ def test_lstm_learns_the_embedded_reber_grammar(tmp_path):
     assert test["test_train_wrong"] == 0 and test["test_wrong"] <= 2 and test["test_symbol_accuracy"] > 0.999
 
 
-@pytest.mark.parametrize("variant, budget, flags", [
-    # 2a and 2b at p = 30, not the paper's 100. At p = 100 rnnkit's LSTM learns 2a's fixed
-    # middle within a few hundred updates, then sits on the plateau the paper's section 4 calls
-    # the abuse problem (cells saturated to encode the easy transitions, the first symbol lost
-    # in them): not solved in 4,000 updates. It solves 2b at p = 100, but slowly and unsteadily
-    # (stopped at 5,700 updates, 195 s, its validation count swinging between 0 and 2560 on the
-    # way). See the long-time-lag guide's table.
-    ("a", 5000, ["--p", "30"]),  # measured: solved at update 1900, stopped at 2100
-    ("b", 3000, ["--p", "30"]),  # measured: 300, 900
-    ("c", 2000, []),  # q = p = 100, the paper's Table 3 row 2; measured: 500, 700
-])
+@pytest.mark.parametrize(
+    "variant, budget, flags",
+    [
+        # 2a and 2b at p = 30, not the paper's 100. At p = 100 rnnkit's LSTM learns 2a's fixed
+        # middle within a few hundred updates, then sits on the plateau the paper's section 4 calls
+        # the abuse problem (cells saturated to encode the easy transitions, the first symbol lost
+        # in them): not solved in 4,000 updates. It solves 2b at p = 100, but slowly and unsteadily
+        # (stopped at 5,700 updates, 195 s, its validation count swinging between 0 and 2560 on the
+        # way). See the long-time-lag guide's table.
+        ("a", 5000, ["--p", "30"]),  # measured: solved at update 1900, stopped at 2100
+        ("b", 3000, ["--p", "30"]),  # measured: 300, 900
+        ("c", 2000, []),  # q = p = 100, the paper's Table 3 row 2; measured: 500, 700
+    ],
+)
 def test_lstm_bridges_the_long_lags_of_experiment_2(tmp_path, variant, budget, flags):
     """Experiments 2a, 2b, 2c: every output within 0.25 (2c: 0.2) of its target on all 10,000 test sequences."""
     result, test = train_and_test("long-lag", tmp_path / variant, budget, "--variant", variant, *flags)

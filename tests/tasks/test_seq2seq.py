@@ -13,17 +13,35 @@ from torch import nn
 
 from rnnkit.checkpoint import read_meta
 from rnnkit.cli import main
-from rnnkit.generate import generate
-from rnnkit.tasks import load_run
 from rnnkit.data.corpus import DataError
 from rnnkit.data.datasets import BOS, EOS, PAD, pad_batch
+from rnnkit.generate import generate
 from rnnkit.models import StepOutput, sequence_nll
+from rnnkit.tasks import load_run
 from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take, translate
 from rnnkit.train import rollout
 from tests.helpers import randomize_
 
-SMALL = ["--n-train", "64", "--n-val", "8", "--n-test", "8", "--max-digits", "3", "--hidden-size", "8",
-         "--embedding-size", "8", "--attention-size", "8", "--batch-size", "16", "--no-progress", "--json"]
+SMALL = [
+    "--n-train",
+    "64",
+    "--n-val",
+    "8",
+    "--n-test",
+    "8",
+    "--max-digits",
+    "3",
+    "--hidden-size",
+    "8",
+    "--embedding-size",
+    "8",
+    "--attention-size",
+    "8",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--json",
+]
 
 
 def last_json(text):
@@ -31,13 +49,26 @@ def last_json(text):
 
 
 def small_config(**kw):
-    return Seq2SeqConfig(n_train=64, n_val=12, n_test=12, max_digits=3, hidden_size=8, embedding_size=8, attention_size=8, **kw)
+    return Seq2SeqConfig(
+        n_train=64, n_val=12, n_test=12, max_digits=3, hidden_size=8, embedding_size=8, attention_size=8, **kw
+    )
 
 
 def test_trains_through_the_cli_then_eval_sample_and_resume_with_the_curriculum_on_track(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "seq2seq", "--out", str(out), "--teacher-schedule", "linear", "--teacher-param", "0.3",
-            "--eval-every", "3", *SMALL]
+    args = [
+        "train",
+        "seq2seq",
+        "--out",
+        str(out),
+        "--teacher-schedule",
+        "linear",
+        "--teacher-param",
+        "0.3",
+        "--eval-every",
+        "3",
+        *SMALL,
+    ]
     assert main([*args, "--max-steps", "3"]) == 0
     result = last_json(capsys.readouterr().out)
     assert result["task"] == "seq2seq" and result["metric"] == "exact_match" and result["steps"] == 3
@@ -123,10 +154,13 @@ def test_evaluation_scores_the_decoded_translations_by_exact_match_cer_chrf_and_
         # every third answer has " one" (4 characters) too many: 4 edits each, over all reference characters
         wrong = len(hyps) - right
         assert got[f"{prefix}cer"] == pytest.approx(4 * wrong / sum(map(len, data.target_texts)), rel=1e-12)
-        assert got[f"{prefix}chrf"] == pytest.approx(sacrebleu.metrics.CHRF().corpus_score(hyps, [data.target_texts]).score,
-                                                     rel=1e-9)
-    spelled = [" ".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(c)] for c in s)
-               for s in data.source_texts]
+        assert got[f"{prefix}chrf"] == pytest.approx(
+            sacrebleu.metrics.CHRF().corpus_score(hyps, [data.target_texts]).score, rel=1e-9
+        )
+    spelled = [
+        " ".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(c)] for c in s)
+        for s in data.source_texts
+    ]
     assert task.baseline["bleu"] == pytest.approx(sacrebleu.corpus_bleu(spelled, [data.target_texts]).score, rel=1e-9)
     assert task.baseline["exact_match"] == sum(s == r for s, r in zip(spelled, data.target_texts)) / len(spelled)
 
@@ -144,7 +178,9 @@ def test_the_teacher_forced_loss_equals_stepping_the_decoder_on_the_true_charact
 
 
 def test_config_and_prime_errors_name_what_was_wrong():
-    with pytest.raises(ValueError, match="teacher_schedule must be one of constant, linear, exponential, inverse-sigmoid, got 'cosine'"):
+    with pytest.raises(
+        ValueError, match="teacher_schedule must be one of constant, linear, exponential, inverse-sigmoid, got 'cosine'"
+    ):
         Seq2SeqConfig(teacher_schedule="cosine").check()
     with pytest.raises(ValueError, match=r"Exponential: k must be a number in \(0, 1\), got 1.5"):
         Seq2SeqConfig(teacher_schedule="exponential", teacher_param=1.5).check()
@@ -162,8 +198,27 @@ def test_attention_model_learns_to_write_numbers_in_words(tmp_path, capsys):
     a coin toss and the test asks two of three to learn."""
     learned = []
     for seed in range(3):
-        assert main(["train", "seq2seq", "--out", str(tmp_path / f"r{seed}"), "--seed", str(seed), "--max-time", "none",
-                     "--max-steps", "600", "--eval-every", "300", "--no-progress", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "seq2seq",
+                    "--out",
+                    str(tmp_path / f"r{seed}"),
+                    "--seed",
+                    str(seed),
+                    "--max-time",
+                    "none",
+                    "--max-steps",
+                    "600",
+                    "--eval-every",
+                    "300",
+                    "--no-progress",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         result = last_json(capsys.readouterr().out)
         assert result["baseline"] < 0.05
         learned.append(result["exact_match"] > 0.5 and result["val_bleu"] > 80)
@@ -182,9 +237,28 @@ def write_pairs(path, n, seed, alphabet="abcdefghij"):
 
 def test_trains_on_your_own_pairs_file_then_decodes_and_evaluates_from_the_checkpoint_alone(tmp_path, capsys):
     pairs, out = write_pairs(tmp_path / "pairs.tsv", 240, seed=0), tmp_path / "run"
-    args = ["train", "seq2seq", "--data", str(pairs), "--out", str(out), "--max-steps", "4", "--eval-every", "2",
-            "--hidden-size", "8", "--embedding-size", "8", "--attention-size", "8", "--batch-size", "16", "--no-progress",
-            "--json"]
+    args = [
+        "train",
+        "seq2seq",
+        "--data",
+        str(pairs),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--hidden-size",
+        "8",
+        "--embedding-size",
+        "8",
+        "--attention-size",
+        "8",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--json",
+    ]
     assert main(args) == 0
     shown = capsys.readouterr().out
     result = last_json(shown)
@@ -200,8 +274,10 @@ def test_trains_on_your_own_pairs_file_then_decodes_and_evaluates_from_the_check
     assert main(["sample", str(out), "--prime", "abcde", "--length", "12", "--method", "greedy", "--seed", "9"]) == 0
     assert capsys.readouterr().out == default
     task, model, _ = load_run(out)
-    assert default.strip() == "abcde → " + translate(model, task.target_vocab, *task.source_vocab.batch(["abcde"]),
-                                                      max_length=12)[0]
+    assert (
+        default.strip()
+        == "abcde → " + translate(model, task.target_vocab, *task.source_vocab.batch(["abcde"]), max_length=12)[0]
+    )
     assert main(["sample", str(out), "--prime", "xyz", "--length", "5"]) == 0  # unseen characters: UNK, not an error
     assert capsys.readouterr().out.startswith("xyz → ")
     other = write_pairs(tmp_path / "other.tsv", 30, seed=5)

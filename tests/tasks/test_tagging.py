@@ -11,7 +11,7 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.corpus import CharVocab, DataError
-from rnnkit.data.datasets import TAGS, Split
+from rnnkit.data.datasets import Split
 from rnnkit.models import sequence_nll
 from rnnkit.tasks.tagging import TaggingConfig, TaggingTask, evaluate_split
 from tests.helpers import randomize_
@@ -22,8 +22,14 @@ def python_source(rng: random.Random, n_defs: int) -> str:
     lines = []
     for k in range(n_defs):
         a, b = rng.choice(["x", "count", "total", "items"]), rng.randint(0, 999)
-        lines += [f"def f{k}({a}, y={b}):", f"    # step {k}", f"    if {a} > {rng.random():.3f}:",
-                  f"        return {a} * y + {b}", f"    return '{rng.choice(['ab', 'c d', 'e'])}'", ""]
+        lines += [
+            f"def f{k}({a}, y={b}):",
+            f"    # step {k}",
+            f"    if {a} > {rng.random():.3f}:",
+            f"        return {a} * y + {b}",
+            f"    return '{rng.choice(['ab', 'c d', 'e'])}'",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -50,9 +56,35 @@ def last_json(text):
 
 def test_trains_through_the_cli_then_eval_and_the_tagged_sample(folder, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "tagging", "--data", str(folder), "--every", "5", "--chunk-length", "40", "--hidden-size", "6",
-                 "--embedding-size", "5", "--batch-size", "8", "--max-steps", "3", "--eval-every", "3", "--out", str(out),
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "tagging",
+                "--data",
+                str(folder),
+                "--every",
+                "5",
+                "--chunk-length",
+                "40",
+                "--hidden-size",
+                "6",
+                "--embedding-size",
+                "5",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "3",
+                "--eval-every",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "1 skipped" in text
     result = last_json(text)
@@ -110,8 +142,11 @@ def test_baseline_tags_each_character_with_its_most_common_training_tag(task):
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_a_forward_tagger_reads_only_the_past_and_a_bidirectional_one_the_whole_chunk(folder, bidirectional):
-    t = TaggingTask(TaggingConfig(data=str(folder), every=5, chunk_length=40, hidden_size=6, embedding_size=5,
-                                  bidirectional=bidirectional))
+    t = TaggingTask(
+        TaggingConfig(
+            data=str(folder), every=5, chunk_length=40, hidden_size=6, embedding_size=5, bidirectional=bidirectional
+        )
+    )
     t.prepare(lambda s: None)
     model = randomize_(t.build_model(), scale=0.5).eval()
     x = t.data.val.inputs[:, :2]
@@ -127,7 +162,9 @@ def test_training_step_loss_is_the_mean_nll_per_character(task):
     model = randomize_(task.build_model(), scale=0.5)
     x, y = next(iter(task.batches()))
     result = task.step(model, (x, y))
-    torch.testing.assert_close(result.loss, sequence_nll(model(x), y, reduction="sum") / y.numel(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        result.loss, sequence_nll(model(x), y, reduction="sum") / y.numel(), rtol=1e-6, atol=1e-7
+    )
     assert result.items == y.numel() and result.sequences == y.shape[1]
 
 
@@ -142,7 +179,22 @@ def test_unknown_characters_and_a_changed_corpus_are_refused(task, folder):
 
 @pytest.mark.slow
 def test_a_bidirectional_lstm_tags_stdlib_source_far_better_than_unigram_tags(tmp_path, capsys):
-    assert main(["train", "tagging", "--max-steps", "500", "--eval-every", "250", "--out", str(tmp_path / "r"),
-                 "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "tagging",
+                "--max-steps",
+                "500",
+                "--eval-every",
+                "250",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = last_json(capsys.readouterr().out)
     assert result["accuracy"] > 0.95 and result["baseline"] < 0.7

@@ -23,8 +23,15 @@ def test_the_config_builds_the_usual_callbacks_and_a_given_one_of_a_type_replace
     mine = Plot(tmp_path / "mine.png", metric="accuracy", baseline=0.25)
     extra = Callback()
     swapped = trainer_for(tmp_path / "b", progress=False)
-    swapped = type(swapped)(swapped.model, swapped.optimizer, swapped.step_fn, swapped.data, swapped.config,
-                            evaluate=swapped.evaluate_fn, callbacks=[mine, extra])
+    swapped = type(swapped)(
+        swapped.model,
+        swapped.optimizer,
+        swapped.step_fn,
+        swapped.data,
+        swapped.config,
+        evaluate=swapped.evaluate_fn,
+        callbacks=[mine, extra],
+    )
     assert [type(c) for c in swapped.callbacks] == [LogFile, Checkpoints, Plot, Callback]
     assert swapped.callbacks[2] is mine
     swapped.fit()
@@ -150,11 +157,14 @@ def test_curves_show_the_metric_with_its_baseline_units_the_run_name_and_a_log_a
     history = []
     for step in range(1, 101):
         loss = 10.0 / step  # a first drop, then slow progress: spans a factor of 100
-        history.append({"kind": "train", "step": step, "loss": loss, "grad_norm": 1.0 + step % 3, "clip": 5.0,
-                        "bpc": loss / 0.693})
+        history.append(
+            {"kind": "train", "step": step, "loss": loss, "grad_norm": 1.0 + step % 3, "clip": 5.0, "bpc": loss / 0.693}
+        )
         if step % 20 == 0:
             history.append({"kind": "val", "step": step, "val_loss": loss * 1.1, "val_bpc": loss * 1.1 / 0.693})
-    fig = curves_figure(history, metric="bpc", baseline=4.7, title="charlm-2: charlm", metric_label="bits per character")
+    fig = curves_figure(
+        history, metric="bpc", baseline=4.7, title="charlm-2: charlm", metric_label="bits per character"
+    )
     loss_ax, metric_ax, grad_ax = fig.axes
     assert fig._suptitle.get_text() == "charlm-2: charlm"
     assert loss_ax.get_ylabel() == "loss (nats per item)" and loss_ax.get_yscale() == "log"
@@ -176,6 +186,7 @@ def test_a_run_ended_by_its_time_budget_resumes_with_a_fresh_budget_to_a_larger_
         def one_second(model, batch):
             clock.now += 1.0
             return step(model, batch)
+
         trainer.step_fn = one_second
         return trainer
 

@@ -55,7 +55,9 @@ def test_both_clip_value_first_then_norm_and_log_the_norm_before_either():
         torch.testing.assert_close(p.grad, g * (0.7 / n), rtol=2e-6, atol=0)
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_norm=-1.0), dict(max_norm=0), dict(max_value=-0.1), dict(max_value=float("inf"))])
+@pytest.mark.parametrize(
+    "kwargs", [dict(max_norm=-1.0), dict(max_norm=0), dict(max_value=-0.1), dict(max_value=float("inf"))]
+)
 def test_negative_or_zero_thresholds_are_refused(kwargs):
     with pytest.raises(ValueError, match=r"must be a number > 0 \(or None for no clipping\)"):
         clip_gradients(params_with_grads(1.0), **kwargs)

@@ -56,7 +56,10 @@ def test_minibatch_shards_put_together_are_the_global_batch(n, batch_size, repli
 
 
 def test_sharding_refuses_a_global_batch_the_processes_cannot_share():
-    with pytest.raises(ValueError, match=r"Minibatches.shard: the global batch_size 6 is not divisible by the 4 processes.*multiple of 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"Minibatches.shard: the global batch_size 6 is not divisible by the 4 processes.*multiple of 4",
+    ):
         Minibatches(10, 6, 0, lambda idx, i: idx).shard(4, 0)
     docs = [torch.arange(20) % 7]
     with pytest.raises(ValueError, match=r"LaneStream: the global batch_size 5 is not divisible by the 2 processes"):
@@ -172,8 +175,12 @@ def per_token_step(model, batch):
     n = int(lengths.sum())
     valid = torch.arange(y.shape[0]).unsqueeze(1) < lengths  # (T, B)
     accuracy = float(((logits.argmax(-1) == y) & valid).sum()) / n  # a per-token mean, like the loss
-    return StepResult(sequence_nll(logits, y, lengths, reduction="mean"), items=n, sequences=len(lengths),
-                      metrics={"accuracy": accuracy})
+    return StepResult(
+        sequence_nll(logits, y, lengths, reduction="mean"),
+        items=n,
+        sequences=len(lengths),
+        metrics={"accuracy": accuracy},
+    )
 
 
 def evaluate(model):
@@ -184,8 +191,18 @@ def evaluate(model):
 def make_trainer(out, source, step=per_token_step, **cfg):
     model = TinyDecoder(vocab=V, seed=4)  # no dropout: the replicas' masks could not match one process's
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    config = TrainConfig(**{"max_steps": 8, "eval_every": 3, "eval_budget": None, "progress": False, "seed": 0, "clip_norm": 0.5,
-                            "out": str(out) if out else None, **cfg})
+    config = TrainConfig(
+        **{
+            "max_steps": 8,
+            "eval_every": 3,
+            "eval_budget": None,
+            "progress": False,
+            "seed": 0,
+            "clip_norm": 0.5,
+            "out": str(out) if out else None,
+            **cfg,
+        }
+    )
     return Trainer(model, opt, step, source, config, evaluate=evaluate, meta={"task": "test"})
 
 
@@ -214,28 +231,39 @@ def worker(rank, world, port, folder):
 
             def refuse(*a, **k):
                 raise AssertionError(f"rank {rank} tried to write")
+
             trainer_module.RunLog = trainer_module.plot_curves = refuse
             trainer_module.Trainer.save = refuse
         trainer = make_trainer(folder / "run", Minibatches(N_EXAMPLES, BATCH, seed=0, take=take).shard(world, rank))
         result = trainer.fit()
         weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
-        stopper = make_trainer(None, Minibatches(N_EXAMPLES, BATCH, seed=0, take=take).shard(world, rank),
-                               max_steps=None, max_time=3600)
+        stopper = make_trainer(
+            None, Minibatches(N_EXAMPLES, BATCH, seed=0, take=take).shard(world, rank), max_steps=None, max_time=3600
+        )
         stopper.callbacks.append(_StopOnRank1())
         stopped = stopper.fit()
 
         def poisoned_take(idx, number):  # rank 1's share of the second batch
             return (*take(idx, number), number == 1 and rank == 1)
-        diverging = make_trainer(None, Minibatches(N_EXAMPLES, BATCH, seed=0, take=poisoned_take).shard(world, rank),
-                                 step=poisoned_step)
+
+        diverging = make_trainer(
+            None, Minibatches(N_EXAMPLES, BATCH, seed=0, take=poisoned_take).shard(world, rank), step=poisoned_step
+        )
         try:
             diverging.fit()
             outcome = "finished"
         except TrainingDiverged as e:
             outcome = f"diverged after {diverging.step} updates: {e}"
-        torch.save({"history": result.history, "weights": weights, "stopped": (stopped.steps, stopped.stop_reason),
-                    "nan": outcome}, folder / f"rank{rank}.pt")
+        torch.save(
+            {
+                "history": result.history,
+                "weights": weights,
+                "stopped": (stopped.steps, stopped.stop_reason),
+                "nan": outcome,
+            },
+            folder / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -258,7 +286,8 @@ def test_two_processes_follow_one_process_on_the_same_global_batches(two_process
         for key in ("loss", "grad_norm", "accuracy"):
             torch.testing.assert_close([r[key] for r in g_train], [r[key] for r in train], rtol=2e-5, atol=1e-6)
         assert [r["val_loss"] for r in got["history"] if r["kind"] == "val"] == pytest.approx(
-            [r["val_loss"] for r in expect.history if r["kind"] == "val"], rel=2e-5)
+            [r["val_loss"] for r in expect.history if r["kind"] == "val"], rel=2e-5
+        )
         torch.testing.assert_close(got["weights"], one.model.state_dict(), rtol=1e-4, atol=1e-5)
     assert any(r["grad_norm"] > 0.5 for r in train)  # clipping took part
     # the weighting matters here: the shards of a batch hold different token counts
@@ -274,7 +303,7 @@ def test_only_rank_0_wrote_and_its_checkpoint_has_the_plain_model(two_processes)
     from safetensors import safe_open
 
     with safe_open(str(folder / "run" / "latest.safetensors"), "pt") as f:
-        names = {k[len("model."):] for k in f.keys() if k.startswith("model.")}
+        names = {k[len("model.") :] for k in f.keys() if k.startswith("model.")}
     assert names == set(TinyDecoder(vocab=V).state_dict())  # no DDP "module." prefix
     model = TinyDecoder(vocab=V)
     load_checkpoint(folder / "run" / "latest.safetensors", model=model)
@@ -289,7 +318,9 @@ def test_a_stop_said_by_one_process_stops_both_after_the_same_update(two_process
 def test_a_nan_on_one_process_stops_both_without_hanging(two_processes):
     _, ranks = two_processes  # a hang would have failed the fixture's spawn
     for got in ranks:
-        assert got["nan"].startswith("diverged after 1 updates: training diverged at step 2: the loss is nan"), got["nan"]
+        assert got["nan"].startswith("diverged after 1 updates: training diverged at step 2: the loss is nan"), got[
+            "nan"
+        ]
 
 
 # -- the command line: rnnkit train --nproc 2 -----------------------------------------------------------
@@ -306,15 +337,40 @@ def corpus(folder: Path) -> Path:
 
 
 def flags(data: Path, out: Path, steps: int) -> list[str]:
-    return ["--data", str(data), "--holdout-every", "3", "--cell", "lstm", "--hidden-size", "12", "--num-layers", "2",
-            "--embedding-size", "6", "--batch-size", "4", "--seq-length", "16", "--max-steps", str(steps),
-            "--max-time", "none", "--eval-every", "4", "--no-progress", "--out", str(out)]
+    return [
+        "--data",
+        str(data),
+        "--holdout-every",
+        "3",
+        "--cell",
+        "lstm",
+        "--hidden-size",
+        "12",
+        "--num-layers",
+        "2",
+        "--embedding-size",
+        "6",
+        "--batch-size",
+        "4",
+        "--seq-length",
+        "16",
+        "--max-steps",
+        str(steps),
+        "--max-time",
+        "none",
+        "--eval-every",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 def rnnkit_train(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "rnnkit", "train", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rnnkit", "train", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
 def curve(out: Path) -> list[float]:
@@ -333,8 +389,13 @@ def test_cli_nproc_2_follows_one_process_and_resumes_the_curve(tmp_path, capsys)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.count("finished: 4 updates") == 1  # rank 0 alone reports
     assert json.loads(first.stdout.strip().splitlines()[-1])["steps"] == 4
-    assert sorted(p.name for p in two.iterdir()) == ["best.safetensors", "config.json", "curves.png",
-                                                     "latest.safetensors", "metrics.jsonl"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "best.safetensors",
+        "config.json",
+        "curves.png",
+        "latest.safetensors",
+        "metrics.jsonl",
+    ]
     torch.testing.assert_close(curve(two), reference[:4], rtol=2e-5, atol=1e-6)
 
     resumed = rnnkit_train(["--nproc", "2", "--out", str(two), "--resume", "--max-steps", "12", "--no-progress"])
@@ -350,11 +411,17 @@ def test_cli_nproc_2_follows_one_process_and_resumes_the_curve(tmp_path, capsys)
     torch.testing.assert_close(curve(two), curve(tmp_path / "one13"), rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("given, message", [
-    (["--nproc", "0"], "rnnkit train: --nproc must be an int ≥ 1, got 0"),
-    (["--nproc", "two"], "rnnkit train charlm: argument --nproc: invalid int value: 'two'"),
-    (["--nproc", "3", "--batch-size", "4"], "rnnkit train --nproc: the global batch_size 4 is not divisible by the 3 processes"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["--nproc", "0"], "rnnkit train: --nproc must be an int ≥ 1, got 0"),
+        (["--nproc", "two"], "rnnkit train charlm: argument --nproc: invalid int value: 'two'"),
+        (
+            ["--nproc", "3", "--batch-size", "4"],
+            "rnnkit train --nproc: the global batch_size 4 is not divisible by the 3 processes",
+        ),
+    ],
+)
 def test_cli_refuses_a_bad_nproc_in_one_line(given, message, capsys):
     assert main(["train", *given]) == 2
     err = capsys.readouterr().err.strip()
@@ -373,8 +440,22 @@ def test_relaunch_command_passes_the_given_options_without_nproc():
     from rnnkit.cli import build_parser
     from rnnkit.cli.train import relaunch_command
 
-    args = build_parser().parse_args(["train", "digits", "--nproc", "2", "--lr", "0.003", "--no-progress", "--patience",
-                                      "none", "--json", "--out", "runs/x"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "digits",
+            "--nproc",
+            "2",
+            "--lr",
+            "0.003",
+            "--no-progress",
+            "--patience",
+            "none",
+            "--json",
+            "--out",
+            "runs/x",
+        ]
+    )
     cmd = relaunch_command(args, 2)
     assert cmd[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     rest = cmd[7:]
@@ -402,8 +483,9 @@ def test_cli_nproc_2_with_dropout_resumes_exactly(tmp_path):
     assert whole.returncode == 0, whole.stderr[-2000:]
     part = rnnkit_train(["--nproc", "2", *flags(data, tmp_path / "part", 4), *dropout])
     assert part.returncode == 0, part.stderr[-2000:]
-    resumed = rnnkit_train(["--nproc", "2", "--out", str(tmp_path / "part"), "--resume", "--max-steps", "8",
-                            "--no-progress"])
+    resumed = rnnkit_train(
+        ["--nproc", "2", "--out", str(tmp_path / "part"), "--resume", "--max-steps", "8", "--no-progress"]
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert curve(tmp_path / "part") == curve(tmp_path / "whole")
     assert len(curve(tmp_path / "whole")) == 8

@@ -39,8 +39,13 @@ def model_and_optimizer():
 
 
 def loader(seed=3):
-    return DataLoader(dataset(), batch_size=6, shuffle=True, collate_fn=collate_sequences,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset(),
+        batch_size=6,
+        shuffle=True,
+        collate_fn=collate_sequences,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_a_dataloader_over_epochs_equals_the_same_batches_fed_by_hand():
@@ -51,7 +56,7 @@ def test_a_dataloader_over_epochs_equals_the_same_batches_fed_by_hand():
     again = loader()
     by_hand = [batch for _ in range(3) for batch in again]
     assert len(by_hand) == 12  # 4 batches a pass (20 sequences, 6 a batch)
-    firsts = [torch.cat([b.y for b in by_hand[4 * e: 4 * e + 4]]) for e in range(3)]
+    firsts = [torch.cat([b.y for b in by_hand[4 * e : 4 * e + 4]]) for e in range(3)]
     orders = [tuple(by_hand[4 * e].lengths.tolist()) for e in range(3)]
     assert len(set(orders)) > 1 and all(sorted(f.tolist()) == sorted(firsts[0].tolist()) for f in firsts)  # reshuffled
     model2, opt2 = model_and_optimizer()
@@ -101,8 +106,11 @@ def test_a_one_shot_generator_that_runs_dry_is_told_so():
     batches = list(loader())
     model, opt = model_and_optimizer()
     trainer = Trainer(model, opt, step, (b for b in batches), TrainConfig(max_steps=10, progress=False))
-    with pytest.raises(ValueError, match=r"one-shot iterator \(generator\): it gave 4 batches in its first pass.*"
-                                         r"a list of batches, a torch DataLoader.*max_epochs=1, or max_steps ≤ 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"one-shot iterator \(generator\): it gave 4 batches in its first pass.*"
+        r"a list of batches, a torch DataLoader.*max_epochs=1, or max_steps ≤ 4",
+    ):
         trainer.fit()
     assert trainer.step == 4
     model, opt = model_and_optimizer()
@@ -135,6 +143,11 @@ def test_a_time_budget_alone_is_not_capped_by_a_step_limit(monkeypatch):
     monkeypatch.setattr("rnnkit.train.trainer.time.monotonic", lambda: next(clock) * 1e-3)  # 1 ms a reading
     model = torch.nn.Linear(2, 1)
     data = [torch.randn(4, 2)]
-    result = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-3), lambda m, b: StepResult(m(b).pow(2).mean()),
-                     data, TrainConfig(max_time=10, progress=False, eval_every=10**6)).fit()
+    result = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-3),
+        lambda m, b: StepResult(m(b).pow(2).mean()),
+        data,
+        TrainConfig(max_time=10, progress=False, eval_every=10**6),
+    ).fit()
     assert result.stop_reason == "max_time" and result.steps > DEFAULT_MAX_STEPS

@@ -23,8 +23,15 @@ def cheap_trainer(out, max_steps, keep):
         return StepResult(((m(batch[0]) - batch[1]) ** 2).mean(), items=16)
 
     config = TrainConfig(max_steps=max_steps, eval_every=250, eval_budget=None, progress=False, seed=0, out=str(out))
-    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), step, [(x, y)], config,
-                   evaluate=lambda m: {"loss": float(((m(x) - y) ** 2).mean())}, history_keep=keep)
+    return Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        step,
+        [(x, y)],
+        config,
+        evaluate=lambda m: {"loss": float(((m(x) - y) ** 2).mean())},
+        history_keep=keep,
+    )
 
 
 def test_a_long_run_keeps_the_last_records_in_memory_and_all_in_its_log(tmp_path, monkeypatch):

@@ -48,9 +48,17 @@ def minibatch_trainer(out, max_steps):
     model = TinyDecoder(seed=0)
     take = Counted(make_data())  # 48 examples: 6 batches of 8 per pass
     data = Minibatches(48, 8, seed=3, take=take)
-    config = TrainConfig(max_steps=max_steps, eval_every=6 if max_steps < 30 else 10, progress=False, seed=0, out=str(out))
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.03), lm_step, data, config,
-                      evaluate=val_fn(make_data(16, seed=9)))
+    config = TrainConfig(
+        max_steps=max_steps, eval_every=6 if max_steps < 30 else 10, progress=False, seed=0, out=str(out)
+    )
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=0.03),
+        lm_step,
+        data,
+        config,
+        evaluate=val_fn(make_data(16, seed=9)),
+    )
     return trainer, take
 
 
@@ -68,7 +76,7 @@ def test_minibatches_resume_draws_only_the_unseen_batches_and_matches_bit_for_bi
     resumed, take = minibatch_trainer(tmp_path / "cut", 30)
     result = resumed.fit(resume_from=RunFolder(tmp_path / "cut").latest)
     assert take.calls == 30 - stop  # no replay of the `stop` batches already seen
-    assert curve(result)[-(30 - stop):] == curve(reference)[-(30 - stop):]
+    assert curve(result)[-(30 - stop) :] == curve(reference)[-(30 - stop) :]
     for a, b in zip(resumed.model.parameters(), whole.model.parameters()):
         assert torch.equal(a, b)
 
@@ -92,8 +100,13 @@ def test_a_source_without_a_state_is_resumed_by_replaying_it(tmp_path):
     def trainer(out, steps):
         torch.manual_seed(123)
         model = TinyDecoder(seed=0)
-        return Trainer(model, torch.optim.Adam(model.parameters(), lr=0.03), lm_step, Plain(),
-                       TrainConfig(max_steps=steps, eval_every=10, progress=False, seed=0, out=str(out)))
+        return Trainer(
+            model,
+            torch.optim.Adam(model.parameters(), lr=0.03),
+            lm_step,
+            Plain(),
+            TrainConfig(max_steps=steps, eval_every=10, progress=False, seed=0, out=str(out)),
+        )
 
     reference = trainer(tmp_path / "whole", 30).fit()
     trainer(tmp_path / "cut", 20).fit()
@@ -105,9 +118,22 @@ def test_a_source_without_a_state_is_resumed_by_replaying_it(tmp_path):
 
 
 def charlm_trainer(corpus, out, max_steps):
-    cfg = CharLMConfig(data=str(corpus), hidden_size=16, num_layers=2, embedding_size=8, seq_length=12, batch_size=4,
-                       holdout_every=3, dropout=0.2, max_steps=max_steps, max_time=None, eval_every=30, seed=0,
-                       progress=False, out=str(out))
+    cfg = CharLMConfig(
+        data=str(corpus),
+        hidden_size=16,
+        num_layers=2,
+        embedding_size=8,
+        seq_length=12,
+        batch_size=4,
+        holdout_every=3,
+        dropout=0.2,
+        max_steps=max_steps,
+        max_time=None,
+        eval_every=30,
+        seed=0,
+        progress=False,
+        out=str(out),
+    )
     task = CharLMTask(cfg)
     task.prepare(lambda line: None)
     torch.manual_seed(cfg.seed)
@@ -116,8 +142,14 @@ def charlm_trainer(corpus, out, max_steps):
     draws = []
     chunk = stream._chunk
     stream._chunk = lambda rows: (draws.append(1), chunk(rows))[1]  # count the chunks read from the token file
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), task, stream, cfg.train_config(task),
-                      evaluate=task.evaluate)
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=0.01),
+        task,
+        stream,
+        cfg.train_config(task),
+        evaluate=task.evaluate,
+    )
     return trainer, draws
 
 

@@ -21,8 +21,15 @@ def touch(path, mtime=None):
 def test_names_of_everything_a_run_writes(tmp_path):
     run = RunFolder(tmp_path / "r")
     assert (run.latest.name, run.best.name, run.config.name, run.curves.name) == (
-        "latest.safetensors", "best.safetensors", "config.json", "curves.png")
-    assert run.log("csv").name == "metrics.csv" and run.kept(400, "bpc", 2.1134).name == "step-000400-bpc-2.113.safetensors"
+        "latest.safetensors",
+        "best.safetensors",
+        "config.json",
+        "curves.png",
+    )
+    assert (
+        run.log("csv").name == "metrics.csv"
+        and run.kept(400, "bpc", 2.1134).name == "step-000400-bpc-2.113.safetensors"
+    )
     run.path.mkdir()
     assert RunFolder.of(run.latest) == run and RunFolder.of(run.path) == run
 

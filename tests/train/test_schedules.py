@@ -15,7 +15,9 @@ def test_values_at_given_steps():
     exp = Exponential(k=0.99)
     assert [exp(i) for i in (0, 1, 100)] == pytest.approx([1.0, 0.99, 0.99**100])
     inv = InverseSigmoid(k=100)
-    assert [inv(i) for i in (0, 100, 460)] == pytest.approx([100 / 101, 100 / (100 + math.e), 100 / (100 + math.exp(4.6))])
+    assert [inv(i) for i in (0, 100, 460)] == pytest.approx(
+        [100 / 101, 100 / (100 + math.e), 100 / (100 + math.exp(4.6))]
+    )
     assert inv(10**6) == 0.0
     assert Constant(0.25)(12345) == 0.25
 

@@ -69,7 +69,9 @@ def test_classification_loss_and_metrics_by_hand():
     y2 = torch.tensor([1, 1, 1, 0, 2, 2])
     metrics = job.evaluate(Fixed([logits, logits2]), [(torch.zeros(2, 6, 1), y), (torch.zeros(2, 6, 1), y2)])
     rows, labels = torch.cat([logits, logits2]), torch.cat([y, y2]).tolist()
-    assert metrics["loss"] == pytest.approx(sum(w[k] * nll(r, k) for r, k in zip(rows, labels)) / sum(w[k] for k in labels))
+    assert metrics["loss"] == pytest.approx(
+        sum(w[k] * nll(r, k) for r, k in zip(rows, labels)) / sum(w[k] for k in labels)
+    )
     pred = rows.argmax(-1).tolist()
     table = [[sum(1 for p, k in zip(pred, labels) if k == i and p == j) for j in range(3)] for i in range(3)]
     assert job.confusion_matrix(Fixed([logits, logits2]), [(0, y), (0, y2)]).tolist() == table
@@ -111,7 +113,9 @@ def test_regression_per_sequence_and_per_step_by_hand():
     assert result.loss.item() == pytest.approx(sum(v * v for v in e) / 8, rel=1e-6)
     m = job.evaluate(Fixed([pred]), [(torch.zeros(3, 4, 1), y)])
     assert m["mse"] == m["loss"] == pytest.approx(sum(v * v for v in e) / 8, rel=1e-6)
-    assert m["mae"] == pytest.approx(sum(abs(v) for v in e) / 8, rel=1e-6) and m["rmse"] == pytest.approx(m["mse"] ** 0.5)
+    assert m["mae"] == pytest.approx(sum(abs(v) for v in e) / 8, rel=1e-6) and m["rmse"] == pytest.approx(
+        m["mse"] ** 0.5
+    )
     T, B = 4, 3
     pred, y = torch.randn(T, B, generator=g), torch.randn(T, B, generator=g)
     lengths = torch.tensor([2, 4, 1])
@@ -166,14 +170,24 @@ def test_a_classifier_learns_a_class_written_at_the_first_step():
     loader and model), every class ≥ 96 %; chance is 1/3. Asserted: ≥ 90 %, each class ≥ 80 %."""
     seqs, labels = early_class_data(480, seed=0)
     val = DataLoader(SequenceDataset(*early_class_data(240, seed=1)), batch_size=120, collate_fn=collate_sequences)
-    train = DataLoader(SequenceDataset(seqs, labels), batch_size=32, shuffle=True, collate_fn=SequenceCollate(),
-                       generator=torch.Generator().manual_seed(0))
+    train = DataLoader(
+        SequenceDataset(seqs, labels),
+        batch_size=32,
+        shuffle=True,
+        collate_fn=SequenceCollate(),
+        generator=torch.Generator().manual_seed(0),
+    )
     torch.manual_seed(0)
     model = ManyToOne(Stack.build(GRUCell, 4, 24), output_size=3)
     job = Classification(3)
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), job, train,
-                      TrainConfig(max_steps=150, eval_every=50, progress=False, monitor=job.monitor, mode=job.mode),
-                      evaluate=job.evaluator(val))
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        job,
+        train,
+        TrainConfig(max_steps=150, eval_every=50, progress=False, monitor=job.monitor, mode=job.mode),
+        evaluate=job.evaluator(val),
+    )
     result = trainer.fit()
     assert result.epochs == 10 and result.best >= result.val["accuracy"]
     assert result.val["accuracy"] >= 0.9, result.val
@@ -187,11 +201,28 @@ def test_evaluate_without_loss_is_fine_unless_something_watches_it(tmp_path):
     model = ManyToOne(Stack.build(GRUCell, 4, 8), output_size=3)
     job = Classification(3)
     only_accuracy = lambda m: {"accuracy": job.evaluate(m, data)["accuracy"]}  # noqa: E731
-    result = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), job, data,
-                     TrainConfig(max_steps=4, eval_every=2, progress=False), evaluate=only_accuracy).fit()
-    assert result.steps == 4 and "accuracy" in result.val and result.best is None  # loss is monitored, but nothing watches
-    watched = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), job, data,
-                      TrainConfig(max_steps=4, eval_every=2, progress=False, out=str(tmp_path)), evaluate=only_accuracy)
-    with pytest.raises(KeyError, match=r"without the monitored metric 'loss', which Checkpoints watch: return it, or set "
-                                       r"TrainConfig\(monitor=…, mode=…\)"):
+    result = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        job,
+        data,
+        TrainConfig(max_steps=4, eval_every=2, progress=False),
+        evaluate=only_accuracy,
+    ).fit()
+    assert (
+        result.steps == 4 and "accuracy" in result.val and result.best is None
+    )  # loss is monitored, but nothing watches
+    watched = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        job,
+        data,
+        TrainConfig(max_steps=4, eval_every=2, progress=False, out=str(tmp_path)),
+        evaluate=only_accuracy,
+    )
+    with pytest.raises(
+        KeyError,
+        match=r"without the monitored metric 'loss', which Checkpoints watch: return it, or set "
+        r"TrainConfig\(monitor=…, mode=…\)",
+    ):
         watched.fit()

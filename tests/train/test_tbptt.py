@@ -145,7 +145,12 @@ def test_split_documents_keep_every_lane_in_every_chunk_and_read_each_piece_in_o
     assert [c.lanes.tolist() for c in chunks] == [[0, 1, 2, 3]] * 4 + [[3]]
     assert sum(int(c.lengths.sum()) for c in chunks) == stream.steps == 59 + 3 + 2 + 2
     # every (input, target) pair of every document comes exactly once
-    seen = sorted((int(c.inputs[t, b]), int(c.targets[t, b])) for c in chunks for b in range(len(c.lanes)) for t in range(int(c.lengths[b])))
+    seen = sorted(
+        (int(c.inputs[t, b]), int(c.targets[t, b]))
+        for c in chunks
+        for b in range(len(c.lanes))
+        for t in range(int(c.lengths[b]))
+    )
     want = sorted((int(d[t]), int(d[t + 1])) for d in docs for t in range(d.numel() - 1))
     assert seen == want
     # a lane that starts inside document 0 starts from zeros; lane 3 resets where document 1 begins
@@ -160,5 +165,5 @@ def test_split_documents_keep_every_lane_in_every_chunk_and_read_each_piece_in_o
                 outputs[lane].append(logits[: c.lengths[b], b])
             previous = c
         piece = stream.lanes[1][0]  # lane 1: the middle of document 0, read from zeros, state carried throughout
-        alone, _ = model(docs[0][piece[1]: piece[2]].view(-1, 1))
+        alone, _ = model(docs[0][piece[1] : piece[2]].view(-1, 1))
         torch.testing.assert_close(torch.cat(outputs[1]), alone[:, 0], rtol=1e-10, atol=1e-12)

@@ -3,9 +3,6 @@ calls back, and the same seed gives the same loss curve."""
 
 from __future__ import annotations
 
-import json
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,13 +40,16 @@ def make_data(n=48, T=6, V=5, seed=0):
 def lm_step(model, batch):
     logits = model(batch)  # (T, B, V) teacher forced
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1))
-    return StepResult(loss, items=batch.numel(), metrics={"accuracy": float((logits.argmax(-1) == batch).float().mean())})
+    return StepResult(
+        loss, items=batch.numel(), metrics={"accuracy": float((logits.argmax(-1) == batch).float().mean())}
+    )
 
 
 def val_fn(data):
     def evaluate(model):
         logits = model(data)
         return {"loss": float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data.reshape(-1)))}
+
     return evaluate
 
 
@@ -61,10 +61,26 @@ def trainer_for(tmp_path=None, seed=0, **cfg):
     model.embed = nn.Sequential(embed, model.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=0.03)
     # eval_budget=None: these tests count validations; the budget's own tests run on a fake clock
-    config = TrainConfig(**{"max_steps": 30, "eval_every": 10, "eval_budget": None, "progress": False, "seed": seed,
-                            "out": str(tmp_path) if tmp_path else None, **cfg})
-    return Trainer(model, opt, lm_step, Shuffled(make_data(), 8), config, evaluate=val_fn(make_data(16, seed=9)),
-                   meta={"task": "count"})
+    config = TrainConfig(
+        **{
+            "max_steps": 30,
+            "eval_every": 10,
+            "eval_budget": None,
+            "progress": False,
+            "seed": seed,
+            "out": str(tmp_path) if tmp_path else None,
+            **cfg,
+        }
+    )
+    return Trainer(
+        model,
+        opt,
+        lm_step,
+        Shuffled(make_data(), 8),
+        config,
+        evaluate=val_fn(make_data(16, seed=9)),
+        meta={"task": "count"},
+    )
 
 
 def test_it_learns_and_writes_log_checkpoints_and_plot(tmp_path):
@@ -76,7 +92,9 @@ def test_it_learns_and_writes_log_checkpoints_and_plot(tmp_path):
     log = read_log(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == list(range(1, 61))
     assert [r["step"] for r in log if r["kind"] == "val"] == [10, 20, 30, 40, 50, 60]
-    assert all({"loss", "grad_norm", "clip", "lr", "items_per_s", "accuracy"} <= r.keys() for r in log if r["kind"] == "train")
+    assert all(
+        {"loss", "grad_norm", "clip", "lr", "items_per_s", "accuracy"} <= r.keys() for r in log if r["kind"] == "train"
+    )
     meta = read_meta(tmp_path / "latest.safetensors")
     assert meta["task"] == "count" and meta["trainer"]["step"] == 60
     best = min(r["val_loss"] for r in log if r["kind"] == "val")
@@ -176,7 +194,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
     trainer = trainer_for(tmp_path, max_steps=30)
     trainer.step_fn = step
-    with pytest.raises(TrainingDiverged, match=r"diverged at step 15: the loss is nan.*last good checkpoint.*learning rate"):
+    with pytest.raises(
+        TrainingDiverged, match=r"diverged at step 15: the loss is nan.*last good checkpoint.*learning rate"
+    ):
         trainer.fit()
     assert read_meta(tmp_path / "latest.safetensors")["trainer"]["step"] == 10
 
@@ -233,11 +253,17 @@ def test_each_batch_reaches_the_step_on_the_models_device():
         raise Seen  # a meta loss has no value to log: stop at the first step
 
     batch = ((torch.randn(3, 2), {"y": torch.arange(3), "n": 3}), "tag")
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), step, [batch], TrainConfig(max_steps=1, progress=False))
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), step, [batch], TrainConfig(max_steps=1, progress=False)
+    )
     with pytest.raises(Seen):
         trainer.fit()
     (x, extra), tag = seen[0]
-    assert x.device.type == "meta" and extra["y"].device.type == "meta" and (x.shape, extra["y"].dtype) == ((3, 2), torch.long)
+    assert (
+        x.device.type == "meta"
+        and extra["y"].device.type == "meta"
+        and (x.shape, extra["y"].dtype) == ((3, 2), torch.long)
+    )
     assert extra["n"] == 3 and tag == "tag"
     assert batch[0][0].device.type == "cpu"  # the source's own batch is left as it was
 
@@ -303,8 +329,11 @@ def test_cheap_validation_is_never_held_back(monkeypatch):
 def test_a_step_returning_a_bare_tensor_is_told_to_return_a_step_result():
     trainer = trainer_for()
     trainer.step_fn = lambda model, batch: lm_step(model, batch).loss
-    with pytest.raises(TypeError, match=r"step_fn must return a StepResult, got a bare Tensor: return "
-                                        r"rnnkit.train.StepResult\(loss, items=<items in the batch>\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"step_fn must return a StepResult, got a bare Tensor: return "
+        r"rnnkit.train.StepResult\(loss, items=<items in the batch>\)",
+    ):
         trainer.fit()
     trainer = trainer_for()
     trainer.step_fn = lambda model, batch: {"loss": lm_step(model, batch).loss}
@@ -334,8 +363,13 @@ def test_one_seed_fixes_both_the_model_and_the_run():
         model = ManyToOne(Stack.build(GRUCell, 3, 8, num_layers=2, dropout=0.3), 2)
         init = [p.detach().clone() for p in model.parameters()]
         loader = DataLoader(data, batch_size=8, shuffle=True, collate_fn=collate_sequences)  # shuffles from torch's RNG
-        trainer = Trainer(model, torch.optim.Adam(model.parameters(), 1e-2), Classification(2), loader,
-                          TrainConfig(max_epochs=3, progress=False, **cfg))
+        trainer = Trainer(
+            model,
+            torch.optim.Adam(model.parameters(), 1e-2),
+            Classification(2),
+            loader,
+            TrainConfig(max_epochs=3, progress=False, **cfg),
+        )
         result = trainer.fit()
         assert trainer.seed == cfg.get("seed", seed)
         return init, [r["loss"] for r in result.history if r["kind"] == "train"], list(model.parameters())
@@ -362,8 +396,11 @@ def test_an_out_folder_holding_a_run_is_refused_as_the_cli_refuses_it(tmp_path):
 
     trainer_for(tmp_path, max_steps=10).fit()
     step_of = lambda: read_meta(tmp_path / "latest.safetensors")["trainer"]["step"]  # noqa: E731
-    with pytest.raises(FileExistsError, match=r"already holds a run: fit\(resume_from=RunFolder\(out\).latest\) continues "
-                                              r"it, TrainConfig\(overwrite=True\) starts over there, or choose another out"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"already holds a run: fit\(resume_from=RunFolder\(out\).latest\) continues "
+        r"it, TrainConfig\(overwrite=True\) starts over there, or choose another out",
+    ):
         trainer_for(tmp_path, max_steps=20).fit()
     assert step_of() == 10  # untouched
     assert trainer_for(tmp_path, max_steps=20).fit(resume_from=RunFolder(tmp_path).latest).steps == 20
