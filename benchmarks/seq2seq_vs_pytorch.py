@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -209,7 +210,8 @@ def main() -> None:
             ("theirs", theirs, opt_theirs, plain_nll),
         )[:: 1 if block % 2 == 0 else -1]:
             for k in range(10):
-                times[name].append(timed(lambda: update(model, opt, loss_fn, batches[(block * 10 + k) % len(batches)])))
+                batch = batches[(block * 10 + k) % len(batches)]
+                times[name].append(timed(partial(update, model, opt, loss_fn, batch)))
     val = task.data.val
     n = min(args.decode_batch, val.sources.shape[1])
     src, src_len = val.sources[:, :n], val.source_lengths[:n]
@@ -218,7 +220,7 @@ def main() -> None:
     decode = {"ours-greedy": [], "theirs-greedy": [], "ours-beam": [], "theirs-beam": []}
     ours.eval()
     with torch.no_grad():
-        for k in range(args.decode_batches):
+        for _ in range(args.decode_batches):
             context = ours.encode(src, src_len)  # the encoder pass is part of each timing below
             del context
             decode["ours-greedy"].append(

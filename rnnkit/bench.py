@@ -36,9 +36,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .cells.base import RecurrentCell
 from .cells.registry import CELLS
@@ -213,6 +214,16 @@ def bench(
         torch.set_num_threads(before)
 
 
+def _output(layer: nn.Module, **kwargs) -> Callable[[Tensor], Tensor]:
+    """``x ↦ layer(x, **kwargs)[0]``: a recurrent layer's outputs, its state dropped."""
+    return lambda x: layer(x, **kwargs)[0]
+
+
+def _backward(loss: Callable[[], Tensor]) -> Callable[[], None]:
+    """A timed run: evaluate ``loss`` and back-propagate it."""
+    return lambda: loss().backward()
+
+
 def _bench(
     cells: list[str], sizes: list[tuple[int, int, int, int]], repeats: int, device: torch.device, log
 ) -> list[BenchRow]:
@@ -224,26 +235,26 @@ def _bench(
         x = torch.randn(T, B, I, device=device, requires_grad=True)
         lengths = random_lengths(B, T, device)
         ref = nn.LSTM(I, H).to(device)
-        ref_loss = _fwd_bwd(lambda x: ref(x)[0], x, list(ref.parameters()))
+        ref_loss = _fwd_bwd(_output(ref), x, list(ref.parameters()))
         ref_mem = _memory_bytes(ref_loss, device)
         for name in cells:
             cell = known[name][1](I, H).to(device)
             layer = Recurrent(cell)
             params = list(cell.parameters())
-            ours = _fwd_bwd(lambda x: layer(x)[0], x, params)
-            runs = {"ours": lambda: ours().backward(), "torch_lstm": lambda: ref_loss().backward()}
+            ours = _fwd_bwd(_output(layer), x, params)
+            runs = {"ours": _backward(ours), "torch_lstm": _backward(ref_loss)}
             counts = {"ours": repeats, "torch_lstm": repeats}
-            padded = _fwd_bwd(lambda x: layer(x, lengths=lengths)[0], x, params)
-            runs["lengths"], counts["lengths"] = (lambda: padded().backward()), repeats
+            padded = _fwd_bwd(_output(layer, lengths=lengths), x, params)
+            runs["lengths"], counts["lengths"] = _backward(padded), repeats
             same = torch_module_of(cell)
             if same is not None:
-                same_loss = _fwd_bwd(lambda x: same(x)[0], x, list(same.parameters()))
-                runs["same"], counts["same"] = (lambda: same_loss().backward()), repeats
+                same_loss = _fwd_bwd(_output(same), x, list(same.parameters()))
+                runs["same"], counts["same"] = _backward(same_loss), repeats
             slow = Recurrent(cell, engine="reference")
-            slow_loss = _fwd_bwd(lambda x: slow(x)[0], x, params)
-            runs["reference"], counts["reference"] = (lambda: slow_loss().backward()), slow_repeats
-            naive = _fwd_bwd(lambda x: naive_loop(cell, x), x, params)
-            runs["naive"], counts["naive"] = (lambda: naive().backward()), slow_repeats
+            slow_loss = _fwd_bwd(_output(slow), x, params)
+            runs["reference"], counts["reference"] = _backward(slow_loss), slow_repeats
+            naive = _fwd_bwd(partial(naive_loop, cell), x, params)
+            runs["naive"], counts["naive"] = _backward(naive), slow_repeats
             layer(x[:1])  # which engine "auto" takes, and run the reference loop once only if it is another
             engine = layer.last_engine
             if engine == "reference":

@@ -219,12 +219,15 @@ def set_rng_state(state: Mapping) -> None:
         if len(cuda) != torch.cuda.device_count():
             warnings.warn(
                 f"rng state holds {len(cuda)} CUDA generator(s), this machine has "
-                f"{torch.cuda.device_count()}; restoring the first {min(len(cuda), torch.cuda.device_count())}"
+                f"{torch.cuda.device_count()}; restoring the first {min(len(cuda), torch.cuda.device_count())}",
+                stacklevel=2,
             )
         for i, t in enumerate(cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(t, i)
     elif cuda:
-        warnings.warn(f"rng state holds {len(cuda)} CUDA generator(s) but CUDA is not available; not restored")
+        warnings.warn(
+            f"rng state holds {len(cuda)} CUDA generator(s) but CUDA is not available; not restored", stacklevel=2
+        )
     np.random.set_state(legacy)
     random.setstate(py_state)
 

@@ -175,11 +175,13 @@ class Bidirectional(nn.Module):
                 reset()
         if backward_cell.input_size != cell.input_size:
             raise ValueError(
-                f"Bidirectional: both cells must read the same input, got input_size {cell.input_size} and {backward_cell.input_size}"
+                f"Bidirectional: both cells must read the same input, got input_size {cell.input_size} and "
+                f"{backward_cell.input_size}"
             )
         if merge == "sum" and backward_cell.output_size != cell.output_size:
             raise ValueError(
-                f"Bidirectional: merge='sum' needs equal output sizes, got {cell.output_size} and {backward_cell.output_size}"
+                f"Bidirectional: merge='sum' needs equal output sizes, got {cell.output_size} and "
+                f"{backward_cell.output_size}"
             )
         self.forward_layer = Recurrent(cell)
         self.backward_layer = Recurrent(backward_cell, reverse=True)
@@ -279,13 +281,14 @@ class Stack(nn.Module):
                 and all(hasattr(layer, a) for a in ("input_size", "output_size", "batch_first"))
             ):
                 raise TypeError(
-                    f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, output_size "
-                    f"and batch_first), got {type(layer).__name__}{from_torch_hint(layer)}"
+                    f"Stack: layer {k} must be a Recurrent or Bidirectional layer (a module with input_size, "
+                    f"output_size and batch_first), got {type(layer).__name__}{from_torch_hint(layer)}"
                 )
         for k in range(1, len(layers)):
             if layers[k].input_size != layers[k - 1].output_size:
                 raise ValueError(
-                    f"Stack: layer {k} has input_size {layers[k].input_size}, expected layer {k - 1}'s output size {layers[k - 1].output_size}"
+                    f"Stack: layer {k} has input_size {layers[k].input_size}, expected layer {k - 1}'s output size "
+                    f"{layers[k - 1].output_size}"
                 )
         flags = {bool(layer.batch_first) for layer in layers}
         if len(flags) != 1:

@@ -179,7 +179,7 @@ def check_exported(program: ExportedProgram, model: nn.Module, args: tuple, kwar
     for k, (a, b) in enumerate(zip(got, want)):
         tol = TOLERANCES.get(b.dtype, dict(rtol=0, atol=0))
         torch.testing.assert_close(
-            a, b, **tol, msg=lambda m: f"export: output tensor {k} of the program differs from the model's: {m}"
+            a, b, **tol, msg=lambda m, k=k: f"export: output tensor {k} of the program differs from the model's: {m}"
         )
 
 

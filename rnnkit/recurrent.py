@@ -184,7 +184,8 @@ class Recurrent(nn.Module):
             raise ValueError(f"Recurrent: engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         if engine == "native" and native_kind(cell) is None:
             raise ValueError(
-                f"Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got {cell!r}"
+                "Recurrent: engine='native' needs a cell torch's kernels compute (plain Elman, LSTM, GRU), got "
+                f"{cell!r}"
             )
         if engine == "fused" and (reason := fused.untraceable_reason(cell)) is not None:
             raise ValueError(f"Recurrent: engine='fused' cannot run this cell: {reason}")

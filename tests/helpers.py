@@ -50,7 +50,7 @@ def assert_same_computation(
     out_a, out_b = leaves(ours(*xa)), leaves(ref(*xb))
     assert len(out_a) == len(out_b), f"different number of outputs: {len(out_a)} vs {len(out_b)}"
     for k, (a, b) in enumerate(zip(out_a, out_b)):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output {k}: {m}")
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"output {k}: {m}")
     gen = torch.Generator().manual_seed(seed)
     weights = [torch.randn(a.shape, generator=gen, dtype=torch.float64).to(a.dtype) for a in out_a]
     loss_a = sum((a * w).sum() for a, w in zip(out_a, weights))
@@ -61,7 +61,7 @@ def assert_same_computation(
     gb = torch.autograd.grad(loss_b, wrt_b, allow_unused=True)
     for k, (a, b) in enumerate(zip(ga, gb)):
         assert a is not None and b is not None, f"gradient {k} missing"
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"gradient {k}: {m}")
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
 
 
 def step_loop(step: Callable, x: Tensor, state):

@@ -93,7 +93,7 @@ def assert_matches(result: bptt.BPTTResult, ref: dict) -> None:
     assert_close(result.grad_h, ref["grad_h"], **TOL)
     assert set(result.grads) == set(ref["grads"])
     for name, expected in ref["grads"].items():
-        assert_close(result.grads[name], expected, **TOL, msg=lambda m: f"grads[{name!r}]: {m}")
+        assert_close(result.grads[name], expected, **TOL, msg=lambda m, name=name: f"grads[{name!r}]: {m}")
     if "s" in ref:
         assert_close(result.s, ref["s"], **TOL)
         assert_close(result.grad_s, ref["grad_s"], **TOL)

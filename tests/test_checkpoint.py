@@ -682,7 +682,9 @@ def test_sigkill_at_random_moments_leaves_a_whole_checkpoint(tmp_path):
         child = ctx.Process(target=_save_versions, args=(str(path), first, False), daemon=True)
         child.start()
         try:
-            wait_for(lambda: path.exists() and read_meta(path)["version"] >= first, "the child's first save")
+            wait_for(
+                lambda first=first: path.exists() and read_meta(path)["version"] >= first, "the child's first save"
+            )
             time.sleep(rng.uniform(0.0, 0.05))  # several saves in flight: the kill lands anywhere
         finally:
             os.kill(child.pid, signal.SIGKILL)

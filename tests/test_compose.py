@@ -268,14 +268,14 @@ def test_packed_sequence_in_and_out_equals_torch_and_the_lengths_path(kind, num_
 
     for ours in models:
 
-        def ours_state(hx):
+        def ours_state(hx, ours=ours):
             cells = [State(*(f[k] for f in hx)) for k in range(num_layers * D)]  # torch's order: l0, l0_reverse, l1, …
             per_layer = [
                 BidirectionalState(*cells[2 * l : 2 * l + 2]) if bidirectional else cells[l] for l in range(num_layers)
             ]
             return tuple(per_layer) if ours is stack else per_layer[0]
 
-        def ours_run(x, *hx):
+        def ours_run(x, *hx, ours=ours):
             packed = pack(x, lengths, enforce_sorted=enforce_sorted)
             y, state = ours(packed, ours_state(hx))
             assert torch.equal(y.batch_sizes, packed.batch_sizes)

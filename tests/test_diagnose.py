@@ -168,9 +168,9 @@ def test_jacobian_products_equal_autograd_jacobian_of_the_k_step_map(name):
         for block, cols in blocks.items():
             norms, svals = [], []
             for b in range(B):
-                row = map_state(lambda t: t[b : b + 1].detach(), states[T - k])
+                row = map_state(lambda t, b=b: t[b : b + 1].detach(), states[T - k])
 
-                def k_steps(flat):  # s(T−k) of sequence b, flattened → s(T)
+                def k_steps(flat, row=row, b=b, k=k):  # s(T−k) of sequence b, flattened → s(T)
                     it = iter(flat.split(H))
                     s = map_state(lambda t: next(it).view(1, H) if t.is_floating_point() else t, row)
                     for t in range(T - k, T):
@@ -294,7 +294,7 @@ def test_gate_blocks_are_torch_weight_hh_chunks_and_their_spectra_match_numpy():
     ours.load_state_dict(theirs.state_dict())
     blocks = recurrent_matrices(ours)
     assert list(blocks) == ["i", "f", "g", "o"]
-    for (name, W), chunk in zip(blocks.items(), theirs.weight_hh.chunk(4)):
+    for W, chunk in zip(blocks.values(), theirs.weight_hh.chunk(4)):
         torch.testing.assert_close(W, chunk.detach(), rtol=0, atol=0)
     gru = randomize_(GRUCell(I, H), seed=18)
     for W, chunk in zip(recurrent_matrices(gru).values(), gru.weight_hh.chunk(3)):

@@ -87,7 +87,7 @@ def alone(cell, x_b, state_b, reverse):
 
 def assert_states_close(got, want, msg=""):
     for k, (a, b) in enumerate(zip(state_tensors(got), state_tensors(want), strict=True)):
-        torch.testing.assert_close(a, b, **F64, msg=lambda m: f"{msg} state tensor {k}: {m}")
+        torch.testing.assert_close(a, b, **F64, msg=lambda m, k=k: f"{msg} state tensor {k}: {m}")
 
 
 # (a) -------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_padded_batch_equals_each_sequence_alone(p, batch_first, reverse, with_s
     with torch.no_grad():
         for b, n in enumerate(p["lengths"]):
             want_y, want_final = alone(cell, x[:n, b : b + 1], row(state, b) if with_state else None, reverse)
-            torch.testing.assert_close(y[:n, b : b + 1], want_y, **F64, msg=lambda m: f"{p} row {b}: {m}")
+            torch.testing.assert_close(y[:n, b : b + 1], want_y, **F64, msg=lambda m, b=b: f"{p} row {b}: {m}")
             assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), (
                 f"outputs past the end of row {b} must be exactly zero"
             )
@@ -203,11 +203,13 @@ def test_stack_and_bidirectional_with_lengths_equal_each_sequence_alone(p, kinds
                 want_y, want_finals = layers_alone(layers if whole else [module], x[:n, b : b + 1])
                 if not whole:
                     want_finals = want_finals[0]
-                torch.testing.assert_close(y[:n, b : b + 1], want_y, **F64, msg=lambda m: f"{kinds} {p} row {b}: {m}")
+                torch.testing.assert_close(
+                    y[:n, b : b + 1], want_y, **F64, msg=lambda m, b=b: f"{kinds} {p} row {b}: {m}"
+                )
                 assert torch.equal(y[n:, b], torch.zeros_like(y[n:, b])), (
                     f"outputs past the end of row {b} must be zero"
                 )
-                assert_states_close(map_state(lambda t: t[b : b + 1], finals), want_finals, f"{kinds} {p} row {b}")
+                assert_states_close(map_state(lambda t, b=b: t[b : b + 1], finals), want_finals, f"{kinds} {p} row {b}")
 
 
 # (d) -------------------------------------------------------------------------------------------
@@ -336,7 +338,8 @@ def test_mixed_dtypes_and_devices_of_input_and_state_are_refused_by_name():
         Stack.build(LSTMCell, 3, 4, 2)(x, LSTMState(h, c))  # an LSTMState is a pair too: not two layers' states
     with pytest.raises(
         TypeError,
-        match=r"Bidirectional: a bidirectional layer's state must be BidirectionalState\(forward, backward\), got LSTMState",
+        match=r"Bidirectional: a bidirectional layer's state must be BidirectionalState\(forward, backward\), "
+        r"got LSTMState",
     ):
         Bidirectional(LSTMCell(3, 4))(x, LSTMState(h, c))
     with pytest.raises(

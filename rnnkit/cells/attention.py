@@ -69,8 +69,8 @@ class AttentionCell(RecurrentCell):
         self.attention_size = A = check_size(attention_size, "attention_size", owner)
         if cell.input_size <= M:
             raise ValueError(
-                f"{owner}: the cell reads [x; c], so its input_size must be I + memory_size = I + {M} with I ≥ 1 (at least "
-                f"{M + 1}; I is the width of x); got input_size {cell.input_size}"
+                f"{owner}: the cell reads [x; c], so its input_size must be I + memory_size = I + {M} with I ≥ 1 (at "
+                f"least {M + 1}; I is the width of x); got input_size {cell.input_size}"
             )
         self.cell = cell
         self.input_size = cell.input_size - M
@@ -83,7 +83,8 @@ class AttentionCell(RecurrentCell):
 
     @property
     def structure(self) -> CellStructure:
-        """The wrapped cell's structure under ``cell.``, with ``query.weight``, the memory size M and :class:`AttentionState`'s fields."""
+        """The wrapped cell's structure under ``cell.``, with ``query.weight``, the memory size M and
+        :class:`AttentionState`'s fields."""
         inner = self.cell.structure.under("cell")
         return self._wrapper_structure(
             recurrent_matrices=(*inner.recurrent_matrices, "query.weight"),
@@ -112,7 +113,8 @@ class AttentionCell(RecurrentCell):
 
     def init_state(self, batch_size, *, dtype=None, device=None) -> Any:
         raise ValueError(
-            f"{type(self).__name__}: the state must hold the encoder memory; build it with cell.initial_state(memory, mask)"
+            f"{type(self).__name__}: the state must hold the encoder memory; build it with cell.initial_state(memory, "
+            "mask)"
         )
 
     def prepare_state(self, state: Any, batch_size: int, dtype: torch.dtype, device: torch.device) -> AttentionState:

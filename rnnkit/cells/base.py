@@ -202,7 +202,8 @@ class CellStructure:
                 )
         if self.torch_kernel is not None and self.kernel_extras:
             raise ValueError(
-                f"CellStructure: a cell torch computes exactly has no kernel_extras, got torch_kernel={self.torch_kernel!r} "
+                "CellStructure: a cell torch computes exactly has no kernel_extras, got "
+                f"torch_kernel={self.torch_kernel!r} "
                 f"with kernel_extras={self.kernel_extras!r}"
             )
         if self.kernel_family is None:
@@ -369,7 +370,8 @@ class RecurrentCell(nn.Module):
             raise ValueError(f"{owner}: input x must have shape {layout}, got {x.dim()}-D shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
             raise ValueError(
-                f"{owner}: input x has width {x.shape[-1]} (shape {tuple(x.shape)}), expected input_size={self.input_size}"
+                f"{owner}: input x has width {x.shape[-1]} (shape {tuple(x.shape)}), expected "
+                f"input_size={self.input_size}"
             )
         dtype, device = self.reference_dtype_device()
         if x.dtype != dtype:

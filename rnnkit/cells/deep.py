@@ -103,15 +103,18 @@ class DeepTransitionCell(RecurrentCell):
         self.input_size = check_size(input_size, "input_size", owner)
         if input_layers and input_layers[-1] != cell.input_size:
             raise ValueError(
-                f"{owner}: the last input layer must have the cell's input_size {cell.input_size}, got input_layers={input_layers}"
+                f"{owner}: the last input layer must have the cell's input_size {cell.input_size}, got "
+                f"input_layers={input_layers}"
             )
         if not input_layers and input_size != cell.input_size:
             raise ValueError(
-                f"{owner}: input_size={input_size} differs from the cell's {cell.input_size}; add input_layers to map one to the other"
+                f"{owner}: input_size={input_size} differs from the cell's {cell.input_size}; add input_layers to map "
+                "one to the other"
             )
         if transition_layers and transition_layers[-1] != cell.hidden_size:
             raise ValueError(
-                f"{owner}: the last transition layer must have the hidden size {cell.hidden_size}, got transition_layers={transition_layers}"
+                f"{owner}: the last transition layer must have the hidden size {cell.hidden_size}, got "
+                f"transition_layers={transition_layers}"
             )
         self.cell = cell
         self.hidden_size = cell.hidden_size
@@ -142,4 +145,5 @@ class DeepTransitionCell(RecurrentCell):
         return self.cell.output_of(state)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, input_layers={len(self.mlp_in.layers)}, transition_layers={len(self.mlp_hh.layers)}"
+        layers = f"input_layers={len(self.mlp_in.layers)}, transition_layers={len(self.mlp_hh.layers)}"
+        return f"{self.input_size}, {self.hidden_size}, {layers}"

@@ -100,4 +100,5 @@ class ElmanCell(RecurrentCell):
         )
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, init={self.init!r}, bias={self.bias}"
+        sizes = f"{self.input_size}, {self.hidden_size}"
+        return f"{sizes}, nonlinearity={self.nonlinearity!r}, init={self.init!r}, bias={self.bias}"

@@ -34,8 +34,9 @@ class IndRNNCell(RecurrentCell):
           read.
         * ``recurrent_max_abs=m`` — the step uses ``clamp(u, −m, m)`` in place of u, so
           :math:`|u_j| \le m` holds whatever the optimiser does (e.g. m = 2^{1/T}). A stored
-          :math:`u_j` outside [−m, m] gets no gradient; :meth:`~rnnkit.cells.indrnn.IndRNNCell.clamp_recurrent_weight_` projects
-          u into the range, as Li et al. do after each update.
+          :math:`u_j` outside [−m, m] gets no gradient;
+          :meth:`~rnnkit.cells.indrnn.IndRNNCell.clamp_recurrent_weight_` projects u into the range,
+          as Li et al. do after each update.
 
     Parameters (u takes the place of the Elman cell's matrix, under its name):
         * ``weight_ih`` (H, I): W, from U(−1/√H, 1/√H) (torch's init)

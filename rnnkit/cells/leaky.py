@@ -75,7 +75,8 @@ class LeakyCell(RecurrentCell):
 
         if isinstance(cell, SkipCell):
             raise TypeError(
-                f"{owner}: cannot wrap a SkipCell (its history would be mixed); use SkipCell(LeakyCell(cell, ...), delay) instead"
+                f"{owner}: cannot wrap a SkipCell (its history would be mixed); use SkipCell(LeakyCell(cell, ...), "
+                "delay) instead"
             )
         self.cell = cell
         self.input_size, self.hidden_size = cell.input_size, cell.hidden_size

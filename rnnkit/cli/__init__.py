@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnkit", description="Recurrent neural networks on PyTorch.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         module.add_parser(subs)
     return parser
 

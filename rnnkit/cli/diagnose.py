@@ -4,8 +4,8 @@ Jacobian products, the recurrent matrices' spectra, saturation, time scales and 
 With no checkpoint: freshly initialised cells side by side on the same random input (by
 default the tanh RNN, the IRNN, the GRU and the LSTM). With a checkpoint folder: every
 recurrent layer of the trained model, next to a freshly initialised copy, on random tokens or
-on the text of --data (for a model that does not read text, each layer reads random input). Writes PNG plots and diagnose.json into --out and prints one line per
-cell.
+on the text of --data (for a model that does not read text, each layer reads random input).
+Writes PNG plots and diagnose.json into --out and prints one line per cell.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def _tokens(args, vocab):
     need = args.steps * args.batch
     if len(text) < need:
         raise ValueError(
-            f"rnnkit diagnose: --data has {len(text)} characters; --steps {args.steps} × --batch {args.batch} needs {need}"
+            f"rnnkit diagnose: --data has {len(text)} characters; --steps {args.steps} × --batch {args.batch} needs "
+            f"{need}"
         )
     ids = vocab.encode(text[:need])  # (T·B,)
     return ids.view(args.batch, args.steps).t()  # (T, B): each lane a contiguous stretch

@@ -61,7 +61,8 @@ def _check_fractions(val_fraction: float, test_fraction: float, owner: str) -> N
             raise ValueError(f"{owner}: {name} must be in (0, 1), got {f!r}")
     if val_fraction + test_fraction >= 1:
         raise ValueError(
-            f"{owner}: val_fraction + test_fraction must be < 1 to leave training data, got {val_fraction + test_fraction}"
+            f"{owner}: val_fraction + test_fraction must be < 1 to leave training data, got "
+            f"{val_fraction + test_fraction}"
         )
 
 
@@ -208,7 +209,8 @@ def forecast_mse(prediction: Tensor, target: Tensor) -> Tensor:
     """Mean squared error per horizon: (N, K), (N, K) → (K,)."""
     if prediction.shape != target.shape:
         raise ValueError(
-            f"forecast_mse: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}"
+            f"forecast_mse: prediction must have the target's shape {tuple(target.shape)}, got "
+            f"{tuple(prediction.shape)}"
         )
     return ((prediction - target) ** 2).mean(dim=0)
 

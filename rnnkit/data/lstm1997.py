@@ -89,7 +89,8 @@ def reber_successors(string: str) -> list[frozenset[str]]:
     """
     if len(string) < 9 or string[0] != "B" or string[1] not in "TP" or string[-2:] != string[1] + "E":
         raise ValueError(
-            f"reber_successors: {string!r} is not an embedded Reber string (B, T or P, a Reber string, the same T or P, E)"
+            f"reber_successors: {string!r} is not an embedded Reber string (B, T or P, a Reber string, the same T or "
+            "P, E)"
         )
     inner = string[2:-2]
     sets = [frozenset("TP"), frozenset("B")]  # after the opening B; after the outer T/P
@@ -252,7 +253,8 @@ def noise_free_lag_correct(
     """
     if probs.dim() != 3 or probs.shape[:2] != targets.shape:
         raise ValueError(
-            f"noise_free_lag_correct: probs must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got {tuple(probs.shape)}"
+            f"noise_free_lag_correct: probs must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got "
+            f"{tuple(probs.shape)}"
         )
     one_hot = torch.nn.functional.one_hot(targets, probs.shape[-1]).to(probs.dtype)
     right = ((probs - one_hot).abs() < tolerance).all(-1)  # (T, N)
@@ -437,7 +439,8 @@ def two_sequence_correct(outputs: Tensor, targets: Tensor, variant: str = "a") -
     """
     if outputs.shape != targets.shape:
         raise ValueError(
-            f"two_sequence_correct: outputs must have the targets' shape {tuple(targets.shape)}, got {tuple(outputs.shape)}"
+            f"two_sequence_correct: outputs must have the targets' shape {tuple(targets.shape)}, got "
+            f"{tuple(outputs.shape)}"
         )
     error = (outputs - targets).abs()
     return error <= TWO_SEQUENCE_TOLERANCE["c"] if variant == "c" else error < TWO_SEQUENCE_TOLERANCE[variant]

@@ -156,7 +156,8 @@ def adding_correct(prediction: Tensor, target: Tensor, tolerance: float = ADDING
     prediction = torch.as_tensor(prediction)
     if prediction.shape != target.shape:
         raise ValueError(
-            f"adding_correct: prediction must have the target's shape {tuple(target.shape)}, got {tuple(prediction.shape)}"
+            f"adding_correct: prediction must have the target's shape {tuple(target.shape)}, got "
+            f"{tuple(prediction.shape)}"
         )
     return (prediction - target).abs() < tolerance
 
@@ -395,7 +396,8 @@ def copy_memory_accuracy(logits: Tensor, targets: Tensor, memorize: int = 10) ->
     """
     if logits.dim() != 3 or logits.shape[:2] != targets.shape:
         raise ValueError(
-            f"copy_memory_accuracy: logits must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got {tuple(logits.shape)}"
+            f"copy_memory_accuracy: logits must be (T, N, K) with (T, N) = {tuple(targets.shape)}, got "
+            f"{tuple(logits.shape)}"
         )
     pred = logits[-memorize:].argmax(dim=-1)  # (memorize, N)
     return float((pred == targets[-memorize:]).double().mean())

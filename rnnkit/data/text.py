@@ -142,7 +142,8 @@ class TokenVocab:
         )
 
     def __repr__(self) -> str:
-        return f"TokenVocab({len(self.symbols)} {self.split}{', unk' if self.unk else ''}; {len(self)} ids with the specials)"
+        unk = ", unk" if self.unk else ""
+        return f"TokenVocab({len(self.symbols)} {self.split}{unk}; {len(self)} ids with the specials)"
 
     @property
     def symbols(self) -> list[str]:
@@ -221,7 +222,8 @@ def _check_pairs(hypotheses: Sequence[str], references: Sequence[str], owner: st
             raise TypeError(f"{owner}: {name} must be a list of strings, got one string (wrap it: [text])")
     if len(hypotheses) != len(references) or not references:
         raise ValueError(
-            f"{owner}: need as many hypotheses as references (at least one), got {len(hypotheses)} and {len(references)}"
+            f"{owner}: need as many hypotheses as references (at least one), got {len(hypotheses)} and "
+            f"{len(references)}"
         )
 
 

@@ -451,7 +451,8 @@ def prepare_corpus(
         raise ValueError(f"prepare_corpus: holdout_every must be an int ≥ 2, got {holdout_every!r}")
     source = CorpusSource.of(data)
     root = Path(root) if root is not None else cache_root()
-    name = f"{''.join(c if c.isalnum() or c in '._-' else '_' for c in source.name)[:40]}-{cache_key(source, max_chars, holdout_every)}"
+    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in source.name)[:40]
+    name = f"{readable}-{cache_key(source, max_chars, holdout_every)}"
     entry = root / name
     if (entry / "meta.json").is_file():
         try:
@@ -470,7 +471,8 @@ def prepare_corpus(
     size = sum(p.stat().st_size for p in source.files)
     cap = "" if max_chars is None else f", the first {max_chars:,} characters"
     log(
-        f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files{cap}) into {entry} ..."
+        f"preparing the corpus {source.name} ({size / 1e6:,.1f} MB in {len(source.files):,} files{cap}) into {entry} "
+        "..."
     )
     tick = time.monotonic()
     try:

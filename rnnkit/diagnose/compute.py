@@ -809,8 +809,8 @@ def read_training_log(path: str | Path) -> TrainingLog:
 
     Lines with a numeric ``grad_norm`` (and ``"kind": "train"`` or no kind) are updates
     (``step``, ``grad_norm``, optional ``loss`` and ``clip``); other lines (``"kind": "val"``
-    records, blank lines) are skipped and unknown keys ignored. Raises FileNotFoundError if the file is missing and ValueError naming the line
-    if a line is not JSON or the file holds no update.
+    records, blank lines) are skipped and unknown keys ignored. Raises FileNotFoundError if the file
+    is missing and ValueError naming the line if a line is not JSON or the file holds no update.
     """
     path = Path(path)
     if not path.is_file():

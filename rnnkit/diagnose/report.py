@@ -243,7 +243,8 @@ def summary_lines(reports: dict[str, CellReport], log: TrainingLog | None = None
             else f"clipped at {s['clip']:g} on {100 * s['clipped_share']:.0f}% of updates"
         )
         lines.append(
-            f"training log: {s['updates']} updates, gradient norm median {s['grad_norm_median']:.3g}, max {s['grad_norm_max']:.3g}; {clip}"
+            f"training log: {s['updates']} updates, gradient norm median {s['grad_norm_median']:.3g}, max "
+            f"{s['grad_norm_max']:.3g}; {clip}"
         )
     return lines
 

@@ -101,11 +101,13 @@ class ResidualStack(EngineReport, nn.Module):
                 if layer.output_size != prev.output_size or layer.input_size != prev.output_size:
                     raise ValueError(
                         f"{owner}: residual connections need every layer to read and write the same width; "
-                        f"layer {k} has input_size {layer.input_size}, output_size {layer.output_size}, layer {k - 1} outputs {prev.output_size}"
+                        f"layer {k} has input_size {layer.input_size}, output_size {layer.output_size}, layer {k - 1} "
+                        f"outputs {prev.output_size}"
                     )
             elif layer.input_size != I + prev.output_size:
                 raise ValueError(
-                    f"{owner}: with skip connections layer {k} reads [x; h^{k - 1}], so its input_size must be I + H = {I} + {prev.output_size}, got {layer.input_size}"
+                    f"{owner}: with skip connections layer {k} reads [x; h^{k - 1}], so its input_size must be I + H "
+                    f"= {I} + {prev.output_size}, got {layer.input_size}"
                 )
         self.layers = nn.ModuleList(layers)
         self.dropout = float(dropout)

@@ -73,7 +73,8 @@ def sequence_nll(logits: Tensor, targets: Tensor, lengths: Any = None, reduction
     T, B, V = logits.shape
     if targets.shape != (T, B):
         raise ValueError(
-            f"{owner}: targets must have shape (T, B) = {(T, B)} to match logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+            f"{owner}: targets must have shape (T, B) = {(T, B)} to match logits {tuple(logits.shape)}, got "
+            f"{tuple(targets.shape)}"
         )
     lengths = _lengths(lengths, T, B, logits.device, owner)
     mask = sequence_mask(lengths, T, B, logits.device)

@@ -116,7 +116,8 @@ class Seq2Seq(nn.Module):
         if attention_size is not None:
             if not isinstance(decoder, RecurrentCell):
                 raise TypeError(
-                    f"Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got {type(decoder).__name__}"
+                    "Seq2Seq: attention wraps the decoder's cell, so decoder must be a cell, got "
+                    f"{type(decoder).__name__}"
                 )
             _check_attention_width(decoder, embedding_size, D, context)
             # attention reads the whole encoder memory each step, which the fused engine's row
@@ -183,9 +184,9 @@ class Seq2Seq(nn.Module):
             and bool((tgt[0] == self.bos).all())
         ):  # the values of an exported program's input are not known
             raise ValueError(
-                f"Seq2Seq: tgt starts with bos (id {self.bos}) in every column, but the decoder prepends bos itself, so "
-                f"it would read BOS twice; pass the targets without it: tgt[1:] and tgt_lengths - 1 (e.g. "
-                f"Seq2SeqSplit.targets[1:], or TokenVocab.batch(texts, eos=True))"
+                f"Seq2Seq: tgt starts with bos (id {self.bos}) in every column, but the decoder prepends bos itself, "
+                "so it would read BOS twice; pass the targets without it: tgt[1:] and tgt_lengths - 1 (e.g. "
+                "Seq2SeqSplit.targets[1:], or TokenVocab.batch(texts, eos=True))"
             )
         memory, mask = self._memory(enc)
         return self.decoder.decode(tgt, context=enc.summary, lengths=tgt_lengths, memory=memory, memory_mask=mask)

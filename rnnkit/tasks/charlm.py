@@ -49,14 +49,12 @@ STDLIB_CHARS = 4_000_000  # the built-in corpus's size when max_chars is not giv
 @dataclass
 class CharLMConfig(TaskConfig):
     data: str | None = None  # a text file or folder; None: the Python standard library's source
-    max_chars: int | None = (
-        None  # cap on the corpus size, in characters; None: all of --data (of the stdlib, its first 4,000,000)
-    )
+    # cap on the corpus size, in characters; None: all of --data (of the stdlib, its first 4,000,000)
+    max_chars: int | None = None
     embedding_size: int = 64  # character embedding width
     seq_length: int = 100  # truncated BPTT: steps per chunk (shorter where a file ends)
-    holdout_every: int = (
-        20  # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
-    )
+    # hold out every n-th file of a folder or the stdlib for validation and test (else a 1/n tail of each file)
+    holdout_every: int = 20
     sample_length: int = 200  # characters printed at each validation
     temperature: float = 0.8  # sampling temperature of the printed samples
     hidden_size: int = 256  # units per recurrent layer (char-rnn's rnn_size)
@@ -353,7 +351,7 @@ class CharLMTask(Task):
         held_out = (
             f"{held[SPLITS['val']]} validation and {held[SPLITS['test']]} test files held out"
             if split
-            else f"{'1 file' if whole else 'the last 1/' + str(n) + ' of each file'} held out for validation, no test split"
+            else f"{'1 file' if whole else f'the last 1/{n} of each file'} held out for validation, no test split"
         )
         log(
             f"corpus: {source}, {corpus.files:,} files, {len(tokens):,} characters, vocabulary {len(self.vocab)}; "

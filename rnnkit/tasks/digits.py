@@ -63,7 +63,10 @@ class DigitsTask(Task):
     """Many-to-one classification of the digit images (see the module docstring)."""
 
     name = "digits"
-    summary = "scikit-learn's 8×8 digits read row by row (or pixel by pixel), classified at the end (accuracy vs majority class)"
+    summary = (
+        "scikit-learn's 8×8 digits read row by row (or pixel by pixel), classified at the end "
+        "(accuracy vs majority class)"
+    )
     Config = DigitsConfig
     metric = "accuracy"
     higher_is_better = True
@@ -78,9 +81,9 @@ class DigitsTask(Task):
         self.baseline = self.baselines["val"]
         T, _, I = train.inputs.shape
         log(
-            f"digits: {train.targets.numel()} train, {self.data.val.targets.numel()} val, {self.data.test.targets.numel()} test "
-            f"images as {T} steps × {I} pixels; majority-class baseline accuracy {self.baseline['accuracy']:.3f} (val), "
-            f"{self.baselines['test']['accuracy']:.3f} (test)"
+            f"digits: {train.targets.numel()} train, {self.data.val.targets.numel()} val, "
+            f"{self.data.test.targets.numel()} test images as {T} steps × {I} pixels; majority-class baseline "
+            f"accuracy {self.baseline['accuracy']:.3f} (val), {self.baselines['test']['accuracy']:.3f} (test)"
         )
 
     def build_model(self) -> ManyToOne:

@@ -76,13 +76,11 @@ EVAL_CHUNK = 512  # held-out sequences per forward pass: bounds evaluation memor
 class LongLagConfig(TaskConfig):
     """Settings the three long-lag tasks share (a task's own config sets its defaults)."""
 
-    forget_bias: float | None = (
-        5.0  # initial forget-gate bias of LSTM (update gate of GRU) cells: large for long lags; None: the cell's own
-    )
+    # initial forget-gate bias of LSTM (update gate of GRU) cells: large for long lags; None: the cell's own
+    forget_bias: float | None = 5.0
     heldout_size: int = TEST_SIZE  # sequences in each fixed held-out set, val and test (the paper's 2560)
-    stop_when_solved: int | None = (
-        3  # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
-    )
+    # stop once this many validations in a row meet the paper's criterion (≤ 3 wrong of 2560); None: never
+    stop_when_solved: int | None = 3
     hidden_size: int = 64  # units per recurrent layer
     batch_size: int = 64  # fresh sequences per update
     lr: float = 3e-3  # Adam learning rate
@@ -366,7 +364,25 @@ class AddingConfig(LongLagConfig):
             )
 
 
-class AddingTask(LongLagTask):
+class FinalStepRegressionTask(LongLagTask):
+    """A long-lag task read to its end and answered with one value: ``FinalStepModel`` over
+    ``input_size`` features per step, trained with the squared error. Its subclasses draw the data
+    and say what counts as right (adding, multiplication, the 2-sequence problem)."""
+
+    input_size = 2  # features per step
+
+    def build_model(self) -> FinalStepModel:
+        self.model = FinalStepModel(build_stack(self.cfg, self.input_size), 1)
+        return self.model
+
+    def forward(self, model, batch):
+        return model(batch.inputs, batch.lengths).squeeze(-1)  # (B,)
+
+    def loss(self, outputs, batch):
+        return F.mse_loss(outputs, batch.targets)
+
+
+class AddingTask(FinalStepRegressionTask):
     r"""The adding problem (Hochreiter & Schmidhuber 1997, experiment 4).
 
     .. math::
@@ -388,16 +404,6 @@ class AddingTask(LongLagTask):
     def describe_data(self) -> str:
         T = self.cfg.length
         return f"pairs (value, marker), lengths {T}…{T + T // 10}"
-
-    def build_model(self) -> FinalStepModel:
-        self.model = FinalStepModel(build_stack(self.cfg, 2), 1)
-        return self.model
-
-    def forward(self, model, batch):
-        return model(batch.inputs, batch.lengths).squeeze(-1)  # (B,)
-
-    def loss(self, outputs, batch):
-        return F.mse_loss(outputs, batch.targets)
 
     def metrics(self, outputs, targets):
         mse = float(F.mse_loss(outputs, targets))
@@ -510,7 +516,8 @@ class CopyTask(LongLagTask):
         return copy_memory(n, self.cfg.delay, generator)
 
     def describe_data(self) -> str:
-        return f"{COPY_MEMORIZE} symbols of {COPY_SYMBOLS}, delay {self.cfg.delay}, {self.cfg.delay + 2 * COPY_MEMORIZE} steps"
+        steps = self.cfg.delay + 2 * COPY_MEMORIZE
+        return f"{COPY_MEMORIZE} symbols of {COPY_SYMBOLS}, delay {self.cfg.delay}, {steps} steps"
 
     def build_model(self) -> Tagger:
         self.model = Tagger(build_stack(self.cfg, COPY_SYMBOLS + 2), COPY_SYMBOLS + 2)

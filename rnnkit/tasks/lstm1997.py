@@ -55,10 +55,18 @@ from ..data.lstm1997 import (
     two_sequence_correct,
     very_long_lag,
 )
-from ..data.synthetic import SequenceBatch, adding_correct, heldout_generator, temporal_order_correct
+from ..data.synthetic import SequenceBatch, heldout_generator, temporal_order_correct
 from ..models.losses import sequence_nll
 from ..models.patterns import Tagger
-from .longlag import FinalStepModel, LongLagConfig, LongLagTask, batch_generator, build_stack
+from .longlag import (
+    AddingTask,
+    FinalStepModel,
+    FinalStepRegressionTask,
+    LongLagConfig,
+    LongLagTask,
+    batch_generator,
+    build_stack,
+)
 
 # -------------------------------------------------------------------------------------------------
 # Experiment 1: the embedded Reber grammar
@@ -66,12 +74,10 @@ from .longlag import FinalStepModel, LongLagConfig, LongLagTask, batch_generator
 
 @dataclass
 class ReberConfig(LongLagConfig):
-    training_size: int = (
-        REBER_SET_SIZE  # strings in the fixed training set that batches are picked from (the paper's 256)
-    )
-    heldout_size: int = (
-        REBER_SET_SIZE  # strings in each held-out set, none of them a training string (the paper's 256 test strings)
-    )
+    # strings in the fixed training set that batches are picked from (the paper's 256)
+    training_size: int = REBER_SET_SIZE
+    # strings in each held-out set, none of them a training string (the paper's 256 test strings)
+    heldout_size: int = REBER_SET_SIZE
     lr: float = 1e-2  # Adam learning rate
     eval_every: int = 50  # updates between validations and checkpoints
 
@@ -146,7 +152,10 @@ class ReberTask(LongLagTask):
     """
 
     name = "reber"
-    summary = "embedded Reber grammar, Hochreiter & Schmidhuber 1997 exp. 1 (strings with a symbol wrong; vs guessing the last T/P)"
+    summary = (
+        "embedded Reber grammar, Hochreiter & Schmidhuber 1997 exp. 1 "
+        "(strings with a symbol wrong; vs guessing the last T/P)"
+    )
     Config = ReberConfig
     many_to_many = True
 
@@ -233,7 +242,7 @@ class ReberTask(LongLagTask):
     def verdict(self, metrics):
         return (
             f"every symbol of the {self.cfg.heldout_size} validation and {self.cfg.training_size} training strings "
-            f"predicted right"
+            "predicted right"
         )
 
     def baselines(self, targets):
@@ -277,7 +286,8 @@ class LongLagSequencesConfig(LongLagConfig):
 
 
 def one_hot_inputs(inputs: Tensor, size: int) -> Tensor:
-    """Symbol ids (T, B) (−1: padding) as the one-hot inputs (T, B, size) the paper feeds; float inputs pass as they are."""
+    """Symbol ids (T, B) (−1: padding) as the one-hot inputs (T, B, size) the paper feeds; float
+    inputs pass as they are."""
     if inputs.is_floating_point():
         return inputs
     return F.one_hot(inputs.clamp(min=0), size).float() * (inputs >= 0).unsqueeze(-1)
@@ -343,7 +353,8 @@ class LongLagSequencesTask(LongLagTask):
     def describe_data(self) -> str:
         cfg = self.cfg
         if cfg.variant == "c":
-            return f"experiment 2c, {cfg.p} distractors, q = {cfg.q}, {cfg.q + 3} or more steps up to the trigger (mean {cfg.q + 12})"
+            lag = f"{cfg.q + 3} or more steps up to the trigger (mean {cfg.q + 12})"
+            return f"experiment 2c, {cfg.p} distractors, q = {cfg.q}, {lag}"
         middle = "a fixed" if cfg.variant == "a" else "a random"
         return f"experiment 2{cfg.variant}, p = {cfg.p}: {cfg.p + 1} symbols, {middle} middle, next-symbol prediction"
 
@@ -408,9 +419,8 @@ class TwoSequenceConfig(LongLagConfig):
     informative: int = 3  # N, the class-carrying elements at the start (the paper's 1 and 3)
     val_size: int = TWO_SEQUENCE_STOP_SIZE  # validation sequences that decide the stopping criterion (the paper's 256)
     heldout_size: int = 2560  # test sequences (the paper counts the misclassified among 2560)
-    lr: float = (
-        1e-3  # Adam learning rate (3c's mean absolute error of 0.015 asks for precise outputs; at 3e-3 they jitter)
-    )
+    # Adam learning rate (3c's mean absolute error of 0.015 asks for precise outputs; at 3e-3 they jitter)
+    lr: float = 1e-3
     eval_every: int = 25  # updates between validations and checkpoints (a validation of 256 sequences is quick)
 
     def check(self) -> None:
@@ -437,7 +447,7 @@ TWO_SEQUENCE_PAPER = {  # (variant, T, N) → training sequences to ST2 (Tables 
 }
 
 
-class TwoSequenceTask(LongLagTask):
+class TwoSequenceTask(FinalStepRegressionTask):
     r"""Noise and signal on the same channel (Hochreiter & Schmidhuber 1997, experiment 3):
     Bengio et al.'s 2-sequence problem. Many-to-one regression.
 
@@ -467,6 +477,7 @@ class TwoSequenceTask(LongLagTask):
         "2-sequence problem with noise, Hochreiter & Schmidhuber 1997 exp. 3a/3b/3c (ST2 on 256; vs the mean target)"
     )
     Config = TwoSequenceConfig
+    input_size = 1  # one real value per step: signal or noise
 
     def draw(self, n, generator):
         cfg = self.cfg
@@ -489,16 +500,6 @@ class TwoSequenceTask(LongLagTask):
             f"experiment 3{cfg.variant}, lengths {cfg.length}…{cfg.length + cfg.length // 10}, the first "
             f"{cfg.informative} informative, targets {one:g}/{two:g}" + (" + noise" if cfg.variant == "c" else "")
         )
-
-    def build_model(self) -> FinalStepModel:
-        self.model = FinalStepModel(build_stack(self.cfg, 1), 1)
-        return self.model
-
-    def forward(self, model, batch):
-        return model(batch.inputs, batch.lengths).squeeze(-1)  # (B,)
-
-    def loss(self, outputs, batch):
-        return F.mse_loss(outputs, batch.targets)
 
     def metrics(self, outputs, targets):
         wrong = int((~two_sequence_correct(outputs, targets, self.cfg.variant)).sum())
@@ -540,9 +541,8 @@ class TwoSequenceTask(LongLagTask):
 @dataclass
 class MultiplicationConfig(LongLagConfig):
     length: int = 100  # T, the shortest sequence: lengths are T … T + T/10 steps
-    n_seq: int = MULTIPLICATION_N_SEQ[
-        1
-    ]  # solved when fewer than n_seq of 2000 sequences are off by 0.04 or more (the paper's 140 and 13)
+    # solved when fewer than n_seq of 2000 sequences are off by 0.04 or more (the paper's 140 and 13)
+    n_seq: int = MULTIPLICATION_N_SEQ[1]
 
     def check(self) -> None:
         super().check()
@@ -554,7 +554,7 @@ class MultiplicationConfig(LongLagConfig):
             raise ValueError(f"n_seq must be in [1, 2000], got {self.n_seq}")
 
 
-class MultiplicationTask(LongLagTask):
+class MultiplicationTask(AddingTask):
     r"""The multiplication problem (Hochreiter & Schmidhuber 1997, experiment 5).
 
     .. math::
@@ -576,7 +576,10 @@ class MultiplicationTask(LongLagTask):
     """
 
     name = "multiplication"
-    summary = "multiplication problem, Hochreiter & Schmidhuber 1997 exp. 5 (wrong of 2560, |error| ≥ 0.04; vs the mean target)"
+    summary = (
+        "multiplication problem, Hochreiter & Schmidhuber 1997 exp. 5 "
+        "(wrong of 2560, |error| ≥ 0.04; vs the mean target)"
+    )
     Config = MultiplicationConfig
 
     def draw(self, n, generator):
@@ -586,19 +589,8 @@ class MultiplicationTask(LongLagTask):
         T = self.cfg.length
         return f"pairs (value in [0, 1], marker), lengths {T}…{T + T // 10}, target X1·X2"
 
-    def build_model(self) -> FinalStepModel:
-        self.model = FinalStepModel(build_stack(self.cfg, 2), 1)
-        return self.model
-
-    def forward(self, model, batch):
-        return model(batch.inputs, batch.lengths).squeeze(-1)  # (B,)
-
-    def loss(self, outputs, batch):
-        return F.mse_loss(outputs, batch.targets)
-
-    def metrics(self, outputs, targets):
-        mse = float(F.mse_loss(outputs, targets))
-        return {"loss": mse, "wrong": int((~adding_correct(outputs, targets)).sum()), "mse": mse}
+    # The model, forward pass, loss and metrics are the adding problem's (AddingTask): a final-step
+    # regression of one value, wrong when 0.04 or more off.
 
     def solved(self, metrics):
         """Fewer than ``n_seq`` of 2000 wrong, at that rate on the validation set."""
@@ -607,7 +599,8 @@ class MultiplicationTask(LongLagTask):
     def verdict(self, metrics):
         n = self.cfg.heldout_size
         return (
-            f"{int(metrics['wrong'])} wrong of {n} validation sequences (≤ {multiplication_allowed_wrong(n, self.cfg.n_seq)} "
+            f"{int(metrics['wrong'])} wrong of {n} validation sequences (≤ "
+            f"{multiplication_allowed_wrong(n, self.cfg.n_seq)} "
             f"allowed: fewer than {self.cfg.n_seq} of 2000)"
         )
 

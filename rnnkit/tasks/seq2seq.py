@@ -79,9 +79,8 @@ class Seq2SeqConfig(TaskConfig):
     attention_size: int = 32  # A, the attention's hidden width
     context: str = "init"  # how the summary C enters the decoder: init (h(0)), input (every step) or both
     bidirectional: bool = False  # read the source both ways (the summary is [h(S); g(1)])
-    teacher_schedule: str = (
-        "constant"  # ε_i, P(feed the true character): constant, linear, exponential or inverse-sigmoid
-    )
+    # ε_i, P(feed the true character): constant, linear, exponential or inverse-sigmoid
+    teacher_schedule: str = "constant"
     teacher_param: float | None = None  # the schedule's ε, c or k (Bengio et al. 2015); None: a default per schedule
     beam_width: int = 4  # hypotheses kept by the beam search at evaluation
     hidden_size: int = 64  # units per recurrent layer (per direction in the encoder)
@@ -254,7 +253,8 @@ class Seq2SeqTask(Task):
         ex = self.data.train
         log(
             f"seq2seq: numbers of 1–{cfg.max_digits} digits → words; {cfg.n_train} / {cfg.n_val} / {cfg.n_test} pairs; "
-            f"vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}; e.g. {ex.source_texts[0]!r} → {ex.target_texts[0]!r}"
+            f"vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}; e.g. {ex.source_texts[0]!r} → "
+            f"{ex.target_texts[0]!r}"
         )
         log(
             "  baseline (each digit spelled alone): "
@@ -298,7 +298,8 @@ class Seq2SeqTask(Task):
         unk = sum(int((x.sources == UNK).sum()) for x in (d.val, d.test))
         log(
             f"seq2seq: pairs from {eval_data or cfg.data}; {len(d.train.source_texts)} / {len(d.val.source_texts)} / "
-            f"{len(d.test.source_texts)} pairs; {cfg.tokens}, vocabularies {len(self.source_vocab)} → {len(self.target_vocab)}"
+            f"{len(d.test.source_texts)} pairs; {cfg.tokens}, vocabularies {len(self.source_vocab)} → "
+            f"{len(self.target_vocab)}"
             f"{f'; {unk} held-out source symbols unknown (UNK)' if unk else ''}; "
             f"e.g. {d.train.source_texts[0]!r} → {d.train.target_texts[0]!r}"
         )

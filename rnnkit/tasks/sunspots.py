@@ -57,7 +57,8 @@ class SunspotsConfig(TaskConfig):
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.k_ahead > self.window + self.horizon:
             raise ValueError(
-                f"k_ahead must be ≤ window + horizon = {self.window + self.horizon} (the training sequence), got {self.k_ahead}"
+                f"k_ahead must be ≤ window + horizon = {self.window + self.horizon} (the training sequence), got "
+                f"{self.k_ahead}"
             )
 
 

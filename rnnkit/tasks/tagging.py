@@ -111,8 +111,9 @@ class TaggingTask(Task):
         self.baseline = self.baselines["val"]
         sizes = " / ".join(f"{getattr(self.data, s).targets.numel():,}" for s in ("train", "val", "test"))
         log(
-            f"tagging: {len(self.data.files)} files of {cfg.data or 'the standard library'} ({len(self.data.skipped)} skipped, "
-            f"not tokenizable); {sizes} characters in chunks of {cfg.chunk_length}; vocabulary {len(self.vocab)}; tags {', '.join(TAGS)}"
+            f"tagging: {len(self.data.files)} files of {cfg.data or 'the standard library'} ({len(self.data.skipped)} "
+            f"skipped, not tokenizable); {sizes} characters in chunks of {cfg.chunk_length}; vocabulary "
+            f"{len(self.vocab)}; tags {', '.join(TAGS)}"
         )
         majority = {s: majority_accuracy(train.targets, getattr(self.data, s).targets) for s in ("val", "test")}
         log(

@@ -92,10 +92,10 @@ class Epochs:
                 raise ValueError("training data is empty: the batch source gave no batches")
             if self.one_shot:
                 raise ValueError(
-                    f"training data is a one-shot iterator ({type(self.data).__name__}): it gave {self._first_pass} batches "
-                    f"in its first pass and cannot start a second. Pass something that can be iterated again — a list of "
-                    f"batches, a torch DataLoader, or an object whose __iter__ starts a new pass — or stop after one pass "
-                    f"(max_epochs=1, or max_steps ≤ {self._first_pass})"
+                    f"training data is a one-shot iterator ({type(self.data).__name__}): it gave {self._first_pass} "
+                    "batches in its first pass and cannot start a second. Pass something that can be iterated again "
+                    "— a list of batches, a torch DataLoader, or an object whose __iter__ starts a new pass — or "
+                    f"stop after one pass (max_epochs=1, or max_steps ≤ {self._first_pass})"
                 )
             raise ValueError(
                 f"training data gave {self._first_pass} batches in its first pass and none in pass "

@@ -110,9 +110,10 @@ class LaneStream(PassPosition):
         split_documents: cut the stream into B lanes of equal length (:func:`split_lanes`), a
             document straddling a cut split between two lanes (its second part starts from a
             zero state), so the lanes end together up to a few short chunks where documents end —
-            char-rnn's batching, what training wants. False: whole documents per lane (:func:`deal_lanes`), each read from
-            its start with its state carried throughout, so the lanes end at different times and
-            the last chunks hold fewer lanes — exact per-document results, what evaluation wants.
+            char-rnn's batching, what training wants. False: whole documents per lane
+            (:func:`deal_lanes`), each read from its start with its state carried throughout, so
+            the lanes end at different times and the last chunks hold fewer lanes — exact
+            per-document results, what evaluation wants.
         num_replicas, rank: read only the lanes of process ``rank`` of N = ``num_replicas``
             (see :meth:`shard`); ``batch_size`` stays the global B and must be a multiple of N.
 

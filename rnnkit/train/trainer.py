@@ -74,19 +74,18 @@ class TrainingSettings:
     # The run stops at the first limit reached of max_steps, max_epochs and max_time. A budget given
     # alone is the limit: max_steps None means DEFAULT_MAX_STEPS only when neither max_time nor
     # max_epochs is given (see step_limit()).
-    max_steps: int | None = (
-        None  # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs is given, else 1000
-    )
-    max_time: float | None = (
-        None  # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
-    )
+    # updates, counted over the whole run (a resumed run goes on to this); None: no step limit if max_time or max_epochs
+    # is given, else 1000
+    max_steps: int | None = None
+    # seconds of training in this session (a resume gets it afresh), the final validation included; None: no time limit
+    max_time: float | None = None
     max_epochs: int | None = None  # passes over the training data, counted over the whole run; None: no pass limit
     clip_norm: float | None = 5.0  # rescale the global gradient norm to this when above it; None: no norm clipping
     clip_value: float | None = None  # clip every gradient element to [−v, v] (before the norm); None: none
     eval_every: int = 100  # updates between validations (and checkpoints), unless eval_budget holds one back
-    eval_budget: float | None = (
-        0.05  # the most of the run's time validation may take (its checkpoints, samples and plot included): a validation due by eval_every waits while it would take more; None: every eval_every updates, whatever it costs
-    )
+    # the most of the run's time validation may take (its checkpoints, samples and plot included): a validation due by
+    # eval_every waits while it would take more; None: every eval_every updates, whatever it costs
+    eval_budget: float | None = 0.05
     patience: int | None = None  # early stopping: validations without improvement; None: never
     out: str | None = None  # folder for checkpoints, log and plot; None: write nothing
     log_format: str = "jsonl"  # "jsonl" or "csv" (both hold every logged step)
@@ -188,15 +187,14 @@ class TrainConfig(TrainingSettings):
     monitor: str = "loss"  # the validation metric early stopping and the best checkpoint watch
     mode: str = "min"  # "min" or "max": which direction of ``monitor`` is better
     find_unused_parameters: bool = False  # several processes: set when a step leaves parameters without gradients
-    shuffle: bool = (
-        False  # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
-    )
-    # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not reseed: training
-    # continues the random stream that built the model), else 0; an int: fit seeds torch, numpy and random with it; None: leave them
+    # reorder a list of batches at every pass (seeded by seed and the pass); a DataLoader shuffles itself
+    shuffle: bool = False
+    # "auto": follow seed_everything()/rnnkit.seed() if it was called since the last fit (fit does not
+    # reseed: training continues the random stream that built the model), else 0; an int: fit seeds
+    # torch, numpy and random with it; None: leave them
     seed: int | str | None = "auto"
-    overwrite: bool = (
-        False  # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
-    )
+    # start over in an out folder that already holds a run (else fit refuses it, as the CLI does)
+    overwrite: bool = False
 
     def validate(self) -> TrainConfig:
         """Return self if every setting is allowed, else raise naming the first that is not."""
@@ -267,9 +265,8 @@ class TrainResult:
     history: list[dict]  # the last Trainer.history_keep records (every one is in the run's log, ``log``)
     train_loss_smoothed: float = math.nan  # the mean loss of the last 20 updates (less noisy than train_loss)
     epochs: int = 0  # passes over the training data read to their end, in the whole run
-    evaluation_seconds: float = (
-        0.0  # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
-    )
+    # of ``seconds``, what validating took (evaluation, samples, checkpoints, plot), the final one included
+    evaluation_seconds: float = 0.0
     log: str | None = None  # the run's log file, which holds every record (None: the run wrote none)
 
 

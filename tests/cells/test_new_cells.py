@@ -330,7 +330,8 @@ def test_bad_arguments():
         IndRNNCell(3, 4, nonlinearity="sigmoid")
     with pytest.raises(
         ValueError,
-        match=r"IndRNNCell: recurrent_init must be a pair \(low, high\) of finite numbers with low < high, got \(1.0, 0.0\)",
+        match=r"IndRNNCell: recurrent_init must be a pair \(low, high\) of finite numbers with low < high, "
+        r"got \(1.0, 0.0\)",
     ):
         IndRNNCell(3, 4, recurrent_init=(1.0, 0.0))
     with pytest.raises(ValueError, match="recurrent_init must be a pair"):

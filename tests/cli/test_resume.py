@@ -112,7 +112,10 @@ def test_sigkill_at_an_arbitrary_step_then_resume_gives_the_uninterrupted_curve(
     assert resumed.returncode == 0, err
 
     got = records(killed_dir)
-    key = lambda r: (r["kind"], r["step"])
+
+    def key(r):
+        return r["kind"], r["step"]
+
     assert [key(r) for r in got] == [key(r) for r in reference]  # the log holds each step once, in order
     for a, b in zip(got, reference):
         if a["kind"] == "train":

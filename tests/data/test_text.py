@@ -129,7 +129,7 @@ def test_public_homes_and_old_import_paths():
     assert container is datasets.PairsData
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        datasets.PairsData  # the new name is quiet
+        _ = datasets.PairsData  # the new name is quiet
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,11 +96,11 @@ def compare_engines(cell, x, state, lengths, reverse, dtype, batch_first=False):
     ]
     for k, (a, b) in enumerate(zip(out_f, out_r)):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output {k}: {m}")
+            torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"output {k}: {m}")
         else:
             assert torch.equal(a, b), f"output {k}: {a} != {b}"
     for name, a, b in zip(names, grad_f, grad_r):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"gradient of {name}: {m}")
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
 @pytest.mark.parametrize("seed", range(3))

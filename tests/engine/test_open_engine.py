@@ -314,11 +314,11 @@ def compare(build, x, state, lengths, dtype=F64):
     labels = ["x", *(f"initial state tensor {k}" for k in range(n_state)), *names]
     for k, (a, b) in enumerate(zip(out_f, out_r)):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, **tol, msg=lambda m: f"output {k}: {m}")
+            torch.testing.assert_close(a, b, **tol, msg=lambda m, k=k: f"output {k}: {m}")
         else:
             assert torch.equal(a, b), f"output {k}: {a} != {b}"
     for label, a, b in zip(labels, grad_f, grad_r):
-        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"gradient of {label}: {m}")
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, label=label: f"gradient of {label}: {m}")
 
 
 def sizes(gen):
@@ -486,11 +486,11 @@ def test_parameters_changed_between_calls_are_read_on_the_next_call():
     for name in ("indrnn-bounded", "per-unit", "hand-norm", "counter", "layernorm-gru"):
         cell = make(name, 3, 4, seed=0)
         x = torch.randn(6, 2, 3, generator=gen, dtype=F64)
-        compare(lambda engine: Recurrent(cell, engine=engine), x, None, None)
+        compare(lambda engine, cell=cell: Recurrent(cell, engine=engine), x, None, None)
         randomize_(cell, seed=1)
         if name == "counter":
             cell.period.copy_(torch.tensor([2, 1, 3, 2]))
-        compare(lambda engine: Recurrent(cell, engine=engine), x, None, None)
+        compare(lambda engine, cell=cell: Recurrent(cell, engine=engine), x, None, None)
 
 
 # -- 5. steps the engine cannot compile ------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_fused_engine_learns_with_the_reference_loops_curve(variant, extension):
         models[engine], curves[engine] = train(variant, engine, batches)
     torch.testing.assert_close(curves["fused"], curves["reference"], rtol=1e-8, atol=0)
     for (name, a), b in zip(models["fused"].named_parameters(), models["reference"].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
     baseline = adding_baseline_mse(T)
     for engine, model in models.items():
         with torch.no_grad():

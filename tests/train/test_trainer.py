@@ -109,7 +109,10 @@ def test_it_learns_and_writes_log_checkpoints_and_plot(tmp_path):
 
 
 def test_same_seed_same_loss_curve_and_another_seed_differs():
-    curve = lambda seed: [r["loss"] for r in trainer_for(seed=seed).fit().history if r["kind"] == "train"]
+
+    def curve(seed):
+        return [r["loss"] for r in trainer_for(seed=seed).fit().history if r["kind"] == "train"]
+
     a, b, c = curve(0), curve(0), curve(1)
     assert a == b
     assert a != c
@@ -233,7 +236,10 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     trainer_for(tmp_path / "b", max_steps=20).fit()
     resumed = trainer_for(tmp_path / "b", max_steps=30, seed=0)
     result = resumed.fit(resume_from=tmp_path / "b" / "latest.safetensors")
-    curve = lambda r: [(x["step"], x["loss"]) for x in r.history if x["kind"] == "train"]
+
+    def curve(r):
+        return [(x["step"], x["loss"]) for x in r.history if x["kind"] == "train"]
+
     assert curve(result) == curve(whole)  # bit for bit, including the dropout masks
     logged = [r["step"] for r in read_log(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
     assert logged == list(range(1, 31))
