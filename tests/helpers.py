@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from collections.abc import Callable, Sequence
 
 import torch
@@ -133,3 +136,26 @@ def check_cell_against_torch(
         list(theirs.parameters()),
         dtype=dtype,
     )
+
+
+def run_cli(args: Sequence[str]) -> str:
+    """``rnnkit ARGS`` in-process: asserts it exits 0 and returns what it printed."""
+    from rnnkit.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(list(args)) == 0
+    return buf.getvalue()
+
+
+def last_json(text: str) -> dict:
+    """The last line of a command's output (its ``--json`` summary), parsed."""
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def cli_json(args: Sequence[str]) -> dict:
+    """``rnnkit ARGS`` in-process; its log printed (shown by ``pytest -s`` or on failure) and its
+    ``--json`` line parsed."""
+    text = run_cli(args)
+    print(text)
+    return last_json(text)

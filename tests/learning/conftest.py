@@ -1,14 +1,8 @@
-"""What every learning test shares: one intra-op thread."""
+"""What every learning test shares: one intra-op thread (tests/conftest.py's ``one_thread``)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: the measured values and the run time hold on a shared 2-core machine, where
-    two threads contend and a step can take many times longer; the setting is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _learning_on_one_thread(one_thread):
+    """Every learning test runs on one thread: its thresholds were measured so."""

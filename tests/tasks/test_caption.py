@@ -4,7 +4,6 @@ stepping the decoder by hand for each way the image enters, the character error 
 its recursive definition, and (slow) that it learns to name the digits."""
 
 import functools
-import json
 import random
 import re
 
@@ -28,13 +27,9 @@ from rnnkit.tasks.caption import (
     render,
     take,
 )
-from tests.helpers import randomize_
+from tests.helpers import last_json, randomize_
 
 SMALL = ["--hidden-size", "8", "--embedding-size", "4", "--batch-size", "16", "--no-progress", "--json"]
-
-
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
 
 
 def prepared(**kw) -> CaptionTask:

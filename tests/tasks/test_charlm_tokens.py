@@ -16,13 +16,7 @@ from rnnkit.tasks import charlm
 from rnnkit.tasks.charlm import STDLIB_CHARS, CharLMConfig, CharLMTask, TBPTTStep
 from rnnkit.train import LaneStream, TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

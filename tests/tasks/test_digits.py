@@ -1,7 +1,6 @@
 """The digits task: end to end through the CLI, its accuracy and baseline against direct counts,
 both reading orders, and (slow) that it learns."""
 
-import json
 from collections import Counter
 
 import pytest
@@ -11,12 +10,9 @@ import torch.nn.functional as F
 from rnnkit.cli import main
 from rnnkit.data.datasets import Split
 from rnnkit.tasks.digits import DigitsConfig, DigitsTask, evaluate_split
+from tests.helpers import last_json
 
 TINY = ["--hidden-size", "8", "--batch-size", "16", "--max-steps", "3", "--eval-every", "3", "--no-progress", "--json"]
-
-
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 resume, their metrics and baselines against direct computations and the papers' formulas, the
 final-step model against ManyToOne with lengths, and the seeded fresh batches."""
 
-import contextlib
-import io
-import json
 import math
 from types import SimpleNamespace
 
@@ -14,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.checkpoint import read_meta
-from rnnkit.cli import main
 from rnnkit.data.synthetic import (
     TEST_SEED,
     adding,
@@ -32,6 +28,7 @@ from rnnkit.tasks.longlag import (
     CopyConfig,
     CopyTask,
     FinalStepModel,
+    LongLagConfig,
     TemporalOrderConfig,
     TemporalOrderTask,
     _StopWhenSolved,
@@ -39,7 +36,7 @@ from rnnkit.tasks.longlag import (
     build_stack,
     set_forget_bias,
 )
-from tests.helpers import randomize_
+from tests.helpers import last_json, randomize_, run_cli
 
 TINY = [
     "--hidden-size",
@@ -56,10 +53,6 @@ TINY = [
 SMALL_TASKS = {"adding": ["--length", "20"], "temporal-order": [], "copy": ["--delay", "5"]}
 
 
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
-
-
 def quiet(_):
     """A log that drops its lines."""
 
@@ -72,14 +65,6 @@ def runs(tmp_path_factory):
         out = tmp_path_factory.mktemp(name) / "run"
         done[name] = out, run_cli(["train", name, *extra, *TINY, "--out", str(out), "--max-steps", "4"])
     return done
-
-
-def run_cli(args):
-    """``rnnkit ARGS`` in-process; its --json line."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args) == 0
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("name", list(SMALL_TASKS))
@@ -296,3 +281,12 @@ def test_an_unknown_split_and_bad_settings_are_refused(order_task):
         CopyConfig(heldout_size=0).check()
     with pytest.raises(ConfigError, match="delay must be int"):
         CopyTask.from_meta({"task": "copy", "config": {"delay": "long"}})
+
+
+def test_long_lag_tasks_validate_on_schedule_whatever_it_costs():
+    """Their validation is the paper's stopping test: the evaluation budget that holds validations
+    back in other tasks would make the updates-to-success figure depend on the machine's load."""
+    lag = {name: task for name, task in TASKS.items() if issubclass(task.Config, LongLagConfig)}
+    assert set(lag) >= {"adding", "temporal-order", "copy", "reber", "long-lag", "two-sequence", "multiplication"}
+    for name, task in lag.items():
+        assert task.Config().eval_budget is None, name

@@ -4,42 +4,18 @@ copies (T = 100) far below the memoryless baseline; the tanh Elman RNN does not 
 the same budget. Each runs through ``rnnkit train … --json`` and ``rnnkit eval --split test``.
 """
 
-import contextlib
-import io
-import json
-
 import pytest
-import torch
 
-from rnnkit.cli import main
 from rnnkit.data.synthetic import solved
+from tests.helpers import cli_json
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend, and a step takes
-    20× longer (a measured, not a task, setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(args):
-    """``rnnkit ARGS`` in-process; its --json line, parsed."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args) == 0
-    print(buf.getvalue())  # the training log, shown by pytest -s or on failure
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def train_and_test(task, out, *flags):
     """Train ``task`` with its defaults; the --json summary and the test-set metrics of the final model."""
-    result = run_cli(["train", task, "--out", str(out), "--no-progress", "--json", *flags])
-    test = run_cli(["eval", str(out / "latest.safetensors"), "--split", "test", "--json"])
+    result = cli_json(["train", task, "--out", str(out), "--no-progress", "--json", *flags])
+    test = cli_json(["eval", str(out / "latest.safetensors"), "--split", "test", "--json"])
     return result, test
 
 

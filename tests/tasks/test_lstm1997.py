@@ -2,9 +2,6 @@
 two-sequence, multiplication): end to end through the CLI, their data splits, metrics, baselines
 and success criteria against direct computations and the paper's rules."""
 
-import contextlib
-import io
-import json
 import math
 
 import pytest
@@ -12,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.checkpoint import read_meta
-from rnnkit.cli import main
 from rnnkit.data.lstm1997 import REBER_SYMBOLS, encode_reber, reber_successors
 from rnnkit.tasks import TASKS
 from rnnkit.tasks.lstm1997 import (
@@ -28,7 +24,7 @@ from rnnkit.tasks.lstm1997 import (
     reber_loss_floor,
     soft_cross_entropy,
 )
-from tests.helpers import randomize_
+from tests.helpers import last_json, randomize_, run_cli
 
 TINY = ["--hidden-size", "8", "--batch-size", "8", "--eval-every", "2", "--no-progress", "--json"]
 SMALL_TASKS = {
@@ -58,20 +54,8 @@ def task_of(key):
     return key if key in TASKS else key.rsplit("-", 1)[0]
 
 
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
-
-
 def quiet(_):
     """A log that drops its lines."""
-
-
-def run_cli(args):
-    """``rnnkit ARGS`` in-process; its output."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args) == 0
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

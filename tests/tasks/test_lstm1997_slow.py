@@ -6,39 +6,16 @@ Each budget is a few times the updates the run took when measured (seed 0, one t
 long-time-lag guide's results table has the figures), and each run stops once solved.
 """
 
-import contextlib
-import io
-import json
-
 import pytest
-import torch
 
-from rnnkit.cli import main
+from tests.helpers import cli_json
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the figures were measured."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(args):
-    """``rnnkit ARGS`` in-process; its --json line, parsed."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(args) == 0
-    print(buf.getvalue())  # the training log, shown by pytest -s or on failure
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def train_and_test(task, out, budget, *flags):
     """Train ``task`` for at most ``budget`` updates; the --json summary and the final model's test metrics."""
-    result = run_cli(
+    result = cli_json(
         [
             "train",
             task,
@@ -53,7 +30,7 @@ def train_and_test(task, out, budget, *flags):
             *flags,
         ]
     )
-    test = run_cli(["eval", str(out / "latest.safetensors"), "--split", "test", "--json"])
+    test = cli_json(["eval", str(out / "latest.safetensors"), "--split", "test", "--json"])
     return result, test
 
 

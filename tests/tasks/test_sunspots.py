@@ -2,8 +2,6 @@
 the growing series; MSE and baselines against a computation from the raw series; the one-step
 training loss is the k = 1 case of the k-steps-ahead loss; (slow) it beats the naive forecasts."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,13 +9,9 @@ import torch
 from rnnkit.cli import main
 from rnnkit.tasks.sunspots import SunspotsConfig, SunspotsTask, forecast, series
 from rnnkit.train import k_step_ahead_loss
-from tests.helpers import randomize_
+from tests.helpers import last_json, randomize_
 
 TINY = ["--hidden-size", "6", "--batch-size", "16", "--max-steps", "3", "--eval-every", "3", "--no-progress", "--json"]
-
-
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 accuracy and the unigram baseline against direct counts, what each direction may read, the
 tagged sample, and (slow) that it learns the stdlib's token kinds."""
 
-import json
 import random
 from collections import Counter, defaultdict
 
@@ -14,7 +13,7 @@ from rnnkit.data.corpus import CharVocab, DataError
 from rnnkit.data.datasets import Split
 from rnnkit.models import sequence_nll
 from rnnkit.tasks.tagging import TaggingConfig, TaggingTask, evaluate_split
-from tests.helpers import randomize_
+from tests.helpers import last_json, randomize_
 
 
 def python_source(rng: random.Random, n_defs: int) -> str:
@@ -48,10 +47,6 @@ def task(folder):
     t = TaggingTask(TaggingConfig(data=str(folder), every=5, chunk_length=40, hidden_size=6, embedding_size=5))
     t.prepare(lambda s: None)
     return t
-
-
-def last_json(text):
-    return json.loads(text.strip().splitlines()[-1])
 
 
 def test_trains_through_the_cli_then_eval_and_the_tagged_sample(folder, tmp_path, capsys):

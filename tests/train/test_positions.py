@@ -17,14 +17,7 @@ from rnnkit.train import LaneStream, RunFolder, StepResult, TrainConfig, Trainer
 from ..decoders import TinyDecoder
 from .test_trainer import make_data, val_fn
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and a shared machine's load does not slow them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counted:
