@@ -523,17 +523,38 @@ def plan(trace: Trace, ext: Any) -> Plan:
             push_buf, push_off = where(trace.pushes[k])
         fields.append([codes["fields"][f.kind], f.width, f.delay, push_buf, push_off])
 
-    # -- stores instead of adds: the first adjoint to reach a frame gradient in a step writes it, so
-    # the frame needs no clearing; an adjoint whose incoming gradient nothing wrote is dropped ------
-    clear_frame = False
-    frame_buf = L.index.get((codes["buffers"]["g_frame"], 0, 0), -1)
-    written = [False] * widths["frame"]
+    # -- stores instead of adds: the first adjoint to reach a gradient in a step writes it, so it
+    # needs no clearing; an adjoint whose incoming gradient nothing wrote is dropped. Tracked per
+    # step: the gradient frame (batch-wide, reused every step), the projected input's gradient and
+    # the kept product-output gradients ((T, B, ·), one slice per step). A slice that some step
+    # leaves partly unwritten, or that is read before it is fully written, is zeroed instead:
+    # the frame every step, the others once before the loop. -----------------------------------------
+    buffers = codes["buffers"]
+    frame_buf = L.index.get((buffers["g_frame"], 0, 0), -1)
+    per_step = {frame_buf: widths["frame"]} if frame_buf >= 0 else {}
+    gi_buf = L.index.get((buffers["g_gi"], 0, 0), -1)
+    if gi_buf >= 0:
+        per_step[gi_buf] = next((v.width for v in trace.nodes if v.op == "gi"), 0)
+    dg_bufs = {L.index.get((buffers["g_dg"], q, 0), -1): q for q in range(len(dg_widths))}
+    per_step.update({b: dg_widths[q] for b, q in dg_bufs.items() if b >= 0})
+    written = {b: [False] * w for b, w in per_step.items()}
+    must_zero: set[int] = set()  # buffers that a plain store per step does not cover
 
     def region(b: int, off: int, w: int) -> list[bool] | None:
-        return written[off : off + w] if b == frame_buf and b >= 0 else None
+        return written[b][off : off + w] if b in written else None
 
-    def mark(off: int, w: int) -> None:
-        written[off : off + w] = [True] * w
+    def mark(b: int, off: int, w: int) -> None:
+        written[b][off : off + w] = [True] * w
+
+    def stored(b: int, off: int, w: int) -> bool:
+        """A write of gradient region (b, off, w): whether it may store (the first to write there)."""
+        seen = region(b, off, w)
+        if seen is None:
+            return False
+        if any(seen) and not all(seen):
+            must_zero.add(b)  # partly written: it adds to a slice that must start at zero
+        mark(b, off, w)
+        return not any(seen)
 
     for s_ in reversed(range(n_stages)):
         batch = [("pre", r) for r in pre] if s_ == n_stages - 1 else []
@@ -541,44 +562,33 @@ def plan(trace: Trace, ext: Any) -> Plan:
         dropped = []
         for kind, r in batch:
             if kind == "pre":
-                seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
-                if seen is not None:
-                    if not any(seen):
-                        r[cols["flags"]] |= 1
-                    elif not all(seen):
-                        clear_frame = True
-                    mark(r[cols["gooff"]], r[cols["w"]])
+                if stored(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]]):
+                    r[cols["flags"]] |= 1
                 continue
             seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
             if seen is not None and not any(seen):
                 dropped.append(r)  # its incoming gradient is zero this step: nothing to add
                 continue
             if seen is not None and not all(seen):
-                clear_frame = True
+                must_zero.add(r[cols["gobuf"]])
             for bit, name in enumerate(("a", "b", "c")):
-                b, off, w = r[cols[f"g{name}buf"]], r[cols[f"g{name}off"]], r[cols[f"{name}w"]]
-                seen = region(b, off, w)
-                if seen is None:
-                    continue
-                if not any(seen):
+                if stored(r[cols[f"g{name}buf"]], r[cols[f"g{name}off"]], r[cols[f"{name}w"]]):
                     r[cols["flags"]] |= 1 << bit
-                elif not all(seen):
-                    clear_frame = True
-                mark(off, w)
         for r in dropped:
             i = next(i for i, x in enumerate(bwd[s_]) if x is r)
             del bwd[s_][i], bwd_p[s_][i]
         for g in gemms:
             if g[gcols["stage"]] != s_:
                 continue
-            seen = region(g[gcols["gibuf"]], g[gcols["gioff"]], g[gcols["k"]])
-            if seen is None:
-                continue
-            if not any(seen):
+            seen = region(g[gcols["gobuf"]], g[gcols["gooff"]], g[gcols["n"]])
+            if seen is not None and not all(seen):
+                must_zero.add(g[gcols["gobuf"]])  # BLAS reads the whole output gradient
+            if stored(g[gcols["gibuf"]], g[gcols["gioff"]], g[gcols["k"]]):
                 g[gcols["gstore"]] = 1
-            elif not all(seen):
-                clear_frame = True
-            mark(g[gcols["gioff"]], g[gcols["k"]])
+    must_zero.update(b for b, seen in written.items() if not all(seen) and b != frame_buf)
+    clear_frame = frame_buf in must_zero
+    zero_gi = gi_buf in must_zero
+    zero_dg = [int(L.index.get((buffers["g_dg"], q, 0), -1) in must_zero) for q in range(len(dg_widths))]
 
     # -- the Program -----------------------------------------------------------------------------------
     def table(rows: list[list[int]], ncols: int, dtype=torch.int64) -> torch.Tensor:
@@ -608,12 +618,16 @@ def plan(trace: Trace, ext: Any) -> Plan:
     P.rtemp_width, P.frame_width = widths["rtemp"], widths["frame"]
     P.out_width, P.out_alias = trace.output.width, out_alias
     P.clear_frame = clear_frame
+    P.zero_gi = zero_gi
+    P.zero_dg = torch.tensor(zero_dg, dtype=torch.int64)
     stats = dict(
         stages=n_stages,
         forward=len(flat_fwd),
         backward=len(flat_bwd),
         gemms=len(gemms),
         clear_frame=clear_frame,
+        zero_gi=zero_gi,
+        zero_dg=sum(zero_dg),
         **widths,
     )
     return Plan(P, trace, [v.index for v in slot_values], [v.grad for v in slot_values], trace.fields, stats)

@@ -139,6 +139,10 @@ struct Program {
   int64_t proj_size = 0, saved_width = 0, btemp_width = 0, rtemp_width = 0, frame_width = 0;
   int64_t out_width = 0, out_alias = -1;  // the output is field out_alias's storage, or its own
   bool clear_frame = true;  // whether the gradient frame must be zeroed each step (some adjoint adds to it first)
+  // whether the projected input's gradient, and each kept product-output gradient, must start at
+  // zero (else every step's adjoints store into each of its columns before anything reads it)
+  bool zero_gi = true;
+  Tensor zero_dg;  // (q,) 0 or 1; undefined: all 1
 };
 
 static std::vector<Ins> decode(const Tensor& ins, const Tensor& p) {
@@ -809,34 +813,40 @@ std::vector<Tensor> run_program_forward(const Program& P, const Tensor& gi_, con
   return result;
 }
 
-// The gradient of W for GEMM g: Σ_t ∂out(t)ᵀ v(t), with v's history rebuilt from where it lives.
+// The gradient of W for GEMM g: Σ_t ∂out(t)ᵀ v(t), with v's history read where it lives. A history
+// that starts in the initial state (the previous state, a delay line) is two products, one over
+// the steps that read the initial values and one over the rest, instead of a copy of the whole
+// history joined to them.
 template <typename T>
 static Tensor weight_grad(const Decoded& D, const std::array<int64_t, NGCOL>& g, const Tensor& dg, const Tensor& gi,
                           const std::vector<Tensor>& init, const std::vector<Tensor>& sout, const Tensor& saved,
                           int64_t Tn, int64_t B) {
   const auto& bf = D.bufs[g[M_IBUF]];
   const int64_t off = g[M_IOFF], K = g[M_K], N = g[M_N];
-  Tensor v;  // (T, B, K)
+  // Σ over steps [t0, t0 + n) of ∂out(t)ᵀ v, v (n, B, ·) read at columns off .. off + K
+  auto part = [&](int64_t t0, int64_t n, const Tensor& v) {
+    return at::mm(dg.narrow(0, t0, n).reshape({n * B, N}).t(), v.narrow(2, off, K).reshape({n * B, K}));
+  };
   switch (bf[0]) {
-    case GI: v = gi.narrow(2, off, K); break;
-    case SAVED: v = saved.narrow(2, off, K); break;
-    case SOUT: v = sout[bf[1]].narrow(2, off, K); break;
-    case SIN: {
+    case GI: return part(0, Tn, gi);
+    case SAVED: return part(0, Tn, saved);
+    case SOUT: return part(0, Tn, sout[bf[1]]);
+    case SIN: {  // v(0) = the initial state, v(t) = sout(t − 1)
       const int64_t k = bf[1];
-      v = at::cat({init[k].unsqueeze(0), sout[k].narrow(0, 0, Tn - 1)}, 0).narrow(2, off, K);
-      break;
+      return part(1, Tn - 1, sout[k].narrow(0, 0, Tn - 1)).addmm_(dg.select(0, 0).t(), init[k].narrow(1, off, K));
     }
-    case DELAY: {
+    case DELAY: {  // slot j at step t reads hist(t + j), hist = [past0 (d steps); pushed values]
       const int64_t k = bf[1], j = bf[2], d = D.fields[k][2], w = D.fields[k][1];
       const auto& pb = D.bufs[D.fields[k][3]];
-      Tensor pushed = pb[0] == SOUT ? sout[pb[1]] : saved.narrow(2, D.fields[k][4], w);
-      Tensor hist = at::cat({init[k], pushed}, 0);  // (d + T, B, w)
-      v = hist.narrow(0, j, Tn).narrow(2, off, K);
-      break;
+      Tensor pushed = pb[0] == SOUT ? sout[pb[1]] : saved.narrow(2, D.fields[k][4], w);  // (T, B, w)
+      const int64_t n0 = std::min<int64_t>(std::max<int64_t>(d - j, 0), Tn);  // steps reading the initial past
+      Tensor dw = part(n0, Tn - n0, pushed.narrow(0, 0, Tn - n0));
+      if (n0) dw += part(0, n0, init[k].narrow(0, j, n0));
+      return dw;
     }
     default: TORCH_CHECK(false, "rnnkit program: a matrix product reads ", BUF_NAMES[bf[0]]);
   }
-  return at::mm(dg.reshape({Tn * B, N}).t(), v.reshape({Tn * B, K}));
+  return Tensor();
 }
 
 // Returns [dgi, dinit_0 .. dinit_{F-1}, dstatic_0 .. dstatic_{S-1}] (empty tensors where none).
@@ -858,7 +868,9 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
   const auto idx = at::TensorOptions().dtype(at::kLong);
   const int64_t nbuf = static_cast<int64_t>(D.bufs.size());
 
-  Tensor dgi = at::zeros({Tn, B, G}, opts);
+  // a gradient every step writes in full (stores first) needs no zeros, only its rows past their
+  // ends, which the loop clears as it passes them
+  Tensor dgi = P.zero_gi ? at::zeros({Tn, B, G}, opts) : at::empty({Tn, B, G}, opts);
   std::vector<Tensor> din(nF), dsin(nF), dhist(nF), dg, acc;
   for (int64_t k = 0; k < nF; ++k) {
     const int64_t kind = D.fields[k][0], w = D.fields[k][1], d = D.fields[k][2];
@@ -875,7 +887,13 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
       }
     }
   }
-  for (int64_t w : D.dg_w) dg.push_back(at::zeros({Tn, B, w}, opts));
+  std::vector<bool> dg_zeroed;
+  for (size_t q = 0; q < D.dg_w.size(); ++q) {
+    const bool zero = !P.zero_dg.defined() || P.zero_dg.numel() <= static_cast<int64_t>(q) ||
+                      P.zero_dg.data_ptr<int64_t>()[q] != 0;
+    dg.push_back(zero ? at::zeros({Tn, B, D.dg_w[q]}, opts) : at::empty({Tn, B, D.dg_w[q]}, opts));
+    dg_zeroed.push_back(zero);
+  }
   for (size_t s = 0; s < D.acc_w.size(); ++s)
     acc.push_back(D.acc_w[s] ? at::zeros({B, D.acc_w[s]}, opts) : Tensor());
   Tensor frame = at::zeros({B, std::max<int64_t>(P.frame_width, 1)}, opts);
@@ -926,7 +944,17 @@ std::vector<Tensor> run_program_backward(const Program& P, const Tensor& grad_y_
           int64_t n_active = 0;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t end = row_end(len, b, Tn);
-            if (t >= end) continue;  // past the row's end: nothing flows
+            if (t >= end) {  // past the row's end: nothing flows; its unzeroed gradients are zero
+              if (first) {
+                if (!P.zero_gi) std::fill(S.dgi + (t * B + b) * G, S.dgi + (t * B + b + 1) * G, T_(0));
+                for (size_t q = 0; q < S.dg.size(); ++q) {
+                  if (dg_zeroed[q] || !S.dg[q]) continue;
+                  const int64_t N = D.dg_w[q];
+                  std::fill(S.dg[q] + (t * B + b) * N, S.dg[q] + (t * B + b + 1) * N, T_(0));
+                }
+              }
+              continue;
+            }
             active[n_active++] = b;
             if (first) {
               // the gradient of each new state field: from step t+1 (already in din), the final
@@ -1055,7 +1083,9 @@ void register_program(pybind11::module& m) {
       .def_readwrite("frame_width", &Program::frame_width)
       .def_readwrite("out_width", &Program::out_width)
       .def_readwrite("out_alias", &Program::out_alias)
-      .def_readwrite("clear_frame", &Program::clear_frame);
+      .def_readwrite("clear_frame", &Program::clear_frame)
+      .def_readwrite("zero_gi", &Program::zero_gi)
+      .def_readwrite("zero_dg", &Program::zero_dg);
   m.def("codes", &program::codes, "the instruction set's numbers: ops, buffer kinds, columns");
   m.def("program_forward", &program::run_program_forward, "run a program's forward pass over a whole sequence");
   m.def("program_backward", &program::run_program_backward, "back-propagation through time of a program");
