@@ -393,9 +393,11 @@ def plan(trace: Trace, ext: Any) -> Plan:
         k: int = 0,
         gout: tuple[int, int] = (-1, 0),
         gops: list[tuple[int, int]] = (),
+        keep: tuple[int, int] = (-1, 0),
     ) -> list[int]:
         r = [0] * len(cols)
         r[cols["op"]], r[cols["w"]], r[cols["obuf"]], r[cols["ooff"]], r[cols["k"]] = ops[op], w, out[0], out[1], k
+        r[cols["xbuf"]], r[cols["xoff"]] = keep
         for name in ("a", "b", "c"):
             r[cols[name + "buf"]] = -1
             r[cols["g" + name + "buf"]] = -1
@@ -429,9 +431,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
             (where(a), width_of(a, w, op) if op not in ("rowsum", "rowmean", "bsum", "bexpand") else a.width)
             for a in args
         ]
-        fwd[s].append(row(op, w, out_loc, operands, k))
+        needs_grad = op not in _NO_GRAD_OPS and out_gloc[0] >= 0
+        # a layer norm keeps its row's mean and 1/σ in the saved frame, so its adjoint need not
+        # recompute them (two of its passes over the row)
+        keep = (L.buf("saved"), alloc("saved", 2)) if op == "layernorm" and needs_grad else (-1, 0)
+        fwd[s].append(row(op, w, out_loc, operands, k, keep=keep))
         fwd_p[s].append(list(p))
-        if op in _NO_GRAD_OPS or out_gloc[0] < 0:
+        if not needs_grad:
             return
         gops = [
             gwhere(a) if (op != "where" or i > 0) and not shares_gradient(a, out_v) else (-1, 0)
@@ -439,7 +445,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
         ]
         if all(g[0] < 0 for g in gops):
             return
-        bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops))
+        bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops, keep))
         bwd_p[s].append(list(p))
 
     for v in nodes:

@@ -105,10 +105,12 @@ enum FieldKind : int64_t { F_FLOAT, F_DELAY, F_COUNTER };
 // an integer attribute and the gradient locations (buffer −1 for none).
 enum Col : int64_t {
   C_OP, C_W, C_OBUF, C_OOFF, C_ABUF, C_AOFF, C_AW, C_BBUF, C_BOFF, C_BW, C_CBUF, C_COFF, C_CW, C_K,
-  C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, C_FLAGS, NCOL
+  C_GOBUF, C_GOOFF, C_GABUF, C_GAOFF, C_GBBUF, C_GBOFF, C_GCBUF, C_GCOFF, C_FLAGS, C_XBUF, C_XOFF, NCOL
 };
 // C_FLAGS bits 0, 1, 2: the adjoint is the first to write operand a's, b's, c's gradient this step,
 // so it stores instead of adding (and nothing has to clear it first).
+// C_XBUF, C_XOFF: where the forward pass keeps per-row values for the adjoint (a layer norm's mean
+// and 1/σ), buffer −1 for none.
 // A matrix product out = init + v Wᵀ: its input, output, matrix (a static slot), sizes, where the
 // gradients of its input and output live, its stage, and up to three addends it starts from.
 enum GemmCol : int64_t {
@@ -117,7 +119,7 @@ enum GemmCol : int64_t {
 };
 
 struct Ins {
-  int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco, flags;
+  int64_t op, w, o, oo, a, ao, aw, b, bo, bw, c, co, cw, k, go, goo, ga, gao, gb, gbo, gc, gco, flags, x, xo;
   double p0, p1;
 };
 
@@ -153,7 +155,7 @@ static std::vector<Ins> decode(const Tensor& ins, const Tensor& p) {
     const int64_t* r = I + i * NCOL;
     out[i] = Ins{r[C_OP], r[C_W], r[C_OBUF], r[C_OOFF], r[C_ABUF], r[C_AOFF], r[C_AW], r[C_BBUF], r[C_BOFF], r[C_BW],
                  r[C_CBUF], r[C_COFF], r[C_CW], r[C_K], r[C_GOBUF], r[C_GOOFF], r[C_GABUF], r[C_GAOFF], r[C_GBBUF],
-                 r[C_GBOFF], r[C_GCBUF], r[C_GCOFF], r[C_FLAGS], D[2 * i], D[2 * i + 1]};
+                 r[C_GBOFF], r[C_GCBUF], r[C_GCOFF], r[C_FLAGS], r[C_XBUF], r[C_XOFF], D[2 * i], D[2 * i + 1]};
   }
   return out;
 }
@@ -345,11 +347,12 @@ static void run_forward(const Ins& I, const Rows<T>& R) {
       break;
     case LAYERNORM:  // o = (a − mean(a)) / sqrt(var(a) + ε) ⊙ b + c over the row (b, c: gain and shift)
       with_full<T>(fb, fc, [&](auto FB, auto FC) {
-        each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+        each_row(I, R, [&](int64_t row, T* o, const T* a, const T* b, const T* c) {
           const T mu = rowsum<T>(w, [&](int64_t u) { return a[u]; }) / T(w);
           const T var = rowsum<T>(w, [&](int64_t u) { return (a[u] - mu) * (a[u] - mu); }) / T(w);
           const T r = T(1) / std::sqrt(var + T(I.p0));
           for (int64_t u = 0; u < w; ++u) o[u] = (a[u] - mu) * r * b[FB ? u : 0] + c[FC ? u : 0];
+          if (T* st = at_row(R, I.x, I.xo, row)) st[0] = mu, st[1] = r;  // for the adjoint
         });
       });
       break;
@@ -380,6 +383,7 @@ template <typename T>
 struct Adj {
   const T *dy, *o, *a, *b, *c;
   T *ga, *gb, *gc;
+  const T* x;  // what the forward pass kept for this adjoint (nullptr: nothing)
 };
 
 template <typename T, typename F>
@@ -388,7 +392,7 @@ static inline void each_adjoint_row(const Ins& I, const Rows<T>& R, F body) {
     const int64_t b = R.idx[n];
     body(Adj<T>{at_row(R, I.go, I.goo, b), at_row(R, I.o, I.oo, b), at_row(R, I.a, I.ao, b), at_row(R, I.b, I.bo, b),
                 at_row(R, I.c, I.co, b), at_row(R, I.ga, I.gao, b), at_row(R, I.gb, I.gbo, b),
-                at_row(R, I.gc, I.gco, b)});
+                at_row(R, I.gc, I.gco, b), at_row(R, I.x, I.xo, b)});
   }
 }
 
@@ -495,24 +499,53 @@ static void run_backward(const Ins& I, const Rows<T>& R) {
     }
     case LAYERNORM: {
       // with x̂ = (a − μ) r and g = ∂o ⊙ gain: ∂a = r (g − mean(g) − x̂ mean(g ⊙ x̂)),
-      // ∂gain = ∂o ⊙ x̂, ∂shift = ∂o; μ and r are recomputed from the saved input
+      // ∂gain = ∂o ⊙ x̂, ∂shift = ∂o; μ and r as the forward pass kept them (else recomputed from
+      // the saved input). Two passes over the row: the two means together with the gain's and
+      // shift's gradients, then ∂a.
       const bool fc = I.cw == w;
       with_full<T>(fb, fc, [&](auto FB, auto FC) {
         constexpr bool B_FULL = decltype(FB)::value, C_FULL = decltype(FC)::value;
         each_adjoint_row(I, R, [&](J_ J) {
           const T *a = J.a, *dy = J.dy, *gain = J.b;
-          const T mu = rowsum<T>(w, [&](int64_t u) { return a[u]; }) / T(w);
-          const T var = rowsum<T>(w, [&](int64_t u) { return (a[u] - mu) * (a[u] - mu); }) / T(w);
-          const T r = T(1) / std::sqrt(var + T(I.p0));
+          T mu, r;
+          if (J.x) {
+            mu = J.x[0], r = J.x[1];
+          } else {
+            mu = rowsum<T>(w, [&](int64_t u) { return a[u]; }) / T(w);
+            const T var = rowsum<T>(w, [&](int64_t u) { return (a[u] - mu) * (a[u] - mu); }) / T(w);
+            r = T(1) / std::sqrt(var + T(I.p0));
+          }
+          // the usual case, per-unit gain and shift accumulating over steps: both ride along pass 1
+          const bool along = J.ga && B_FULL && C_FULL && J.gb && J.gc && !sb && !sc;
           if (J.ga) {
-            const T mg = rowsum<T>(w, [&](int64_t u) { return dy[u] * gain[B_FULL ? u : 0]; }) / T(w);
-            const T mgx = rowsum<T>(w, [&](int64_t u) { return dy[u] * gain[B_FULL ? u : 0] * (a[u] - mu) * r; }) / T(w);
+            T sg = 0, sgx = 0;
+            if (along) {
+              T *gb = J.gb, *gc = J.gc;
+#pragma omp simd reduction(+ : sg, sgx)
+              for (int64_t u = 0; u < w; ++u) {
+                const T g = dy[u] * gain[u], xh = (a[u] - mu) * r;
+                sg += g;
+                sgx += g * xh;
+                gb[u] += dy[u] * xh;
+                gc[u] += dy[u];
+              }
+            } else {
+#pragma omp simd reduction(+ : sg, sgx)
+              for (int64_t u = 0; u < w; ++u) {
+                const T g = dy[u] * gain[B_FULL ? u : 0];
+                sg += g;
+                sgx += g * ((a[u] - mu) * r);
+              }
+            }
+            const T mg = sg / T(w), mgx = sgx / T(w);
             accum<true>(J.ga, w, sa, [&](int64_t u) {
               return r * (dy[u] * gain[B_FULL ? u : 0] - mg - (a[u] - mu) * r * mgx);
             });
           }
-          if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return dy[u] * (a[u] - mu) * r; });
-          if (J.gc) accum<C_FULL>(J.gc, w, sc, [&](int64_t u) { return dy[u]; });
+          if (!along) {
+            if (J.gb) accum<B_FULL>(J.gb, w, sb, [&](int64_t u) { return dy[u] * ((a[u] - mu) * r); });
+            if (J.gc) accum<C_FULL>(J.gc, w, sc, [&](int64_t u) { return dy[u]; });
+          }
         });
       });
       break;
@@ -1040,7 +1073,7 @@ pybind11::dict codes() {
   for (int64_t i = 0; i < NUM_BUF_KINDS; ++i) bufs[BUF_NAMES[i]] = i;
   const char* col_names[] = {"op", "w", "obuf", "ooff", "abuf", "aoff", "aw", "bbuf", "boff", "bw", "cbuf", "coff",
                              "cw", "k", "gobuf", "gooff", "gabuf", "gaoff", "gbbuf", "gboff", "gcbuf", "gcoff",
-                             "flags"};
+                             "flags", "xbuf", "xoff"};
   for (int64_t i = 0; i < NCOL; ++i) cols[col_names[i]] = i;
   const char* gcol_names[] = {"ibuf", "ioff", "obuf", "ooff", "mat", "n", "k", "gibuf", "gioff", "gobuf", "gooff", "stage",
                               "i1buf", "i1off", "i1w", "i2buf", "i2off", "i2w", "i3buf", "i3off", "i3w", "gstore"};
