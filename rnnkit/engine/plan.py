@@ -142,7 +142,8 @@ def plan(trace: Trace, ext: Any) -> Plan:
     # -- fusion: fewer passes over each row ---------------------------------------------------------
     # (1) `W v + x` becomes one matrix product whose output starts as x (a bias, the projected
     #     input, anything ready before the product): the addition costs no pass of its own;
-    # (2) `a * b + c` becomes one multiply-add.
+    # (2) `a * b + c` becomes one multiply-add, and `x + (p + q)` one three-way addition (a layer
+    #     norm's output plus a bias plus the projected input, say).
     stage, made_by_ops = stages_of(nodes)
     uses = uses_of(nodes)
     order = {id(v): i for i, v in enumerate(nodes)}
@@ -187,6 +188,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
                 v.op, v.args = "muladd", (m.args[0], m.args[1], x)
                 dead.add(id(m))
                 break
+        else:
+            for i in (0, 1):
+                m, x = v.args[i], v.args[1 - i]
+                if m.kind == "dyn" and m.op == "add" and uses.get(id(m)) == 1 and m.width == v.width:
+                    v.op, v.args = "add3", (x, m.args[0], m.args[1])  # x + (p + q): the same sum, bit for bit
+                    dead.add(id(m))
+                    break
     nodes = [v for v in nodes if id(v) not in dead]
     stage, made_by_ops = stages_of(nodes)
     uses = uses_of(nodes)
@@ -322,6 +330,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
 
     passthrough = {
         "add": lambda v: v.args,
+        "add3": lambda v: v.args,
         "sub": lambda v: v.args[:1],
         "muladd": lambda v: v.args[2:],
         "matmul": lambda v: v.attrs.get("init", ()),

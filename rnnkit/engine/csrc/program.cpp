@@ -82,12 +82,12 @@ static void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, const T* A, int6
 enum Op : int64_t {
   COPY, ADD, SUB, MUL, DIV, MAX, MIN, GT, GE, LT, LE, EQ, NE,
   NEG, SIGMOID, TANH, RELU, EXP, LOG, ABS, SQRT, RSQRT, POW, CLAMP,
-  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, MULADD, LAYERNORM, NUM_OPS
+  WHERE, ROWSUM, ROWMEAN, BSUM, BEXPAND, REM, ACCUM, MULADD, LAYERNORM, ADD3, NUM_OPS
 };
 static const char* OP_NAMES[] = {
   "copy", "add", "sub", "mul", "div", "max", "min", "gt", "ge", "lt", "le", "eq", "ne",
   "neg", "sigmoid", "tanh", "relu", "exp", "log", "abs", "sqrt", "rsqrt", "pow", "clamp",
-  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum", "muladd", "layernorm"};
+  "where", "rowsum", "rowmean", "bsum", "bexpand", "rem", "accum", "muladd", "layernorm", "add3"};
 
 // Where values live. Forward: the projected input, the previous and new state fields, the saved
 // frame (values backward reads), the output, batch-wide and per-row scratch, static tensors and
@@ -287,6 +287,16 @@ static void run_forward(const Ins& I, const Rows<T>& R) {
         });
       });
       break;
+    case ADD3:  // o = a + (b + c)
+      with_full<T>(fa, fb, [&](auto FA, auto FB) {
+        each_row(I, R, [&](int64_t, T* o, const T* a, const T* b, const T* c) {
+          if (fc)
+            for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] + (b[FB ? u : 0] + c[u]);
+          else
+            for (int64_t u = 0; u < w; ++u) o[u] = a[FA ? u : 0] + (b[FB ? u : 0] + c[0]);
+        });
+      });
+      break;
     case GT: binary([](T x, T y) { return T(x > y); }); break;
     case GE: binary([](T x, T y) { return T(x >= y); }); break;
     case LT: binary([](T x, T y) { return T(x < y); }); break;
@@ -440,9 +450,13 @@ static void run_backward(const Ins& I, const Rows<T>& R) {
       binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] * J.b[j]; },
              [](J_ J, int64_t u, int64_t i, int64_t) { return J.dy[u] * J.a[i]; });
       break;
-    case MULADD: {
-      binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] * J.b[j]; },
-             [](J_ J, int64_t u, int64_t i, int64_t) { return J.dy[u] * J.a[i]; });
+    case MULADD:
+    case ADD3: {
+      if (I.op == MULADD)
+        binary([](J_ J, int64_t u, int64_t, int64_t j) { return J.dy[u] * J.b[j]; },
+               [](J_ J, int64_t u, int64_t i, int64_t) { return J.dy[u] * J.a[i]; });
+      else
+        binary(pass, pass);
       if (I.gc >= 0) {
         const bool fc = I.cw == w;
         each_adjoint_row(I, R, [&](J_ J) {
