@@ -12,7 +12,8 @@ next stage, after the element-wise work that computes it. Element-wise work runs
 **Storage.** Each value gets one place: a new state field's value is written straight into that
 field's (T, B, w) storage (which is also the layer's output where the output is a state field);
 values that back-propagation reads — a sigmoid's output, a product's other factor, the input of
-a matrix product — go in a saved (T, B, ·) frame; matrix product outputs that nothing reads
+a matrix product, a layer norm's row mean and 1/σ — go in a saved (T, B, ·) frame; matrix
+product outputs that nothing reads
 later share one batch-wide buffer; everything else lives in a per-row scratch row that stays in
 cache. Slices are views: they cost nothing, forward or backward.
 
@@ -20,7 +21,13 @@ cache. Slices are views: they cost nothing, forward or backward.
 gradient goes: the projected input's gradient, the previous state's, a delay line's history, a
 matrix product's output gradient (kept for all steps: the weight gradient is one GEMM after the
 loop), per-row accumulators for the static values (summed over rows at the end), or a
-batch-wide gradient frame cleared every step.
+batch-wide gradient frame. Within a step, the first adjoint to reach a gradient stores into it
+and the later ones add, so neither the frame nor the (T, B, ·) gradients of the projected input
+and of the products need zeroing (a layout where some adjoint would add first, or read before
+anything wrote, zeroes that one instead: the frame every step, the others once).
+
+Before all this, a few patterns are fused so they cost one pass over the row instead of two:
+``W v + x`` (the product's output starts as x), ``a * b + c`` and ``x + (p + q)``.
 
 Symbols: T time, B batch, w a value's width.
 """
