@@ -39,10 +39,12 @@ def ln_linear(v: Tensor, weight: Tensor, gain: Tensor, shift: Tensor, bias: Tens
     μ and s² are the mean and the biased variance of the entries of a = W v, per row. ``weight``
     is W (rows, w) for v (..., w); ``gain``, ``shift`` and ``bias`` (None: no b) have ``rows``
     entries. Returns (..., rows).
+
+    b is added as part of the norm's shift, :math:`\mathrm{LN}(W v;\ \alpha, \beta + b)`, the same
+    function with one pass fewer over the result (and over its gradient).
     """
     rows = weight.shape[0]
-    a = F.layer_norm(F.linear(v, weight), (rows,), gain, shift, eps)  # (..., rows)
-    return a if bias is None else a + bias
+    return F.layer_norm(F.linear(v, weight), (rows,), gain, shift if bias is None else shift + bias, eps)  # (..., rows)
 
 
 def _add_layer_norm_parameters(cell: RecurrentCell, rows: int) -> None:

@@ -71,17 +71,22 @@ warnings.filterwarnings("ignore", message=r"'rnnkit\.engine\.build' found in sys
 # -- what is built, and where ------------------------------------------------------------------------
 
 
-def _torch_exports_blas() -> bool:
-    """Whether torch's CPU library exports the Fortran BLAS ``sgemm_``/``dgemm_`` (MKL in the x86
-    wheels), which the engine then calls directly instead of through ATen for its per-step GEMMs."""
+def _torch_exports(*names: str) -> bool:
+    """Whether torch's CPU library exports every one of ``names`` (MKL's Fortran BLAS symbols in
+    the x86 wheels), which the engine then calls directly instead of through ATen."""
     import ctypes
 
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
         handle = ctypes.CDLL(str(lib))
-        return all(hasattr(handle, name) for name in ("sgemm_", "dgemm_"))
+        return all(hasattr(handle, name) for name in names)
     except OSError:
         return False
+
+
+def _torch_exports_blas() -> bool:
+    """Whether torch exports the BLAS ``sgemm_``/``dgemm_`` for the engine's per-step products."""
+    return _torch_exports("sgemm_", "dgemm_")
 
 
 def _build_flags() -> list[str]:
@@ -93,6 +98,9 @@ def _build_flags() -> list[str]:
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     if _torch_exports_blas():
         flags.append("-DRNNKIT_BLAS_SYMBOLS")
+        # MKL's packed single-precision products: W packed once per call, reused every step
+        if _torch_exports("sgemm_pack_get_size_", "sgemm_pack_", "sgemm_compute_"):
+            flags.append("-DRNNKIT_MKL_PACKED")
     return flags
 
 

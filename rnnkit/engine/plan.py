@@ -12,7 +12,8 @@ next stage, after the element-wise work that computes it. Element-wise work runs
 **Storage.** Each value gets one place: a new state field's value is written straight into that
 field's (T, B, w) storage (which is also the layer's output where the output is a state field);
 values that back-propagation reads — a sigmoid's output, a product's other factor, the input of
-a matrix product — go in a saved (T, B, ·) frame; matrix product outputs that nothing reads
+a matrix product, a layer norm's row mean and 1/σ — go in a saved (T, B, ·) frame; matrix
+product outputs that nothing reads
 later share one batch-wide buffer; everything else lives in a per-row scratch row that stays in
 cache. Slices are views: they cost nothing, forward or backward.
 
@@ -20,7 +21,13 @@ cache. Slices are views: they cost nothing, forward or backward.
 gradient goes: the projected input's gradient, the previous state's, a delay line's history, a
 matrix product's output gradient (kept for all steps: the weight gradient is one GEMM after the
 loop), per-row accumulators for the static values (summed over rows at the end), or a
-batch-wide gradient frame cleared every step.
+batch-wide gradient frame. Within a step, the first adjoint to reach a gradient stores into it
+and the later ones add, so neither the frame nor the (T, B, ·) gradients of the projected input
+and of the products need zeroing (a layout where some adjoint would add first, or read before
+anything wrote, zeroes that one instead: the frame every step, the others once).
+
+Before all this, a few patterns are fused so they cost one pass over the row instead of two:
+``W v + x`` (the product's output starts as x), ``a * b + c`` and ``x + (p + q)``.
 
 Symbols: T time, B batch, w a value's width.
 """
@@ -142,7 +149,8 @@ def plan(trace: Trace, ext: Any) -> Plan:
     # -- fusion: fewer passes over each row ---------------------------------------------------------
     # (1) `W v + x` becomes one matrix product whose output starts as x (a bias, the projected
     #     input, anything ready before the product): the addition costs no pass of its own;
-    # (2) `a * b + c` becomes one multiply-add.
+    # (2) `a * b + c` becomes one multiply-add, and `x + (p + q)` one three-way addition (a layer
+    #     norm's output plus a bias plus the projected input, say).
     stage, made_by_ops = stages_of(nodes)
     uses = uses_of(nodes)
     order = {id(v): i for i, v in enumerate(nodes)}
@@ -187,6 +195,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
                 v.op, v.args = "muladd", (m.args[0], m.args[1], x)
                 dead.add(id(m))
                 break
+        else:
+            for i in (0, 1):
+                m, x = v.args[i], v.args[1 - i]
+                if m.kind == "dyn" and m.op == "add" and uses.get(id(m)) == 1 and m.width == v.width:
+                    v.op, v.args = "add3", (x, m.args[0], m.args[1])  # x + (p + q): the same sum, bit for bit
+                    dead.add(id(m))
+                    break
     nodes = [v for v in nodes if id(v) not in dead]
     stage, made_by_ops = stages_of(nodes)
     uses = uses_of(nodes)
@@ -322,6 +337,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
 
     passthrough = {
         "add": lambda v: v.args,
+        "add3": lambda v: v.args,
         "sub": lambda v: v.args[:1],
         "muladd": lambda v: v.args[2:],
         "matmul": lambda v: v.attrs.get("init", ()),
@@ -393,9 +409,11 @@ def plan(trace: Trace, ext: Any) -> Plan:
         k: int = 0,
         gout: tuple[int, int] = (-1, 0),
         gops: list[tuple[int, int]] = (),
+        keep: tuple[int, int] = (-1, 0),
     ) -> list[int]:
         r = [0] * len(cols)
         r[cols["op"]], r[cols["w"]], r[cols["obuf"]], r[cols["ooff"]], r[cols["k"]] = ops[op], w, out[0], out[1], k
+        r[cols["xbuf"]], r[cols["xoff"]] = keep
         for name in ("a", "b", "c"):
             r[cols[name + "buf"]] = -1
             r[cols["g" + name + "buf"]] = -1
@@ -429,9 +447,13 @@ def plan(trace: Trace, ext: Any) -> Plan:
             (where(a), width_of(a, w, op) if op not in ("rowsum", "rowmean", "bsum", "bexpand") else a.width)
             for a in args
         ]
-        fwd[s].append(row(op, w, out_loc, operands, k))
+        needs_grad = op not in _NO_GRAD_OPS and out_gloc[0] >= 0
+        # a layer norm keeps its row's mean and 1/σ in the saved frame, so its adjoint need not
+        # recompute them (two of its passes over the row)
+        keep = (L.buf("saved"), alloc("saved", 2)) if op == "layernorm" and needs_grad else (-1, 0)
+        fwd[s].append(row(op, w, out_loc, operands, k, keep=keep))
         fwd_p[s].append(list(p))
-        if op in _NO_GRAD_OPS or out_gloc[0] < 0:
+        if not needs_grad:
             return
         gops = [
             gwhere(a) if (op != "where" or i > 0) and not shares_gradient(a, out_v) else (-1, 0)
@@ -439,7 +461,7 @@ def plan(trace: Trace, ext: Any) -> Plan:
         ]
         if all(g[0] < 0 for g in gops):
             return
-        bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops))
+        bwd[s].append(row(op, w, out_loc, operands, k, out_gloc, gops, keep))
         bwd_p[s].append(list(p))
 
     for v in nodes:
@@ -523,17 +545,38 @@ def plan(trace: Trace, ext: Any) -> Plan:
             push_buf, push_off = where(trace.pushes[k])
         fields.append([codes["fields"][f.kind], f.width, f.delay, push_buf, push_off])
 
-    # -- stores instead of adds: the first adjoint to reach a frame gradient in a step writes it, so
-    # the frame needs no clearing; an adjoint whose incoming gradient nothing wrote is dropped ------
-    clear_frame = False
-    frame_buf = L.index.get((codes["buffers"]["g_frame"], 0, 0), -1)
-    written = [False] * widths["frame"]
+    # -- stores instead of adds: the first adjoint to reach a gradient in a step writes it, so it
+    # needs no clearing; an adjoint whose incoming gradient nothing wrote is dropped. Tracked per
+    # step: the gradient frame (batch-wide, reused every step), the projected input's gradient and
+    # the kept product-output gradients ((T, B, ·), one slice per step). A slice that some step
+    # leaves partly unwritten, or that is read before it is fully written, is zeroed instead:
+    # the frame every step, the others once before the loop. -----------------------------------------
+    buffers = codes["buffers"]
+    frame_buf = L.index.get((buffers["g_frame"], 0, 0), -1)
+    per_step = {frame_buf: widths["frame"]} if frame_buf >= 0 else {}
+    gi_buf = L.index.get((buffers["g_gi"], 0, 0), -1)
+    if gi_buf >= 0:
+        per_step[gi_buf] = next((v.width for v in trace.nodes if v.op == "gi"), 0)
+    dg_bufs = {L.index.get((buffers["g_dg"], q, 0), -1): q for q in range(len(dg_widths))}
+    per_step.update({b: dg_widths[q] for b, q in dg_bufs.items() if b >= 0})
+    written = {b: [False] * w for b, w in per_step.items()}
+    must_zero: set[int] = set()  # buffers that a plain store per step does not cover
 
     def region(b: int, off: int, w: int) -> list[bool] | None:
-        return written[off : off + w] if b == frame_buf and b >= 0 else None
+        return written[b][off : off + w] if b in written else None
 
-    def mark(off: int, w: int) -> None:
-        written[off : off + w] = [True] * w
+    def mark(b: int, off: int, w: int) -> None:
+        written[b][off : off + w] = [True] * w
+
+    def stored(b: int, off: int, w: int) -> bool:
+        """A write of gradient region (b, off, w): whether it may store (the first to write there)."""
+        seen = region(b, off, w)
+        if seen is None:
+            return False
+        if any(seen) and not all(seen):
+            must_zero.add(b)  # partly written: it adds to a slice that must start at zero
+        mark(b, off, w)
+        return not any(seen)
 
     for s_ in reversed(range(n_stages)):
         batch = [("pre", r) for r in pre] if s_ == n_stages - 1 else []
@@ -541,44 +584,33 @@ def plan(trace: Trace, ext: Any) -> Plan:
         dropped = []
         for kind, r in batch:
             if kind == "pre":
-                seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
-                if seen is not None:
-                    if not any(seen):
-                        r[cols["flags"]] |= 1
-                    elif not all(seen):
-                        clear_frame = True
-                    mark(r[cols["gooff"]], r[cols["w"]])
+                if stored(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]]):
+                    r[cols["flags"]] |= 1
                 continue
             seen = region(r[cols["gobuf"]], r[cols["gooff"]], r[cols["w"]])
             if seen is not None and not any(seen):
                 dropped.append(r)  # its incoming gradient is zero this step: nothing to add
                 continue
             if seen is not None and not all(seen):
-                clear_frame = True
+                must_zero.add(r[cols["gobuf"]])
             for bit, name in enumerate(("a", "b", "c")):
-                b, off, w = r[cols[f"g{name}buf"]], r[cols[f"g{name}off"]], r[cols[f"{name}w"]]
-                seen = region(b, off, w)
-                if seen is None:
-                    continue
-                if not any(seen):
+                if stored(r[cols[f"g{name}buf"]], r[cols[f"g{name}off"]], r[cols[f"{name}w"]]):
                     r[cols["flags"]] |= 1 << bit
-                elif not all(seen):
-                    clear_frame = True
-                mark(off, w)
         for r in dropped:
             i = next(i for i, x in enumerate(bwd[s_]) if x is r)
             del bwd[s_][i], bwd_p[s_][i]
         for g in gemms:
             if g[gcols["stage"]] != s_:
                 continue
-            seen = region(g[gcols["gibuf"]], g[gcols["gioff"]], g[gcols["k"]])
-            if seen is None:
-                continue
-            if not any(seen):
+            seen = region(g[gcols["gobuf"]], g[gcols["gooff"]], g[gcols["n"]])
+            if seen is not None and not all(seen):
+                must_zero.add(g[gcols["gobuf"]])  # BLAS reads the whole output gradient
+            if stored(g[gcols["gibuf"]], g[gcols["gioff"]], g[gcols["k"]]):
                 g[gcols["gstore"]] = 1
-            elif not all(seen):
-                clear_frame = True
-            mark(g[gcols["gioff"]], g[gcols["k"]])
+    must_zero.update(b for b, seen in written.items() if not all(seen) and b != frame_buf)
+    clear_frame = frame_buf in must_zero
+    zero_gi = gi_buf in must_zero
+    zero_dg = [int(L.index.get((buffers["g_dg"], q, 0), -1) in must_zero) for q in range(len(dg_widths))]
 
     # -- the Program -----------------------------------------------------------------------------------
     def table(rows: list[list[int]], ncols: int, dtype=torch.int64) -> torch.Tensor:
@@ -608,12 +640,16 @@ def plan(trace: Trace, ext: Any) -> Plan:
     P.rtemp_width, P.frame_width = widths["rtemp"], widths["frame"]
     P.out_width, P.out_alias = trace.output.width, out_alias
     P.clear_frame = clear_frame
+    P.zero_gi = zero_gi
+    P.zero_dg = torch.tensor(zero_dg, dtype=torch.int64)
     stats = dict(
         stages=n_stages,
         forward=len(flat_fwd),
         backward=len(flat_bwd),
         gemms=len(gemms),
         clear_frame=clear_frame,
+        zero_gi=zero_gi,
+        zero_dg=sum(zero_dg),
         **widths,
     )
     return Plan(P, trace, [v.index for v in slot_values], [v.grad for v in slot_values], trace.fields, stats)

@@ -244,6 +244,24 @@ class PlainNormCell(UserCell):
         return h, RNNState(h)
 
 
+class SumsCell(UserCell):
+    """Sums of three terms, x + (p + q), which the planner runs as one instruction: full-width
+    terms, a per-unit parameter, a row mean and a number among them, in every operand position."""
+
+    def extra_parameters(self):
+        self.shift = nn.Parameter(torch.empty(self.hidden_size))  # (H,)
+
+    def recurrence(self, gi, state):
+        h = state.h
+        a = F.linear(h, self.weight_hh)  # (B, H)
+        m = a.mean(-1, keepdim=True)  # (B, 1)
+        pre = gi + (torch.tanh(a) + self.shift)
+        wide = m + (pre + 0.5)
+        mixed = (torch.sigmoid(pre) + m) + h
+        h = torch.tanh(wide) * 0.5 + 0.1 * mixed + (self.shift + (m + 0.25))
+        return h, RNNState(h)
+
+
 # name -> (I, H) -> cell; H is even (BlockCell's blocks of 2)
 CELLS = {
     "layernorm-lstm": lambda i, h: LayerNormLSTMCell(i, h),
@@ -260,6 +278,7 @@ CELLS = {
     "where": WhereCell,
     "hand-norm": HandNormCell,
     "plain-norm": PlainNormCell,
+    "sums": SumsCell,
     "per-unit": PerUnitCell,
     "blocks": BlockCell,
     "counter": CounterCell,
@@ -477,6 +496,28 @@ def test_auto_runs_every_cell_fused(dtype):
             assert layer.last_engine == "fused", name
             layer(torch.randn(5, 2, 3, dtype=dtype), lengths=[5, 3])
             assert layer.last_engine == "fused", name
+
+
+def _program_ops(cell: RecurrentCell) -> list[str]:
+    """The names of the forward instructions of ``cell``'s fused program."""
+    plan = fused.compile_cell(cell, F64)
+    names = {code: name for name, code in fused.load_extension().codes()["ops"].items()}
+    return [names[int(code)] for code in plan.program.forward[:, 0]]
+
+
+def test_three_way_sums_run_as_one_instruction():
+    """x + (p + q) is one instruction (the four sums here; the fused-equals-reference tests above
+    check its values and gradients, broadcast operands included)."""
+    assert _program_ops(make("sums", 3, 4, seed=0)).count("add3") == 4
+
+
+def test_zoo_programs_start_no_gradient_at_zero():
+    """Every step's adjoints store into the projected input's gradient and the kept product
+    gradients before reading them, so the backward pass allocates them without zeroing (and the
+    fused-equals-reference tests, lengths included, check that this is right)."""
+    for name, factory in FUSED_CELLS.items():
+        stats = fused.compile_cell(randomize_(factory(3, 4), seed=0).to(F64), F64).stats
+        assert not stats["zero_gi"] and stats["zero_dg"] == 0, name
 
 
 def test_parameters_changed_between_calls_are_read_on_the_next_call():
