@@ -7,7 +7,9 @@ The decoding protocol (implemented by rnnkit's decoders, :mod:`rnnkit.models`, a
   tensor in it has the batch on dimension 0, so beams are reordered with ``index_select``.
 * ``model.step(y_prev, state) -> (out, state)`` — one step from the previous output ((B,) token
   ids); ``out.logits`` is (B, V) and ``out.halt`` (optional) the (B,) halt logit,
-  :math:`P(\text{end after this step}) = \sigma(\text{halt})`.
+  :math:`P(\text{end after this step}) = \sigma(\text{halt})`. The step returns a new state and
+  leaves the tensors of the one it was given as they are: a tensor it passes on unchanged (the
+  same object, such as an encoder's memory) is one beam search need not reorder.
 * optional ``model.bos`` / ``model.eos`` token ids, ``model.predict_length(state) -> (B,)`` for a
   model with a length head (its ``step`` reads the remaining steps τ − t from its own state).
 
