@@ -7,7 +7,9 @@ The decoding protocol (implemented by rnnkit's decoders, :mod:`rnnkit.models`, a
   tensor in it has the batch on dimension 0, so beams are reordered with ``index_select``.
 * ``model.step(y_prev, state) -> (out, state)`` — one step from the previous output ((B,) token
   ids); ``out.logits`` is (B, V) and ``out.halt`` (optional) the (B,) halt logit,
-  :math:`P(\text{end after this step}) = \sigma(\text{halt})`.
+  :math:`P(\text{end after this step}) = \sigma(\text{halt})`. The step returns a new state and
+  leaves the tensors of the one it was given as they are: a tensor it passes on unchanged (the
+  same object, such as an encoder's memory) is one beam search need not reorder.
 * optional ``model.bos`` / ``model.eos`` token ids, ``model.predict_length(state) -> (B,)`` for a
   model with a length head (its ``step`` reads the remaining steps τ − t from its own state).
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cells.state import map_state, state_tensors
+from .cells.state import map_state, rebuild_state, state_tensors
 from .train.device import model_device, to_device
 
 METHODS = ("greedy", "sample", "beam")
@@ -144,6 +146,51 @@ def default_method(model: nn.Module, **sampling: Any) -> str:
 def reorder_state(state: Any, index: Tensor) -> Any:
     """Pick batch rows ``index`` of every tensor of a decoding state (beam reordering)."""
     return map_state(lambda t: t.index_select(0, index), state)
+
+
+def _reorder_beams(leaves: list[Tensor], index: Tensor, shared: list[bool]) -> list[Tensor]:
+    """:func:`reorder_state` within each sequence's W hypotheses, on a state's tensors (``leaves``,
+    as :func:`rnnkit.cells.state.state_tensors` lists them), except for those marked in
+    ``shared``: each of those holds W equal rows per sequence, so picking among them would copy
+    the same values (an encoder's memory, its attention keys and mask are most of a seq2seq
+    state)."""
+    return [t if keep else t.index_select(0, index) for t, keep in zip(leaves, shared)]
+
+
+def _still_shared(shared: list[bool], before: list[Tensor], after: Any) -> tuple[list[Tensor], list[bool]]:
+    """The tensors of the state a step returned, and which of them still hold W equal rows per
+    sequence: those that held them before (``before``, the tensors the step was given) and that
+    the step passed through as they were (the same tensor)."""
+    new = state_tensors(after)
+    if len(new) != len(before):
+        return new, [False] * len(new)
+    return new, [keep and n is o for keep, n, o in zip(shared, new, before)]
+
+
+def _top_eos(compact: Tensor, candidates: Tensor, score: Tensor, logp: Tensor, eos: int) -> tuple[Tensor, Tensor]:
+    """The W best extensions, as ``candidates.view(B, -1).topk(W)`` finds them, for end="eos".
+
+    Each extension scores score (B, W) + logp (B, W, V), EOS's included; EOS's "end here"
+    is the only finite entry of the second half of ``candidates`` (B, 2, W, V), so the top W are
+    looked for among the W·V + W entries of ``compact`` (B, W·V + W), about half as many, and
+    their indices mapped back. That is the same answer unless two finite scores tie among the
+    W + 1 best (or one is NaN): which of equal entries topk returns depends on the layout, so
+    then ``candidates`` is filled and searched as it is.
+    """
+    B, W, V = logp.shape
+    go, end_here = compact[:, : W * V].view(B, W, V), compact[:, W * V :]
+    torch.add(score.unsqueeze(-1), logp, out=go)
+    end_here.copy_(go[..., eos])
+    go[..., eos] = float("-inf")
+    top, idx = compact.topk(W + 1, dim=-1)  # (B, W + 1)
+    tie = (top[:, :-1] == top[:, 1:]) & (top[:, 1:] > float("-inf"))
+    if bool(tie.any() | top.isnan().any()):
+        candidates[:, 0].copy_(go)
+        candidates[:, 1, :, eos] = end_here
+        return candidates.view(B, -1).topk(W, dim=-1)
+    top, idx = top[:, :W], idx[:, :W]
+    # "end here" of hypothesis w sits at W·V + w in compact, at W·V + w·V + eos in candidates
+    return top, torch.where(idx >= W * V, W * V + (idx - W * V) * V + eos, idx)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -349,32 +396,42 @@ def _step_decode(
     limit = _limits(model, end, state, batch_size, max_length, device)
     if out is None:
         out, state = model.step(_first_input(model, batch_size, device), state)
-    tokens = torch.full((batch_size, max_length), pad, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-    scores = torch.zeros(batch_size, dtype=torch.float64, device=device)
+    # each step only chooses and tests for the end; what is kept of it (the token, the step's
+    # score terms, which rows had ended) is laid out into tokens, lengths and scores once, after
+    # the loop, so a step costs about what a hand-written decoding loop's does
+    ys, terms, ended = [], [], []  # per step: y (B,), its score terms (B,) float64, done after it (B,)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for t in range(max_length):
         y = next_tokens(out.logits, method, temperature, top_k, top_p, generator)  # (B,)
         logits = out.logits.double()  # scores in float64, as beam search keeps them
-        logp = logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1)  # log p(y)
-        live = ~done
-        tokens[live, t] = y[live]
-        lengths += live.long()
-        scores += torch.where(live, logp, torch.zeros_like(logp))
-        stop = lengths >= limit
+        terms.append(logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.logsumexp(-1))  # log p(y)
+        # a row's length reaches its limit at this step: max_length bounds the loop itself, so
+        # only the predicted lengths need a test
+        stop = limit <= t + 1 if end == "length" else None
         if end == "eos":
-            stop |= y == eos
+            stop = y == eos
         elif end == "halt":
             p_halt = torch.sigmoid(_halt_logit(out, model).double())
             halts = _bernoulli(p_halt, generator).bool() if halt_sample else p_halt > 0.5
-            stop |= halts
-            scores += torch.where(live, torch.where(halts, p_halt.log(), (-p_halt).log1p()), torch.zeros_like(p_halt))
-        done |= live & stop
-        if bool(done.all()):
+            stop = halts
+            terms.append(torch.where(halts, p_halt.log(), (-p_halt).log1p()))  # log P(halt decision)
+        ys.append(y)
+        if stop is not None:
+            done = done | stop
+        ended.append(done)
+        if t + 1 == max_length or bool(done.all()):
             break
         out, state = model.step(y, state)
+    T = len(ys)
+    # row b is live at step t until the step after the one where it ended
+    live = torch.cat([torch.ones(1, batch_size, dtype=torch.bool, device=device), ~torch.stack(ended)[:-1]])  # (T, B)
+    tokens = torch.where(live, torch.stack(ys), torch.full_like(live, pad, dtype=torch.long)).t()  # (B, T)
+    lengths = live.sum(0)  # (B,)
+    per_term = live.repeat_interleave(len(terms) // T, dim=0)  # (T·k, B): k score terms per step
+    masked = torch.where(per_term, torch.stack(terms), torch.zeros((), dtype=torch.float64, device=device))
+    scores = masked.cumsum(0)[-1]  # summed in step order, as a running total would
     L = int(lengths.max())
-    return Generated(tokens[:, :L], lengths, scores)
+    return Generated(tokens[:, :L].contiguous(), lengths, scores)
 
 
 def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -405,6 +462,8 @@ def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad
     # W copies of each row; only copy 0 is live at first so the first step does not pick W equal beams
     expand = torch.arange(B, device=device).repeat_interleave(W)  # (B·W,)
     state = reorder_state(state, expand)
+    leaves = state_tensors(state)
+    shared = [True] * len(leaves)  # every tensor now holds W equal rows per sequence
     out = type(out)(*[None if f is None else f.index_select(0, expand) for f in out])
     score = torch.full((B, W), float("-inf"), dtype=torch.float64, device=device)
     score[:, 0] = 0.0
@@ -412,47 +471,67 @@ def _beam(model, batch_size, max_length, W, alpha, end, eos, context, prime, pad
     best_tokens: list[list[list[int]]] = [[[] for _ in range(K)] for _ in range(B)]  # [b][k], best first
     best_score = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)
     rows = torch.arange(B, device=device).unsqueeze(1)  # (B, 1)
+    first_row = rows * W  # (B, 1): where each sequence's hypotheses start in the (B·W,) state
+    # every extension's score, "go on" then "end here", each (B, W, V), written in place each step;
+    # with end="eos" only the EOS column of "end here" is ever finite, so the rest stays −∞
+    candidates = torch.full((B, 2, W, V), float("-inf"), dtype=torch.float64, device=device)
+    go_on, stop = candidates[:, 0], candidates[:, 1]
+    # and, for end="eos", the same without those −∞: "go on" (B, W·V), then "end here" (B, W)
+    compact = torch.empty(B, W * V + W, dtype=torch.float64, device=device) if end == "eos" else None
     for t in range(max_length):
         length = t + 1
-        go_on = score.unsqueeze(-1) + out.logits.double().log_softmax(-1).view(B, W, V)  # (B, W, V)
-        stop = torch.full_like(go_on, float("-inf"))
-        if end == "eos":
-            stop[..., eos] = go_on[..., eos]
-            go_on[..., eos] = float("-inf")
-        elif end == "halt":
-            h = out.halt.double().view(B, W, 1)
-            stop, go_on = go_on + F.logsigmoid(h), go_on + F.logsigmoid(-h)
-        at_limit = (length >= limit).view(B, 1, 1)  # the bound ends every extension
-        stop = torch.where(at_limit, torch.maximum(stop, go_on), stop)
-        go_on = torch.where(at_limit, torch.full_like(go_on, float("-inf")), go_on)
-        top, idx = torch.cat([go_on.view(B, -1), stop.view(B, -1)], 1).topk(W, dim=-1)  # (B, W)
+        logp = out.logits.double().log_softmax(-1).view(B, W, V)  # (B, W, V)
+        if end == "eos" and length < max_length:
+            top, idx = _top_eos(compact, candidates, score, logp, eos)
+        else:
+            torch.add(score.unsqueeze(-1), logp, out=go_on)
+            if end == "eos":
+                stop[..., eos] = go_on[..., eos]
+                go_on[..., eos] = float("-inf")
+            elif end == "halt":
+                h = out.halt.double().view(B, W, 1)
+                torch.add(go_on, F.logsigmoid(h), out=stop)
+                go_on.add_(F.logsigmoid(-h))
+            if end == "length":
+                at_limit = (length >= limit).view(B, 1, 1)  # the bound ends every extension
+                stop.copy_(go_on.masked_fill(~at_limit, float("-inf")))  # stop holds nothing else with this end
+                go_on.masked_fill_(at_limit, float("-inf"))
+            elif length >= max_length:  # every row's bound is max_length: the same test, made once
+                torch.maximum(stop, go_on, out=stop)
+                go_on.fill_(float("-inf"))
+            top, idx = candidates.view(B, -1).topk(W, dim=-1)  # (B, W)
         ended = idx >= W * V
-        idx = idx % (W * V)
-        beam, tok = idx // V, idx % V  # (B, W)
-        ranked = torch.where(ended & (top > float("-inf")), top / (length**alpha), torch.full_like(top, float("-inf")))
-        # the K best of those kept so far and those that ended at this step; a stable sort keeps
-        # the earlier on a tie. order < K: a kept hypothesis; order ≥ K: column order − K of ranked
-        merged, order = torch.cat([best_score, ranked], 1).sort(dim=-1, descending=True, stable=True)  # (B, K + W)
-        best_score, order = merged[:, :K], order[:, :K]
-        for b in (order >= K).any(-1).nonzero().flatten().tolist():  # rows where one that ended enters
-            kept = best_tokens[b]
-            best_tokens[b] = [
-                kept[i] if i < K else history[b, beam[b, i - K]].tolist() + [int(tok[b, i - K])]
-                for i in order[b].tolist()
-            ]
-        score = torch.where(ended, torch.full_like(top, float("-inf")), top)
-        history = torch.cat([history[rows, beam], tok.unsqueeze(-1)], -1)  # (B, W, t+1)
-        live_best = score.max(-1).values  # (B,)
-        finished = (live_best == float("-inf")) | ((alpha == 0) & (live_best <= best_score[:, -1]))
+        beam, tok = idx // V % W, idx % V  # (B, W): the hypothesis extended and the token
+        history = torch.cat([history[rows, beam], tok.unsqueeze(-1)], -1)
+        if bool(ended.any()):  # else none enters the answer: the merge below would keep best_score as it is
+            ranked = torch.where(
+                ended & (top > float("-inf")), top / (length**alpha), torch.full_like(top, float("-inf"))
+            )
+            # the K best of those kept so far and those that ended at this step; a stable sort keeps
+            # the earlier on a tie. order < K: a kept hypothesis; order ≥ K: column order − K of ranked
+            merged, order = torch.cat([best_score, ranked], 1).sort(dim=-1, descending=True, stable=True)  # (B, K + W)
+            best_score, order = merged[:, :K], order[:, :K]
+            enter = (order >= K).any(-1).nonzero().flatten()  # rows where one that ended enters
+            if enter.numel():
+                # one conversion to Python lists for all those rows, not one per hypothesis
+                for b, picks, seqs in zip(enter.tolist(), order[enter].tolist(), history[enter].tolist()):
+                    kept = best_tokens[b]
+                    best_tokens[b] = [kept[i] if i < K else seqs[i - K] for i in picks]
+            score = top.masked_fill(ended, float("-inf"))
+        else:
+            score = top
+        live_best = score.amax(-1)  # (B,)
+        finished = live_best == float("-inf")
+        if alpha == 0:  # no live hypothesis can beat the K-th best ended one: its score can only fall
+            finished |= live_best <= best_score[:, -1]
         if bool(finished.all()):
             break
-        state = reorder_state(state, (rows * W + beam).flatten())  # (B·W,)
-        out, state = model.step(tok.flatten(), state)
+        leaves = _reorder_beams(leaves, (first_row + beam).flatten(), shared)  # (B·W,)
+        out, stepped = model.step(tok.flatten(), rebuild_state(state, leaves))
+        state, leaves, shared = stepped, *_still_shared(shared, leaves, stepped)
     L = max(len(seq) for kept in best_tokens for seq in kept)
-    tokens = torch.full((B, K, L), pad, dtype=torch.long, device=device)
-    for b, kept in enumerate(best_tokens):
-        for k, seq in enumerate(kept):
-            tokens[b, k, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+    padded = [[seq + [pad] * (L - len(seq)) for seq in kept] for kept in best_tokens]
+    tokens = torch.tensor(padded, dtype=torch.long, device=device).view(B, K, L)  # one tensor, not one per hypothesis
     lengths = torch.tensor([[len(seq) for seq in kept] for kept in best_tokens], dtype=torch.long, device=device)
     if K == 1:
         return Generated(tokens[:, 0], lengths[:, 0], best_score[:, 0])

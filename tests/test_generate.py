@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import pytest
 import torch
+from torch import nn
 
+from rnnkit.cells import GRUCell
 from rnnkit.generate import Generated, NBest, generate, next_tokens, top_k_filter, top_p_filter
 
-from .decoders import Scripted, TinyDecoder
+from .decoders import Out, Scripted, TinyDecoder
 
 
 def seq_logprob(model, seq, bos=0):
@@ -338,3 +341,97 @@ def test_without_a_method_a_translator_decodes_greedily_and_a_language_model_sam
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(
         a.tokens, generate(lm, 6, max_length=9, method="greedy").tokens
     )
+
+
+# -- the decoding loops' shortcuts equal what they stand for ------------------------------------
+
+
+class PassThrough(nn.Module):
+    """A decoder whose state holds, besides h, a per-row tensor m that conditions every step and
+    that the step passes through as it is, except every third step, where it writes a new one
+    from h: beam search may skip reordering m only while it is passed through."""
+
+    def __init__(self, vocab: int = 5, hidden: int = 6):
+        super().__init__()
+        torch.manual_seed(11)
+        self.bos, self.eos = 0, 1
+        self.embed = nn.Embedding(vocab, hidden)
+        self.cell = GRUCell(2 * hidden, hidden)
+        self.head = nn.Linear(hidden, vocab)
+        with torch.no_grad():
+            self.head.weight.mul_(4)
+
+    def start(self, batch_size, context=None):
+        return (torch.zeros(batch_size, self.cell.hidden_size), torch.tanh(context), torch.zeros(batch_size))
+
+    def step(self, y_prev, state):
+        h, m, t = state
+        h, _ = self.cell(torch.cat([self.embed(y_prev), m], -1), (h,))  # (B, H)
+        if int(t[0]) % 3 == 2:
+            m = torch.tanh(h + m)  # a new m, different in each hypothesis, different in each hypothesis
+        return Out(self.head(h), None), (h, m, t + 1)
+
+
+@pytest.mark.parametrize("alpha, n_best", [(0.0, 1), (1.0, 3)])
+def test_beam_skips_reordering_only_what_a_step_passes_through(alpha, n_best, monkeypatch):
+    """Against the same search reordering every tensor of the state at every step."""
+    gen = importlib.import_module("rnnkit.generate")  # the module (the package's generate is the function)
+
+    ctx = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    kw = dict(max_length=10, method="beam", beam_width=3, length_penalty=alpha, n_best=n_best, context=ctx)
+    fast = generate(PassThrough(), **kw)
+    monkeypatch.setattr(gen, "_reorder_beams", lambda leaves, index, shared: [t.index_select(0, index) for t in leaves])
+    every = generate(PassThrough(), **kw)
+    assert fast.lengths.float().std() > 0  # hypotheses of several lengths: the search made choices
+    for a, b in zip(fast, every):
+        assert torch.equal(a, b)
+
+
+def test_beam_top_extensions_for_eos_equal_the_full_search_also_on_ties():
+    """The top W over the compact layout (the "end here" scores other than EOS's left out) are
+    the full layout's topk: the same values and, mapped back, the same indices — and on ties
+    among the W + 1 best, the full search itself."""
+    from rnnkit.generate import _top_eos
+
+    B, W, V, eos = 64, 3, 5, 2
+    g = torch.Generator().manual_seed(0)
+    for trial in range(6):
+        score = torch.randn(B, W, generator=g, dtype=torch.float64)
+        score[: B // 4, 1:] = float("-inf")  # rows with one live hypothesis
+        logp = torch.randn(B, W, V, generator=g, dtype=torch.float64).log_softmax(-1)
+        if trial % 2:
+            logp = logp.round(decimals=1)  # many exact ties
+            score = score.round(decimals=1)
+        full = torch.full((B, 2, W, V), float("-inf"), dtype=torch.float64)
+        full[:, 0] = score.unsqueeze(-1) + logp
+        full[:, 1, :, eos] = full[:, 0, :, eos]
+        full[:, 0, :, eos] = float("-inf")
+        want_top, want_idx = full.view(B, -1).topk(W, dim=-1)
+        candidates = torch.full((B, 2, W, V), float("-inf"), dtype=torch.float64)
+        top, idx = _top_eos(torch.empty(B, W * V + W, dtype=torch.float64), candidates, score, logp, eos)
+        assert torch.equal(top, want_top)
+        finite = want_top > float("-inf")  # which −∞ entry fills a row short of W is of no consequence
+        assert torch.equal(idx[finite], want_idx[finite])
+
+
+def test_greedy_lengths_tokens_and_scores_are_those_of_each_sequence_alone():
+    """Each row's tokens up to its end, its length (EOS counted) and its score, the sum of the
+    log-probabilities of its tokens with the row stepped alone by hand."""
+    model = TinyDecoder(vocab=6, seed=2)
+    ctx = 3 * torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    g = generate(model, max_length=9, method="greedy", context=ctx)
+    assert g.lengths.min() < g.lengths.max()  # rows end at different steps
+    for b in range(16):
+        n = int(g.lengths[b])
+        seq = g.tokens[b, :n].tolist()
+        assert model.eos not in seq[:-1] and (n == 9 or seq[-1] == model.eos)
+        assert g.tokens[b, n:].eq(0).all()
+        state, y, total = model.start(1, context=ctx[b : b + 1]), torch.tensor([model.bos]), 0.0
+        with torch.no_grad():
+            for k in seq:
+                out, state = model.step(y, state)
+                logp = out.logits.double().log_softmax(-1)[0]
+                assert int(logp.argmax()) == k
+                total += float(logp[k])
+                y = torch.tensor([k])
+        assert g.scores[b].item() == pytest.approx(total, abs=1e-5)  # float32 logits, batched vs alone

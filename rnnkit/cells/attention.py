@@ -135,7 +135,7 @@ class AttentionCell(RecurrentCell):
     def attend(self, s: Tensor, state: AttentionState) -> tuple[Tensor, Tensor]:
         """Context c (B, M) and weights α (B, S) for the query s (B, H)."""
         e = self.score(torch.tanh(self.query(s).unsqueeze(1) + state.keys)).squeeze(-1)  # (B, S)
-        e = e.masked_fill(~state.mask, float("-inf"))  # padding gets no weight
+        e = torch.where(state.mask, e, float("-inf"))  # padding gets no weight
         alpha = torch.softmax(e, dim=-1)  # (B, S)
         context = torch.bmm(alpha.unsqueeze(1), state.memory).squeeze(1)  # (B, M)
         return context, alpha

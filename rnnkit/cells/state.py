@@ -51,7 +51,17 @@ def map_state(fn: Callable[..., Tensor], state: Any, *others: Any) -> Any:
 def state_tensors(state: Any) -> list[Tensor]:
     """The tensors of a state, depth first, in field order."""
     out: list[Tensor] = []
-    map_state(lambda t: out.append(t) or t, state)
+
+    def walk(s: Any) -> None:  # map_state's traversal, without building a new state
+        if isinstance(s, Tensor):
+            out.append(s)
+        elif isinstance(s, (tuple, list)):
+            for part in s:
+                walk(part)
+        else:
+            raise TypeError(f"expected a state made of tensors and NamedTuples, got {type(s).__name__}")
+
+    walk(state)
     return out
 
 

@@ -226,7 +226,7 @@ def check_tokens(
         y = torch.where(mask, y, torch.zeros_like(y))
     if torch.compiler.is_exporting():
         return y
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab_size):
+    if y.numel() and any(int(m) < 0 or int(m) >= vocab_size for m in torch.aminmax(y)):  # one pass over y
         bad = y[(y < 0) | (y >= vocab_size)][0].item()
         raise ValueError(f"{owner}: {name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     return y
@@ -319,6 +319,26 @@ class OutputFeedback(nn.Module):
         if self.discrete:
             return check_tokens(y, "y_prev", self.owner, "(B,)", 1, self.vocab_size)
         return check_float(y, "y_prev", self.owner, "(B, O)", 2, self.output_size, like)
+
+    def previous(self, y: Any, like: Tensor | None) -> Tensor:
+        """One step's previous output, checked, as the step reads it: e(y) (B, E) for (B,) ids,
+        y itself for (B, O) floats.
+
+        On the CPU an id outside [0, V) makes the embedding lookup itself fail, so int64 ids are
+        range-checked only then, to name the id (a decoding step saves a pass over them); on
+        other devices, where a bad index is a device-side assert, before the lookup."""
+        if (
+            self.discrete
+            and isinstance(y, Tensor)
+            and y.device.type == "cpu"
+            and y.dtype == torch.long
+            and y.dim() == 1
+        ):
+            try:
+                return self.embedding(y)
+            except IndexError:
+                pass  # check_previous says which id
+        return self(self.check_previous(y, like))
 
     def first(self, batch_size: int, bos: int | None, like: Tensor) -> Tensor:
         """What stands for y(0): ``bos`` for discrete outputs, zeros for real ones."""

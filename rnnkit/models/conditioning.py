@@ -252,13 +252,13 @@ class FeedbackDecoder(EngineReport, nn.Module):
     def step(self, y_prev: Tensor, state: DecoderState) -> tuple[StepOutput, DecoderState]:
         """One step from the previous output (``bos`` / zeros at the first step): each cell's
         ``forward`` once, then the readout."""
-        like = param_like(self)
-        y_prev = self.feedback.check_previous(y_prev, like)
+        like = None if self.feedback.discrete else param_like(self)  # token ids need no dtype to match
         parts = [read_input(state, self.owner)] if self.input_size else []
-        parts.append(self.feedback(y_prev))  # (B, E)
+        parts.append(self.feedback.previous(y_prev, like))  # (B, E)
         if self.context_as_input:
             parts.append(state.context)  # (B, C)
-        h, layer_state = layer_step(self.layer, torch.cat(parts, dim=-1), state.layer)  # (B, H)
+        x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, I + E + C)
+        h, layer_state = layer_step(self.layer, x, state.layer)  # (B, H)
         logits, halt = self.readout(h)
         remaining = state.remaining
         if self.length_head is not None:

@@ -46,7 +46,7 @@ class OutputHead(nn.Module):
         self.proj = nn.Linear(self.mlp.out_size, out_size)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.proj(self.mlp(h))  # (…, V)
+        return self.proj(self.mlp(h) if self.mlp.layers else h)  # (…, V); without layers the MLP is the identity
 
 
 class HaltHead(nn.Module):

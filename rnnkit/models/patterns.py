@@ -353,9 +353,9 @@ class JordanNetwork(nn.Module):
     def step(self, y_prev: Tensor, state: DecoderState) -> tuple[StepOutput, DecoderState]:
         """One step: h = φ(b + W e(y_prev) + U x(t)), o = c + V h."""
         like = param_like(self)
-        y_prev = self.feedback.check_previous(y_prev, like)
+        e = self.feedback.previous(y_prev, like)  # (B, E)
         x = read_input(state, "JordanNetwork") if self.input_size else None
-        h = self._h(x, self.feedback(y_prev))  # (B, H)
+        h = self._h(x, e)  # (B, H)
         logits, halt = self.readout(h)
         return StepOutput(logits, halt), state._replace(step=state.step + 1)
 

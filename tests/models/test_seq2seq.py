@@ -167,6 +167,12 @@ def test_seq2seq_bad_arguments():
         model.start(3, context=torch.zeros(3, H))
     with pytest.raises(ValueError, match="the state must hold the encoder memory"):
         AttentionCell(ElmanCell(E + H, H), H, 3).init_state(2)
+    state = model.start(context=model.encode(src))
+    for bad in (6, -1):  # the step's embedding lookup fails on these; the message says which id
+        with pytest.raises(ValueError, match=rf"y_prev holds token id {bad}, outside the vocabulary \[0, 6\)"):
+            model.step(torch.tensor([0, bad, 1]), state)
+    with pytest.raises(ValueError, match=r"y_prev holds token id 7"):
+        model.step(torch.tensor([0, 7, 1], dtype=torch.int32), state)
 
 
 def test_attention_width_error_states_the_size_expected():
