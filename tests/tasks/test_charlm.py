@@ -35,15 +35,24 @@ def test_untrained_model_bpc_is_near_log2_vocab_and_sampling_is_seeded():
     assert a == b and len(a) == 40 and set(a) <= set("abcdefgh")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman", "peephole", "layernorm-lstm"])
 def test_stepping_equals_the_forward_pass(cell):
+    # step() runs each layer's cell (torch's fused cell op where one computes it), forward() the
+    # stack's sequence path: the same logits and states, also when stepping on from forward's state
     model = tiny_model(cell=cell).eval()
     tokens = torch.randint(0, 8, (9, 3))
-    logits, _ = model(tokens)
+    logits, final = model(tokens)
     state = model.start(3)
     for t in range(9):
         out, state = model.step(tokens[t], state)
         torch.testing.assert_close(out.logits, logits[t], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(state, final):
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    more = torch.randint(0, 8, (3,))
+    out, _ = model.step(more, tuple(tuple(s) for s in final))  # plain tuples, as a checkpoint gives them
+    expected, _ = model(torch.cat([tokens, more.view(1, 3)]))
+    torch.testing.assert_close(out.logits, expected[-1], rtol=1e-5, atol=1e-6)
 
 
 def test_every_nth_file_is_held_out_whole_alternately_for_validation_and_test(tmp_path):
