@@ -95,6 +95,38 @@ def test_without_enough_files_there_is_no_test_split_and_asking_says_so(tmp_path
         task.evaluate(task.build_model(), "test")
 
 
+def test_lstm_forget_gates_start_at_torchs_init_by_default_or_at_the_bias_asked_for():
+    H = 16
+    bound = 1 / math.sqrt(H)
+    model = tiny_model()  # forget_bias None: every parameter of the LSTM drawn as torch.nn.LSTM draws it
+    for layer in model.rnn.layers:
+        cell = layer.cell
+        for p in cell.parameters():
+            assert p.abs().max() <= bound and p.std() > bound / 3  # U(−1/√H, 1/√H), no constant rows
+        f = cell.gate_slices["f"]
+        forget = cell.bias_ih[f] + cell.bias_hh[f]
+        assert forget.abs().max() <= 2 * bound and forget.std() > bound / 3
+    ref = torch.nn.LSTM(8, H, 2)  # the same distribution: its biases span the same range
+    assert ref.bias_ih_l0.abs().max() <= bound
+    for cell_name, value in (("lstm", 1.0), ("cifg", 2.0), ("gru", -1.0)):
+        torch.manual_seed(0)
+        cfg = CharLMConfig(cell=cell_name, hidden_size=H, num_layers=2, embedding_size=8, forget_bias=value)
+        for layer in CharLM(8, cfg).rnn.layers:
+            cell = layer.cell
+            rows = (
+                slice(0, H) if cell_name == "cifg" else dict(cell.structure.gates)["z" if cell_name == "gru" else "f"]
+            )
+            torch.testing.assert_close(cell.bias_ih[rows] + cell.bias_hh[rows], torch.full((H,), value))
+    torch.manual_seed(0)
+    cifg = CharLM(8, CharLMConfig(cell="cifg", hidden_size=H, num_layers=1, embedding_size=8))
+    f = cifg.rnn.layers[0].cell.bias_ih[:H] + cifg.rnn.layers[0].cell.bias_hh[:H]  # CIFG's gates: f, g, o
+    assert f.abs().max() <= 2 * bound
+    from rnnkit.tasks.config import check_config
+
+    assert check_config(CharLMConfig, {"forget_bias": 1.0}, source="run.toml").forget_bias == 1.0
+    assert CharLMConfig().forget_bias is None
+
+
 def test_the_old_name_val_every_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="val_every is now holdout_every"):
         cfg = CharLMConfig(val_every=5)
