@@ -66,9 +66,7 @@ class CharLMConfig(TaskConfig):
     max_steps: int | None = None  # updates; None: until max_time
     max_time: float | None = 120.0  # seconds of training
     batch_size: int = 32  # parallel lanes of the stream
-    forget_bias: float | None = (
-        None  # initial forget-gate bias of LSTM cells (GRU: update gate); None: torch's init, which learns faster here
-    )
+    forget_bias: float | None = None  # initial forget-gate bias of the LSTM (GRU: update gate); None: torch's init
     renamed: ClassVar[dict[str, str]] = {"val_every": "holdout_every"}  # config keys and flags still accepted
     val_every: InitVar[int | None] = None  # deprecated: the old name of holdout_every, easily confused with eval_every
 
