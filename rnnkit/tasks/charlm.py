@@ -153,10 +153,11 @@ def init_forget_bias(cell: nn.Module, value: float | None) -> None:
     same model with torch's init (2.295 vs 2.142 and 2.314 vs 2.151 at seeds 0 and 1, the plain
     PyTorch char-rnn 2.170 and 2.167; ``benchmarks/charlm_vs_pytorch.py --max-updates``), and
     still ~0.13 in training bits/char at 1000 updates; with torch's init rnnkit learns as the
-    plain char-rnn does per update (1.561 vs 1.592 held out at 1200). The effect depends on
-    the text: on vim's documentation (a 1452-character vocabulary) bias 1 learnt faster
-    (3.487 vs 3.586 held out at 800 updates, seed 0; ahead by ~0.2 training bits/char at
-    300–450 updates at seed 1), so ``--forget-bias 1`` is worth trying on other text."""
+    plain char-rnn does per update (1.561 vs 1.592 held out at 1200; bias 1: 1.645). The effect
+    depends on the text: on vim's documentation (a 1452-character vocabulary) bias 1 learnt
+    faster (3.487 vs 3.586 held out at 800 updates, seed 0; 3.758 vs 3.920 at 450, seed 1), so
+    ``--forget-bias 1`` is worth trying on other text. (There the plain char-rnn reached 3.379
+    at 800 updates, ahead of both: a second difference on that text, not found yet.)"""
     if value is not None and set_forget_bias(cell, value):
         return
     if hasattr(cell, "forget_bias") and cell.forget_bias != value:  # the cell's own init, with this bias
