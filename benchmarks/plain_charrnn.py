@@ -10,9 +10,13 @@ Usage::
 
     python benchmarks/plain_charrnn.py --train train.txt --val val.txt --budget 180 --out model.pt
 
-``--until`` (a ``time.monotonic()`` reading, shared by every process on the machine) ends the run
-at a given moment instead; the harness uses it so both runs take the same wall time. Prints one
-JSON line: characters trained, updates, seconds inside the training loop, the last loss.
+``--until`` (a ``time.monotonic()`` reading, shared by every process on the machine) ends the
+training at a given moment instead; the harness uses it so both runs take the same wall time.
+When training ends the model is scored on the validation text (B lanes, the state carried), as
+char-rnn does at its last iteration: a run's result is a model and its held-out loss, and
+``rnnkit train`` computes that inside its time too. Prints one JSON line: characters trained,
+updates, seconds inside the training loop, the last loss, the validation bits per character and
+the seconds the validation took.
 """
 
 import argparse
@@ -83,8 +87,19 @@ def main():
             updates += 1
         state = None  # a new pass starts from zeros
     loop_seconds = time.monotonic() - started
+    val = torch.tensor([index[c] for c in open(args.val, encoding="utf-8").read()], dtype=torch.long)
+    m = (len(val) - 1) // B
+    vx, vy = val[: B * m].view(B, m).t(), val[1 : B * m + 1].view(B, m).t()
+    model.eval()
+    total, state = 0.0, None
+    with torch.no_grad():
+        for t in range(0, m, T):
+            logits, state = model(vx[t : t + T], state)
+            total += float(F.cross_entropy(logits.reshape(-1, len(chars)), vy[t : t + T].reshape(-1), reduction="sum"))
+    val_bpc = total / vy.numel() / math.log(2) if vy.numel() else math.nan
     torch.save({"model": model.state_dict(), "chars": chars}, args.out)
-    print(json.dumps({"chars": chars_seen, "updates": updates, "loop_seconds": loop_seconds, "loss": float(loss)}))
+    result = {"chars": chars_seen, "updates": updates, "loop_seconds": loop_seconds, "loss": float(loss)}
+    print(json.dumps({**result, "val_bpc": val_bpc, "val_seconds": time.monotonic() - started - loop_seconds}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ on tiny settings. No timing is asserted: the benchmarks report it."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def test_plain_char_rnn_script_trains_and_saves(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["updates"] == 3 and result["chars"] == 3 * 4 * 20
+    # it scores its validation text when training ends, as rnnkit's run does: near log2 V untrained
+    assert 0 < result["val_seconds"] and 0.5 * math.log2(25) < result["val_bpc"] < 1.5 * math.log2(25)  # 25 characters
     saved = torch.load(tmp_path / "m.pt")
     assert "é" in saved["chars"] and saved["model"]["head.weight"].shape[0] == len(saved["chars"])
 

@@ -1,5 +1,6 @@
 import re
 import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,40 @@ def test_stdlib_corpus_is_the_stdlibs_own_source_sorted_and_capped():
     text = stdlib_corpus(max_chars=50_000)
     assert len(text) == 50_000 and text == stdlib_corpus(max_chars=50_000)
     assert text.startswith(files[0].read_text(encoding="utf-8")[:100])
+
+
+def test_stdlib_files_prunes_the_skipped_folders_and_lists_what_a_full_walk_filtered_lists(tmp_path):
+    # the reference: every .py below the root, filtered afterwards by the documented rule
+    for rel in [
+        "a.py",
+        "b.txt",
+        "pkg/__init__.py",
+        "pkg/z.py",
+        "pkg/test_x.py",
+        "pkg/tests/t.py",
+        "test/x.py",
+        "site-packages/torch/nn.py",
+        "site-packages/deep/er/m.py",
+        "idle_test/i.py",
+        "Lib/__pycache__/c.py",
+        "Lib/Aa.py",
+        "test_pkg/ok.py",
+    ]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    rel = [f.relative_to(tmp_path).as_posix() for f in stdlib_files(tmp_path)]
+    assert rel == ["Lib/Aa.py", "a.py", "pkg/__init__.py", "pkg/z.py"]
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    walked = sorted(
+        (
+            p
+            for p in root.rglob("*.py")
+            if not any(s in skip or s.startswith("test_") for s in p.relative_to(root).parts)
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    assert stdlib_files() == walked
 
 
 def test_vocab_round_trip():

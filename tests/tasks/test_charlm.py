@@ -35,15 +35,24 @@ def test_untrained_model_bpc_is_near_log2_vocab_and_sampling_is_seeded():
     assert a == b and len(a) == 40 and set(a) <= set("abcdefgh")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman", "peephole", "layernorm-lstm"])
 def test_stepping_equals_the_forward_pass(cell):
+    # step() runs each layer's cell (torch's fused cell op where one computes it), forward() the
+    # stack's sequence path: the same logits and states, also when stepping on from forward's state
     model = tiny_model(cell=cell).eval()
     tokens = torch.randint(0, 8, (9, 3))
-    logits, _ = model(tokens)
+    logits, final = model(tokens)
     state = model.start(3)
     for t in range(9):
         out, state = model.step(tokens[t], state)
         torch.testing.assert_close(out.logits, logits[t], rtol=1e-5, atol=1e-6)
+    for mine, theirs in zip(state, final):
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    more = torch.randint(0, 8, (3,))
+    out, _ = model.step(more, tuple(tuple(s) for s in final))  # plain tuples, as a checkpoint gives them
+    expected, _ = model(torch.cat([tokens, more.view(1, 3)]))
+    torch.testing.assert_close(out.logits, expected[-1], rtol=1e-5, atol=1e-6)
 
 
 def test_every_nth_file_is_held_out_whole_alternately_for_validation_and_test(tmp_path):
@@ -84,6 +93,38 @@ def test_without_enough_files_there_is_no_test_split_and_asking_says_so(tmp_path
     task.prepare(lambda s: None)
     with pytest.raises(ValueError, match="this run has no test split.*use --split val"):
         task.evaluate(task.build_model(), "test")
+
+
+def test_lstm_forget_gates_start_at_torchs_init_by_default_or_at_the_bias_asked_for():
+    H = 16
+    bound = 1 / math.sqrt(H)
+    model = tiny_model()  # forget_bias None: every parameter of the LSTM drawn as torch.nn.LSTM draws it
+    for layer in model.rnn.layers:
+        cell = layer.cell
+        for p in cell.parameters():
+            assert p.abs().max() <= bound and p.std() > bound / 3  # U(−1/√H, 1/√H), no constant rows
+        f = cell.gate_slices["f"]
+        forget = cell.bias_ih[f] + cell.bias_hh[f]
+        assert forget.abs().max() <= 2 * bound and forget.std() > bound / 3
+    ref = torch.nn.LSTM(8, H, 2)  # the same distribution: its biases span the same range
+    assert ref.bias_ih_l0.abs().max() <= bound
+    for cell_name, value in (("lstm", 1.0), ("cifg", 2.0), ("gru", -1.0)):
+        torch.manual_seed(0)
+        cfg = CharLMConfig(cell=cell_name, hidden_size=H, num_layers=2, embedding_size=8, forget_bias=value)
+        for layer in CharLM(8, cfg).rnn.layers:
+            cell = layer.cell
+            rows = (
+                slice(0, H) if cell_name == "cifg" else dict(cell.structure.gates)["z" if cell_name == "gru" else "f"]
+            )
+            torch.testing.assert_close(cell.bias_ih[rows] + cell.bias_hh[rows], torch.full((H,), value))
+    torch.manual_seed(0)
+    cifg = CharLM(8, CharLMConfig(cell="cifg", hidden_size=H, num_layers=1, embedding_size=8))
+    f = cifg.rnn.layers[0].cell.bias_ih[:H] + cifg.rnn.layers[0].cell.bias_hh[:H]  # CIFG's gates: f, g, o
+    assert f.abs().max() <= 2 * bound
+    from rnnkit.tasks.config import check_config
+
+    assert check_config(CharLMConfig, {"forget_bias": 1.0}, source="run.toml").forget_bias == 1.0
+    assert CharLMConfig().forget_bias is None
 
 
 def test_the_old_name_val_every_still_works_with_a_deprecation_warning():
