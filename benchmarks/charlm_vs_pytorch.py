@@ -166,7 +166,8 @@ def heldout_bpc(task: CharLMTask, rnnkit_run: Path, plain_file: Path) -> tuple[f
     index = {ch: i for i, ch in enumerate(saved["chars"])}
     remap = torch.tensor([index.get(ch, 0) for ch in task.vocab.chars])  # rnnkit ids -> the plain script's
     stream = task.val_stream
-    docs = [remap[torch.as_tensor(d, dtype=torch.long)] for d in stream.documents]
+    # documents may be read-only memory-mapped arrays (token files): copied as they are converted
+    docs = [remap[torch.tensor(d, dtype=torch.long)] for d in stream.documents]
     plain_stream = LaneStream(docs, stream.batch_size, stream.chunk_length, split_documents=stream.split_documents)
     theirs = evaluate_stream(PlainAsCharLM(net).eval(), plain_stream)["bpc"]
     return ours, theirs
