@@ -200,7 +200,7 @@ def test_chunks_run_whole_without_lengths_as_the_exact_per_lane_run_does(split_d
             else:
                 loss = step(model, chunk).loss
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             grads.append([p.grad.clone() for p in model.parameters()])
         return losses, grads
 
