@@ -22,26 +22,10 @@ from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, take, translate
 from rnnkit.train import rollout
 from tests.helpers import randomize_
 
-SMALL = [
-    "--n-train",
-    "64",
-    "--n-val",
-    "8",
-    "--n-test",
-    "8",
-    "--max-digits",
-    "3",
-    "--hidden-size",
-    "8",
-    "--embedding-size",
-    "8",
-    "--attention-size",
-    "8",
-    "--batch-size",
-    "16",
-    "--no-progress",
-    "--json",
-]
+# A tiny model, quiet, its summary as JSON: for the built-in numbers and for a pairs file alike.
+TINY_MODEL = ["--hidden-size", "8", "--embedding-size", "8", "--attention-size", "8", "--batch-size", "16"]
+TINY_MODEL += ["--no-progress", "--json"]
+SMALL = ["--n-train", "64", "--n-val", "8", "--n-test", "8", "--max-digits", "3", *TINY_MODEL]
 
 
 def last_json(text):
@@ -248,16 +232,7 @@ def test_trains_on_your_own_pairs_file_then_decodes_and_evaluates_from_the_check
         "4",
         "--eval-every",
         "2",
-        "--hidden-size",
-        "8",
-        "--embedding-size",
-        "8",
-        "--attention-size",
-        "8",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        "--json",
+        *TINY_MODEL,
     ]
     assert main(args) == 0
     shown = capsys.readouterr().out
